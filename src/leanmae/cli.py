@@ -1,0 +1,100 @@
+"""The ``leanmae`` command line: a thin layer that parses flags and calls the Python functions.
+
+Every subcommand is a function in ``leanmae`` with the same option names (``leanmae pretrain
+--data X --out Y`` is ``leanmae.pretrain(data=["X"], out="Y")``), so notebooks and the shell
+run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from leanmae.config import ConfigError, preset_names
+
+EPILOG = "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 --set model.mask_ratio=0.5."
+
+
+def _training_options(parser: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
+    """Options shared by the training commands."""
+    parser.add_argument("--out", required=True, help="output folder for this run (refused if it holds another run, see --resume/--overwrite)")
+    parser.add_argument("--preset", default=default_preset, choices=preset_names(), help=f"shipped settings (default: {default_preset}); see README 'Presets'")
+    parser.add_argument("--config", help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, finetune)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (overrides the preset)")
+    parser.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (for logs)")
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning (listed in run.json) instead of stopping")
+    tiling = parser.add_mutually_exclusive_group()
+    tiling.add_argument("--tile", type=int, help="cut large images into TILE x TILE pixel tiles before training")
+    tiling.add_argument("--grid", help="cut each image into ROWSxCOLS equal tiles, e.g. 2x2 (the seed's quadrants)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leanmae", description="MAE pretraining and label-efficiency studies for pathology images.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pretrain a ViT as a masked autoencoder on unlabelled images", epilog=EPILOG)
+    p.add_argument("--data", action="append", required=True, metavar="DIR[:CLASSES]", help="image folder, searched recursively; repeatable; DIR:a,b keeps only class subfolders a and b")
+    p.add_argument("--init", help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights")
+    _data_options(p)
+    _training_options(p)
+    p.set_defaults(func="pretrain")
+
+    p = sub.add_parser("reconstruct", help="reconstruction figure and masked/visible errors of an MAE checkpoint")
+    p.add_argument("checkpoint", help="MAE model folder (a pretraining run's model/ or the run folder itself)")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for reconstructions.png and recon_metrics.json")
+    p.add_argument("--images", type=int, default=8, help="images shown in the figure (default 8)")
+    p.add_argument("--mask-ratio", type=float, help="mask ratio of the figure (default: the model's)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.set_defaults(func="reconstruct")
+
+    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop")
+    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func="demo")
+    return parser
+
+
+def _call(name: str, args: dict[str, Any]) -> Any:
+    import leanmae
+
+    func: Callable[..., Any] = getattr(leanmae, name)
+    return func(**args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    name = args.pop("func")
+    args.pop("command")
+    from leanmae.data.decode import BadImageError
+    from leanmae.data.sources import DataError
+    from leanmae.models.mae import CheckpointError
+    from leanmae.reporting.runinfo import OutputFolderError
+    from leanmae.training.engine import NonFiniteLossError
+
+    try:
+        _call(name, args)
+    except (ConfigError, DataError, BadImageError, CheckpointError, OutputFolderError, NonFiniteLossError) as err:
+        print(f"leanmae {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

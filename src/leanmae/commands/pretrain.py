@@ -1,0 +1,186 @@
+"""``leanmae pretrain``: a ViT trained as a masked autoencoder on unlabelled images.
+
+Data: one or more folders mixed into a pool, decoded once into the cache; about 5 % of the
+source files (a fixed choice, the same for every seed) are held out for the validation loss and
+the reconstructions. Output folder:
+
+    run.json            resolved config, versions, seed, device, data hash, skipped files, results
+    history.csv         per epoch: train_loss, val_loss, lr, seconds, data_seconds
+    tensorboard/        the same as TensorBoard events
+    checkpoints/        the last complete epoch, for --resume
+    model/              the final MAE (transformers save_pretrained + preprocessing)
+    loss.png            loss curves
+    reconstructions.png original | masked | reconstruction | reconstruction + visible, validation images
+    recon_metrics.json  masked / visible MSE at the training mask ratio and at 0.25, 0.5, 0.75
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leanmae.config import PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
+from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
+from leanmae.data.batches import epoch_order, gather, split_batches
+from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.sources import collect
+from leanmae.evaluation.reconstruction import EVAL_RATIOS, reconstruction_errors, reconstruction_figure
+from leanmae.models.io import save_model
+from leanmae.models.mae import build_mae, masking_noise
+from leanmae.reporting.plots import loss_curve
+from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.training.checkpoint import write_json
+from leanmae.training.distributed import Context, setup
+from leanmae.training.engine import Task, fit
+
+
+def pretrain(
+    data: str | list[str],
+    out: str | Path,
+    preset: str | None = "cpu",
+    config: str | Path | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    tile: int | None = None,
+    grid: str | None = None,
+    init: str | Path | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    set: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pretrain an MAE on the images under ``data`` and write the run to ``out``.
+
+    Same options as ``leanmae pretrain``; ``set`` takes ``KEY=VALUE`` overrides of any config key
+    (for example ``["optim.base_lr=1e-3", "model.mask_ratio=0.5"]``). Returns the run's summary.
+    """
+    flags = {
+        "data": {"sources": [data] if isinstance(data, (str, Path)) else list(data), "tile": tile, "grid": grid, "skip_bad": skip_bad or None},
+        "optim": {"epochs": epochs},
+        "run": {"seed": seed, "device": device, "progress": progress},
+    }
+    flags["data"]["sources"] = [str(s) for s in flags["data"]["sources"]]
+    cfg = resolve(PretrainConfig, "pretrain", preset, config, flags, set)
+    return run_pretrain(cfg, Path(out), resume=resume, overwrite=overwrite, init=init, preset=preset)
+
+
+@dataclass
+class Pool:
+    """The decoded pool and its fixed train / validation division (by source file, so tiles of one slide stay together)."""
+
+    cache: ImageCache
+    train: np.ndarray
+    val: np.ndarray
+
+
+def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
+    """Hold out ``val_fraction`` of the source files with a fixed seed: the same slice for every run seed."""
+    n_files = len(cache.records)
+    n_val = min(n_files - 1, max(1, round(val_fraction * n_files))) if n_files > 1 else 0
+    held_out = np.random.default_rng(20220511).permutation(n_files)[:n_val]
+    is_val = np.isin(cache.sources, held_out)
+    val = np.flatnonzero(is_val)
+    return Pool(cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1)))
+
+
+def build_cache(cfg: PretrainConfig, ctx: Context) -> ImageCache:
+    """Rank 0 decodes; the other processes wait and then open the finished cache."""
+    records = collect(cfg.data.sources)
+    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
+    kwargs = {"cache_dir": cfg.data.cache_dir, "skip_bad": cfg.data.skip_bad, "workers": cfg.data.workers, "progress": cfg.run.progress and ctx.is_main}
+    if ctx.is_main:
+        cache = load_or_build(records, spec, **kwargs)
+    ctx.barrier()
+    if not ctx.is_main:
+        cache = load_or_build(records, spec, **kwargs)
+    return cache
+
+
+def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: list[float], std: list[float], device: torch.device) -> torch.Tensor:
+    """The evaluation transform for a set of cache entries: resize whole image, normalise."""
+    return normalize(resize(to_float(gather(cache.images, indices), device), image_size), mean, std)
+
+
+def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False, init: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
+    ctx = setup(cfg.run.device, cfg.run.threads)
+    config_dict = to_dict(cfg)
+    if ctx.is_main:
+        prepare_output(out, config_dict, resume, overwrite)
+    ctx.barrier()
+    pool = split_pool(build_cache(cfg, ctx), cfg.data.val_fraction)
+    cache = pool.cache
+    if cfg.augment.normalize == "dataset":
+        mean, std = dataset_stats(cache.images, pool.train)
+    else:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+    torch.manual_seed(cfg.run.seed)
+    model = build_mae(cfg.model, init).to(ctx.device)
+    lr = absolute_lr(cfg.optim, ctx.world_size)
+    if ctx.is_main:
+        print(
+            f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped; "
+            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(cfg.optim, ctx.world_size)} "
+            f"-> lr = {cfg.optim.base_lr:g} x {effective_batch(cfg.optim, ctx.world_size)} / 256 = {lr:.3g}"
+        )
+        write_run_info(
+            out, "pretrain", config_dict, preset=preset, seed=cfg.run.seed, device=str(ctx.device), world_size=ctx.world_size,
+            data_hash=cache.key, images={"train": len(pool.train), "val": len(pool.val)}, skipped_files=cache.skipped,
+            absolute_lr=lr, effective_batch=effective_batch(cfg.optim, ctx.world_size), init=str(init) if init else None, status="running",
+        )
+
+    image_size, aug = cfg.model.image_size, cfg.augment
+    batch_size = min(cfg.optim.batch_size, max(1, len(pool.train) // ctx.world_size))
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return split_batches(epoch_order(pool.train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
+
+    def prepare(batch: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        images = to_float(gather(cache.images, batch), ctx.device)
+        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, generator)
+        return normalize(images, mean, std)
+
+    def loss(trained: torch.nn.Module, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return trained(pixel_values=pixels, noise=masking_noise(len(pixels), model.config, generator, ctx.device)).loss
+
+    val_pixels = eval_pixels(cache, pool.val[:1024], image_size, mean, std, ctx.device)
+
+    def validate(module: torch.nn.Module) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(0)  # the same masks every epoch: losses compare
+        total = 0.0
+        for start in range(0, len(val_pixels), 256):
+            chunk = val_pixels[start : start + 256]
+            total += module(pixel_values=chunk, noise=masking_noise(len(chunk), model.config, generator, ctx.device)).loss.item() * len(chunk)
+        return {"val_loss": total / len(val_pixels)}
+
+    steps_per_epoch = math.ceil(len(batches(0)) / cfg.optim.accum_steps)
+    started = time.time()
+    result = fit(model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate), cfg.optim, cfg.run, ctx, out, steps_per_epoch)
+
+    summary: dict[str, Any] = {}
+    if ctx.is_main:
+        save_model(model, out / "model", mean, std, {"kind": "mae", "cache_size": cache.images.shape[1]})
+        history = result.history
+        loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
+        ratios = sorted({cfg.model.mask_ratio, *EVAL_RATIOS})
+        recon = {"space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels", "mask_seed": 1234, "images": len(val_pixels), "training_mask_ratio": cfg.model.mask_ratio, "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios)}
+        write_json(out / "recon_metrics.json", recon)
+        reconstruction_figure(model, val_pixels[: cfg.recon_images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions of held-out images, epoch {len(history)}")
+        first, last = history[0]["val_loss"], history[-1]["val_loss"]
+        summary = {
+            "status": "finished", "epochs": len(history), "val_loss_first": first, "val_loss_last": last,
+            "val_loss_drop": 1 - last / first if first else 0.0, "train_seconds": result.seconds, "wall_seconds": time.time() - started,
+            "resumed_from_epoch": result.resumed_from, "reconstruction": recon["by_mask_ratio"],
+        }
+        write_run_info(out, "pretrain", config_dict, **summary)
+        print(f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model in {out / 'model'}")
+    ctx.barrier()
+    return summary

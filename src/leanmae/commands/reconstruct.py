@@ -1,0 +1,77 @@
+"""``leanmae reconstruct``: what an MAE checkpoint makes of images it has not seen.
+
+Writes reconstructions.png (original | masked | reconstruction | reconstruction + visible
+patches) and recon_metrics.json (masked and visible MSE at the model's mask ratio and at
+0.25 / 0.5 / 0.75), with a fixed mask seed so that checkpoints compare.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import ViTMAEForPreTraining
+
+from leanmae.data.augment import normalize, resize, to_float
+from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
+from leanmae.data.sources import DataError
+from leanmae.evaluation.reconstruction import mask_ratio as masking_at
+from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure
+from leanmae.models.io import load_preprocessing
+from leanmae.models.mae import check_model_folder
+from leanmae.training.checkpoint import write_json
+from leanmae.training.distributed import setup
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) under named folders."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def model_folder(path: str | Path) -> Path:
+    """Accept a model folder or a run folder holding ``model/``."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").exists() else path
+
+
+def load_images(files: list[Path], cache_size: int, image_size: int, mean: list[float], std: list[float], progress: bool = True) -> torch.Tensor:
+    """Decode, square-crop and resize as training did, then normalise: (N, 3, S, S)."""
+    rows = [square_resize(decode_rgb(f), cache_size) for f in tqdm(files, desc="reading images", unit="img", disable=not progress)]
+    return normalize(resize(to_float(np.stack(rows)), image_size), mean, std)
+
+
+def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str | Path, images: int = 8, mask_ratio: float | None = None, device: str | None = None) -> dict[str, Any]:
+    """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics."""
+    ctx = setup(device or "auto")
+    folder = model_folder(checkpoint)
+    check_model_folder(folder)
+    model = ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True).to(ctx.device).eval()
+    mean, std, extra = load_preprocessing(folder)
+    size = model.config.image_size
+    files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    pixels = load_images(files, extra.get("cache_size", round(size * 1.25)), size, mean, std).to(ctx.device)
+    out = Path(out)
+    ratios = sorted({model.config.mask_ratio, *EVAL_RATIOS})
+    metrics = {
+        "checkpoint": str(folder), "images": len(files), "mask_seed": MASK_SEED, "training_mask_ratio": model.config.mask_ratio,
+        "space": "per-patch normalised pixels" if model.config.norm_pix_loss else "normalised pixels",
+        "by_mask_ratio": reconstruction_errors(model, pixels, ratios),
+    }
+    write_json(out / "recon_metrics.json", metrics)
+    with masking_at(model, mask_ratio if mask_ratio is not None else model.config.mask_ratio):
+        reconstruction_figure(model, pixels[:images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions ({folder})")
+    print(f"wrote {out / 'reconstructions.png'} and {out / 'recon_metrics.json'}")
+    return metrics

@@ -1,0 +1,81 @@
+"""Augmentation on whole batches of tensors, on the training device.
+
+RandomResizedCrop and both flips are one affine transform per image; ``affine_grid`` +
+``grid_sample`` apply a whole batch of them in a single call, with no per-image Python work
+and no PIL round trip. The random draws come from an explicit generator, so a resumed run
+sees exactly the augmentations an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_float(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, H, W, 3) uint8 from the cache -> (B, 3, H, W) float in [0, 1] on ``device``."""
+    tensor = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+    tensor = tensor.to(device, non_blocking=True)
+    return tensor.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    out_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    hflip: bool,
+    vflip: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop (+ flips) for a whole (B, 3, H, W) batch at once.
+
+    Area fraction and log aspect ratio are drawn as torchvision draws them; a crop that would not
+    fit is shrunk to fit instead of retried. Bilinear sampling; the cache's working size is only a
+    little above ``out_size``, so aliasing stays small.
+    """
+    b = images.shape[0]
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image side
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - width)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - height)
+    fx = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
+    fy = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if vflip else torch.ones(b)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = width * fx
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = height * fy
+    theta[:, 1, 2] = cy
+    theta = theta.to(images.device)
+    grid = F.affine_grid(theta, [b, 3, out_size, out_size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def resize(images: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The evaluation transform: the whole (already square) image resized with antialiasing."""
+    if images.shape[-1] == out_size:
+        return images
+    return F.interpolate(images, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]) -> torch.Tensor:
+    m = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+def dataset_stats(images: np.ndarray, indices: np.ndarray, limit: int = 2000, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to ``limit`` of) the cached uint8 ``images[indices]``, in [0, 1] units."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(indices, size=min(limit, len(indices)), replace=False))
+    pixels = np.asarray(images[pick], dtype=np.float64).reshape(-1, 3) / 255.0
+    return pixels.mean(0).tolist(), pixels.std(0).clip(min=1e-3).tolist()

@@ -1,0 +1,155 @@
+"""Decode once: every image (or tile) decoded, converted to RGB and resized into a uint8 memmap.
+
+Decoding JPEGs costs more than a small ViT's step on this kind of machine, so it happens once
+per data set and working size, not every epoch. The cache key hashes each file's path, size and
+modification time plus the decoding settings: a changed file, working size or tiling makes a new
+cache instead of reusing a stale one. The cache is built in a temporary folder and renamed into
+place, so a killed build leaves nothing that could be read as valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
+from leanmae.data.sources import DataError, ImageRecord
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LEANMAE_CACHE", Path.home() / ".cache" / "leanmae"))
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How files become cache entries: working size and tiling."""
+
+    size: int
+    tile: int | None = None
+    grid: str | None = None
+    min_tile_size: int = 64
+
+
+def _decode_file(path: str, spec: DecodeSpec) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]] | str:
+    """Worker: tiles of one file, resized; a bad file returns its error message instead."""
+    try:
+        rgb = decode_rgb(path)
+    except BadImageError as err:
+        return str(err)
+    boxes = tile_boxes(rgb.shape[1], rgb.shape[0], spec.tile, spec.grid, spec.min_tile_size)
+    tiles = [square_resize(rgb[t:b, l:r], spec.size) for (l, t, r, b) in boxes]
+    return tiles, boxes
+
+
+def manifest_hash(records: list[ImageRecord], spec: DecodeSpec) -> str:
+    """Hash of the file list (path, size, mtime) and decoding settings: the cache key."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.__dict__]).encode())
+    for rec in records:
+        st = rec.path.stat()
+        digest.update(f"{rec.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class ImageCache:
+    """Decoded images: ``images[i]`` is an (S, S, 3) uint8 tile of ``records[sources[i]]``."""
+
+    images: np.ndarray
+    sources: np.ndarray  # entry -> index into records
+    boxes: np.ndarray  # entry -> (left, top, right, bottom) in the source image
+    records: list[ImageRecord]
+    skipped: list[str]  # "path: reason" for files skipped with skip_bad
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_or_build(
+    records: list[ImageRecord],
+    spec: DecodeSpec,
+    cache_dir: Path | str | None = None,
+    skip_bad: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> ImageCache:
+    """The cache for ``records`` decoded per ``spec``, built on first use.
+
+    A bad file raises BadImageError naming it; with ``skip_bad`` it is left out and listed in
+    ``skipped`` (which run.json records), so the change to the data set is visible.
+    """
+    key = manifest_hash(records, spec)
+    folder = Path(cache_dir or default_cache_dir()) / key[:24]
+    if not (folder / "index.json").exists():
+        _build(records, spec, folder, skip_bad, workers, progress)
+    index = json.loads((folder / "index.json").read_text())
+    if index["skipped"] and not skip_bad:
+        first = index["skipped"][0]
+        raise BadImageError(first.split(": ", 1)[0], first.split(": ", 1)[-1] + " (pass --skip-bad to leave bad files out)")
+    count = index["count"]
+    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(count, spec.size, spec.size, 3))
+    return ImageCache(
+        images=images,
+        sources=np.asarray(index["sources"], dtype=np.int64),
+        boxes=np.asarray(index["boxes"], dtype=np.int64).reshape(-1, 4),
+        records=records,
+        skipped=index["skipped"],
+        key=key,
+    )
+
+
+def _build(records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad: bool, workers: int, progress: bool) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    sources: list[int] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    skipped: list[str] = []
+    paths = [str(r.path) for r in records]
+    try:
+        with open(tmp / "images.u8", "wb") as out:
+            results = _map(paths, spec, workers)
+            for i, result in enumerate(tqdm(results, total=len(paths), desc="decoding images (once)", unit="img", disable=not progress)):
+                if isinstance(result, str):
+                    if not skip_bad:
+                        path, reason = result.split(": ", 1)
+                        raise BadImageError(path, reason + " (pass --skip-bad to leave bad files out)")
+                    skipped.append(result)
+                    continue
+                for tile, box in zip(*result):
+                    out.write(tile.tobytes())
+                    sources.append(i)
+                    boxes.append(box)
+            out.flush()
+            os.fsync(out.fileno())
+        if not sources:
+            raise DataError("no usable images: every file was bad or every tile was under the minimum size")
+        index = {"count": len(sources), "size": spec.size, "sources": sources, "boxes": boxes, "skipped": skipped}
+        (tmp / "index.json").write_text(json.dumps(index))
+        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _map(paths: list[str], spec: DecodeSpec, workers: int):
+    """Decode in ``workers`` processes (in order); one worker decodes in this process."""
+    if workers <= 1 or len(paths) < 64:
+        return (_decode_file(p, spec) for p in paths)
+
+    def generate():
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(_decode_file, paths, [spec] * len(paths), chunksize=32)
+
+    return generate()

@@ -1,0 +1,112 @@
+"""Decoding one image file to RGB uint8, with a clear error for every way a file can be bad.
+
+Image folders from labs are rarely clean: zero-byte files, truncated uploads, text saved as .png,
+16-bit TIFFs from scanners, RGBA screenshots. Every such case either converts to RGB or raises
+``BadImageError`` naming the file, so a study never silently trains on a different set of images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+
+# A truncated file must fail loudly, not decode as a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits, alpha composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_rgb(path: Path | str) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) uint8 array or raise BadImageError naming it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise BadImageError(path, f"cannot be read ({err.strerror})") from err
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns, then errors, above its pixel limit; both mean "decompression bomb".
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(path, f"refused as a possible decompression bomb ({err})") from err
+    except Image.UnidentifiedImageError as err:
+        raise BadImageError(path, "not an image PIL can identify (corrupt, or another format under an image name)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(path, f"corrupt or truncated image ({err})") from err
+
+
+def tile_boxes(width: int, height: int, tile: int | None, grid: str | None, min_size: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) that cut a large image into tiles before training.
+
+    ``tile=500`` cuts 500x500 tiles (the seed cut 2000x2000 pRCC slides into quadrants of 500);
+    ``grid="2x2"`` cuts rows x columns equal parts. Edge pieces or tiles whose shorter side is
+    under ``min_size`` are dropped: they would be mostly upsampling artefacts.
+    Without either option the whole image is one box.
+    """
+    if tile and grid:
+        raise ValueError("--tile and --grid cut images two different ways; give one of them")
+    if grid:
+        try:
+            rows, cols = (int(v) for v in grid.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--grid {grid!r}: expected ROWSxCOLS, for example 2x2") from None
+        if rows < 1 or cols < 1:
+            raise ValueError(f"--grid {grid!r}: rows and columns must be at least 1")
+        tw, th = width // cols, height // rows
+        boxes = [(c * tw, r * th, (c + 1) * tw, (r + 1) * th) for r in range(rows) for c in range(cols)]
+    elif tile:
+        boxes = [
+            (left, top, min(left + tile, width), min(top + tile, height))
+            for top in range(0, height, tile)
+            for left in range(0, width, tile)
+        ]
+    else:
+        return [(0, 0, width, height)]
+    return [b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= min_size]
+
+
+def square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to ``size`` (bicubic when shrinking with antialiasing).
+
+    Cells in PBC and tiles in LC25000 are centred and square already; for other images the
+    centre crop keeps the middle, as the usual ViT evaluation transform does.
+    """
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(rgb[top : top + side, left : left + side])
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(square, dtype=np.uint8)

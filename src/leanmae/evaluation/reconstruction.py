@@ -1,0 +1,112 @@
+"""What the MAE reconstructs, measured and drawn.
+
+The seed judged a "masked versus unmasked trade-off" by eye from reconstruction figures.
+Here it is measured: the mean squared error on masked patches and on visible patches,
+separately, at several mask ratios, with a fixed mask seed so that numbers and figures
+compare across checkpoints. Errors are in the space the model is trained in: normalised
+pixels, and per-patch normalised targets when the model uses the normalised-pixel loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from transformers import ViTMAEForPreTraining
+
+from leanmae.models.mae import masking_noise
+from leanmae.reporting.plots import save_figure
+
+MASK_SEED = 1234
+EVAL_RATIOS = (0.25, 0.5, 0.75)
+
+
+@contextmanager
+def mask_ratio(model: ViTMAEForPreTraining, ratio: float) -> Iterator[None]:
+    """Temporarily mask a different share of patches (the config object is shared by the embeddings)."""
+    saved = model.config.mask_ratio
+    model.config.mask_ratio = ratio
+    try:
+        yield
+    finally:
+        model.config.mask_ratio = saved
+
+
+def _targets(model: ViTMAEForPreTraining, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Patchified targets as the loss sees them, plus the per-patch mean and std used to normalise them."""
+    target = model.patchify(pixels)
+    if model.config.norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        return (target - mean) / std, mean, std
+    return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
+
+
+@torch.inference_mode()
+def reconstruction_errors(model: ViTMAEForPreTraining, pixels: torch.Tensor, ratios: list[float], batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """{ratio: {masked_mse, visible_mse}} over ``pixels`` (normalised, B x 3 x H x W)."""
+    model.eval()
+    results: dict[str, dict[str, float]] = {}
+    device = next(model.parameters()).device
+    for ratio in ratios:
+        generator = torch.Generator().manual_seed(MASK_SEED)
+        sums = np.zeros(2)
+        counts = np.zeros(2)
+        with mask_ratio(model, ratio):
+            for start in range(0, len(pixels), batch_size):
+                batch = pixels[start : start + batch_size].to(device)
+                out = model(pixel_values=batch, noise=masking_noise(len(batch), model.config, generator, device))
+                target, _, _ = _targets(model, batch)
+                error = ((out.logits.float() - target) ** 2).mean(-1)
+                mask = out.mask
+                sums += [(error * mask).sum().item(), (error * (1 - mask)).sum().item()]
+                counts += [mask.sum().item(), (1 - mask).sum().item()]
+        masked, visible = sums / np.maximum(counts, 1)
+        results[f"{ratio:g}"] = {"masked_mse": float(masked), "visible_mse": float(visible) if counts[1] else float("nan")}
+    return results
+
+
+@torch.inference_mode()
+def reconstruction_figure(model: ViTMAEForPreTraining, pixels: torch.Tensor, mean: list[float], std: list[float], path: Path, title: str = "") -> None:
+    """reconstructions.png: per image, original | masked input | reconstruction | reconstruction + visible patches."""
+    model.eval()
+    device = next(model.parameters()).device
+    pixels = pixels.to(device)
+    generator = torch.Generator().manual_seed(MASK_SEED)
+    out = model(pixel_values=pixels, noise=masking_noise(len(pixels), model.config, generator, device))
+    _, patch_mean, patch_std = _targets(model, pixels)
+    predicted = out.logits.float() * patch_std + patch_mean  # back to normalised-pixel space
+    mask = out.mask.unsqueeze(-1).expand_as(predicted)
+    target = model.patchify(pixels)
+    size = (model.config.image_size, model.config.image_size)
+    recon = model.unpatchify(predicted, size)
+    masked_input = model.unpatchify(target * (1 - mask), size)
+    pasted = model.unpatchify(target * (1 - mask) + predicted * mask, size)
+
+    m = torch.as_tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, device=device).view(1, 3, 1, 1)
+
+    def show(x: torch.Tensor) -> np.ndarray:
+        return (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+    masked_show = show(masked_input)
+    masked_show[model.unpatchify(mask, size).permute(0, 2, 3, 1).cpu().numpy() > 0.5] = 0.5  # grey masked patches
+    panels = [show(pixels), masked_show, show(recon), show(pasted)]
+    names = ["original", f"masked {model.config.mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]
+    rows = len(pixels)
+    fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        for c in range(4):
+            axes[r, c].imshow(panels[c][r], interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(names[c], fontsize=9)
+    note = " (normalised-pixel loss: output de-normalised with each patch's own mean/std)" if model.config.norm_pix_loss else ""
+    fig.suptitle(f"{title}{note}", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

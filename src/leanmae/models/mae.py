@@ -1,0 +1,81 @@
+"""The masked autoencoder: transformers' ViTMAEForPreTraining, built from a ModelConfig.
+
+Using the transformers model (rather than a copy of models_mae.py) means every checkpoint
+leanmae writes is a plain ``save_pretrained`` folder (config.json + model.safetensors) that
+transformers, and any tool built on it, loads directly; measured here it trains as fast as a
+hand-written MAE. Weights are only ever read from safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+from leanmae.config import ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used for this model; the message says why."""
+
+
+def mae_config(model: ModelConfig) -> ViTMAEConfig:
+    if model.image_size % model.patch_size:
+        raise CheckpointError(f"model.image_size {model.image_size} is not a multiple of model.patch_size {model.patch_size}")
+    if model.hidden_size % model.heads or model.decoder_hidden_size % model.decoder_heads:
+        raise CheckpointError("hidden sizes must be multiples of their number of attention heads")
+    return ViTMAEConfig(
+        image_size=model.image_size,
+        patch_size=model.patch_size,
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.depth,
+        num_attention_heads=model.heads,
+        intermediate_size=int(model.hidden_size * model.mlp_ratio),
+        decoder_hidden_size=model.decoder_hidden_size,
+        decoder_num_hidden_layers=model.decoder_depth,
+        decoder_num_attention_heads=model.decoder_heads,
+        decoder_intermediate_size=int(model.decoder_hidden_size * model.mlp_ratio),
+        mask_ratio=model.mask_ratio,
+        norm_pix_loss=model.norm_pix_loss,
+        attn_implementation="sdpa",
+    )
+
+
+def check_model_folder(folder: Path) -> None:
+    """A save_pretrained folder must hold config.json and safetensors weights (never a pickle)."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder does not exist")
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).exists()]
+    if missing:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        extra = f"; found {', '.join(pickles)}, which leanmae does not load (pickle files can run code)" if pickles else ""
+        raise CheckpointError(f"{folder}: not a usable model folder, missing {', '.join(missing)}{extra}")
+
+
+def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPreTraining:
+    """A fresh MAE, or one whose weights start from the local MAE folder ``init``.
+
+    The folder's encoder and decoder must have the configured shapes: a different patch size or
+    width is an error naming both, never a silent partial load.
+    """
+    config = mae_config(model)
+    if init is None:
+        return ViTMAEForPreTraining(config)
+    folder = Path(init)
+    check_model_folder(folder)
+    saved = ViTMAEConfig.from_pretrained(folder)
+    for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "decoder_hidden_size", "decoder_num_hidden_layers"):
+        if getattr(saved, key) != getattr(config, key):
+            raise CheckpointError(f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config")
+    mae = ViTMAEForPreTraining.from_pretrained(folder, config=config, use_safetensors=True)
+    return mae
+
+
+def num_patches(config: ViTMAEConfig) -> int:
+    return (config.image_size // config.patch_size) ** 2
+
+
+def masking_noise(batch: int, config: ViTMAEConfig, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """Noise that decides which patches are masked; drawn from our generator so runs are reproducible."""
+    return torch.rand(batch, num_patches(config), generator=generator).to(device)

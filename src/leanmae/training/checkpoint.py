@@ -1,0 +1,143 @@
+"""Atomic writes and resumable training checkpoints, in safetensors and JSON only.
+
+Every file is written to a temporary name, flushed to disk and renamed over the target, so a
+killed process (or a full disk) leaves either the old file or the new one, never half of one.
+A checkpoint is a folder ``checkpoints/epoch-NNNN`` that appears only by rename once complete;
+resuming takes the newest such folder. Optimizer state goes into safetensors too, so resuming
+never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path | str, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename; the previous content survives any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it replaces ``final`` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and plain values (for JSON)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain["state"].setdefault(str(pid), {})[name] = value
+    return tensors, plain
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entries in plain["state"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})$")
+
+
+def save_checkpoint(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 1) -> Path:
+    """Write ``folder/epoch-NNNN`` atomically, then drop older checkpoints beyond ``keep``."""
+    target = Path(folder) / f"epoch-{epoch:04d}"
+    with atomic_dir(target) as tmp:
+        save_file(model_tensors(model), tmp / "model.safetensors")
+        tensors, plain = _optimizer_tensors(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(plain))
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "epoch": epoch}, default=str))
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of a killed write are ignored)."""
+    if not Path(folder).is_dir():
+        return []
+    found = [p for p in Path(folder).iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, map_location: torch.device) -> dict[str, Any]:
+    """Restore model and optimizer from one checkpoint folder; returns its trainer state."""
+    weights = load_file(path / "model.safetensors", device=str(map_location))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors", device=str(map_location)), json.loads((path / "optimizer.json").read_text()))
+    return json.loads((path / "trainer_state.json").read_text())
+

@@ -1,0 +1,83 @@
+"""Process and device setup: one code path for CPU, one GPU and torchrun's several processes.
+
+Under ``torchrun`` the usual environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
+is present and a process group is started: NCCL on GPUs, gloo on CPUs. Without it, the run is a
+single process and world size 1, and nothing distributed is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs and who it is among the processes of the run."""
+
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes logs, checkpoints, figures and reports."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over all processes (for logging losses of a sharded epoch)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+
+def setup(device: str = "auto", threads: int | None = None) -> Context:
+    """Start the process group if launched by torchrun and pick this process's device.
+
+    On CPUs one torch thread per process is the default: measured on 2-core machines, a training
+    process with 2 threads ran 1.5-2x slower than with 1, while two 1-thread processes (DDP or two
+    independent runs) use the machine fully.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(threads or 1)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return Context(device=chosen, rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs by default; fp32 on CPUs (bf16 autocast ran ~10x slower on CPUs without bf16 units)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

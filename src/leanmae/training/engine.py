@@ -1,0 +1,220 @@
+"""The one training engine that pretraining and fine-tuning share.
+
+A task gives the engine three things: the batches of an epoch, a loss for one batch, and a
+validation function. The engine owns the rest: AdamW and its per-iteration schedule, gradient
+accumulation (without DDP gradient sync on non-final micro-steps), clipping, autocast, the
+non-finite-loss stop, progress bars, history.csv and TensorBoard, atomic checkpoints every epoch
+and resuming from them.
+
+Reproducibility: all randomness of an epoch (batch order, augmentation, masking, dropout) is
+seeded from (seed, epoch, rank) at the start of that epoch. A run resumed from the checkpoint
+of epoch k therefore replays epoch k+1 exactly, and ends with the same weights as a run that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from leanmae.config import OptimConfig, RunConfig, absolute_lr
+from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_atomic
+from leanmae.training.distributed import Context, autocast_dtype
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint is still valid."""
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, tokens and position embeddings (as in MAE).
+
+    ``layer_scale(name)`` gives a per-parameter lr multiplier (layer-wise lr decay in fine-tuning).
+    """
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(("cls_token", "position_embeddings", "mask_token"))
+        key = (0.0 if no_decay else weight_decay, layer_scale(name) if layer_scale else 1.0)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "weight_decay": wd, "lr_scale": scale} for (wd, scale), params in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def lr_at(step: int, peak: float, optim: OptimConfig, steps_per_epoch: int) -> float:
+    """Linear warmup, then cosine decay to ``min_lr`` or constant; one value per optimizer step."""
+    warmup = optim.warmup_epochs * steps_per_epoch
+    total = optim.epochs * steps_per_epoch
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if optim.schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1.0, total - warmup)
+    return optim.min_lr + (peak - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """One integer per (seed, epoch, rank): the root of all randomness of that epoch on that process."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    best_value: float | None
+    seconds: float
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """What a command hands the engine.
+
+    ``batches(epoch)`` lists this process's batches (cheap index arrays) for one epoch;
+    ``prepare(batch, generator)`` turns one into model inputs (gather + augment: the engine times
+    it as data waiting); ``loss(model, inputs, generator)`` returns the mean loss of one batch; ``validate(model)`` returns metrics (at least ``val_loss``)
+    on rank 0. ``select`` names the validation metric to maximise for model selection (None: the
+    last epoch is kept); ``on_best(model)`` is called on rank 0 when it improves.
+    """
+
+    batches: Callable[[int], Sequence[Any]]
+    prepare: Callable[[Any, torch.Generator], Any]
+    loss: Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+    validate: Callable[[nn.Module], dict[str, float]]
+    select: str | None = None
+    on_best: Callable[[nn.Module], None] | None = None
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: Context, out_dir: Path, steps_per_epoch: int, layer_scale: Callable[[str], float] | None = None) -> TrainResult:
+    """Train ``model`` on ``task`` for ``optim.epochs`` epochs, resuming from ``out_dir/checkpoints``."""
+    out_dir = Path(out_dir)
+    peak_lr = absolute_lr(optim, ctx.world_size)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, optim.weight_decay, layer_scale),
+        lr=peak_lr,
+        betas=optim.betas,
+        foreach=ctx.device.type == "cpu" or None,
+        fused=True if ctx.device.type == "cuda" else None,
+    )
+    amp = autocast_dtype(run.amp, ctx.device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    start_epoch, history, best_epoch, best_value, resumed_from = 0, [], None, None, None
+    checkpoints = list_checkpoints(out_dir / "checkpoints")
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer, ctx.device)
+        start_epoch = state["epoch"]
+        history, best_epoch, best_value = state["history"], state["best_epoch"], state["best_value"]
+        resumed_from = start_epoch
+        if ctx.is_main:
+            print(f"resuming from {checkpoints[-1]} (epoch {start_epoch} of {optim.epochs} done)")
+
+    trained = model
+    if ctx.distributed:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    writer = None
+    if ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch * steps_per_epoch)
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, optim.epochs):
+        seed = epoch_seed(run.seed, epoch, ctx.rank)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        batches = task.batches(epoch)
+        trained.train()
+        epoch_start, data_time, loss_sum = time.perf_counter(), 0.0, 0.0
+        step = epoch * steps_per_epoch
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=not (ctx.is_main and run.progress), leave=False)
+        for group_start in range(0, len(batches), optim.accum_steps):
+            group = batches[group_start : group_start + optim.accum_steps]
+            lr = lr_at(step, peak_lr, optim, steps_per_epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            for i, batch in enumerate(group):
+                sync = i == len(group) - 1 or not ctx.distributed
+                t0 = time.perf_counter()
+                inputs = task.prepare(batch, generator)
+                data_time += time.perf_counter() - t0
+                with trained.no_sync() if not sync else nullcontext():
+                    with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+                        loss = task.loss(trained, inputs, generator)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(
+                            f"loss is {value} at epoch {epoch + 1}, step {step}; the last checkpoint in {out_dir / 'checkpoints'} is intact. "
+                            "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
+                        )
+                    scaled = loss / len(group)
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    loss_sum += value
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if scaler:
+                scaler.unscale_(optimizer)
+            if optim.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        bar.close()
+        train_loss = ctx.mean(loss_sum / max(1, len(batches)))
+        seconds = time.perf_counter() - epoch_start
+
+        metrics: dict[str, float] = {}
+        if ctx.is_main:
+            model.eval()
+            with torch.inference_mode(), torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+                metrics = task.validate(model)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr, "seconds": seconds, "data_seconds": data_time}
+            history.append(row)
+            if task.select is not None and (best_value is None or metrics[task.select] > best_value):
+                best_epoch, best_value = epoch + 1, metrics[task.select]
+                if task.on_best:
+                    task.on_best(model)
+            state = {"history": history, "best_epoch": best_epoch, "best_value": best_value, "step": step}
+            save_checkpoint(out_dir / "checkpoints", epoch + 1, model, optimizer, state)
+            write_history(out_dir / "history.csv", history)
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, step)  # type: ignore[union-attr]
+            writer.flush()  # type: ignore[union-attr]
+            print(
+                f"epoch {epoch + 1}/{optim.epochs}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "seconds", "data_seconds"))
+                + f", {seconds:.0f}s"
+            )
+        ctx.barrier()
+    if writer:
+        writer.close()
+    return TrainResult(history=history, best_epoch=best_epoch, best_value=best_value, seconds=time.perf_counter() - started, resumed_from=resumed_from)
