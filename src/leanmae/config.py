@@ -114,6 +114,33 @@ class PretrainConfig:
     recon_images: int = 8  # validation images shown in reconstructions.png
 
 
+@dataclass
+class ClassifierOptions:
+    """Fine-tuning recipe (MAE paper, scaled to small data sets); see README 'Fine-tuning'."""
+
+    pooling: str = "cls"  # cls | mean
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off (the default: it hurts at 1 % of the labels)
+    cutmix: float = 0.0
+    layer_decay: float = 0.75
+    balance: str = "loss"  # loss (class-weighted loss) | sampler (class-balanced sampling) | none
+    select: str = "val_macro_f1"  # keep the epoch with the best validation macro-F1, or "last"
+    linear_probe: bool = False  # frozen encoder, features computed once, linear head only
+    min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
+    eval_batch_size: int = 256
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.35, 1.0)))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=2, min_lr=1e-6))
+    run: RunConfig = field(default_factory=RunConfig)
+    classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
+
+
 def preset_names() -> list[str]:
     """Presets shipped inside the package (``leanmae/presets/*.yaml``)."""
     folder = resources.files("leanmae") / "presets"

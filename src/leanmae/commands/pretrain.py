@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from leanmae.config import PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
+from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
 from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
-from leanmae.data.sources import collect
+from leanmae.data.sources import ImageRecord, collect
 from leanmae.evaluation.reconstruction import EVAL_RATIOS, reconstruction_errors, reconstruction_figure
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
@@ -91,11 +91,9 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     return Pool(cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1)))
 
 
-def build_cache(cfg: PretrainConfig, ctx: Context) -> ImageCache:
+def build_cache_for(records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context) -> ImageCache:
     """Rank 0 decodes; the other processes wait and then open the finished cache."""
-    records = collect(cfg.data.sources)
-    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
-    kwargs = {"cache_dir": cfg.data.cache_dir, "skip_bad": cfg.data.skip_bad, "workers": cfg.data.workers, "progress": cfg.run.progress and ctx.is_main}
+    kwargs = {"cache_dir": data.cache_dir, "skip_bad": data.skip_bad, "workers": data.workers, "progress": progress and ctx.is_main}
     if ctx.is_main:
         cache = load_or_build(records, spec, **kwargs)
     ctx.barrier()
@@ -115,7 +113,8 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     if ctx.is_main:
         prepare_output(out, config_dict, resume, overwrite)
     ctx.barrier()
-    pool = split_pool(build_cache(cfg, ctx), cfg.data.val_fraction)
+    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
+    pool = split_pool(build_cache_for(collect(cfg.data.sources), spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
     cache = pool.cache
     if cfg.augment.normalize == "dataset":
         mean, std = dataset_stats(cache.images, pool.train)

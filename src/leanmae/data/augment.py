@@ -79,3 +79,28 @@ def dataset_stats(images: np.ndarray, indices: np.ndarray, limit: int = 2000, se
     pick = np.sort(rng.choice(indices, size=min(limit, len(indices)), replace=False))
     pixels = np.asarray(images[pick], dtype=np.float64).reshape(-1, 3) / 255.0
     return pixels.mean(0).tolist(), pixels.std(0).clip(min=1e-3).tolist()
+
+
+def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix (one of them per batch, as timm does) with the batch mixed with its reverse.
+
+    ``targets`` are one-hot (or smoothed) rows; they are mixed in the same proportion as the pixels.
+    """
+    if mixup <= 0 and cutmix <= 0:
+        return images, targets
+    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    flipped = images.flip(0)
+    if use_cutmix:
+        h, w = images.shape[-2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        images = images.clone()
+        images[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        images = lam * images + (1 - lam) * flipped
+    return images, lam * targets + (1 - lam) * targets.flip(0)

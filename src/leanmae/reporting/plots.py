@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
@@ -35,4 +36,64 @@ def loss_curve(history: list[dict[str, float]], path: Path | str, title: str) ->
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def training_curves(history: list[dict[str, float]], path: Path | str, title: str) -> Path:
+    """training_curves.png: loss (train, validation) and validation accuracy / macro-F1 per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    left.plot(epochs, [r["val_loss"] for r in history], marker="s", label="validation")
+    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    right.plot(epochs, [r["val_accuracy"] for r in history], marker="o", label="validation accuracy")
+    right.plot(epochs, [r["val_macro_f1"] for r in history], marker="s", label="validation macro-F1")
+    right.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def confusion_plot(matrix: list[list[int]], labels: list[str], path: Path | str, title: str) -> Path:
+    """confusion_matrix.png: counts, rows = true class, columns = predicted class."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    ConfusionMatrixDisplay(confusion_matrix=np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False, cmap="Blues", xticks_rotation=30)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def confidence_boxplot(groups: dict[str, dict[str, np.ndarray]], labels: list[str], path: Path | str, title: str) -> Path:
+    """The seed's figure: confidence per true class, correct (green) beside wrong (red) predictions.
+
+    ``groups`` maps an arm name (e.g. "scratch", "MAE") to {"true": labels, "probs": probabilities};
+    with several arms their boxes for each class sit side by side, the second one hatched.
+    """
+    arms = list(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) * len(arms)), 4.5))
+    width = 0.8 / (2 * len(arms))
+    colors = {"correct": "#4c9f70", "wrong": "#d1495b"}
+    for a, arm in enumerate(arms):
+        y, probs = groups[arm]["true"], groups[arm]["probs"]
+        pred, conf = probs.argmax(1), probs.max(1)
+        for k, outcome in enumerate(("correct", "wrong")):
+            data = [conf[(y == c) & ((pred == y) == (outcome == "correct"))] for c in range(len(labels))]
+            positions = np.arange(len(labels)) - 0.4 + width * (2 * a + k + 0.5)
+            box = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=True, flierprops={"markersize": 2})
+            for patch in box["boxes"]:
+                patch.set_facecolor(colors[outcome])
+                patch.set_alpha(0.85 if a == 0 else 0.45)
+                patch.set_hatch("" if a == 0 else "//")
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=20)
+    ax.set_ylabel("confidence (probability of predicted class)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colors[o], alpha=0.85 if a == 0 else 0.45, hatch="" if a == 0 else "//", label=f"{arm}: {o}") for a, arm in enumerate(arms) for o in ("correct", "wrong")]
+    ax.legend(handles=handles, fontsize=8, ncol=len(arms), loc="lower left")
+    ax.set_title(title)
     return save_figure(fig, path)

@@ -141,3 +141,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors", device=str(map_location)), json.loads((path / "optimizer.json").read_text()))
     return json.loads((path / "trainer_state.json").read_text())
 
+
+
+def save_weights(module: torch.nn.Module, path: Path | str) -> None:
+    """One module's weights as safetensors, replaced atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(model_tensors(module), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,105 @@
+"""``leanmae split``, ``leanmae evaluate`` and ``leanmae predict``: the data split and using a trained classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from leanmae.commands.reconstruct import image_files, model_folder
+from leanmae.data.cache import DecodeSpec, load_or_build
+from leanmae.data.decode import BadImageError, decode_rgb, square_resize
+from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.split import SPLITS, counts, make_split, read_manifest, verify, write_manifest
+from leanmae.evaluation.metrics import classification_report, write_predictions
+from leanmae.evaluation.predict import cached_batches, predict_probs
+from leanmae.models.classifier import load_classifier
+from leanmae.models.io import load_preprocessing
+from leanmae.training.checkpoint import write_json
+from leanmae.training.distributed import setup
+
+
+def split(data: str | Path, classes: str | list[str], out: str | Path, ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, dict[str, int]]:
+    """Make the study's fixed stratified train/val/test split of the class folders ``classes`` under ``data``."""
+    names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
+    parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(ratios)
+    if len(parts) != 3:
+        raise DataError(f"--ratios {ratios!r}: expected three numbers train,val,test such as 0.7,0.1,0.2")
+    items = make_split(Path(data), names, parts, seed)  # type: ignore[arg-type]
+    write_manifest(items, out, data)
+    table = counts(items)
+    print(f"wrote {out}: " + "; ".join(f"{s} {sum(table[s].values())}" for s in SPLITS))
+    for s in SPLITS:
+        print(f"  {s:5s} " + ", ".join(f"{k} {v}" for k, v in table[s].items()))
+    return table
+
+
+def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
+    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``."""
+    if subset not in SPLITS:
+        raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
+    ctx = setup(device or "auto")
+    folder = model_folder(model)
+    classifier = load_classifier(folder).to(ctx.device)
+    mean, std, extra = load_preprocessing(folder)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    root, items = read_manifest(split, data_root)
+    items = [it for it in items if it.split == subset]
+    verify(items, root)
+    unknown = sorted({it.label for it in items} - set(labels))
+    if unknown:
+        raise DataError(f"{split}: classes {unknown} are not among the model's classes {labels}")
+    cache = load_or_build([ImageRecord(root / it.relpath, root, it.label) for it in items], DecodeSpec(size=extra.get("cache_size", classifier.config.image_size)))
+    entries = np.arange(len(cache))
+    y = np.array([labels.index(items[s].label) for s in cache.sources])
+    probs = predict_probs(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
+    report = classification_report(y, probs, labels)
+    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
+    write_json(target / "metrics.json", {"model": str(folder), "subset": subset, subset: report})
+    write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y)
+    print(f"{subset}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images; wrote {target}")
+    return report
+
+
+def _decoded_batches(files: list[Path], size: int, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
+    """Stream decoded images in batches so that thousands of files never sit in memory at once."""
+    batch: list[np.ndarray] = []
+    for i, file in enumerate(files):
+        try:
+            batch.append(square_resize(decode_rgb(file), size))
+        except BadImageError as err:
+            if not skip_bad:
+                raise BadImageError(err.path, err.reason + " (pass --skip-bad to list it as an error row instead)") from err
+            errors[i] = err.reason
+            batch.append(np.zeros((size, size, 3), dtype=np.uint8))
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path = "predictions.csv", batch_size: int = 256, skip_bad: bool = False, device: str | None = None) -> Path:
+    """Classify new images (files or folders) with the model's own preprocessing; writes ``out`` (CSV)."""
+    ctx = setup(device or "auto")
+    folder = model_folder(model)
+    classifier = load_classifier(folder).to(ctx.device)
+    mean, std, extra = load_preprocessing(folder)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    errors: dict[int, str] = {}
+    size = extra.get("cache_size", classifier.config.image_size)
+    with tqdm(total=len(files), desc="classifying", unit="img") as bar:
+
+        def counted() -> Iterator[np.ndarray]:
+            for batch in _decoded_batches(files, size, batch_size, skip_bad, errors):
+                bar.update(len(batch))
+                yield batch
+
+        probs = predict_probs(classifier, counted(), classifier.config.image_size, mean, std)
+    write_predictions(Path(out), [str(f) for f in files], probs, labels, extra={"error": [errors.get(i, "") for i in range(len(files))]})
+    print(f"wrote {out}: {len(files)} images, {len(errors)} unreadable")
+    return Path(out)

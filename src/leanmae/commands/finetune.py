@@ -1,0 +1,310 @@
+"""``leanmae finetune``: a ViT classifier from scratch or from an MAE encoder, at a fraction of the labels.
+
+The seed's method: the MAE's encoder with a new classifier head, the whole network fine-tuned
+(``--linear-probe`` trains only the head on frozen features instead). Training uses the train
+split's images of one label fraction; the model is selected on the validation split (best
+macro-F1, or the last epoch); the test split is scored once, at the end, and never used for a
+choice. Output folder:
+
+    run.json, history.csv, tensorboard/, checkpoints/   as in pretraining
+    model/                  the selected classifier (transformers save_pretrained + preprocessing)
+    metrics.json            test (and validation) accuracy, balanced accuracy, macro P/R/F1,
+                            per class P/R/F1/support, confusion matrix, confidence statistics
+    predictions.csv         test images: path, true, predicted, confidence, every class's probability
+    training_curves.png, confusion_matrix.png, confidence.png
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from leanmae.commands.pretrain import build_cache_for
+from leanmae.commands.reconstruct import model_folder
+from leanmae.config import FinetuneConfig, absolute_lr, effective_batch, resolve, to_dict
+from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
+from leanmae.data.batches import epoch_order, gather, split_batches
+from leanmae.data.cache import DecodeSpec, ImageCache
+from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
+from leanmae.evaluation.metrics import classification_report, summary, write_predictions
+from leanmae.evaluation.predict import cached_batches, predict_probs
+from leanmae.models.classifier import LeanViTClassifier, add_drop_path, build_classifier, layer_decay_scale
+from leanmae.models.io import load_preprocessing, save_model
+from leanmae.reporting.plots import confidence_boxplot, confusion_plot, training_curves
+from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.training.checkpoint import save_weights, write_json
+from leanmae.training.distributed import Context, setup
+from leanmae.training.engine import Task, fit
+
+
+def finetune(
+    split: str | Path,
+    out: str | Path,
+    fraction: float = 1.0,
+    init: str | Path = "scratch",
+    preset: str | None = "cpu",
+    config: str | Path | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    linear_probe: bool = False,
+    pooling: str | None = None,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    device: str | None = None,
+    set: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a classifier on ``fraction`` of the train split of ``split``; returns metrics.json's content.
+
+    ``init`` is ``"scratch"``, a pretraining run folder, an MAE model folder, or a local
+    transformers ViT / ViT-MAE folder. Same options as ``leanmae finetune``.
+    """
+    flags = {
+        "optim": {"epochs": epochs},
+        "run": {"seed": seed, "device": device, "progress": progress},
+        "data": {"skip_bad": skip_bad or None},
+        "classifier": {"linear_probe": linear_probe or None, "pooling": pooling},
+    }
+    cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
+    return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
+
+
+@dataclass
+class LabelledData:
+    """The split's images in the decode-once cache, with integer labels and index sets per split."""
+
+    root: Path
+    items: list[Item]
+    labels: list[str]
+    cache: ImageCache
+    y: np.ndarray  # cache entry -> class index
+    index: dict[str, np.ndarray]  # "train" (this fraction), "val", "test" -> cache entries
+
+    def paths(self, split: str) -> list[str]:
+        return [self.items[s].relpath for s in self.cache.sources[self.index[split]]]
+
+
+def load_labelled(split_path: Path, data_root: str | Path | None, fraction: float, seed: int, spec: DecodeSpec, cfg: FinetuneConfig, ctx: Context) -> LabelledData:
+    """Read and verify the manifest, decode its images once, and pick this run's label fraction."""
+    root, items = read_manifest(split_path, data_root)
+    if ctx.is_main:
+        verify(items, root)
+    labels = sorted({it.label for it in items})
+    records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
+    cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
+    item_of_entry = [items[s] for s in cache.sources]
+    y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
+    chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
+    index = {
+        "train": np.array([i for i, it in enumerate(item_of_entry) if it.relpath in chosen], dtype=np.int64),
+        "val": np.array([i for i, it in enumerate(item_of_entry) if it.split == "val"], dtype=np.int64),
+        "test": np.array([i for i, it in enumerate(item_of_entry) if it.split == "test"], dtype=np.int64),
+    }
+    for name, idx in index.items():
+        missing = set(range(len(labels))) - set(y[idx].tolist())
+        if missing:
+            raise DataError(f"{split_path}: the {name} images lack class(es) {', '.join(labels[m] for m in sorted(missing))}")
+    return LabelledData(root, items, labels, cache, y, index)
+
+
+def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
+    ctx = setup(cfg.run.device, cfg.run.threads)
+    config_dict = to_dict(cfg)
+    init_folder = None if str(init) == "scratch" else model_folder(init)
+    if ctx.is_main:
+        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite)
+    ctx.barrier()
+    opts, image_size = cfg.classifier, cfg.model.image_size
+    spec = DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25))
+    data = load_labelled(split_path, data_root, fraction, cfg.run.seed, spec, cfg, ctx)
+    labels, train_idx = data.labels, data.index["train"]
+
+    if init_folder is not None:
+        mean, std, _ = load_preprocessing(init_folder)  # the MAE's own normalisation
+    elif cfg.augment.normalize == "dataset":
+        mean, std = dataset_stats(data.cache.images, train_idx)
+    else:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+    torch.manual_seed(cfg.run.seed)
+    model = build_classifier(cfg.model, labels, opts.pooling, init_folder).to(ctx.device)
+    class_counts = np.bincount(data.y[train_idx], minlength=len(labels))
+    class_weight = torch.tensor(len(train_idx) / (len(labels) * class_counts), dtype=torch.float32, device=ctx.device) if opts.balance == "loss" else None
+    sample_weight = (1.0 / class_counts[data.y[train_idx]]) if opts.balance == "sampler" else None
+
+    # Small fractions: a batch no larger than a quarter of the data, and enough passes per epoch
+    # to reach ``min_steps`` optimizer steps; the lr follows the batch by the MAE rule.
+    per_rank = math.ceil(len(train_idx) / ctx.world_size)
+    batch_size = max(1, min(cfg.optim.batch_size, per_rank // 4 or 1))
+    steps_per_pass = math.ceil((per_rank // batch_size or 1) / cfg.optim.accum_steps)
+    passes = max(1, math.ceil(opts.min_steps / (cfg.optim.epochs * steps_per_pass)))
+    optim = type(cfg.optim)(**{**cfg.optim.__dict__, "batch_size": batch_size})
+
+    if opts.linear_probe:
+        trained, task = _linear_probe_task(model, data, mean, std, ctx, opts.eval_batch_size, batch_size, passes, cfg.run.seed, sample_weight, class_weight)
+        task.select = None if opts.select == "last" else opts.select
+        layer_scale = None
+    else:
+        add_drop_path(model, opts.drop_path)
+        trained, task = _finetune_task(model, data, cfg, mean, std, ctx, batch_size, passes, sample_weight, class_weight)
+        layer_scale = layer_decay_scale(model, opts.layer_decay) if opts.layer_decay < 1 else None
+
+    if ctx.is_main:
+        print(
+            f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: {len(train_idx)} training images "
+            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist()))}), {len(data.index['val'])} val, {len(data.index['test'])} test; "
+            f"batch {batch_size} x {passes} pass(es)/epoch; lr = {optim.base_lr:g} x {effective_batch(optim, ctx.world_size)} / 256 = {absolute_lr(optim, ctx.world_size):.3g}"
+        )
+        write_run_info(
+            out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, preset=preset, seed=cfg.run.seed,
+            device=str(ctx.device), world_size=ctx.world_size, data_hash=data.cache.key, skipped_files=data.cache.skipped,
+            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items),
+            batch_size=batch_size, passes_per_epoch=passes, absolute_lr=absolute_lr(optim, ctx.world_size), status="running",
+        )
+
+    task.on_best = lambda module: save_weights(module, out / "best.safetensors")
+    started = time.time()
+    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
+    result = fit(trained, task, optim, cfg.run, ctx, out, steps_per_epoch, layer_scale)
+
+    metrics: dict[str, Any] = {}
+    if ctx.is_main:
+        if opts.select != "last" and (out / "best.safetensors").exists():
+            trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
+        if opts.linear_probe:
+            _fold_probe_into(model, trained)
+        probs = {s: _probs(model, data, s, mean, std, opts.eval_batch_size, cfg.run.progress) for s in ("val", "test")}
+        truth = {s: data.y[data.index[s]] for s in ("val", "test")}
+        metrics = {
+            "fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)),
+            "selection": opts.select, "selected_epoch": result.best_epoch if opts.select != "last" else len(result.history),
+            "test": classification_report(truth["test"], probs["test"], labels),
+            "val": classification_report(truth["val"], probs["val"], labels),
+            "train_seconds": result.seconds, "wall_seconds": time.time() - started,
+        }
+        save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, "cache_size": spec.size})
+        write_json(out / "metrics.json", metrics)
+        write_predictions(out / "predictions.csv", data.paths("test"), probs["test"], labels, truth["test"])
+        name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
+        training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
+        confusion_plot(metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"], labels, out / "confusion_matrix.png", f"test split ({name})")
+        confidence_boxplot({name: {"true": truth["test"], "probs": probs["test"]}}, labels, out / "confidence.png", "confidence on the test split")
+        write_run_info(out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, status="finished", resumed_from_epoch=result.resumed_from, test=_headline(metrics["test"]), wall_seconds=metrics["wall_seconds"])
+        t = metrics["test"]
+        print(f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}")
+    ctx.barrier()
+    return metrics
+
+
+def _headline(report: dict[str, Any]) -> dict[str, float]:
+    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")}
+
+
+def _probs(model: LeanViTClassifier, data: LabelledData, split: str, mean: list[float], std: list[float], batch_size: int, progress: bool) -> np.ndarray:
+    idx = data.index[split]
+    return predict_probs(model, cached_batches(data.cache.images, idx, batch_size), model.config.image_size, mean, std, total=len(idx), progress=progress)
+
+
+def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+    """Label-smoothed one-hot rows (soft targets, so that mixup/cutmix can mix them)."""
+    return F.one_hot(y, classes).float() * (1 - smoothing) + smoothing / classes
+
+
+def _val_metrics(logits: torch.Tensor, y: np.ndarray, labels: list[str]) -> dict[str, float]:
+    loss = F.cross_entropy(logits.float(), torch.as_tensor(y, device=logits.device)).item()
+    scores = summary(y, logits.argmax(1).cpu().numpy(), labels)
+    return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+
+
+def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneConfig, mean, std, ctx: Context, batch_size: int, passes: int, sample_weight, class_weight) -> tuple[nn.Module, Task]:
+    opts, aug, image_size = cfg.classifier, cfg.augment, cfg.model.image_size
+    train_idx, classes = data.index["train"], len(data.labels)
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return [
+            batch
+            for p in range(passes)
+            for batch in split_batches(epoch_order(train_idx, epoch * passes + p, cfg.run.seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)
+        ]
+
+    def prepare(batch: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = to_float(gather(data.cache.images, batch), ctx.device)
+        images = normalize(random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, generator), mean, std)
+        targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
+        return mix(images, targets, opts.mixup, opts.cutmix, generator)
+
+    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        pixels, targets = inputs
+        return F.cross_entropy(trained(pixel_values=pixels).logits.float(), targets, weight=class_weight)
+
+    def validate(module: nn.Module) -> dict[str, float]:
+        idx = data.index["val"]
+        probs = predict_probs(module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std)
+        return _val_metrics(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), data.y[idx], data.labels)
+    return model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select=None if opts.select == "last" else opts.select)
+
+
+class ProbeHead(nn.Module):
+    """The MAE paper's linear probe: BatchNorm without affine parameters, then a linear layer."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(features))
+
+
+@torch.inference_mode()
+def _features(model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    chunks = [model.features(normalize(resize(to_float(b, device), model.config.image_size), mean, std)) for b in cached_batches(data.cache.images, data.index[split], batch_size)]
+    return torch.cat(chunks).float()
+
+
+def _linear_probe_task(model: LeanViTClassifier, data: LabelledData, mean, std, ctx: Context, eval_batch: int, batch_size: int, passes: int, seed: int, sample_weight, class_weight) -> tuple[nn.Module, Task]:
+    """Frozen encoder: features of every image computed once, then only the head trains on them."""
+    model.requires_grad_(False)
+    feats = {s: _features(model, data, s, mean, std, eval_batch) for s in ("train", "val")}
+    head = ProbeHead(model.config.hidden_size, len(data.labels)).to(ctx.device)
+    positions = np.arange(len(data.index["train"]))
+    y_train = torch.as_tensor(data.y[data.index["train"]], device=ctx.device)
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return [b for p in range(passes) for b in split_batches(epoch_order(positions, epoch * passes + p, seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)]
+
+    def prepare(batch: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(batch, device=ctx.device)
+        return feats["train"][index], y_train[index]
+
+    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        return F.cross_entropy(trained(inputs[0]), inputs[1], weight=class_weight)
+
+    def validate(module: nn.Module) -> dict[str, float]:
+        return _val_metrics(module(feats["val"]), data.y[data.index["val"]], data.labels)
+
+    return head, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select="val_macro_f1")
+
+
+def _fold_probe_into(model: LeanViTClassifier, head: ProbeHead) -> None:
+    """Fold the probe's BatchNorm into one linear layer and make it the classifier's head."""
+    scale = 1.0 / torch.sqrt(head.norm.running_var + head.norm.eps)
+    weight = head.linear.weight * scale
+    bias = head.linear.bias - (head.linear.weight * scale) @ head.norm.running_mean
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(bias)

@@ -1,0 +1,135 @@
+"""One fixed, stratified train / val / test split, and nested label fractions inside train.
+
+The split is made once per study and saved as a manifest (relative path, label, split, content
+hash) that every fine-tuning run reuses, so the test images are the same for every arm, fraction
+and seed, and a file changed on disk after the split is detected by its hash.
+
+Label fractions are drawn per class from one fixed shuffle of that class's training images:
+the 1 % set is the first k_1 of them, the 10 % set the first k_10 >= k_1, and so on, so the sets
+are nested by construction. Every class keeps at least two images (one where it has only one):
+the seed's 1 % run collapsed to a single class, and a fraction must never silently drop one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from leanmae.data.sources import DataError, scan
+from leanmae.training.checkpoint import write_atomic
+
+SPLITS = ("train", "val", "test")
+MIN_PER_CLASS = 2
+
+
+@dataclass(frozen=True)
+class Item:
+    relpath: str
+    label: str
+    split: str
+    sha256: str
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> list[Item]:
+    """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
+    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0:
+        raise DataError(f"split ratios {ratios} must be non-negative and sum to 1")
+    if len(classes) < 2:
+        raise DataError(f"a classification task needs at least two classes, got {classes}")
+    root = Path(root)
+    records = scan(root, classes, labelled=True)
+    by_class: dict[str, list] = {c: [] for c in classes}
+    for rec in records:
+        by_class[rec.label].append(rec)  # type: ignore[index]
+    items: list[Item] = []
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        group = by_class[label]
+        if len(group) < 3:
+            raise DataError(f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in train, val and test")
+        order = rng.permutation(len(group))
+        n_val = max(1, round(ratios[1] * len(group)))
+        n_test = max(1, round(ratios[2] * len(group)))
+        for rank, idx in enumerate(order):
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            rec = group[idx]
+            items.append(Item(rec.relpath, label, split, file_hash(rec.path)))
+    return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.relpath))
+
+
+def write_manifest(items: list[Item], path: Path | str, root: Path | str) -> None:
+    """CSV with a header comment naming the data root (relative to the manifest when possible)."""
+    path = Path(path)
+    buffer = io.StringIO()
+    buffer.write(f"# root: {Path(root).resolve()}\n")
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "split", "sha256"])
+    writer.writerows([it.relpath, it.label, it.split, it.sha256] for it in items)
+    write_atomic(path, buffer.getvalue())
+
+
+def read_manifest(path: Path | str, root: Path | str | None = None) -> tuple[Path, list[Item]]:
+    """(data root, items). Paths must stay inside the root: absolute paths and '..' are refused."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: split manifest does not exist (make one with `leanmae split`)")
+    lines = path.read_text().splitlines()
+    header_root = lines[0][len("# root: ") :] if lines and lines[0].startswith("# root: ") else None
+    data_root = Path(root or header_root or path.parent)
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    items = []
+    for row in rows:
+        rel = PurePosixPath(row["path"])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DataError(f"{path}: path {row['path']!r} leaves the data root; manifest paths must be relative and inside it")
+        if row["split"] not in SPLITS:
+            raise DataError(f"{path}: unknown split {row['split']!r} for {row['path']}")
+        items.append(Item(row["path"], row["label"], row["split"], row["sha256"]))
+    if not items:
+        raise DataError(f"{path}: manifest lists no images")
+    return data_root, items
+
+
+def verify(items: list[Item], root: Path) -> None:
+    """Every listed file exists, lies inside ``root`` and still has the hash recorded at split time."""
+    real_root = root.resolve()
+    for it in items:
+        file = root / it.relpath
+        if not file.exists():
+            raise DataError(f"{file}: listed in the split manifest but missing on disk")
+        if not file.resolve().is_relative_to(real_root):
+            raise DataError(f"{file}: resolves outside the data root {root} (symbolic link?); refusing it")
+        if file_hash(file) != it.sha256:
+            raise DataError(f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file")
+
+
+def label_fraction(items: list[Item], fraction: float, seed: int) -> list[Item]:
+    """The training images of one label fraction: stratified, nested across fractions, every class present."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"--fraction {fraction}: must be in (0, 1]")
+    train = [it for it in items if it.split == "train"]
+    chosen: list[Item] = []
+    for label in sorted({it.label for it in train}):
+        group = sorted((it for it in train if it.label == label), key=lambda it: it.relpath)
+        order = np.random.default_rng([seed, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)]).permutation(len(group))
+        k = min(len(group), max(MIN_PER_CLASS, round(fraction * len(group))))
+        chosen.extend(group[i] for i in order[:k])
+    return chosen
+
+
+def counts(items: list[Item]) -> dict[str, dict[str, int]]:
+    """{split: {label: images}} for data summaries."""
+    table: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    for it in items:
+        table[it.split][it.label] += 1
+    return {s: dict(sorted(c.items())) for s, c in table.items()}

@@ -1,0 +1,34 @@
+"""Class probabilities for many images: batched, in inference mode, with the evaluation transform."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from leanmae.data.augment import normalize, resize, to_float
+from leanmae.data.batches import gather
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, batches: Iterable[np.ndarray], image_size: int, mean: list[float], std: list[float], total: int | None = None, progress: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, classes) for uint8 (B, H, W, 3) batches: resize, normalise, forward."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with tqdm(total=total, desc="predicting", unit="img", disable=not progress) as bar:
+        for batch in batches:
+            pixels = normalize(resize(to_float(batch, device), image_size), mean, std)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(pixel_values=pixels).logits
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            bar.update(len(batch))
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
+
+
+def cached_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
+    """Batches of decoded images from the cache, in ``indices`` order."""
+    for start in range(0, len(indices), batch_size):
+        yield gather(images, indices[start : start + batch_size])

@@ -1,0 +1,154 @@
+"""The ViT classifier: transformers' ViTForImageClassification, started from scratch or from an MAE.
+
+The MAE's encoder (``vit.*`` in ViTMAEForPreTraining) has exactly the parameter names of
+ViTForImageClassification's ``vit.*``, so transfer is a state-dict copy; only the classifier head
+is new. ``config.pooling`` chooses the head's input: the CLS token (transformers' behaviour,
+the default) or the mean of the patch tokens (the MAE paper's fine-tuning default). Stochastic
+depth (drop path), which transformers' ViT lacks, is added with forward hooks on each block's
+attention and MLP branches, so the saved model stays a plain transformers checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification, ViTMAEForPreTraining, ViTModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from leanmae.config import ModelConfig
+from leanmae.models.mae import CheckpointError, check_model_folder
+
+
+class LeanViTClassifier(ViTForImageClassification):
+    """ViTForImageClassification with a choice of CLS or mean pooling (``config.pooling``)."""
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> ImageClassifierOutput:  # type: ignore[override]
+        hidden = self.vit(pixel_values, interpolate_pos_encoding=False).last_hidden_state
+        pooled = hidden[:, 1:].mean(dim=1) if getattr(self.config, "pooling", "cls") == "mean" else hidden[:, 0]
+        logits = self.classifier(pooled)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The pooled representation the head sees (used by the linear probe)."""
+        hidden = self.vit(pixel_values).last_hidden_state
+        return hidden[:, 1:].mean(dim=1) if getattr(self.config, "pooling", "cls") == "mean" else hidden[:, 0]
+
+
+def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> ViTConfig:
+    config = ViTConfig(
+        image_size=model.image_size,
+        patch_size=model.patch_size,
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.depth,
+        num_attention_heads=model.heads,
+        intermediate_size=int(model.hidden_size * model.mlp_ratio),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        attn_implementation="sdpa",
+    )
+    config.pooling = pooling
+    return config
+
+
+def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize (1, 1 + g*g, D) position embeddings to a ``grid`` x ``grid`` patch grid (bicubic, as timm/MAE do)."""
+    cls, patches = weight[:, :1], weight[:, 1:]
+    old = int(patches.shape[1] ** 0.5)
+    if old == grid:
+        return weight
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(weight.dtype)], dim=1)
+
+
+def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors."""
+    check_model_folder(folder)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type == "vit_mae":
+        source: nn.Module = ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True)
+        vit = source.vit
+    elif model_type == "vit":
+        source = ViTModel.from_pretrained(folder, use_safetensors=True, add_pooling_layer=False)
+        vit = source
+    else:
+        raise CheckpointError(f"{folder}: model_type {model_type!r} is neither an MAE (vit_mae) nor a ViT (vit)")
+    cfg = source.config
+    shape = {"patch_size": cfg.patch_size, "hidden_size": cfg.hidden_size, "depth": cfg.num_hidden_layers, "heads": cfg.num_attention_heads, "image_size": cfg.image_size}
+    return {f"vit.{k}": v for k, v in vit.state_dict().items()}, shape
+
+
+def build_classifier(model: ModelConfig, labels: list[str], pooling: str = "cls", init: str | Path | None = None) -> LeanViTClassifier:
+    """A classifier for ``labels``: random weights, or the encoder of the MAE/ViT folder ``init``.
+
+    The encoder's patch size, width, depth and heads come from ``model``; a checkpoint that
+    differs in any of them is an error naming both values. A different image size is fine: the
+    position embeddings are interpolated to the new patch grid.
+    """
+    classifier = LeanViTClassifier(vit_config(model, labels, pooling))
+    if init is None:
+        return classifier
+    weights, shape = encoder_weights(Path(init))
+    wanted = {"patch_size": model.patch_size, "hidden_size": model.hidden_size, "depth": model.depth, "heads": model.heads}
+    for key, value in wanted.items():
+        if shape[key] != value:
+            raise CheckpointError(f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for {value}; use the preset the MAE was pretrained with")
+    key = "vit.embeddings.position_embeddings"
+    weights[key] = _interpolate_positions(weights[key], model.image_size // model.patch_size)
+    own = classifier.state_dict()
+    weights = {k: v for k, v in weights.items() if k in own}
+    missing = [k for k in own if k.startswith("vit.") and k not in weights]
+    if missing:
+        raise CheckpointError(f"{init}: encoder weights missing from the checkpoint: {', '.join(missing[:4])}")
+    classifier.load_state_dict(weights, strict=False)
+    return classifier
+
+
+def add_drop_path(model: LeanViTClassifier, rate: float) -> None:
+    """Stochastic depth: drop each block's attention / MLP branch per sample, rate rising linearly with depth."""
+    if rate <= 0:
+        return
+    layers = model.vit.encoder.layer
+    for i, layer in enumerate(layers):
+        p = rate * i / max(1, len(layers) - 1)
+        if p == 0:
+            continue
+
+        def hook(module: nn.Module, args: object, output: object, p: float = p) -> object:
+            if not module.training:
+                return output
+            tensor = output[0] if isinstance(output, tuple) else output
+            keep = torch.empty(tensor.shape[0], *([1] * (tensor.ndim - 1)), device=tensor.device).bernoulli_(1 - p) / (1 - p)
+            scaled = tensor * keep.to(tensor.dtype)
+            return (scaled, *output[1:]) if isinstance(output, tuple) else scaled
+
+        layer.attention.register_forward_hook(hook)
+        layer.mlp.register_forward_hook(hook)
+
+
+def layer_decay_scale(model: LeanViTClassifier, decay: float):
+    """Layer-wise lr decay (BEiT/MAE): lr x decay^(depth + 1 - layer id); the head gets the full lr."""
+    depth = model.config.num_hidden_layers
+
+    def scale(name: str) -> float:
+        if name.startswith("vit.embeddings"):
+            layer = 0
+        elif name.startswith("vit.encoder.layer."):
+            layer = int(name.split(".")[3]) + 1
+        else:
+            layer = depth + 1
+        return decay ** (depth + 1 - layer)
+
+    return scale
+
+
+def load_classifier(folder: Path) -> LeanViTClassifier:
+    """A fine-tuned classifier saved by leanmae (pooling is read from its config.json)."""
+    check_model_folder(folder)
+    return LeanViTClassifier.from_pretrained(folder, use_safetensors=True)

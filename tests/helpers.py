@@ -1,0 +1,83 @@
+"""Plain helpers the tests import (``from helpers import ...``): image writers, tiny runs, weight checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+
+# --------------------------------------------------------------------------- images
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """An RGB uint8 image with low-frequency structure (blobs on a gradient): learnable, unlike white noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    image = np.zeros((height, width, 3))
+    image += rng.uniform(0.3, 0.7, 3) + 0.3 * (xx / width)[..., None] * rng.uniform(-1, 1, 3)
+    for _ in range(rng.integers(2, 5)):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        radius = rng.uniform(0.1, 0.3) * min(height, width)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        image += blob[..., None] * rng.uniform(-0.5, 0.5, 3)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def write_images(folder: Path, n: int, size: int | tuple[int, int] = 48, seed: int = 0, suffix: str = ".png") -> list[Path]:
+    """Write ``n`` smooth RGB images (``size`` or (height, width)) into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = (size, size) if isinstance(size, int) else size
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        path = folder / f"img_{i:04d}{suffix}"
+        Image.fromarray(smooth_image(rng, height, width)).save(path)
+        paths.append(path)
+    return paths
+
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def copy_subset(source: Path, dest: Path, classes: list[str], per_class: int) -> Path:
+    """Copy the first ``per_class`` images of each class of ``source`` into ``dest/<class>/`` (never into the repo)."""
+    for name in classes:
+        files = sorted((source / name).glob("*.jpg"))[:per_class]
+        if len(files) < per_class:
+            pytest.skip(f"real data incomplete: {source / name} holds {len(files)} images, need {per_class}")
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, dest / name / f.name)
+    return dest
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def tiny_pretrain(data: Any, out: Path, *, sets: list[str] = (), **kwargs: Any) -> dict[str, Any]:
+    """``leanmae.pretrain`` with the ``test`` preset on the CPU, quietly."""
+    from leanmae import pretrain
+
+    options: dict[str, Any] = {"preset": "test", "device": "cpu", "progress": False}
+    options.update(kwargs)
+    return pretrain(data=str(data) if isinstance(data, Path) else data, out=out, set=list(sets), **options)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``model.safetensors`` file (or of the one inside a folder)."""
+    path = Path(path)
+    return load_file(path / "model.safetensors" if path.is_dir() else path)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bit-for-bit equal state dicts, naming the first tensor that differs."""
+    assert sorted(a) == sorted(b)
+    differing = [k for k in sorted(a) if not torch.equal(a[k], b[k])]
+    assert not differing, f"{len(differing)} of {len(a)} tensors differ, first {differing[0]}"

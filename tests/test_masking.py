@@ -1,0 +1,68 @@
+"""The MAE built from a config masks exactly the configured share of patches, reproducibly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from leanmae.config import PretrainConfig, resolve
+from leanmae.models.mae import CheckpointError, build_mae, mae_config, masking_noise, num_patches
+
+
+@pytest.fixture(scope="module")
+def test_model_config():
+    return resolve(PretrainConfig, "pretrain", "test", None, {}).model
+
+
+def test_test_preset_model_has_16_patches(test_model_config) -> None:
+    config = mae_config(test_model_config)
+    assert num_patches(config) == (32 // 8) ** 2 == 16
+    assert config.hidden_size == 32 and config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.6, 0.3, 0.9])
+def test_mask_keeps_round_down_of_L_times_one_minus_ratio_visible_patches(test_model_config, ratio: float) -> None:
+    torch.manual_seed(0)
+    model = build_mae(dataclasses.replace(test_model_config, mask_ratio=ratio)).eval()
+    batch, length = 5, num_patches(model.config)
+    pixels = torch.randn(batch, 3, 32, 32)
+    noise = masking_noise(batch, model.config, torch.Generator().manual_seed(0), "cpu")
+    with torch.no_grad():
+        out = model(pixel_values=pixels, noise=noise)
+    assert out.mask.shape == (batch, length)
+    assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
+    visible = int(length * (1 - ratio))
+    assert (1 - out.mask).sum(dim=1).tolist() == [visible] * batch, "1 marks a masked patch, 0 a visible one"
+    assert out.logits.shape == (batch, length, 8 * 8 * 3)
+    assert torch.isfinite(out.loss)
+
+
+def test_masking_noise_is_reproducible_from_the_generator(test_model_config) -> None:
+    config = mae_config(test_model_config)
+    a = masking_noise(4, config, torch.Generator().manual_seed(3), "cpu")
+    b = masking_noise(4, config, torch.Generator().manual_seed(3), "cpu")
+    assert a.shape == (4, 16)
+    assert torch.equal(a, b)
+
+
+def test_same_noise_gives_the_same_mask(test_model_config) -> None:
+    model = build_mae(test_model_config).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    masks = []
+    for _ in range(2):
+        noise = masking_noise(3, model.config, torch.Generator().manual_seed(9), "cpu")
+        with torch.no_grad():
+            masks.append(model(pixel_values=pixels, noise=noise).mask)
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_image_size_not_a_multiple_of_patch_size_is_an_error(test_model_config) -> None:
+    with pytest.raises(CheckpointError, match="multiple of model.patch_size"):
+        mae_config(dataclasses.replace(test_model_config, image_size=30))
+
+
+def test_width_not_divisible_by_heads_is_an_error(test_model_config) -> None:
+    with pytest.raises(CheckpointError, match="attention heads"):
+        mae_config(dataclasses.replace(test_model_config, heads=3))
