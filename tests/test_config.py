@@ -93,9 +93,10 @@ def test_flags_override_yaml_and_none_flags_mean_not_given(tmp_path: Path) -> No
     assert cfg.run.seed == 3
 
 
-def test_set_values_are_parsed_as_yaml() -> None:
-    assert parse_override("optim.base_lr=1e-3") == {"optim": {"base_lr": 1e-3}}
-    cfg = pretrain_config(sets=["augment.crop_scale=[0.5, 1.0]", "run.progress=false", "data.tile=256"])
+def test_set_values_are_parsed_as_yaml_then_typed() -> None:
+    assert parse_override("optim.warmup_epochs=0.5") == {"optim": {"warmup_epochs": 0.5}}
+    cfg = pretrain_config(sets=["optim.base_lr=1e-3", "augment.crop_scale=[0.5, 1.0]", "run.progress=false", "data.tile=256"])
+    assert cfg.optim.base_lr == pytest.approx(1e-3), "YAML reads 1e-3 as a string; the float field coerces it"
     assert cfg.augment.crop_scale == (0.5, 1.0)
     assert cfg.run.progress is False
     assert cfg.data.tile == 256

@@ -194,7 +194,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``"optim.base_lr=1e-3"`` -> ``{"optim": {"base_lr": 0.001}}`` (value parsed as YAML)."""
+    """``"optim.base_lr=0.001"`` -> ``{"optim": {"base_lr": 0.001}}`` (value parsed as YAML; typed fields convert it)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
@@ -236,7 +236,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         path = f"{where}{key}"
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown config key {path!r}" + (f"; did you mean {where}{hint[0]!r}?" if hint else ""))
+            raise ConfigError(f"unknown config key {path!r}" + (f"; did you mean {(where + hint[0])!r}?" if hint else ""))
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -279,7 +279,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """JSON/YAML-ready dict of a config (tuples become lists)."""
+    """A config as nested plain dicts (the form run.json stores)."""
     return dataclasses.asdict(cfg)
 
 

@@ -29,6 +29,7 @@ from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_ba
 from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.decode import tile_boxes
 from leanmae.data.sources import ImageRecord, collect
 from leanmae.evaluation.reconstruction import EVAL_RATIOS, reconstruction_errors, reconstruction_figure
 from leanmae.models.io import save_model
@@ -108,6 +109,7 @@ def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: l
 
 
 def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False, init: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
+    tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     if ctx.is_main:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from leanmae.config import ConfigError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 
 # A truncated file must fail loudly, not decode as a grey bottom half.
@@ -43,6 +45,14 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def _check_jpeg_end(path: Path) -> None:
+    """libjpeg only warns about garbage scan data; a JPEG without an end-of-image marker after its
+    last scan is corrupt or truncated, so refuse it rather than train on a smeared picture."""
+    data = path.read_bytes()
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise BadImageError(path, "corrupt or truncated JPEG (no end-of-image marker after the image data)")
+
+
 def decode_rgb(path: Path | str) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 array or raise BadImageError naming it."""
     path = Path(path)
@@ -58,7 +68,11 @@ def decode_rgb(path: Path | str) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
+                if image.format == "JPEG":
+                    _check_jpeg_end(path)
                 return _to_rgb(image)
+    except BadImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(path, f"refused as a possible decompression bomb ({err})") from err
     except Image.UnidentifiedImageError as err:
@@ -70,20 +84,22 @@ def decode_rgb(path: Path | str) -> np.ndarray:
 def tile_boxes(width: int, height: int, tile: int | None, grid: str | None, min_size: int) -> list[tuple[int, int, int, int]]:
     """Boxes (left, top, right, bottom) that cut a large image into tiles before training.
 
-    ``tile=500`` cuts 500x500 tiles (the seed cut 2000x2000 pRCC slides into quadrants of 500);
-    ``grid="2x2"`` cuts rows x columns equal parts. Edge pieces or tiles whose shorter side is
+    ``tile=500`` cuts 500x500 tiles; ``grid="2x2"`` cuts rows x columns equal parts (the seed cut
+    its 2000x2000 pRCC slides into four quadrants). Edge pieces or tiles whose shorter side is
     under ``min_size`` are dropped: they would be mostly upsampling artefacts.
     Without either option the whole image is one box.
     """
-    if tile and grid:
-        raise ValueError("--tile and --grid cut images two different ways; give one of them")
+    if tile is not None and grid:
+        raise ConfigError("--tile and --grid cut images two different ways; give one of them")
+    if tile is not None and tile < 1:
+        raise ConfigError(f"--tile {tile}: must be a positive number of pixels")
     if grid:
         try:
             rows, cols = (int(v) for v in grid.lower().split("x"))
         except ValueError:
-            raise ValueError(f"--grid {grid!r}: expected ROWSxCOLS, for example 2x2") from None
+            raise ConfigError(f"--grid {grid!r}: expected ROWSxCOLS, for example 2x2") from None
         if rows < 1 or cols < 1:
-            raise ValueError(f"--grid {grid!r}: rows and columns must be at least 1")
+            raise ConfigError(f"--grid {grid!r}: rows and columns must be at least 1")
         tw, th = width // cols, height // rows
         boxes = [(c * tw, r * th, (c + 1) * tw, (r + 1) * th) for r in range(rows) for c in range(cols)]
     elif tile:

@@ -114,7 +114,7 @@ def add_drop_path(model: LeanViTClassifier, rate: float) -> None:
     """Stochastic depth: drop each block's attention / MLP branch per sample, rate rising linearly with depth."""
     if rate <= 0:
         return
-    layers = model.vit.encoder.layer
+    layers = model.vit.layers
     for i, layer in enumerate(layers):
         p = rate * i / max(1, len(layers) - 1)
         if p == 0:
@@ -139,8 +139,8 @@ def layer_decay_scale(model: LeanViTClassifier, decay: float):
     def scale(name: str) -> float:
         if name.startswith("vit.embeddings"):
             layer = 0
-        elif name.startswith("vit.encoder.layer."):
-            layer = int(name.split(".")[3]) + 1
+        elif name.startswith("vit.layers."):
+            layer = int(name.split(".")[2]) + 1
         else:
             layer = depth + 1
         return decay ** (depth + 1 - layer)
