@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import numpy as np
 import torch
 
 from leanmae.config import PretrainConfig, resolve
@@ -28,7 +29,7 @@ def test_mask_keeps_round_down_of_L_times_one_minus_ratio_visible_patches(test_m
     model = build_mae(dataclasses.replace(test_model_config, mask_ratio=ratio)).eval()
     batch, length = 5, num_patches(model.config)
     pixels = torch.randn(batch, 3, 32, 32)
-    noise = masking_noise(batch, model.config, torch.Generator().manual_seed(0), "cpu")
+    noise = masking_noise(0, 0, np.arange(batch), model.config, "cpu")
     with torch.no_grad():
         out = model(pixel_values=pixels, noise=noise)
     assert out.mask.shape == (batch, length)
@@ -39,12 +40,14 @@ def test_mask_keeps_round_down_of_L_times_one_minus_ratio_visible_patches(test_m
     assert torch.isfinite(out.loss)
 
 
-def test_masking_noise_is_reproducible_from_the_generator(test_model_config) -> None:
+def test_masking_noise_is_keyed_by_seed_epoch_and_image(test_model_config) -> None:
     config = mae_config(test_model_config)
-    a = masking_noise(4, config, torch.Generator().manual_seed(3), "cpu")
-    b = masking_noise(4, config, torch.Generator().manual_seed(3), "cpu")
+    a = masking_noise(3, 1, np.arange(4), config, "cpu")
     assert a.shape == (4, 16)
-    assert torch.equal(a, b)
+    assert torch.equal(a, masking_noise(3, 1, np.arange(4), config, "cpu"))
+    assert torch.equal(a[2:], masking_noise(3, 1, np.array([2, 3]), config, "cpu")), "an image's mask does not depend on its batch"
+    assert not torch.equal(a, masking_noise(3, 2, np.arange(4), config, "cpu")), "a new epoch draws new masks"
+    assert not torch.equal(a, masking_noise(4, 1, np.arange(4), config, "cpu")), "another seed draws other masks"
 
 
 def test_same_noise_gives_the_same_mask(test_model_config) -> None:
@@ -52,7 +55,7 @@ def test_same_noise_gives_the_same_mask(test_model_config) -> None:
     pixels = torch.randn(3, 3, 32, 32)
     masks = []
     for _ in range(2):
-        noise = masking_noise(3, model.config, torch.Generator().manual_seed(9), "cpu")
+        noise = masking_noise(9, 0, np.arange(3), model.config, "cpu")
         with torch.no_grad():
             masks.append(model(pixel_values=pixels, noise=noise).mask)
     assert torch.equal(masks[0], masks[1])

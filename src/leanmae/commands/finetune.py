@@ -31,9 +31,10 @@ from torch import nn
 from leanmae.commands.pretrain import build_cache_for
 from leanmae.commands.reconstruct import model_folder
 from leanmae.config import FinetuneConfig, absolute_lr, effective_batch, resolve, to_dict
-from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
+from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache
+from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import DataError, ImageRecord
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
 from leanmae.evaluation.metrics import classification_report, summary, write_predictions
@@ -239,13 +240,14 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
             for batch in split_batches(epoch_order(train_idx, epoch * passes + p, cfg.run.seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)
         ]
 
-    def prepare(batch: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(data.cache.images, batch), ctx.device)
-        images = normalize(random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, generator), mean, std)
+        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
+        images = normalize(random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws), mean, std)
         targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
-        return mix(images, targets, opts.mixup, opts.cutmix, generator)
+        return mix(images, targets, opts.mixup, opts.cutmix, np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]))
 
-    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, targets = inputs
         return F.cross_entropy(trained(pixel_values=pixels).logits.float(), targets, weight=class_weight)
 
@@ -287,11 +289,11 @@ def _linear_probe_task(model: LeanViTClassifier, data: LabelledData, mean, std, 
     def batches(epoch: int) -> list[np.ndarray]:
         return [b for p in range(passes) for b in split_batches(epoch_order(positions, epoch * passes + p, seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)]
 
-    def prepare(batch: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(batch, device=ctx.device)
         return feats["train"][index], y_train[index]
 
-    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(trained(inputs[0]), inputs[1], weight=class_weight)
 
     def validate(module: nn.Module) -> dict[str, float]:

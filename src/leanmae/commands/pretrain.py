@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
-from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
+from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
 from leanmae.data.decode import tile_boxes
+from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
 from leanmae.evaluation.reconstruction import EVAL_RATIOS, reconstruction_errors, reconstruction_figure
 from leanmae.models.io import save_model
@@ -144,22 +145,24 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     def batches(epoch: int) -> list[np.ndarray]:
         return split_batches(epoch_order(pool.train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
 
-    def prepare(batch: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(cache.images, batch), ctx.device)
-        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, generator)
-        return normalize(images, mean, std)
+        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
+        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
 
-    def loss(trained: torch.nn.Module, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return trained(pixel_values=pixels, noise=masking_noise(len(pixels), model.config, generator, ctx.device)).loss
+    def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixels, noise = inputs
+        return trained(pixel_values=pixels, noise=noise).loss
 
     val_pixels = eval_pixels(cache, pool.val[:1024], image_size, mean, std, ctx.device)
 
     def validate(module: torch.nn.Module) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(0)  # the same masks every epoch: losses compare
-        total = 0.0
+        total = 0.0  # the same masks every epoch (seed 0, epoch 0), so losses compare across epochs
         for start in range(0, len(val_pixels), 256):
             chunk = val_pixels[start : start + 256]
-            total += module(pixel_values=chunk, noise=masking_noise(len(chunk), model.config, generator, ctx.device)).loss.item() * len(chunk)
+            noise = masking_noise(0, 0, np.arange(start, start + len(chunk)), model.config, ctx.device)
+            total += module(pixel_values=chunk, noise=noise).loss.item() * len(chunk)
         return {"val_loss": total / len(val_pixels)}
 
     steps_per_epoch = math.ceil(len(batches(0)) / cfg.optim.accum_steps)

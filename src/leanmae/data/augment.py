@@ -2,8 +2,8 @@
 
 RandomResizedCrop and both flips are one affine transform per image; ``affine_grid`` +
 ``grid_sample`` apply a whole batch of them in a single call, with no per-image Python work
-and no PIL round trip. The random draws come from an explicit generator, so a resumed run
-sees exactly the augmentations an uninterrupted run would have seen.
+and no PIL round trip. The random draws are keyed by (seed, epoch, image), so a resumed run
+sees exactly the augmentations an uninterrupted run would have seen, and DDP processes see what one process would.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENT_DRAWS = 6  # area, aspect, centre x, centre y, horizontal flip, vertical flip
 
 
 def to_float(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -32,24 +33,25 @@ def random_resized_crop(
     ratio: tuple[float, float],
     hflip: bool,
     vflip: bool,
-    generator: torch.Generator,
+    draws: np.ndarray,
 ) -> torch.Tensor:
     """torchvision's RandomResizedCrop (+ flips) for a whole (B, 3, H, W) batch at once.
 
+    ``draws`` holds AUGMENT_DRAWS uniform numbers per image (see ``leanmae.data.rand``).
     Area fraction and log aspect ratio are drawn as torchvision draws them; a crop that would not
     fit is shrunk to fit instead of retried. Bilinear sampling; the cache's working size is only a
     little above ``out_size``, so aliasing stays small.
     """
     b = images.shape[0]
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
-    log_ratio = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_ratio)
+    u = torch.as_tensor(draws, dtype=torch.float32)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
     width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image side
     height = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - width)  # centre in [-1, 1] coordinates
-    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - height)
-    fx = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
-    fy = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if vflip else torch.ones(b)
+    cx = (u[:, 2] * 2 - 1) * (1 - width)  # centre in [-1, 1] coordinates
+    cy = (u[:, 3] * 2 - 1) * (1 - height)
+    fx = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
+    fy = torch.where(u[:, 5] < 0.5, -1.0, 1.0) if vflip else torch.ones(b)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = width * fx
     theta[:, 0, 2] = cx
@@ -81,14 +83,13 @@ def dataset_stats(images: np.ndarray, indices: np.ndarray, limit: int = 2000, se
     return pixels.mean(0).tolist(), pixels.std(0).clip(min=1e-3).tolist()
 
 
-def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix (one of them per batch, as timm does) with the batch mixed with its reverse.
 
     ``targets`` are one-hot (or smoothed) rows; they are mixed in the same proportion as the pixels.
     """
     if mixup <= 0 and cutmix <= 0:
         return images, targets
-    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
     lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
     flipped = images.flip(0)

@@ -53,13 +53,13 @@ def reconstruction_errors(model: ViTMAEForPreTraining, pixels: torch.Tensor, rat
     results: dict[str, dict[str, float]] = {}
     device = next(model.parameters()).device
     for ratio in ratios:
-        generator = torch.Generator().manual_seed(MASK_SEED)
         sums = np.zeros(2)
         counts = np.zeros(2)
         with mask_ratio(model, ratio):
             for start in range(0, len(pixels), batch_size):
                 batch = pixels[start : start + batch_size].to(device)
-                out = model(pixel_values=batch, noise=masking_noise(len(batch), model.config, generator, device))
+                ids = np.arange(start, start + len(batch))
+                out = model(pixel_values=batch, noise=masking_noise(MASK_SEED, 0, ids, model.config, device))
                 target, _, _ = _targets(model, batch)
                 error = ((out.logits.float() - target) ** 2).mean(-1)
                 mask = out.mask
@@ -76,8 +76,7 @@ def reconstruction_figure(model: ViTMAEForPreTraining, pixels: torch.Tensor, mea
     model.eval()
     device = next(model.parameters()).device
     pixels = pixels.to(device)
-    generator = torch.Generator().manual_seed(MASK_SEED)
-    out = model(pixel_values=pixels, noise=masking_noise(len(pixels), model.config, generator, device))
+    out = model(pixel_values=pixels, noise=masking_noise(MASK_SEED, 0, np.arange(len(pixels)), model.config, device))
     _, patch_mean, patch_std = _targets(model, pixels)
     predicted = out.logits.float() * patch_std + patch_mean  # back to normalised-pixel space
     mask = out.mask.unsqueeze(-1).expand_as(predicted)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from leanmae.config import ModelConfig
+from leanmae.data.rand import MASK_STREAM, uniform
 
 
 class CheckpointError(ValueError):
@@ -76,6 +78,7 @@ def num_patches(config: ViTMAEConfig) -> int:
     return (config.image_size // config.patch_size) ** 2
 
 
-def masking_noise(batch: int, config: ViTMAEConfig, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-    """Noise that decides which patches are masked; drawn from our generator so runs are reproducible."""
-    return torch.rand(batch, num_patches(config), generator=generator).to(device)
+def masking_noise(seed: int, epoch: int, ids: np.ndarray, config: ViTMAEConfig, device: torch.device | str) -> torch.Tensor:
+    """Noise that decides which patches of each image are masked, keyed by (seed, epoch, image id)."""
+    draws = uniform(seed, epoch, ids, num_patches(config), stream=MASK_STREAM)
+    return torch.as_tensor(draws, dtype=torch.float32).to(device)

@@ -6,8 +6,9 @@ accumulation (without DDP gradient sync on non-final micro-steps), clipping, aut
 non-finite-loss stop, progress bars, history.csv and TensorBoard, atomic checkpoints every epoch
 and resuming from them.
 
-Reproducibility: all randomness of an epoch (batch order, augmentation, masking, dropout) is
-seeded from (seed, epoch, rank) at the start of that epoch. A run resumed from the checkpoint
+Reproducibility: batch order is seeded by (seed, epoch), augmentation and masks are keyed by
+(seed, epoch, image) (``leanmae.data.rand``), and dropout / drop path by (seed, epoch, rank) at the
+start of each epoch. A run resumed from the checkpoint
 of epoch k therefore replays epoch k+1 exactly, and ends with the same weights as a run that
 was never interrupted.
 """
@@ -84,15 +85,15 @@ class Task:
     """What a command hands the engine.
 
     ``batches(epoch)`` lists this process's batches (cheap index arrays) for one epoch;
-    ``prepare(batch, generator)`` turns one into model inputs (gather + augment: the engine times
-    it as data waiting); ``loss(model, inputs, generator)`` returns the mean loss of one batch; ``validate(model)`` returns metrics (at least ``val_loss``)
+    ``prepare(batch, epoch)`` turns one into model inputs (gather, augment, masks: the engine times
+    it as data waiting); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model)`` returns metrics (at least ``val_loss``)
     on rank 0. ``select`` names the validation metric to maximise for model selection (None: the
     last epoch is kept); ``on_best(model)`` is called on rank 0 when it improves.
     """
 
     batches: Callable[[int], Sequence[Any]]
-    prepare: Callable[[Any, torch.Generator], Any]
-    loss: Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+    prepare: Callable[[Any, int], Any]
+    loss: Callable[[nn.Module, Any], torch.Tensor]
     validate: Callable[[nn.Module], dict[str, float]]
     select: str | None = None
     on_best: Callable[[nn.Module], None] | None = None
@@ -144,9 +145,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
 
     started = time.perf_counter()
     for epoch in range(start_epoch, optim.epochs):
-        seed = epoch_seed(run.seed, epoch, ctx.rank)
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(epoch_seed(run.seed, epoch, ctx.rank))  # dropout / drop path; data randomness is keyed per image
         batches = task.batches(epoch)
         trained.train()
         epoch_start, data_time, loss_sum = time.perf_counter(), 0.0, 0.0
@@ -160,11 +159,11 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
             for i, batch in enumerate(group):
                 sync = i == len(group) - 1 or not ctx.distributed
                 t0 = time.perf_counter()
-                inputs = task.prepare(batch, generator)
+                inputs = task.prepare(batch, epoch)
                 data_time += time.perf_counter() - t0
                 with trained.no_sync() if not sync else nullcontext():
                     with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-                        loss = task.loss(trained, inputs, generator)
+                        loss = task.loss(trained, inputs)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise NonFiniteLossError(
