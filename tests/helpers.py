@@ -81,3 +81,20 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert sorted(a) == sorted(b)
     differing = [k for k in sorted(a) if not torch.equal(a[k], b[k])]
     assert not differing, f"{len(differing)} of {len(a)} tensors differ, first {differing[0]}"
+
+
+def tiny_finetune(split: Path, out: Path, *, sets: list[str] = (), **kwargs: Any) -> dict[str, Any]:
+    """``leanmae.finetune`` with the ``test`` preset on the CPU, quietly; returns metrics.json's content."""
+    from leanmae import finetune
+
+    options: dict[str, Any] = {"preset": "test", "device": "cpu", "progress": False}
+    options.update(kwargs)
+    return finetune(split=split, out=out, set=list(sets), **options)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header (comment lines starting with '#' skipped)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))

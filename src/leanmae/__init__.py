@@ -17,6 +17,8 @@ _COMMANDS = {
     "pretrain": "leanmae.commands.pretrain",
     "reconstruct": "leanmae.commands.reconstruct",
     "split": "leanmae.commands.evaluate",
+    "study": "leanmae.commands.study",
+    "report": "leanmae.reporting.study_report",
 }
 __all__ = [*_COMMANDS, "__version__"]
 

@@ -96,6 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.set_defaults(func="predict")
 
+    p = sub.add_parser("study", help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report")
+    p.add_argument("--out", required=True, help="study folder (rerun the same command to continue an interrupted study)")
+    p.add_argument("--config", help="YAML file with any of the keys below (flags win)")
+    p.add_argument("--data", help="labelled folder with one subfolder per class")
+    p.add_argument("--classes", help="comma-separated classes (default: basophil,eosinophil,lymphocyte,monocyte,neutrophil)")
+    p.add_argument("--pretrain-data", action="append", metavar="DIR[:CLASSES]", help="unlabelled pretraining pool; repeatable")
+    p.add_argument("--pool", choices=["other", "in-domain"], help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled")
+    p.add_argument("--preset", choices=preset_names(), help="preset of every run (default cpu)")
+    p.add_argument("--fractions", help="label fractions, comma-separated (default 0.01,0.1,0.5,1.0)")
+    p.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--arms", help="comma-separated: scratch, mae, mae-linear, hf:FOLDER (default scratch,mae)")
+    p.add_argument("--mae", help="use this MAE checkpoint instead of pretraining one")
+    p.add_argument("--pretrain-epochs", type=int, help="MAE epochs (default: the preset's)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default: the preset's)")
+    p.add_argument("--jobs", type=int, help="runs at once with the local launcher (default 2: one per core on a 2-core CPU)")
+    p.add_argument("--launcher", choices=["local", "slurm"], help="local processes (default) or SLURM jobs through submitit")
+    p.add_argument("--no-wait", dest="wait", action="store_false", default=None, help="with --launcher slurm: submit and return at once")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--account", help="SLURM account")
+    p.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job (default 1)")
+    p.add_argument("--time-min", type=int, help="SLURM time limit per job in minutes (default 240)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run, e.g. optim.base_lr=5e-4")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func="study")
+
+    p = sub.add_parser("report", help="rebuild a study's tables, figures and report.html from its finished runs")
+    p.add_argument("study", help="study folder")
+    p.set_defaults(func="report")
+
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
@@ -116,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     name = args.pop("func")
     args.pop("command")
+    if name == "study":
+        slurm = {k: args.pop(k) for k in ("partition", "account", "gpus_per_job", "time_min")}
+        args["slurm"] = {k: v for k, v in slurm.items() if v is not None} or None
     from leanmae.data.decode import BadImageError
     from leanmae.data.sources import DataError
     from leanmae.models.mae import CheckpointError
@@ -127,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, BadImageError, CheckpointError, OutputFolderError, NonFiniteLossError) as err:
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if name != "study":
+            raise
+        print(f"leanmae {name}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

@@ -297,6 +297,8 @@ def resolve(cls: type, command: str, preset: str | None, config_file: str | Path
     """The config of one command: defaults <- preset <- YAML file <- flags <- ``--set KEY=VALUE``.
 
     ``flags`` is a nested dict of explicit options (None values are "not given" and skipped).
+    A ``--set`` key may start with a command's name (``finetune.classifier.min_steps=60``) to
+    apply to that command only, as in preset files; a study passes its overrides to every run.
     """
     layers = []
     if preset:
@@ -304,7 +306,7 @@ def resolve(cls: type, command: str, preset: str | None, config_file: str | Path
     if config_file:
         layers.append(section(load_yaml(config_file), command))
     layers.append(_drop_none(flags))
-    layers.extend(parse_override(s) for s in sets)
+    layers.extend(section(parse_override(s), command) for s in sets)
     return build(cls, layers)
 
 

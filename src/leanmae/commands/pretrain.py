@@ -94,12 +94,12 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
 
 
 def build_cache_for(records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context) -> ImageCache:
-    """Rank 0 decodes; the other processes wait and then open the finished cache."""
+    """The first process of each node decodes; the others wait and then open the finished cache."""
     kwargs = {"cache_dir": data.cache_dir, "skip_bad": data.skip_bad, "workers": data.workers, "progress": progress and ctx.is_main}
-    if ctx.is_main:
+    if ctx.local_rank == 0:
         cache = load_or_build(records, spec, **kwargs)
     ctx.barrier()
-    if not ctx.is_main:
+    if ctx.local_rank != 0:
         cache = load_or_build(records, spec, **kwargs)
     return cache
 
@@ -126,21 +126,22 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
 
     torch.manual_seed(cfg.run.seed)
     model = build_mae(cfg.model, init).to(ctx.device)
-    lr = absolute_lr(cfg.optim, ctx.world_size)
+    batch_size = min(cfg.optim.batch_size, max(1, len(pool.train) // ctx.world_size))
+    optim = type(cfg.optim)(**{**cfg.optim.__dict__, "batch_size": batch_size})  # a batch capped by small data lowers the lr too
+    lr = absolute_lr(optim, ctx.world_size)
     if ctx.is_main:
         print(
             f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped; "
-            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(cfg.optim, ctx.world_size)} "
-            f"-> lr = {cfg.optim.base_lr:g} x {effective_batch(cfg.optim, ctx.world_size)} / 256 = {lr:.3g}"
+            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} "
+            f"-> lr = {cfg.optim.base_lr:g} x {effective_batch(optim, ctx.world_size)} / 256 = {lr:.3g}"
         )
         write_run_info(
             out, "pretrain", config_dict, preset=preset, seed=cfg.run.seed, device=str(ctx.device), world_size=ctx.world_size,
             data_hash=cache.key, images={"train": len(pool.train), "val": len(pool.val)}, skipped_files=cache.skipped,
-            absolute_lr=lr, effective_batch=effective_batch(cfg.optim, ctx.world_size), init=str(init) if init else None, status="running",
+            absolute_lr=lr, effective_batch=effective_batch(optim, ctx.world_size), init=str(init) if init else None, status="running",
         )
 
     image_size, aug = cfg.model.image_size, cfg.augment
-    batch_size = min(cfg.optim.batch_size, max(1, len(pool.train) // ctx.world_size))
 
     def batches(epoch: int) -> list[np.ndarray]:
         return split_batches(epoch_order(pool.train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
@@ -165,9 +166,9 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
             total += module(pixel_values=chunk, noise=noise).loss.item() * len(chunk)
         return {"val_loss": total / len(val_pixels)}
 
-    steps_per_epoch = math.ceil(len(batches(0)) / cfg.optim.accum_steps)
+    steps_per_epoch = math.ceil(len(batches(0)) / optim.accum_steps)
     started = time.time()
-    result = fit(model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate), cfg.optim, cfg.run, ctx, out, steps_per_epoch)
+    result = fit(model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate), optim, cfg.run, ctx, out, steps_per_epoch)
 
     summary: dict[str, Any] = {}
     if ctx.is_main:

@@ -98,11 +98,22 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
 
 
 def collect(specs: list[str]) -> list[ImageRecord]:
-    """The unlabelled pool of several ``DIR[:classes]`` sources, in a fixed order."""
+    """The unlabelled pool of several sources, in a fixed order.
+
+    A source is a folder (``DIR`` or ``DIR:classes``) or a split manifest (``split.csv``), of which
+    only the train images are taken: this is how a study adds its own task's training images to the
+    pretraining pool ("in-domain") without ever letting validation or test images in.
+    """
+    from leanmae.data.split import read_manifest
+
     if not specs:
         raise DataError("no data given: pass --data DIR (repeatable)")
     records: list[ImageRecord] = []
     for spec in specs:
+        if spec.endswith(".csv") and os.path.isfile(spec):
+            root, items = read_manifest(spec)
+            records.extend(ImageRecord(root / it.relpath, root, None) for it in items if it.split == "train")
+            continue
         folder, classes = parse_source(spec)
         records.extend(scan(folder, classes))
     return records

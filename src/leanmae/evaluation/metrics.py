@@ -75,8 +75,8 @@ def write_predictions(path: Path, paths: list[str], probs: np.ndarray, labels: l
     extra = extra or {}
     writer.writerow(["path"] + (["true_label"] if y_true is not None else []) + ["predicted_label", "confidence"] + list(extra) + [f"p_{label}" for label in labels])
     predicted = probs.argmax(1)
-    for i, path in enumerate(paths):
-        row = [path] + ([labels[y_true[i]]] if y_true is not None else []) + [labels[predicted[i]], f"{probs[i].max():.6f}"]
+    for i, image in enumerate(paths):
+        row = [image] + ([labels[y_true[i]]] if y_true is not None else []) + [labels[predicted[i]], f"{probs[i].max():.6f}"]
         row += [values[i] for values in extra.values()] + [f"{p:.6f}" for p in probs[i]]
         writer.writerow(row)
     write_atomic(path, buffer.getvalue())

@@ -3,12 +3,20 @@
 Under ``torchrun`` the usual environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
 is present and a process group is started: NCCL on GPUs, gloo on CPUs. Without it, the run is a
 single process and world size 1, and nothing distributed is touched.
+
+Rank 0 alone decodes the cache, validates, writes checkpoints and reports while the other
+processes wait at a barrier, so collectives get a long timeout (``LEANMAE_DIST_TIMEOUT`` minutes,
+default 120) instead of torch's 10 (NCCL) or 30 (gloo) minutes. A process that fails ends the run:
+torchrun stops the others.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,6 +52,14 @@ class Context:
         dist.all_reduce(tensor)
         return tensor.item() / self.world_size
 
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (a small picklable object)."""
+        if not self.distributed:
+            return [value]
+        found: list[Any] = [None] * self.world_size
+        dist.all_gather_object(found, value)
+        return found
+
 
 def setup(device: str = "auto", threads: int | None = None) -> Context:
     """Start the process group if launched by torchrun and pick this process's device.
@@ -67,7 +83,9 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
     else:
         torch.set_num_threads(threads or 1)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        minutes = float(os.environ.get("LEANMAE_DIST_TIMEOUT", "120"))
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(minutes=minutes))
+        atexit.register(teardown)
     return Context(device=chosen, rank=rank, local_rank=local_rank, world_size=world_size)
 
 

@@ -58,7 +58,7 @@ def lr_at(step: int, peak: float, optim: OptimConfig, steps_per_epoch: int) -> f
     warmup = optim.warmup_epochs * steps_per_epoch
     total = optim.epochs * steps_per_epoch
     if step < warmup:
-        return peak * (step + 1) / warmup
+        return peak * min(1.0, (step + 1) / warmup)  # a fractional warmup never overshoots the peak
     if optim.schedule == "constant":
         return peak
     progress = (step - warmup) / max(1.0, total - warmup)
@@ -125,6 +125,12 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
 
     start_epoch, history, best_epoch, best_value, resumed_from = 0, [], None, None, None
     checkpoints = list_checkpoints(out_dir / "checkpoints")
+    seen = ctx.gather(checkpoints[-1].name if checkpoints else None)
+    if len(set(seen)) > 1:  # every process must resume from the same epoch, or DDP's collectives fall out of step
+        raise RuntimeError(
+            f"processes see different checkpoints in {out_dir / 'checkpoints'} ({', '.join(f'rank {r}: {n}' for r, n in enumerate(seen))}); "
+            "with several nodes, --out must be on a file system they all share"
+        )
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, ctx.device)
         start_epoch = state["epoch"]

@@ -1,0 +1,329 @@
+"""``leanmae study``: the seed's label-efficiency ablation as one resumable command.
+
+Pretrain once (or take ``--mae``), make the split once, then run the grid
+fractions x arms x seeds of fine-tuning runs, and write tables, figures and report.html.
+Every run is an ordinary ``pretrain`` / ``finetune`` run folder under the study folder:
+
+    study.json                   the resolved study settings
+    split.csv                    the fixed split every run uses
+    pretrain/                    the MAE (unless --mae was given)
+    runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each
+    results/                     tables (CSV, Markdown) and figures
+    report.html                  everything in one self-contained file
+
+Resumable: a run whose run.json says "finished" is never redone; one that was killed continues
+from its last checkpoint; ``leanmae report`` rebuilds the results from whatever has finished.
+Runs are launched as separate processes (``--jobs N`` at once, one torch thread each), or as
+SLURM jobs through submitit with ``--launcher slurm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from leanmae.config import ConfigError, build, load_yaml, to_dict
+from leanmae.data.sources import DataError
+from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
+from leanmae.training.checkpoint import write_json
+
+STUDY_FILE = "study.json"
+
+
+@dataclass
+class SlurmOptions:
+    """Where submitit sends the runs of ``--launcher slurm``."""
+
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int = 32
+    time_min: int = 240
+    max_parallel: int = 32
+    folder: str | None = None  # submitit logs; default <study>/slurm
+
+
+@dataclass
+class StudyConfig:
+    """Every key is also a flag of ``leanmae study`` (lists comma-separated or repeated)."""
+
+    data: str = ""
+    classes: list[str] = field(default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"])
+    pretrain_data: list[str] = field(default_factory=list)
+    pool: str = "other"  # other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
+    preset: str = "cpu"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    arms: list[str] = field(default_factory=lambda: ["scratch", "mae"])  # also: mae-linear, hf:FOLDER
+    mae: str | None = None
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+    pretrain_epochs: int | None = None
+    finetune_epochs: int | None = None
+    jobs: int = 2
+    launcher: str = "local"  # local | slurm
+    wait: bool = True
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
+    progress: bool = True
+
+
+@dataclass
+class Job:
+    """One run of the study: which command, with which options, after which other jobs."""
+
+    name: str
+    command: str
+    kwargs: dict[str, Any]
+    out: Path
+    after: list[str] = field(default_factory=list)
+
+
+def run_status(folder: Path) -> str | None:
+    """"finished", "running" (started, maybe killed) or None (never started)."""
+    path = Path(folder) / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("status", "running")
+    except json.JSONDecodeError:
+        return "running"
+
+
+def arm_init(arm: str, mae: Path) -> tuple[str, bool]:
+    """(--init, linear probe?) of an arm name."""
+    if arm == "scratch":
+        return "scratch", False
+    if arm == "mae":
+        return str(mae), False
+    if arm == "mae-linear":
+        return str(mae), True
+    if arm.startswith("hf:"):
+        return arm[3:], False
+    raise ConfigError(f"unknown arm {arm!r}: use scratch, mae, mae-linear or hf:FOLDER")
+
+
+def run_name(arm: str, fraction: float, seed: int) -> str:
+    label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
+    return f"{label}_f{fraction:g}_s{seed}"
+
+
+def plan(cfg: StudyConfig, out: Path) -> list[Job]:
+    """The study's jobs: the MAE pretraining (unless given) and the fine-tuning grid."""
+    jobs: list[Job] = []
+    common = {"preset": cfg.preset, "set": list(cfg.set), "progress": False}
+    mae = Path(cfg.mae) if cfg.mae else out / "pretrain"
+    needs_mae = any(a in ("mae", "mae-linear") for a in cfg.arms)
+    if needs_mae and not cfg.mae:
+        sources = list(cfg.pretrain_data) + ([str(out / "split.csv")] if cfg.pool == "in-domain" else [])
+        if not sources:
+            raise ConfigError("the study pretrains an MAE but no --pretrain-data was given (or pass --mae CHECKPOINT)")
+        jobs.append(Job("pretrain", "pretrain", {"data": sources, "out": str(mae), "epochs": cfg.pretrain_epochs, **common}, mae))
+    for fraction in cfg.fractions:
+        for arm in cfg.arms:
+            init, probe = arm_init(arm, mae)
+            for seed in cfg.seeds:
+                name = run_name(arm, fraction, seed)
+                kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, **common}
+                after = ["pretrain"] if arm in ("mae", "mae-linear") and not cfg.mae else []
+                jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, after))
+    return jobs
+
+
+def run_job(command: str, kwargs: dict[str, Any]) -> None:
+    """Run one job in this process (what each launched process and each SLURM job executes)."""
+    import leanmae
+
+    getattr(leanmae, command)(**kwargs)
+
+
+def _with_resume(job: Job) -> dict[str, Any]:
+    """A job whose folder holds a started run continues it instead of starting over."""
+    return {**job.kwargs, "resume": run_status(job.out) is not None}
+
+
+def _launch_local(job: Job) -> int:
+    """One job as a child process with one torch thread; its output goes to <run>/log.txt."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    code = "import json, sys; from leanmae.commands.study import run_job; run_job(sys.argv[1], json.loads(sys.argv[2]))"
+    with open(job.out.parent / f"{job.out.name}.log", "a") as log:
+        return subprocess.run([sys.executable, "-c", code, job.command, json.dumps(_with_resume(job))], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:
+    """Run unfinished jobs, ``workers`` at a time, each once its dependencies have finished."""
+    state = {j.name: "done" if run_status(j.out) == "finished" else "todo" for j in jobs}
+    todo = [j for j in jobs if state[j.name] == "todo"]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", unit="run", disable=not progress)
+    running: dict[Future, Job] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        while todo or running:
+            for job in list(todo):
+                if any(state[d] == "failed" for d in job.after):
+                    state[job.name] = "failed"
+                    todo.remove(job)
+                    bar.update(1)
+                elif len(running) < workers and all(state[d] == "done" for d in job.after):
+                    state[job.name] = "running"
+                    running[pool.submit(_launch_local, job)] = job
+                    todo.remove(job)
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                ok = future.result() == 0 and run_status(job.out) == "finished"
+                state[job.name] = "done" if ok else "failed"
+                bar.update(1)
+                if not ok:
+                    tqdm.write(f"run {job.name} failed; see {job.out.parent / (job.out.name + '.log')}")
+    bar.close()
+    return state
+
+
+def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
+    """Submit unfinished jobs through submitit: the pretraining first, the grid as one job array after it."""
+    import submitit
+
+    opts = cfg.slurm
+    executor = submitit.AutoExecutor(folder=opts.folder or str(out / "slurm"))
+    params: dict[str, Any] = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_job, "mem_gb": opts.mem_gb, "name": "leanmae"}
+    if executor.cluster == "slurm":
+        params.update(slurm_partition=opts.partition, gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=opts.max_parallel)
+        if opts.account:
+            params["slurm_account"] = opts.account
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    todo = [j for j in jobs if run_status(j.out) != "finished"]
+    first = [j for j in todo if not j.after]
+    later = [j for j in todo if j.after]
+    submitted = []
+    state = {j.name: "done" for j in jobs if j not in todo}
+    pretrain_jobs = []
+    with executor.batch():
+        for job in first:
+            submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
+            if job.name == "pretrain":
+                pretrain_jobs.append(submitted[-1][1])
+    if later:
+        if pretrain_jobs and executor.cluster == "slurm" and not cfg.wait:
+            executor.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(j.job_id for j in pretrain_jobs)})
+        else:
+            for job in pretrain_jobs:
+                job.result()
+        with executor.batch():
+            for job in later:
+                submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
+    print(f"submitted {len(submitted)} job(s): {', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}")
+    if not cfg.wait:
+        return {**state, **{j.name: "submitted" for j, _ in submitted}}
+    for job, handle in submitted:
+        try:
+            handle.result()
+            state[job.name] = "done" if run_status(job.out) == "finished" else "failed"
+        except Exception as err:  # a failed job must not stop the collection of the others
+            state[job.name] = "failed"
+            print(f"run {job.name} failed: {err}")
+    return state
+
+
+def study(
+    out: str | Path,
+    config: str | Path | None = None,
+    data: str | None = None,
+    classes: str | list[str] | None = None,
+    pretrain_data: list[str] | None = None,
+    pool: str | None = None,
+    preset: str | None = None,
+    fractions: str | list[float] | None = None,
+    seeds: str | list[int] | None = None,
+    arms: str | list[str] | None = None,
+    mae: str | None = None,
+    pretrain_epochs: int | None = None,
+    finetune_epochs: int | None = None,
+    jobs: int | None = None,
+    launcher: str | None = None,
+    wait: bool | None = None,
+    slurm: dict[str, Any] | None = None,
+    set: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or continue) a label-efficiency study in ``out`` and write its report; returns the run states.
+
+    Settings come from the YAML ``config`` and these arguments (arguments win). Rerunning the same
+    call continues an interrupted study: finished runs are kept.
+    """
+    from leanmae.reporting.study_report import write_report
+
+    layer = load_yaml(config) if config else {}
+    given = {
+        "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "pool": pool, "preset": preset,
+        "fractions": _list(fractions, float), "seeds": _list(seeds, int), "arms": _list(arms, str), "mae": mae,
+        "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
+        "wait": wait, "slurm": slurm, "set": set, "progress": progress,
+    }
+    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}])
+    _check(cfg)
+    out = Path(out)
+    saved = out / STUDY_FILE
+    settings = to_dict(cfg)
+    comparable = {k: v for k, v in settings.items() if k not in ("jobs", "launcher", "wait", "slurm", "progress")}
+    if saved.exists():
+        before = {k: v for k, v in json.loads(saved.read_text()).items() if k in comparable}
+        changed = sorted(k for k in comparable if json.dumps(before.get(k)) != json.dumps(comparable[k]) and k not in ("fractions", "seeds", "arms"))
+        if changed:
+            raise OutputFolderError(f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out (growing fractions, seeds or arms is fine)")
+    elif out.exists() and any(out.iterdir()):
+        raise OutputFolderError(f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(saved, settings)
+
+    if not (out / "split.csv").exists():
+        from leanmae.commands.evaluate import split
+
+        split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
+    jobs_list = plan(cfg, out)
+    started = time.time()
+    states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress)
+    failed = sorted(name for name, s in states.items() if s == "failed")
+    report = write_report(out)
+    print(f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue")
+    return states
+
+
+def _list(value: Any, kind: type) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [kind(v.strip()) for v in value.split(",") if v.strip()]
+    return [kind(v) for v in value]
+
+
+def _check(cfg: StudyConfig) -> None:
+    if not cfg.data:
+        raise ConfigError("the study needs --data (a folder with one subfolder per class)")
+    if not Path(cfg.data).is_dir():
+        raise DataError(f"{cfg.data}: data folder does not exist")
+    if cfg.pool not in ("other", "in-domain"):
+        raise ConfigError(f"--pool {cfg.pool!r}: use other (the seed's setting) or in-domain")
+    if cfg.launcher not in ("local", "slurm"):
+        raise ConfigError(f"--launcher {cfg.launcher!r}: use local or slurm")
+    for fraction in cfg.fractions:
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--fractions: {fraction} is not in (0, 1]")
+    for arm in cfg.arms:
+        arm_init(arm, Path("."))
+    if not cfg.seeds:
+        raise ConfigError("--seeds: give at least one seed")
