@@ -1,0 +1,156 @@
+"""The label-efficiency study: grid runner, resumption, statistics, tables and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+import leanmae
+from leanmae.commands.study import StudyConfig, plan, run_name
+from leanmae.config import ConfigError
+from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_tiles, make_synthetic_wbc
+from leanmae.evaluation.stats import estimate, paired
+from leanmae.reporting.runinfo import OutputFolderError
+from leanmae.reporting.study_report import findings, load_runs, tables
+
+FAST = ["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("study-data")
+    cells = make_synthetic_wbc(root / "cells", n_per_class=12, size=48, seed=0)
+    tiles = make_synthetic_tiles(root / "tiles", n=24, size=64, seed=1)
+    return cells, tiles
+
+
+@pytest.fixture(scope="module")
+def finished_study(synthetic: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cells, tiles = synthetic
+    out = tmp_path_factory.mktemp("study") / "s"
+    leanmae.study(out=out, data=str(cells), pretrain_data=[str(tiles)], preset="test", fractions=[0.5, 1.0], seeds=[0, 1], jobs=2, set=FAST, progress=False)
+    return out
+
+
+def test_estimate_gives_mean_sample_sd_and_t_interval() -> None:
+    e = estimate([1.0, 2.0, 3.0])
+    assert e.mean == 2.0 and e.std == 1.0 and e.n == 3
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2) x sd / sqrt(n)
+    assert e.low == pytest.approx(2.0 - half) and e.high == pytest.approx(2.0 + half)
+
+
+def test_one_seed_has_no_interval_and_says_so() -> None:
+    e = estimate([0.7])
+    assert e.n == 1 and math.isnan(e.low) and "1 seed" in e.text()
+    assert not e.excludes_zero()
+
+
+def test_paired_gain_uses_only_seeds_both_arms_have() -> None:
+    g = paired({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.7, 1: 0.7})
+    assert g.n == 2 and g.mean == pytest.approx(0.15)
+
+
+def test_plan_pretrains_once_and_runs_fractions_times_arms_times_seeds(tmp_path: Path) -> None:
+    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.01, 0.1], seeds=[0, 1, 2], arms=["scratch", "mae"])
+    jobs = plan(cfg, tmp_path)
+    assert [j.name for j in jobs].count("pretrain") == 1
+    finetunes = [j for j in jobs if j.command == "finetune"]
+    assert len(finetunes) == 2 * 2 * 3
+    assert all(j.after == ["pretrain"] for j in finetunes if j.name.startswith("mae"))
+    assert all(j.after == [] for j in finetunes if j.name.startswith("scratch"))
+
+
+def test_in_domain_pool_adds_the_train_split_and_never_val_or_test(tmp_path: Path) -> None:
+    cfg = StudyConfig(data="x", pretrain_data=["pool"], pool="in-domain")
+    pretrain = plan(cfg, tmp_path)[0]
+    assert pretrain.kwargs["data"] == ["pool", str(tmp_path / "split.csv")]  # a manifest source contributes train images only
+
+
+def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
+    jobs = plan(StudyConfig(data="x", mae="some/mae"), tmp_path)
+    assert all(j.command == "finetune" for j in jobs)
+    assert {j.kwargs["init"] for j in jobs if j.name.startswith("mae")} == {"some/mae"}
+
+
+def test_pretraining_without_a_pool_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pretrain-data"):
+        plan(StudyConfig(data="x"), tmp_path)
+
+
+def test_unknown_arm_is_rejected(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown arm"):
+        leanmae.study(out=tmp_path / "s", data=str(synthetic[0]), arms=["scratch", "imagenet"], progress=False)
+
+
+def test_a_tiny_study_runs_end_to_end(finished_study: Path) -> None:
+    runs = load_runs(finished_study)
+    assert {(r.arm, r.fraction, r.seed) for r in runs} == {(a, f, s) for a in ("scratch", "mae") for f in (0.5, 1.0) for s in (0, 1)}
+    assert (finished_study / "pretrain" / "model" / "model.safetensors").exists()
+    for name in ("summary", "paired", "per_class_f1", "confidence", "runs"):
+        assert (finished_study / "results" / f"{name}.csv").exists()
+    for figure in ("label_efficiency.png", "training_curves.png", "confidence_f0.5.png", "confidence_f1.png", "mae_recon_errors.png"):
+        assert (finished_study / "results" / figure).exists(), figure
+    assert "| labels |" in (finished_study / "results" / "tables.md").read_text()
+
+
+def test_every_mae_run_starts_from_the_study_mae(finished_study: Path) -> None:
+    for run in load_runs(finished_study):
+        expected = str(finished_study / "pretrain") if run.arm == "mae" else "scratch"
+        assert run.metrics["init"] == expected
+
+
+def test_report_is_self_contained(finished_study: Path) -> None:
+    text = (finished_study / "report.html").read_text()
+    assert "<img" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text), "no external references"
+    assert "<script" not in text and "<link" not in text
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]+)"', text))
+    assert "Findings" in text and "Images per class per split" in text
+
+
+def test_rerunning_a_finished_study_redoes_nothing(finished_study: Path) -> None:
+    stamps = {p: p.stat().st_mtime_ns for p in (finished_study / "runs").glob("*/metrics.json")}
+    states = leanmae.study(out=finished_study, data=str(json.loads((finished_study / "study.json").read_text())["data"]), pretrain_data=json.loads((finished_study / "study.json").read_text())["pretrain_data"], preset="test", fractions=[0.5, 1.0], seeds=[0, 1], set=FAST, progress=False)
+    assert set(states.values()) == {"done"}
+    assert stamps == {p: p.stat().st_mtime_ns for p in (finished_study / "runs").glob("*/metrics.json")}
+
+
+def test_a_study_folder_refuses_other_settings(finished_study: Path) -> None:
+    settings = json.loads((finished_study / "study.json").read_text())
+    with pytest.raises(OutputFolderError, match="other settings"):
+        leanmae.study(out=finished_study, data=settings["data"], pretrain_data=settings["pretrain_data"], preset="cpu", fractions=[0.5, 1.0], seeds=[0, 1], set=FAST, progress=False)
+
+
+def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+    cells, _ = synthetic
+    out = tmp_path / "s"
+    leanmae.study(out=out, data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST, progress=False)
+    # Pretend seed 1 was killed: its run.json says running, its metrics are gone.
+    killed = out / "runs" / run_name("scratch", 1.0, 1)
+    info = json.loads((killed / "run.json").read_text())
+    (killed / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    (killed / "metrics.json").unlink()
+    leanmae.report(out)
+    assert "1 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
+    leanmae.study(out=out, data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST, progress=False)
+    assert json.loads((killed / "run.json").read_text())["status"] == "finished"
+    assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
+
+
+def test_findings_state_gains_with_intervals_from_the_numbers(finished_study: Path) -> None:
+    runs = load_runs(finished_study)
+    text = " ".join(findings(runs))
+    assert "macro-F1" in text and "2 seeds" in text
+    summary = tables(runs)[0]
+    assert summary.headers[0] == "labels" and any("MAE gain" in h for h in summary.headers)
+
+
+def test_file_and_class_names_are_escaped_in_the_report(tmp_path: Path) -> None:
+    from leanmae.reporting.study_report import Table
+
+    html = Table("x", "<b>title</b>", ["<script>alert(1)</script>.png"], [["<img src=x onerror=alert(1)>"]]).html()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html
