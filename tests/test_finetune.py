@@ -508,6 +508,10 @@ def test_a_run_interrupted_after_its_first_epoch_resumes_to_identical_weights(ce
     assert history == [(r["epoch"], r["train_loss"], r["val_loss"], r["val_macro_f1"]) for r in scratch_run["history"]]
     assert json.loads((out / "run.json").read_text())["resumed_from_epoch"] == 1
 
+    again = tiny_finetune(cells["split"], out, resume=True, **SCRATCH)  # resuming a finished run changes nothing
+    assert again["test"] == metrics["test"]
+    assert_same_weights(load_weights(out / "model"), load_weights(scratch_run["out"] / "model"))
+
 
 def test_a_file_changed_after_the_split_stops_finetuning(tmp_path: Path) -> None:
     data = make_synthetic_wbc(tmp_path / "cells", n_per_class=4, size=24)
@@ -585,6 +589,16 @@ def test_predict_with_skip_bad_lists_an_unreadable_file_as_an_error_row(scratch_
     assert [r["path"] for r in rows] == [str(f) for f in files]
     assert all(r["error"] == "" and r["predicted_label"] in LABELS for r in rows[:3])
     assert rows[3]["error"], "the unreadable file's row says why"
+
+
+def test_an_error_row_carries_no_prediction(scratch_run: dict[str, Any], new_images: dict[str, Any], tmp_path: Path) -> None:
+    """An unreadable file has no class: its row must not show a label or probabilities made up from a blank image,
+    or counts of predicted labels would include files that were never read."""
+    rows = read_csv(leanmae.predict(scratch_run["out"], [new_images["files"][0], new_images["bad"]], out=tmp_path / "pred.csv", skip_bad=True, device="cpu"))
+    bad = rows[1]
+    assert bad["error"]
+    assert bad["predicted_label"] == "" and bad["confidence"] == "", f"error row predicts {bad['predicted_label']!r} at {bad['confidence']}"
+    assert all(bad[f"p_{c}"] == "" for c in LABELS)
 
 
 def test_predict_without_skip_bad_stops_at_an_unreadable_file(scratch_run: dict[str, Any], new_images: dict[str, Any], tmp_path: Path) -> None:

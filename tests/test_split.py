@@ -64,6 +64,16 @@ def test_the_split_is_deterministic_for_a_seed_and_changes_with_it(labelled: Pat
     assert test_0 != test_1
 
 
+def test_a_class_split_does_not_depend_on_the_other_classes(labelled: Path) -> None:
+    """Naming the classes in another order, or adding one, leaves each class's test images unchanged (as for label fractions)."""
+    def test_images(classes: list[str]) -> dict[str, set[str]]:
+        return {c: {it.relpath for it in _by(make_split(labelled, classes, seed=0), "test", c)} for c in classes}
+
+    reference = test_images(["basophil", "lymphocyte", "neutrophil"])
+    assert test_images(["neutrophil", "lymphocyte", "basophil"]) == reference
+    assert test_images(["lymphocyte", "neutrophil"]) == {c: reference[c] for c in ("lymphocyte", "neutrophil")}
+
+
 def test_a_class_of_three_images_appears_in_every_split(tmp_path: Path) -> None:
     write_images(tmp_path / "rare", 3, 16, seed=1)
     write_images(tmp_path / "common", 40, 16, seed=2)

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="scratch", help="scratch (default), a pretraining run folder, an MAE model folder, or a local transformers ViT/ViT-MAE folder")
     p.add_argument("--linear-probe", action="store_true", help="train only a linear head on frozen encoder features (computed once)")
     p.add_argument("--pooling", choices=["cls", "mean"], help="head input: CLS token (default) or mean of patch tokens")
+    p.add_argument("--ood", action="append", metavar="DIR[:CLASSES]", help="images of classes never trained on (e.g. pbc:erythroblast,ig,platelet) for the out-of-distribution report and flag; repeatable")
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to (default: the one recorded in it)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed in run.json) instead of stopping")
     _training_options(p)

@@ -129,6 +129,8 @@ class ClassifierOptions:
     linear_probe: bool = False  # frozen encoder, features computed once, linear head only
     min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
     eval_batch_size: int = 256
+    target_accuracy: float = 0.99  # refer-to-expert threshold: kept predictions reach this accuracy on validation
+    ood_data: list[str] = field(default_factory=list)  # DIR[:classes] of images from classes never trained on
 
 
 @dataclass

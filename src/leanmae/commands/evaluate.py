@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.commands.finetune import confidence_columns
 from leanmae.commands.reconstruct import image_files, model_folder
 from leanmae.data.cache import DecodeSpec, load_or_build
 from leanmae.data.decode import BadImageError, decode_rgb, square_resize
 from leanmae.data.sources import DataError, ImageRecord
 from leanmae.data.split import SPLITS, counts, make_split, read_manifest, verify, write_manifest
 from leanmae.evaluation.metrics import classification_report, write_predictions
-from leanmae.evaluation.predict import cached_batches, predict_probs
+from leanmae.evaluation.calibration import calibration, softmax
+from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.training.checkpoint import write_json
@@ -55,11 +57,15 @@ def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: st
     cache = load_or_build([ImageRecord(root / it.relpath, root, it.label) for it in items], DecodeSpec(size=extra.get("cache_size", classifier.config.image_size)))
     entries = np.arange(len(cache))
     y = np.array([labels.index(items[s].label) for s in cache.sources])
-    probs = predict_probs(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
+    logits = predict_logits(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
+    probs = softmax(logits)
     report = classification_report(y, probs, labels)
+    temperature = extra.get("temperature", 1.0)
+    report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
     target = Path(out) if out else folder.parent / f"evaluate-{subset}"
     write_json(target / "metrics.json", {"model": str(folder), "subset": subset, subset: report})
-    write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y)
+    extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
+    write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
     print(f"{subset}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images; wrote {target}")
     return report
 
@@ -83,7 +89,13 @@ def _decoded_batches(files: list[Path], size: int, batch_size: int, skip_bad: bo
 
 
 def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path = "predictions.csv", batch_size: int = 256, skip_bad: bool = False, device: str | None = None) -> Path:
-    """Classify new images (files or folders) with the model's own preprocessing; writes ``out`` (CSV)."""
+    """Classify new images (files or folders) with the model's own preprocessing; writes ``out`` (CSV).
+
+    Columns: predicted label, confidence, calibrated confidence (temperature fitted on validation),
+    ``refer`` where the calibrated confidence is under the threshold chosen for the target accuracy,
+    energy score and ``ood`` where it is under the out-of-distribution threshold (models trained
+    with ``--ood``), an error for unreadable files (with ``skip_bad``), and every class's probability.
+    """
     ctx = setup(device or "auto")
     folder = model_folder(model)
     classifier = load_classifier(folder).to(ctx.device)
@@ -99,7 +111,11 @@ def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path =
                 bar.update(len(batch))
                 yield batch
 
-        probs = predict_probs(classifier, counted(), classifier.config.image_size, mean, std)
-    write_predictions(Path(out), [str(f) for f in files], probs, labels, extra={"error": [errors.get(i, "") for i in range(len(files))]})
-    print(f"wrote {out}: {len(files)} images, {len(errors)} unreadable")
+        logits = predict_logits(classifier, counted(), classifier.config.image_size, mean, std)
+    columns = confidence_columns(logits, extra.get("temperature", 1.0), extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
+    columns["error"] = [errors.get(i, "") for i in range(len(files))]
+    write_predictions(Path(out), [str(f) for f in files], softmax(logits), labels, extra=columns)
+    referred = sum(1 for i, flag in enumerate(columns["refer"]) if flag and i not in errors)
+    flagged = sum(1 for i, flag in enumerate(columns["ood"]) if flag and i not in errors)
+    print(f"wrote {out}: {len(files)} images, {referred} to refer to an expert, {flagged} flagged out-of-distribution, {len(errors)} unreadable")
     return Path(out)

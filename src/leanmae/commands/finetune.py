@@ -9,9 +9,12 @@ choice. Output folder:
     run.json, history.csv, tensorboard/, checkpoints/   as in pretraining
     model/                  the selected classifier (transformers save_pretrained + preprocessing)
     metrics.json            test (and validation) accuracy, balanced accuracy, macro P/R/F1,
-                            per class P/R/F1/support, confusion matrix, confidence statistics
-    predictions.csv         test images: path, true, predicted, confidence, every class's probability
-    training_curves.png, confusion_matrix.png, confidence.png
+                            per class P/R/F1/support, confusion matrix, confidence statistics;
+                            calibration before/after temperature scaling, refer-to-expert threshold
+                            and its test coverage, out-of-distribution AUROC (with --ood)
+    predictions.csv         test images: path, true, predicted, confidence, calibrated confidence,
+                            refer, energy, ood, every class's probability
+    training_curves.png, confusion_matrix.png, confidence.png, reliability.png, risk_coverage.png
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ from leanmae.commands.reconstruct import model_folder
 from leanmae.config import FinetuneConfig, absolute_lr, effective_batch, resolve, to_dict
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache
+from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
 from leanmae.evaluation.metrics import classification_report, summary, write_predictions
-from leanmae.evaluation.predict import cached_batches, predict_probs
+from leanmae.evaluation.calibration import confidence_report, energy, reliability_bins, risk_coverage, softmax
+from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, add_drop_path, build_classifier, layer_decay_scale
 from leanmae.models.io import load_preprocessing, save_model
-from leanmae.reporting.plots import confidence_boxplot, confusion_plot, training_curves
+from leanmae.reporting.plots import confidence_boxplot, confusion_plot, reliability_figure, risk_coverage_figure, training_curves
 from leanmae.reporting.runinfo import prepare_output, write_run_info
 from leanmae.training.checkpoint import save_weights, write_json
 from leanmae.training.distributed import Context, setup
@@ -59,6 +63,7 @@ def finetune(
     seed: int | None = None,
     linear_probe: bool = False,
     pooling: str | None = None,
+    ood: list[str] | None = None,
     data_root: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -70,13 +75,15 @@ def finetune(
     """Fine-tune a classifier on ``fraction`` of the train split of ``split``; returns metrics.json's content.
 
     ``init`` is ``"scratch"``, a pretraining run folder, an MAE model folder, or a local
-    transformers ViT / ViT-MAE folder. Same options as ``leanmae finetune``.
+    transformers ViT / ViT-MAE folder; ``ood`` names folders (``DIR[:classes]``) of images from
+    classes the model never trains on, for the out-of-distribution report. Same options as
+    ``leanmae finetune``.
     """
     flags = {
         "optim": {"epochs": epochs},
         "run": {"seed": seed, "device": device, "progress": progress},
         "data": {"skip_bad": skip_bad or None},
-        "classifier": {"linear_probe": linear_probe or None, "pooling": pooling},
+        "classifier": {"linear_probe": linear_probe or None, "pooling": pooling, "ood_data": list(ood) if ood else None},
     }
     cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
     return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
@@ -186,22 +193,11 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
             trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
             _fold_probe_into(model, trained)
-        probs = {s: _probs(model, data, s, mean, std, opts.eval_batch_size, cfg.run.progress) for s in ("val", "test")}
-        truth = {s: data.y[data.index[s]] for s in ("val", "test")}
-        metrics = {
-            "fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)),
-            "selection": opts.select, "selected_epoch": result.best_epoch if opts.select != "last" else len(result.history),
-            "test": classification_report(truth["test"], probs["test"], labels),
-            "val": classification_report(truth["val"], probs["val"], labels),
-            "train_seconds": result.seconds, "wall_seconds": time.time() - started,
-        }
-        save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, "cache_size": spec.size})
+        metrics = _final_evaluation(model, data, cfg, spec, mean, std, out, result.best_epoch if opts.select != "last" else len(result.history))
+        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "train_seconds": result.seconds, "wall_seconds": time.time() - started})
         write_json(out / "metrics.json", metrics)
-        write_predictions(out / "predictions.csv", data.paths("test"), probs["test"], labels, truth["test"])
         name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
         training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
-        confusion_plot(metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"], labels, out / "confusion_matrix.png", f"test split ({name})")
-        confidence_boxplot({name: {"true": truth["test"], "probs": probs["test"]}}, labels, out / "confidence.png", "confidence on the test split")
         write_run_info(out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, status="finished", resumed_from_epoch=result.resumed_from, test=_headline(metrics["test"]), wall_seconds=metrics["wall_seconds"])
         t = metrics["test"]
         print(f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}")
@@ -209,13 +205,62 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     return metrics
 
 
+def _final_evaluation(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneConfig, spec: DecodeSpec, mean: list[float], std: list[float], out: Path, selected_epoch: int | None) -> dict[str, Any]:
+    """Score the selected model once on the test split, fit its confidence tools on validation, save it.
+
+    Writes model/ (with temperature and thresholds in leanmae.json), predictions.csv and the figures;
+    returns metrics.json's content (without the run's bookkeeping).
+    """
+    opts, labels = cfg.classifier, data.labels
+    logits = {s: _logits(model, data.cache.images, data.index[s], mean, std, opts.eval_batch_size, cfg.run.progress) for s in ("val", "test")}
+    truth = {s: data.y[data.index[s]] for s in ("val", "test")}
+    ood_logits = None
+    if opts.ood_data:
+        ood = load_or_build(collect(opts.ood_data), spec, cfg.data.cache_dir, cfg.data.skip_bad, cfg.data.workers, cfg.run.progress)
+        ood_logits = _logits(model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress)
+    confidence = confidence_report(logits["val"], truth["val"], logits["test"], truth["test"], opts.target_accuracy, ood_logits)
+    temperature, threshold = confidence["calibration"]["temperature"], confidence["refer"]["threshold"]
+    probs = {s: softmax(v) for s, v in logits.items()}
+    metrics = {
+        "selection": opts.select, "selected_epoch": selected_epoch,
+        "test": classification_report(truth["test"], probs["test"], labels),
+        "val": classification_report(truth["val"], probs["val"], labels),
+        **confidence,
+    }
+    energy_threshold = confidence.get("ood", {}).get("energy_threshold")
+    save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, "cache_size": spec.size, "temperature": temperature, "refer_threshold": threshold, "target_accuracy": opts.target_accuracy, "energy_threshold": energy_threshold})
+    scaled = softmax(logits["test"], temperature)
+    write_predictions(out / "predictions.csv", data.paths("test"), probs["test"], labels, truth["test"], extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold))
+    confusion_plot(metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"], labels, out / "confusion_matrix.png", "test split")
+    confidence_boxplot({"test": {"true": truth["test"], "probs": probs["test"]}}, labels, out / "confidence.png", "confidence on the test split (correct vs wrong, per true class)")
+    eces = (confidence["calibration"]["before"]["ece"], confidence["calibration"]["after"]["ece"])
+    reliability_figure(reliability_bins(probs["test"], truth["test"]), reliability_bins(scaled, truth["test"]), eces, temperature, out / "reliability.png", "reliability on the test split (temperature fitted on validation)")
+    kept = confidence["refer"]["test"]
+    risk_coverage_figure(
+        {"before scaling": risk_coverage(probs["test"], truth["test"]), "after scaling": risk_coverage(scaled, truth["test"])},
+        (kept["coverage"], 1 - kept["accuracy_kept"]) if kept["coverage"] > 0 else None, out / "risk_coverage.png", "refer to expert: risk against coverage (test)",
+    )
+    return metrics
+
+
+def confidence_columns(logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None) -> dict[str, list[Any]]:
+    """Extra predictions.csv columns: calibrated confidence, refer flag, energy score and OOD flag."""
+    scaled = softmax(logits, temperature).max(1)
+    scores = energy(logits)
+    return {
+        "confidence_calibrated": [f"{c:.6f}" for c in scaled],
+        "refer": ["refer" if c < threshold else "" for c in scaled],
+        "energy": [f"{e:.4f}" for e in scores],
+        "ood": ["" if energy_threshold is None else ("ood" if e < energy_threshold else "") for e in scores],
+    }
+
+
 def _headline(report: dict[str, Any]) -> dict[str, float]:
     return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")}
 
 
-def _probs(model: LeanViTClassifier, data: LabelledData, split: str, mean: list[float], std: list[float], batch_size: int, progress: bool) -> np.ndarray:
-    idx = data.index[split]
-    return predict_probs(model, cached_batches(data.cache.images, idx, batch_size), model.config.image_size, mean, std, total=len(idx), progress=progress)
+def _logits(model: LeanViTClassifier, images: np.ndarray, idx: np.ndarray, mean: list[float], std: list[float], batch_size: int, progress: bool) -> np.ndarray:
+    return predict_logits(model, cached_batches(images, idx, batch_size), model.config.image_size, mean, std, total=len(idx), progress=progress)
 
 
 def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
@@ -253,8 +298,8 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
 
     def validate(module: nn.Module) -> dict[str, float]:
         idx = data.index["val"]
-        probs = predict_probs(module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std)
-        return _val_metrics(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), data.y[idx], data.labels)
+        logits = predict_logits(module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std)
+        return _val_metrics(torch.as_tensor(logits), data.y[idx], data.labels)
     return model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select=None if opts.select == "last" else opts.select)
 
 

@@ -1,4 +1,4 @@
-"""Class probabilities for many images: batched, in inference mode, with the evaluation transform."""
+"""Class logits for many images: batched, in inference mode, with the evaluation transform."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from leanmae.data.batches import gather
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, batches: Iterable[np.ndarray], image_size: int, mean: list[float], std: list[float], total: int | None = None, progress: bool = False) -> np.ndarray:
-    """Softmax probabilities (N, classes) for uint8 (B, H, W, 3) batches: resize, normalise, forward."""
+def predict_logits(model: torch.nn.Module, batches: Iterable[np.ndarray], image_size: int, mean: list[float], std: list[float], total: int | None = None, progress: bool = False) -> np.ndarray:
+    """Logits (N, classes) for uint8 (B, H, W, 3) batches: resize, normalise, forward."""
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -23,7 +23,7 @@ def predict_probs(model: torch.nn.Module, batches: Iterable[np.ndarray], image_s
             pixels = normalize(resize(to_float(batch, device), image_size), mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(pixel_values=pixels).logits
-            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            out.append(logits.float().cpu().numpy())
             bar.update(len(batch))
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
 

@@ -97,3 +97,33 @@ def confidence_boxplot(groups: dict[str, dict[str, np.ndarray]], labels: list[st
     ax.legend(handles=handles, fontsize=8, ncol=len(arms), loc="lower left")
     ax.set_title(title)
     return save_figure(fig, path)
+
+
+def reliability_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarray], ece: tuple[float, float], temperature: float, path: Path | str, title: str) -> Path:
+    """reliability.png: accuracy against confidence per bin, with the confidence histogram, before and after scaling."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for col, (bins, name, e) in enumerate([(before, "before scaling", ece[0]), (after, f"after temperature scaling (T = {temperature:.2f})", ece[1])]):
+        centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+        width = bins["edges"][1] - bins["edges"][0]
+        top, bottom = axes[0, col], axes[1, col]
+        top.bar(centers, np.nan_to_num(bins["accuracy"]), width=width * 0.9, color="#4c72b0", label="accuracy in bin")
+        top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
+        top.set(title=f"{name}: ECE {e:.3f}", ylabel="accuracy", ylim=(0, 1))
+        top.legend(fontsize=8, loc="upper left")
+        bottom.bar(centers, bins["count"], width=width * 0.9, color="#999")
+        bottom.set(xlabel="confidence (probability of predicted class)", ylabel="images")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def risk_coverage_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], threshold_point: tuple[float, float] | None, path: Path | str, title: str) -> Path:
+    """risk_coverage.png: error rate of the kept predictions against the share kept (most confident first)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (coverage, risk, aurc) in curves.items():
+        ax.plot(coverage, risk, label=f"{name} (AURC {aurc:.4f})")
+    if threshold_point:
+        ax.scatter([threshold_point[0]], [threshold_point[1]], color="#d1495b", zorder=3, label="refer-to-expert threshold")
+    ax.set(xlabel="coverage (share of predictions kept)", ylabel="risk (error rate among kept)", title=title, xlim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
