@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled folder with one subfolder per class")
     p.add_argument("--classes", help="comma-separated classes (default: basophil,eosinophil,lymphocyte,monocyte,neutrophil)")
     p.add_argument("--pretrain-data", action="append", metavar="DIR[:CLASSES]", help="unlabelled pretraining pool; repeatable")
+    p.add_argument("--ood-data", action="append", metavar="DIR[:CLASSES]", help="images of classes never trained on, for out-of-distribution AUROC (e.g. pbc:erythroblast,ig,platelet); repeatable")
     p.add_argument("--pool", choices=["other", "in-domain"], help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled")
     p.add_argument("--preset", choices=preset_names(), help="preset of every run (default cpu)")
     p.add_argument("--fractions", help="label fractions, comma-separated (default 0.01,0.1,0.5,1.0)")

@@ -113,9 +113,12 @@ def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path =
 
         logits = predict_logits(classifier, counted(), classifier.config.image_size, mean, std)
     columns = confidence_columns(logits, extra.get("temperature", 1.0), extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
+    for values in columns.values():  # unreadable files get no prediction, only their error
+        for i in errors:
+            values[i] = ""
     columns["error"] = [errors.get(i, "") for i in range(len(files))]
-    write_predictions(Path(out), [str(f) for f in files], softmax(logits), labels, extra=columns)
-    referred = sum(1 for i, flag in enumerate(columns["refer"]) if flag and i not in errors)
-    flagged = sum(1 for i, flag in enumerate(columns["ood"]) if flag and i not in errors)
+    write_predictions(Path(out), [str(f) for f in files], softmax(logits), labels, extra=columns, blank_rows=set(errors))
+    referred = sum(1 for flag in columns["refer"] if flag)
+    flagged = sum(1 for flag in columns["ood"] if flag)
     print(f"wrote {out}: {len(files)} images, {referred} to refer to an expert, {flagged} flagged out-of-distribution, {len(errors)} unreadable")
     return Path(out)

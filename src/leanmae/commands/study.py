@@ -60,6 +60,7 @@ class StudyConfig:
     data: str = ""
     classes: list[str] = field(default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"])
     pretrain_data: list[str] = field(default_factory=list)
+    ood_data: list[str] = field(default_factory=list)  # images of classes never trained on, for the OOD report
     pool: str = "other"  # other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
     preset: str = "cpu"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
@@ -134,7 +135,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             init, probe = arm_init(arm, mae)
             for seed in cfg.seeds:
                 name = run_name(arm, fraction, seed)
-                kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, **common}
+                kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
                 after = ["pretrain"] if arm in ("mae", "mae-linear") and not cfg.mae else []
                 jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, after))
     return jobs
@@ -243,6 +244,7 @@ def study(
     data: str | None = None,
     classes: str | list[str] | None = None,
     pretrain_data: list[str] | None = None,
+    ood_data: list[str] | None = None,
     pool: str | None = None,
     preset: str | None = None,
     fractions: str | list[float] | None = None,
@@ -267,7 +269,7 @@ def study(
 
     layer = load_yaml(config) if config else {}
     given = {
-        "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "pool": pool, "preset": preset,
+        "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
         "fractions": _list(fractions, float), "seeds": _list(seeds, int), "arms": _list(arms, str), "mae": mae,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
         "wait": wait, "slurm": slurm, "set": set, "progress": progress,

@@ -36,14 +36,19 @@ class Item:
     sha256: str
 
 
+def _class_rng(seed: int, label: str) -> np.random.Generator:
+    """One generator per (seed, class): adding or reordering classes leaves each class's draw unchanged."""
+    return np.random.default_rng([seed, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)])
+
+
 def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> list[Item]:
     """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
-    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0:
-        raise DataError(f"split ratios {ratios} must be non-negative and sum to 1")
+    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0 or ratios[0] <= 0:
+        raise DataError(f"split ratios {ratios} must be non-negative, give train a share, and sum to 1")
     if len(classes) < 2:
         raise DataError(f"a classification task needs at least two classes, got {classes}")
     root = Path(root)
@@ -52,14 +57,15 @@ def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float,
     for rec in records:
         by_class[rec.label].append(rec)  # type: ignore[index]
     items: list[Item] = []
-    rng = np.random.default_rng(seed)
     for label in classes:
         group = by_class[label]
         if len(group) < 3:
             raise DataError(f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in train, val and test")
-        order = rng.permutation(len(group))
+        order = _class_rng(seed, label).permutation(len(group))  # a class's split does not depend on the others
         n_val = max(1, round(ratios[1] * len(group)))
         n_test = max(1, round(ratios[2] * len(group)))
+        if n_val + n_test >= len(group):
+            raise DataError(f"{root / label}: {len(group)} images cannot give train, val and test one each with ratios {ratios}")
         for rank, idx in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             rec = group[idx]
@@ -68,7 +74,7 @@ def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float,
 
 
 def write_manifest(items: list[Item], path: Path | str, root: Path | str) -> None:
-    """CSV with a header comment naming the data root (relative to the manifest when possible)."""
+    """CSV with a header comment naming the data root (absolute; ``--data-root`` overrides it when data moves)."""
     path = Path(path)
     buffer = io.StringIO()
     buffer.write(f"# root: {Path(root).resolve()}\n")
@@ -121,7 +127,7 @@ def label_fraction(items: list[Item], fraction: float, seed: int) -> list[Item]:
     chosen: list[Item] = []
     for label in sorted({it.label for it in train}):
         group = sorted((it for it in train if it.label == label), key=lambda it: it.relpath)
-        order = np.random.default_rng([seed, int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)]).permutation(len(group))
+        order = _class_rng(seed, label).permutation(len(group))
         k = min(len(group), max(MIN_PER_CLASS, round(fraction * len(group))))
         chosen.extend(group[i] for i in order[:k])
     return chosen

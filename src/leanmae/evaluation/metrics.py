@@ -68,15 +68,21 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[st
     }
 
 
-def write_predictions(path: Path, paths: list[str], probs: np.ndarray, labels: list[str], y_true: np.ndarray | None = None, extra: dict[str, list[Any]] | None = None) -> None:
-    """predictions.csv: path, [true label], predicted label, confidence, probability of every class."""
+def write_predictions(path: Path, paths: list[str], probs: np.ndarray, labels: list[str], y_true: np.ndarray | None = None, extra: dict[str, list[Any]] | None = None, blank_rows: set[int] | frozenset[int] = frozenset()) -> None:
+    """predictions.csv: path, [true label], predicted label, confidence, extra columns, probability of every class.
+
+    Rows in ``blank_rows`` (files that could not be read) get no prediction, only their extra columns.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     extra = extra or {}
     writer.writerow(["path"] + (["true_label"] if y_true is not None else []) + ["predicted_label", "confidence"] + list(extra) + [f"p_{label}" for label in labels])
     predicted = probs.argmax(1)
     for i, image in enumerate(paths):
-        row = [image] + ([labels[y_true[i]]] if y_true is not None else []) + [labels[predicted[i]], f"{probs[i].max():.6f}"]
-        row += [values[i] for values in extra.values()] + [f"{p:.6f}" for p in probs[i]]
+        blank = i in blank_rows
+        row = [image] + ([labels[y_true[i]]] if y_true is not None else [])
+        row += ["", ""] if blank else [labels[predicted[i]], f"{probs[i].max():.6f}"]
+        row += [values[i] for values in extra.values()]
+        row += [""] * len(labels) if blank else [f"{p:.6f}" for p in probs[i]]
         writer.writerow(row)
     write_atomic(path, buffer.getvalue())

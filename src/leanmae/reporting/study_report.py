@@ -142,12 +142,34 @@ def tables(runs: list[Run]) -> list[Table]:
             for outcome in ("correct", "wrong"):
                 medians = [[r.test["confidence"][c][outcome]["median"] for r in rs] for c in ["all", *labels]]
                 conf_rows.append([_pct(f), arm, outcome] + [estimate([m for m in ms if m is not None]).text() for ms in medians])
+    trust_rows = []
+    for f in fractions:
+        for arm in arms:
+            rs = groups.get((arm, f), [])
+            if not rs or "calibration" not in rs[0].metrics:
+                continue
+            cells = [
+                [r.metrics["calibration"]["before"]["ece"] for r in rs],
+                [r.metrics["calibration"]["after"]["ece"] for r in rs],
+                [r.metrics["refer"]["aurc"] for r in rs],
+                [r.metrics["refer"]["test"]["coverage"] for r in rs],
+                [r.metrics["refer"]["test"]["accuracy_kept"] for r in rs],
+                [r.metrics.get("ood", {}).get("auroc_msp") for r in rs],
+                [r.metrics.get("ood", {}).get("auroc_energy") for r in rs],
+            ]
+            trust_rows.append([_pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells])
     for r in runs:
         run_rows.append([r.arm, _pct(r.fraction), r.seed, r.metrics["train_images"], *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")), r.metrics.get("selected_epoch"), f"{r.metrics.get('wall_seconds', 0):.0f}"])
     main_headers = ["labels"] + [f"{NAMES[m]}: {arm}" for m in METRICS for arm in arms + (["MAE gain"] if "mae" in arms and "scratch" in arms else [])]
     return [
         Table("summary", "Test metrics per label fraction: mean ± sd over seeds [95 % CI]; MAE gain paired by seed", main_headers, main_rows),
         Table("paired", "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % CI", ["labels", "comparison", "metric", "mean difference", "CI low", "CI high", "seeds", "CI excludes 0"], paired_rows),
+        Table(
+            "trust",
+            "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
+            ["labels", "arm", "ECE before", "ECE after", "AURC", "coverage at target", "accuracy kept", "OOD AUROC (MSP)", "OOD AUROC (energy)"],
+            trust_rows,
+        ),
         Table("per_class_f1", "Per-class test F1: mean ± sd [95 % CI]", ["labels", "arm", *labels], class_rows),
         Table("confidence", "Median confidence (probability of the predicted class) on the test split, per true class", ["labels", "arm", "prediction", "all", *labels], conf_rows),
         Table("runs", "Every finished run", ["arm", "labels", "seed", "train images", *(NAMES[m] for m in (*METRICS, "balanced_accuracy")), "selected epoch", "seconds"], run_rows),
@@ -194,6 +216,18 @@ def findings(runs: list[Run]) -> list[str]:
             lines.append(
                 f"At {_pct(f)} of the labels, wrong predictions of MAE-initialised models are {direction} confident than from scratch: "
                 f"median confidence {np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
+            )
+    top = max(fractions)
+    for arm in arms:
+        rs = [r for r in groups.get((arm, top), []) if "calibration" in r.metrics]
+        if rs:
+            before = estimate([r.metrics["calibration"]["before"]["ece"] for r in rs])
+            after = estimate([r.metrics["calibration"]["after"]["ece"] for r in rs])
+            coverage = estimate([r.metrics["refer"]["test"]["coverage"] for r in rs])
+            target = rs[0].metrics["refer"]["target_accuracy"]
+            lines.append(
+                f"{arm} at {_pct(top)} of the labels: expected calibration error {before.mean:.3f} before and {after.mean:.3f} after temperature scaling; "
+                f"referring predictions under the validation-chosen threshold keeps {coverage.mean:.0%} of test images for a {target:.0%} accuracy target."
             )
     for arm in arms:
         for f in fractions:
@@ -337,10 +371,10 @@ def write_report(study: Path) -> Path:
     if len(runs) < expected:
         parts.append("<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>")
     parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>")
-    for table in all_tables[:2]:
+    for table in all_tables[:3]:
         parts.append(table.html())
     parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
-    for table in all_tables[2:]:
+    for table in all_tables[3:]:
         parts.append(table.html())
     if mae_figures:
         parts.append("<h2>MAE pretraining</h2>" + "".join(_img(p, c) for p, c in mae_figures))
