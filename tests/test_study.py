@@ -154,3 +154,18 @@ def test_file_and_class_names_are_escaped_in_the_report(tmp_path: Path) -> None:
 
     html = Table("x", "<b>title</b>", ["<script>alert(1)</script>.png"], [["<img src=x onerror=alert(1)>"]]).html()
     assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html
+
+
+def test_the_slurm_launcher_runs_the_grid_through_submitit(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+    """submitit's local executor runs the same jobs a SLURM cluster would, into the same folders."""
+    pytest.importorskip("submitit")
+    cells, tiles = synthetic
+    out = tmp_path / "s"
+    states = leanmae.study(
+        out=out, data=str(cells), pretrain_data=[str(tiles)], preset="test", fractions=[1.0], seeds=[0], launcher="slurm",
+        slurm={"cluster": "local", "time_min": 10}, set=FAST, progress=False,
+    )
+    assert states == {"pretrain": "done", "scratch_f1_s0": "done", "mae_f1_s0": "done"}
+    assert any((out / "slurm").iterdir()), "submitit's job logs"
+    assert {(r.arm, r.fraction) for r in load_runs(out)} == {("scratch", 1.0), ("mae", 1.0)}
+    assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()

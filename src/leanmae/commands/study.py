@@ -51,6 +51,7 @@ class SlurmOptions:
     time_min: int = 240
     max_parallel: int = 32
     folder: str | None = None  # submitit logs; default <study>/slurm
+    cluster: str | None = None  # None: SLURM where available; "local" runs the same jobs as local processes (tests)
 
 
 @dataclass
@@ -198,7 +199,7 @@ def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
     import submitit
 
     opts = cfg.slurm
-    executor = submitit.AutoExecutor(folder=opts.folder or str(out / "slurm"))
+    executor = submitit.AutoExecutor(folder=opts.folder or str(out / "slurm"), cluster=opts.cluster)
     params: dict[str, Any] = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_job, "mem_gb": opts.mem_gb, "name": "leanmae"}
     if executor.cluster == "slurm":
         params.update(slurm_partition=opts.partition, gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=opts.max_parallel)
