@@ -69,3 +69,16 @@ def test_image_size_not_a_multiple_of_patch_size_is_an_error(test_model_config) 
 def test_width_not_divisible_by_heads_is_an_error(test_model_config) -> None:
     with pytest.raises(CheckpointError, match="attention heads"):
         mae_config(dataclasses.replace(test_model_config, heads=3))
+
+
+def test_position_embeddings_are_the_fixed_sine_cosine_table_in_encoder_and_decoder(test_model_config, tmp_path) -> None:
+    """transformers 5 leaves them at zero on a fresh ViTMAE; without them the decoder paints every masked patch alike."""
+    from leanmae.models.mae import load_mae, sincos_positions
+
+    model = build_mae(test_model_config)
+    grid = test_model_config.image_size // test_model_config.patch_size
+    assert torch.equal(model.vit.embeddings.position_embeddings, sincos_positions(grid, test_model_config.hidden_size))
+    assert torch.equal(model.decoder.decoder_pos_embed, sincos_positions(grid, test_model_config.decoder_hidden_size))
+    assert model.decoder.decoder_pos_embed[0, 1:].abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    assert torch.equal(load_mae(tmp_path).decoder.decoder_pos_embed, model.decoder.decoder_pos_embed)

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import ViTMAEForPreTraining
 
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
@@ -21,7 +20,7 @@ from leanmae.data.sources import DataError
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
 from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure
 from leanmae.models.io import load_preprocessing
-from leanmae.models.mae import check_model_folder
+from leanmae.models.mae import load_mae
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
@@ -57,8 +56,7 @@ def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str
     """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics."""
     ctx = setup(device or "auto")
     folder = model_folder(checkpoint)
-    check_model_folder(folder)
-    model = ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True).to(ctx.device).eval()
+    model = load_mae(folder).to(ctx.device).eval()
     mean, std, extra = load_preprocessing(folder)
     size = model.config.image_size
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification, ViTMAEForPreTraining, ViTModel
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from leanmae.config import ModelConfig
-from leanmae.models.mae import CheckpointError, check_model_folder
+from leanmae.models.mae import CheckpointError, check_model_folder, load_mae
 
 
 class LeanViTClassifier(ViTForImageClassification):
@@ -72,7 +72,7 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
     check_model_folder(folder)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     if model_type == "vit_mae":
-        source: nn.Module = ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True)
+        source: nn.Module = load_mae(folder)
         vit = source.vit
     elif model_type == "vit":
         source = ViTModel.from_pretrained(folder, use_safetensors=True, add_pooling_layer=False)

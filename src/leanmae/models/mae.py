@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from leanmae.config import ModelConfig
 from leanmae.data.rand import MASK_STREAM, uniform
@@ -63,14 +64,47 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     """
     config = mae_config(model)
     if init is None:
-        return ViTMAEForPreTraining(config)
+        mae = ViTMAEForPreTraining(config)
+        torch.nn.init.normal_(mae.decoder.mask_token, std=config.initializer_range)  # as in the MAE paper
+        return set_fixed_positions(mae)
     folder = Path(init)
     check_model_folder(folder)
     saved = ViTMAEConfig.from_pretrained(folder)
     for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "decoder_hidden_size", "decoder_num_hidden_layers"):
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config")
-    mae = ViTMAEForPreTraining.from_pretrained(folder, config=config, use_safetensors=True)
+    return set_fixed_positions(ViTMAEForPreTraining.from_pretrained(folder, config=config, use_safetensors=True))
+
+
+def load_mae(folder: str | Path) -> ViTMAEForPreTraining:
+    """A saved MAE (safetensors only), with its fixed position embeddings made right."""
+    check_model_folder(Path(folder))
+    return set_fixed_positions(ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True))
+
+
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """The MAE's fixed 2-D sine-cosine position embedding (1, 1 + grid*grid, dim), with a zero CLS row.
+
+    Laid out as transformers' pretrained ViT-MAE checkpoints are (width block before height block).
+    """
+    table = build_2d_sinusoidal_position_embedding(height=grid, width=grid, embed_dim=dim, cls_token=True)
+    half = table.shape[-1] // 2
+    return torch.cat([table[..., half:], table[..., :half]], dim=-1).unsqueeze(0)
+
+
+def set_fixed_positions(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
+    """Write the fixed sine-cosine position embeddings into encoder and decoder.
+
+    Why: in transformers 5.x a freshly built ViTMAEForPreTraining leaves both (frozen) position
+    embeddings at zero (its weight-init pass skips them), so the decoder cannot tell masked patches
+    apart and learns to paint every one with the image's mean colour (measured here: reconstructions
+    were flat and validation loss stalled from the 4th epoch). The embeddings are a fixed function of
+    the patch grid, never trained, so writing them is right for loaded checkpoints too.
+    """
+    grid = mae.config.image_size // mae.config.patch_size
+    with torch.no_grad():
+        mae.vit.embeddings.position_embeddings.copy_(sincos_positions(grid, mae.config.hidden_size))
+        mae.decoder.decoder_pos_embed.copy_(sincos_positions(grid, mae.config.decoder_hidden_size))
     return mae
 
 
