@@ -421,6 +421,18 @@ def _write_notice(out_dir: Path) -> None:
 # --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
+def _prepare(out_dir: Path, count: int, size: int) -> Path:
+    """Check the arguments, create ``out_dir`` and write the SYNTHETIC notice."""
+    if count < 0:
+        raise ValueError("the number of images must be >= 0")
+    if size < 16:
+        raise ValueError("size must be >= 16 pixels")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_notice(out_dir)
+    return out_dir
+
+
 def make_synthetic_wbc(out_dir: Path, n_per_class: int = 60, size: int = 96, seed: int = 0) -> Path:
     """Write out_dir/<class>/<class>_0000.png ... for the five WBC classes; returns out_dir.
 
@@ -432,13 +444,7 @@ def make_synthetic_wbc(out_dir: Path, n_per_class: int = 60, size: int = 96, see
     the class; the stain jitter is class-independent, so a model has to look at
     the cell. Deterministic for a given ``seed``. Also writes ``SYNTHETIC.txt``.
     """
-    if n_per_class < 0:
-        raise ValueError("n_per_class must be >= 0")
-    if size < 16:
-        raise ValueError("size must be >= 16 pixels")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_notice(out_dir)
+    out_dir = _prepare(out_dir, n_per_class, size)
     for ci, cls in enumerate(WBC_CLASSES):
         cdir = out_dir / cls
         cdir.mkdir(parents=True, exist_ok=True)
@@ -457,13 +463,7 @@ def make_synthetic_tiles(out_dir: Path, n: int = 200, size: int = 128, seed: int
     RGB ``size`` x ``size`` PNGs, deterministic for a given ``seed``. Also writes
     ``SYNTHETIC.txt``.
     """
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    if size < 16:
-        raise ValueError("size must be >= 16 pixels")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_notice(out_dir)
+    out_dir = _prepare(out_dir, n, size)
     for i in range(n):
         rng = np.random.default_rng([seed, _STREAM_TILES, i])
         Image.fromarray(_tile_image(rng, size)).save(out_dir / f"tile_{i:04d}.png")

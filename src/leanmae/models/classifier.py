@@ -20,7 +20,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from leanmae.config import ModelConfig
-from leanmae.models.mae import CheckpointError, check_model_folder, load_mae
+from leanmae.models.mae import CheckpointError, check_model_folder, encoder_kwargs, load_mae
 
 
 class LeanViTClassifier(ViTForImageClassification):
@@ -40,18 +40,7 @@ class LeanViTClassifier(ViTForImageClassification):
 
 
 def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> ViTConfig:
-    config = ViTConfig(
-        image_size=model.image_size,
-        patch_size=model.patch_size,
-        hidden_size=model.hidden_size,
-        num_hidden_layers=model.depth,
-        num_attention_heads=model.heads,
-        intermediate_size=int(model.hidden_size * model.mlp_ratio),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        attn_implementation="sdpa",
-    )
+    config = ViTConfig(**encoder_kwargs(model), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     config.pooling = pooling
     return config
 

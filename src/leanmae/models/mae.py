@@ -29,20 +29,27 @@ def mae_config(model: ModelConfig) -> ViTMAEConfig:
     if model.hidden_size % model.heads or model.decoder_hidden_size % model.decoder_heads:
         raise CheckpointError("hidden sizes must be multiples of their number of attention heads")
     return ViTMAEConfig(
-        image_size=model.image_size,
-        patch_size=model.patch_size,
-        hidden_size=model.hidden_size,
-        num_hidden_layers=model.depth,
-        num_attention_heads=model.heads,
-        intermediate_size=int(model.hidden_size * model.mlp_ratio),
+        **encoder_kwargs(model),
         decoder_hidden_size=model.decoder_hidden_size,
         decoder_num_hidden_layers=model.decoder_depth,
         decoder_num_attention_heads=model.decoder_heads,
         decoder_intermediate_size=int(model.decoder_hidden_size * model.mlp_ratio),
         mask_ratio=model.mask_ratio,
         norm_pix_loss=model.norm_pix_loss,
-        attn_implementation="sdpa",
     )
+
+
+def encoder_kwargs(model: ModelConfig) -> dict[str, object]:
+    """The encoder's shape in transformers' names, shared by the MAE and the classifier configs."""
+    return {
+        "image_size": model.image_size,
+        "patch_size": model.patch_size,
+        "hidden_size": model.hidden_size,
+        "num_hidden_layers": model.depth,
+        "num_attention_heads": model.heads,
+        "intermediate_size": int(model.hidden_size * model.mlp_ratio),
+        "attn_implementation": "sdpa",
+    }
 
 
 def check_model_folder(folder: Path) -> None:
