@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args["slurm"] = {k: v for k, v in slurm.items() if v is not None} or None
     from leanmae.data.decode import BadImageError
     from leanmae.data.sources import DataError
-    from leanmae.models.mae import CheckpointError
+    from leanmae.training.checkpoint import CheckpointError
     from leanmae.reporting.runinfo import OutputFolderError
     from leanmae.training.engine import NonFiniteLossError
 

@@ -110,6 +110,8 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
     if ctx.is_main:
         verify(items, root)
     labels = sorted({it.label for it in items})
+    if len(labels) < 2:
+        raise DataError(f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes")
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
     item_of_entry = [items[s] for s in cache.sources]

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -154,13 +155,30 @@ def _with_resume(job: Job) -> dict[str, Any]:
     return {**job.kwargs, "resume": run_status(job.out) is not None}
 
 
+def run_child(parent: int, command: str, kwargs: dict[str, Any]) -> None:
+    """A job launched by a local study: it stops when the study process dies.
+
+    Without this, a study killed with SIGKILL would leave its runs training, and rerunning the
+    study would put a second writer into the same run folder.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(137)
+
+    threading.Thread(target=watch, daemon=True).start()
+    run_job(command, kwargs)
+
+
 def _launch_local(job: Job) -> int:
-    """One job as a child process with one torch thread; its output goes to <run>/log.txt."""
+    """One job as a child process with one torch thread; its output goes to runs/<name>.log."""
     job.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    code = "import json, sys; from leanmae.commands.study import run_job; run_job(sys.argv[1], json.loads(sys.argv[2]))"
+    code = "import json, sys; from leanmae.commands.study import run_child; run_child(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))"
+    args = [sys.executable, "-c", code, str(os.getpid()), job.command, json.dumps(_with_resume(job))]
     with open(job.out.parent / f"{job.out.name}.log", "a") as log:
-        return subprocess.run([sys.executable, "-c", code, job.command, json.dumps(_with_resume(job))], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:

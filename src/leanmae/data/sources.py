@@ -50,8 +50,14 @@ def _images_under(folder: Path, root: Path) -> list[Path]:
     """Image files under ``folder``, sorted; symlinks that lead outside ``root`` are refused."""
     found = []
     real_root = root.resolve()
+    if not folder.resolve().is_relative_to(real_root):
+        raise DataError(f"{folder}: symbolic link leads outside the data folder {root}; refusing to follow it")
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            sub = Path(dirpath) / name
+            if sub.is_symlink() and not sub.resolve().is_relative_to(real_root):
+                raise DataError(f"{sub}: symbolic link leads outside the data folder {root}; refusing to follow it")
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
@@ -104,7 +110,7 @@ def collect(specs: list[str]) -> list[ImageRecord]:
     only the train images are taken: this is how a study adds its own task's training images to the
     pretraining pool ("in-domain") without ever letting validation or test images in.
     """
-    from leanmae.data.split import read_manifest
+    from leanmae.data.split import read_manifest, verify
 
     if not specs:
         raise DataError("no data given: pass --data DIR (repeatable)")
@@ -112,7 +118,9 @@ def collect(specs: list[str]) -> list[ImageRecord]:
     for spec in specs:
         if spec.endswith(".csv") and os.path.isfile(spec):
             root, items = read_manifest(spec)
-            records.extend(ImageRecord(root / it.relpath, root, None) for it in items if it.split == "train")
+            train = [it for it in items if it.split == "train"]
+            verify(train, root)  # a file changed since the split must not silently change pretraining
+            records.extend(ImageRecord(root / it.relpath, root, None) for it in train)
             continue
         folder, classes = parse_source(spec)
         records.extend(scan(folder, classes))

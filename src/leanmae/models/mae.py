@@ -17,10 +17,8 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 
 from leanmae.config import ModelConfig
 from leanmae.data.rand import MASK_STREAM, uniform
+from leanmae.training.checkpoint import CheckpointError
 
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be used for this model; the message says why."""
 
 
 def mae_config(model: ModelConfig) -> ViTMAEConfig:

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model folder that cannot be used; the message names it and says why."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -134,12 +139,24 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, map_location: torch.device) -> dict[str, Any]:
     """Restore model and optimizer from one checkpoint folder; returns its trainer state."""
-    weights = load_file(path / "model.safetensors", device=str(map_location))
+    weights = _read(path / "model.safetensors", map_location)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors", device=str(map_location)), json.loads((path / "optimizer.json").read_text()))
-    return json.loads((path / "trainer_state.json").read_text())
+        raise CheckpointError(f"{path}: checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    try:
+        plain, state = json.loads((path / "optimizer.json").read_text()), json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: checkpoint state is unreadable ({err}); delete this folder to resume from the one before") from err
+    _restore_optimizer(optimizer, _read(path / "optimizer.safetensors", map_location), plain)
+    return state
+
+
+def _read(file: Path, map_location: torch.device) -> dict[str, torch.Tensor]:
+    """Tensors of one safetensors file; a damaged file is an error naming it, never a traceback."""
+    try:
+        return load_file(file, device=str(map_location))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{file}: unreadable checkpoint file ({err}); delete its folder to resume from the one before") from err
 
 
 
