@@ -42,7 +42,9 @@ def demo(out: str | Path = "demo-output", overwrite: bool = False, progress: boo
     states = study(
         out=out / "study", data=str(cells), classes=list(WBC_CLASSES), pretrain_data=[str(tiles)], preset="cpu",
         fractions=[0.1, 1.0], seeds=[0], arms=["scratch", "mae"], pretrain_epochs=15, finetune_epochs=8, jobs=2,
-        set=["finetune.classifier.min_steps=60", f"data.cache_dir={out / 'cache'}"], progress=progress,
+        # A few hundred synthetic images: a higher base lr and at least 100 steps per run, so that the
+        # small batches (and the small lr the MAE rule gives them) still learn within the demo's minutes.
+        set=["finetune.classifier.min_steps=100", "finetune.optim.base_lr=3e-3", f"data.cache_dir={out / 'cache'}"], progress=progress,
     )
     print(f"SYNTHETIC demo finished: open {out / 'study' / 'report.html'}")
     return states
