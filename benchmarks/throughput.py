@@ -139,11 +139,13 @@ def emit(record: dict[str, Any]) -> None:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (no-op on CPU), so that wall-clock time covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def use_threads(n: int) -> None:
+    """Set torch's intra-op thread count (only when it changes: resizing the pool is not free)."""
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -440,6 +442,7 @@ def others_cores(before: tuple[float, float, float], after: tuple[float, float, 
 
 
 def _rss_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc), or None elsewhere."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -705,6 +708,7 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
 
 
 def machine_record(peak: dict[int, float] | None, device: str) -> dict[str, Any]:
+    """The first JSON line: processor, cores, load, versions, thread default, matmul rates."""
     info: dict[str, Any] = {
         "case": "machine", "device": device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
@@ -983,6 +987,7 @@ def ablation_table(records: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the options and run the CPU benchmark, the ablations or the GPU benchmark in a temporary folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions, no ViT-B/16, a 1,000-image epoch extrapolated to the whole set (<= 5 min on 2 cores)")
     parser.add_argument("--ablate", nargs="*", choices=ABLATIONS, default=None, metavar="NAME",

@@ -6,12 +6,19 @@ at a per-session temporary folder and every run writes under ``tmp_path``.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from helpers import copy_subset, write_images
+
+# Runs inside the test process and runs launched as child processes (studies, torchrun) must use the
+# same number of torch threads: reductions split differently otherwise, and bit-identical
+# comparisons between them would fail for float rounding rather than for a real difference.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

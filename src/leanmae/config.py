@@ -99,7 +99,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch threads per process; default 1 on CPU (measured fastest here)
+    threads: int | None = None  # torch threads per CPU process; default: OMP_NUM_THREADS, else cores / processes on the node
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
 

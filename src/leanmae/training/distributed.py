@@ -64,9 +64,7 @@ class Context:
 def setup(device: str = "auto", threads: int | None = None) -> Context:
     """Start the process group if launched by torchrun and pick this process's device.
 
-    On CPUs one torch thread per process is the default: measured on 2-core machines, a training
-    process with 2 threads ran 1.5-2x slower than with 1, while two 1-thread processes (DDP or two
-    independent runs) use the machine fully.
+    On CPUs each process takes its share of the cores (``cpu_threads``) unless ``threads`` is set.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -81,12 +79,25 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        torch.set_num_threads(threads or 1)
+        torch.set_num_threads(threads or cpu_threads())
     if world_size > 1 and not dist.is_initialized():
         minutes = float(os.environ.get("LEANMAE_DIST_TIMEOUT", "120"))
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(minutes=minutes))
         atexit.register(teardown)
     return Context(device=chosen, rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def cpu_threads() -> int:
+    """Torch threads for one CPU process: its share of the cores, unless OMP_NUM_THREADS says otherwise.
+
+    Measured on a 2-core machine (docs/performance.md): a lone process trains ~1.7x faster with 2
+    threads than with 1, but threads that compete with another busy process for the same cores are
+    several times slower. So each process gets cores / processes-on-this-node; a study's jobs run
+    with OMP_NUM_THREADS=1 because they share the machine.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
