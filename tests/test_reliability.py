@@ -57,7 +57,7 @@ from leanmae.data.synthetic import make_synthetic_wbc
 from leanmae.models.classifier import build_classifier
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae
-from leanmae.training.checkpoint import list_checkpoints, write_atomic
+from leanmae.training.checkpoint import CheckpointError, list_checkpoints, write_atomic
 
 from helpers import assert_same_weights, load_weights, read_csv, tiny_finetune, tiny_pretrain, write_images
 
@@ -761,7 +761,7 @@ def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled_on_resume(cells: 
     last = out / "checkpoints" / "epoch-0001"
     for name in ("model.safetensors", "optimizer.safetensors"):
         torch.save({"weights": RunsCode(marker)}, last / name)
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="unreadable checkpoint file"):
         tiny_finetune(cells["split"], out, epochs=3, resume=True)
     assert not marker.exists(), "a pickle was loaded"
     assert not (out / "model").exists()

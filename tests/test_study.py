@@ -12,7 +12,7 @@ import pytest
 import leanmae
 from leanmae.commands.study import StudyConfig, plan, run_name
 from leanmae.config import ConfigError
-from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_tiles, make_synthetic_wbc
+from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.evaluation.stats import estimate, paired
 from leanmae.reporting.runinfo import OutputFolderError
 from leanmae.reporting.study_report import findings, load_runs, tables
