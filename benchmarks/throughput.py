@@ -60,9 +60,10 @@ from torch import nn
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, read before anything changes it
 
 from leanmae.commands.finetune import LabelledData, _finetune_task  # noqa: E402
+from leanmae.commands.pretrain import eval_pixels, pretrain_task  # noqa: E402
 from leanmae.config import FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, absolute_lr, resolve  # noqa: E402
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, normalize, random_resized_crop, to_float  # noqa: E402
-from leanmae.data.batches import epoch_order, gather, split_batches  # noqa: E402
+from leanmae.data.batches import gather  # noqa: E402
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build  # noqa: E402
 from leanmae.data.decode import decode_rgb, square_resize  # noqa: E402
 from leanmae.data.rand import AUGMENT_STREAM, uniform  # noqa: E402
@@ -70,9 +71,9 @@ from leanmae.data.sources import ImageRecord, scan  # noqa: E402
 from leanmae.data.split import make_split  # noqa: E402
 from leanmae.data.synthetic import make_synthetic_tiles  # noqa: E402
 from leanmae.models.classifier import add_drop_path, build_classifier, layer_decay_scale  # noqa: E402
-from leanmae.models.mae import build_mae, masking_noise  # noqa: E402
+from leanmae.models.mae import build_mae  # noqa: E402
 from leanmae.training.distributed import Context, autocast_dtype  # noqa: E402
-from leanmae.training.engine import Task, fit, param_groups  # noqa: E402
+from leanmae.training.engine import fit, param_groups  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc"
@@ -201,27 +202,6 @@ def decode_once(images: ImageSet, size: int, work: Path) -> tuple[ImageCache, fl
 # --------------------------------------------------------------------------- leanmae's path
 
 
-def pretrain_task(cfg: PretrainConfig, model: nn.Module, cache: ImageCache, train: np.ndarray, ctx: Context, batch_size: int) -> Task:
-    """The Task that ``leanmae.commands.pretrain.run_pretrain`` builds (its closures, repeated here: that
-    function builds them inline), with a no-op validation."""
-    mean, std, aug, image_size = list(IMAGENET_MEAN), list(IMAGENET_STD), cfg.augment, cfg.model.image_size
-
-    def batches(epoch: int) -> list[np.ndarray]:
-        return split_batches(epoch_order(train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
-
-    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images = to_float(gather(cache.images, batch), ctx.device)
-        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
-        return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
-
-    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        pixels, noise = inputs
-        return trained(pixel_values=pixels, noise=noise).loss
-
-    return Task(batches=batches, prepare=prepare, loss=loss, validate=lambda module: {"val_loss": 0.0})
-
-
 def engine_optimizer(model: nn.Module, optim: OptimConfig, layer_scale: Callable[[str], float] | None, device: torch.device, variant: str = "engine") -> torch.optim.Optimizer:
     """AdamW as ``engine.fit`` builds it (``variant="engine"``: foreach on CPU, fused on CUDA), or with
     ``variant`` "for-loop" / "foreach" / "fused" for the ablation."""
@@ -249,7 +229,9 @@ class LeanmaePath:
         train = np.arange(len(cache))
         if task == "pretrain":
             self.model = build_mae(cfg.model).to(self.device)
-            self.task = pretrain_task(cfg, self.model, cache, train, ctx, batch)
+            mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+            val_pixels = eval_pixels(cache, train[:1], cfg.model.image_size, mean, std, ctx.device)  # never validated here
+            self.task = pretrain_task(cfg, self.model, cache, train, val_pixels, mean, std, ctx, batch)
             self.layer_scale = None
         else:
             self.model = build_classifier(cfg.model, images.names, cfg.classifier.pooling).to(self.device)

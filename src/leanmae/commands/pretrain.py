@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import ViTMAEForPreTraining
 
 from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
@@ -109,6 +110,39 @@ def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: l
     return normalize(resize(to_float(gather(cache.images, indices), device), image_size), mean, std)
 
 
+def pretrain_task(
+    cfg: PretrainConfig, model: ViTMAEForPreTraining, cache: ImageCache, train: np.ndarray, val_pixels: torch.Tensor,
+    mean: list[float], std: list[float], ctx: Context, batch_size: int,
+) -> Task:
+    """What the engine needs to pretrain ``model``: the epoch's batches of ``train`` entries, their
+    augmentation and masks (keyed per image), the masked-patch loss, and the validation loss on
+    ``val_pixels`` with the same masks every epoch so that losses compare across epochs."""
+    image_size, aug = cfg.model.image_size, cfg.augment
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return split_batches(epoch_order(train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
+
+    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = to_float(gather(cache.images, batch), ctx.device)
+        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
+        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
+
+    def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixels, noise = inputs
+        return trained(pixel_values=pixels, noise=noise).loss
+
+    def validate(module: torch.nn.Module) -> dict[str, float]:
+        total = 0.0
+        for start in range(0, len(val_pixels), 256):
+            chunk = val_pixels[start : start + 256]
+            noise = masking_noise(0, 0, np.arange(start, start + len(chunk)), model.config, ctx.device)
+            total += module(pixel_values=chunk, noise=noise).loss.item() * len(chunk)
+        return {"val_loss": total / len(val_pixels)}
+
+    return Task(batches=batches, prepare=prepare, loss=loss, validate=validate)
+
+
 def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False, init: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
     tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
     ctx = setup(cfg.run.device, cfg.run.threads)
@@ -141,34 +175,11 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
             absolute_lr=lr, effective_batch=effective_batch(optim, ctx.world_size), init=str(init) if init else None, status="running",
         )
 
-    image_size, aug = cfg.model.image_size, cfg.augment
-
-    def batches(epoch: int) -> list[np.ndarray]:
-        return split_batches(epoch_order(pool.train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
-
-    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images = to_float(gather(cache.images, batch), ctx.device)
-        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
-        return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
-
-    def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        pixels, noise = inputs
-        return trained(pixel_values=pixels, noise=noise).loss
-
-    val_pixels = eval_pixels(cache, pool.val[:1024], image_size, mean, std, ctx.device)
-
-    def validate(module: torch.nn.Module) -> dict[str, float]:
-        total = 0.0  # the same masks every epoch (seed 0, epoch 0), so losses compare across epochs
-        for start in range(0, len(val_pixels), 256):
-            chunk = val_pixels[start : start + 256]
-            noise = masking_noise(0, 0, np.arange(start, start + len(chunk)), model.config, ctx.device)
-            total += module(pixel_values=chunk, noise=noise).loss.item() * len(chunk)
-        return {"val_loss": total / len(val_pixels)}
-
-    steps_per_epoch = math.ceil(len(batches(0)) / optim.accum_steps)
+    val_pixels = eval_pixels(cache, pool.val[:1024], cfg.model.image_size, mean, std, ctx.device)
+    task = pretrain_task(cfg, model, cache, pool.train, val_pixels, mean, std, ctx, batch_size)
+    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
     started = time.time()
-    result = fit(model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate), optim, cfg.run, ctx, out, steps_per_epoch)
+    result = fit(model, task, optim, cfg.run, ctx, out, steps_per_epoch)
 
     summary: dict[str, Any] = {}
     if ctx.is_main:
