@@ -18,10 +18,20 @@ from leanmae.data.split import SPLITS, counts, make_split, read_manifest, verify
 from leanmae.evaluation.metrics import classification_report, write_predictions
 from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.predict import cached_batches, predict_logits
-from leanmae.models.classifier import load_classifier
+from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
+
+
+def _trained_classifier(model: str | Path, device: str | None) -> tuple[Path, LeanViTClassifier, list[float], list[float], dict[str, Any], list[str]]:
+    """A fine-tuned classifier on its device, with its preprocessing, leanmae extras and class names."""
+    ctx = setup(device or "auto")
+    folder = model_folder(model)
+    classifier = load_classifier(folder).to(ctx.device)
+    mean, std, extra = load_preprocessing(folder)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    return folder, classifier, mean, std, extra, labels
 
 
 def split(data: str | Path, classes: str | list[str], out: str | Path, ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, dict[str, int]]:
@@ -43,11 +53,7 @@ def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: st
     """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``."""
     if subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
-    ctx = setup(device or "auto")
-    folder = model_folder(model)
-    classifier = load_classifier(folder).to(ctx.device)
-    mean, std, extra = load_preprocessing(folder)
-    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     root, items = read_manifest(split, data_root)
     items = [it for it in items if it.split == subset]
     verify(items, root)
@@ -96,11 +102,7 @@ def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path =
     energy score and ``ood`` where it is under the out-of-distribution threshold (models trained
     with ``--ood``), an error for unreadable files (with ``skip_bad``), and every class's probability.
     """
-    ctx = setup(device or "auto")
-    folder = model_folder(model)
-    classifier = load_classifier(folder).to(ctx.device)
-    mean, std, extra = load_preprocessing(folder)
-    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     errors: dict[int, str] = {}
     size = extra.get("cache_size", classifier.config.image_size)
