@@ -132,10 +132,11 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         if not sources:
             raise ConfigError("the study pretrains an MAE but no --pretrain-data was given (or pass --mae CHECKPOINT)")
         jobs.append(Job("pretrain", "pretrain", {"data": sources, "out": str(mae), "epochs": cfg.pretrain_epochs, **common}, mae))
-    for fraction in cfg.fractions:
-        for arm in cfg.arms:
-            init, probe = arm_init(arm, mae)
-            for seed in cfg.seeds:
+    # Seed by seed: an interrupted study has whole seeds (both arms, every fraction) to report.
+    for seed in cfg.seeds:
+        for fraction in cfg.fractions:
+            for arm in cfg.arms:
+                init, probe = arm_init(arm, mae)
                 name = run_name(arm, fraction, seed)
                 kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
                 after = ["pretrain"] if arm in ("mae", "mae-linear") and not cfg.mae else []
