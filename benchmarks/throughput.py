@@ -6,8 +6,8 @@ load from other jobs on the machine falls on both alike; the ratio of each repet
 what to read, not the absolute numbers.
 
 * **leanmae**: the model from ``leanmae.models`` builders, batches from the decode-once cache,
-  batched tensor augmentation, AdamW(foreach) with ``engine.param_groups``, one torch thread per
-  process on CPUs (bf16 autocast, fused AdamW and TF32 on GPUs), and one optimizer step taken exactly
+  batched tensor augmentation, fused AdamW with ``engine.param_groups``, one torch thread per
+  process on CPUs (bf16 autocast and TF32 on GPUs), and one optimizer step taken exactly
   as ``engine.fit`` takes it (``Task.prepare``, loss, ``.item()``, backward, clipping, step).
 * **reference**: the way transformers' ``run_mae.py`` / ``run_image_classification.py`` train:
   JPEG/PNG files decoded every epoch, per-image PIL RandomResizedCrop + flip + ToTensor + Normalize
@@ -73,7 +73,7 @@ from leanmae.data.synthetic import make_synthetic_tiles  # noqa: E402
 from leanmae.models.classifier import add_drop_path, build_classifier, layer_decay_scale  # noqa: E402
 from leanmae.models.mae import build_mae  # noqa: E402
 from leanmae.training.distributed import Context, autocast_dtype  # noqa: E402
-from leanmae.training.engine import fit, param_groups  # noqa: E402
+from leanmae.training.engine import build_optimizer, fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc"
@@ -203,15 +203,10 @@ def decode_once(images: ImageSet, size: int, work: Path) -> tuple[ImageCache, fl
 
 
 def engine_optimizer(model: nn.Module, optim: OptimConfig, layer_scale: Callable[[str], float] | None, device: torch.device, variant: str = "engine") -> torch.optim.Optimizer:
-    """AdamW as ``engine.fit`` builds it (``variant="engine"``: foreach on CPU, fused on CUDA), or with
-    ``variant`` "for-loop" / "foreach" / "fused" for the ablation."""
-    flags = {
-        "engine": {"foreach": device.type == "cpu" or None, "fused": True if device.type == "cuda" else None},
-        "for-loop": {"foreach": False},
-        "foreach": {"foreach": True},
-        "fused": {"fused": True},
-    }[variant]
-    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay, layer_scale), lr=absolute_lr(optim, 1), betas=optim.betas, **flags)
+    """AdamW as ``engine.fit`` builds it (``variant="engine"``), or with ``variant`` "for-loop" /
+    "foreach" / "fused" for the ablation; lr already scaled per group as ``engine.fit`` does."""
+    flags = {"engine": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    optimizer = build_optimizer(model, optim, absolute_lr(optim, 1), device, layer_scale, **flags)
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group["lr_scale"]
     return optimizer
@@ -842,7 +837,7 @@ def attention_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[s
 
 
 def adamw_ablation(reps: int) -> list[dict[str, Any]]:
-    """ms per AdamW step (param groups as the engine makes them, 1 thread): for-loop (torch's CPU default), foreach (leanmae), fused."""
+    """ms per AdamW step (param groups as the engine makes them, 1 thread): for-loop (torch's CPU default), foreach, fused (leanmae)."""
     out = []
     use_threads(1)
     for model in ("cpu", "vit-b16"):

@@ -64,6 +64,13 @@ def test_plan_pretrains_once_and_runs_fractions_times_arms_times_seeds(tmp_path:
     assert all(j.after == [] for j in finetunes if j.name.startswith("scratch"))
 
 
+def test_plan_runs_seed_by_seed_so_an_interrupted_study_has_whole_seeds(tmp_path: Path) -> None:
+    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.01, 1.0], seeds=[0, 1], arms=["scratch", "mae"])
+    names = [j.name for j in plan(cfg, tmp_path) if j.command == "finetune"]
+    assert names[:4] == ["scratch_f0.01_s0", "mae_f0.01_s0", "scratch_f1_s0", "mae_f1_s0"]
+    assert all(name.endswith("_s1") for name in names[4:])
+
+
 def test_in_domain_pool_adds_the_train_split_and_never_val_or_test(tmp_path: Path) -> None:
     cfg = StudyConfig(data="x", pretrain_data=["pool"], pool="in-domain")
     pretrain = plan(cfg, tmp_path)[0]

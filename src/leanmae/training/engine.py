@@ -109,17 +109,19 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, device: torch.device, layer_scale: Callable[[str], float] | None = None, **flags: bool) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``flags`` (foreach/fused) override the engine's choice (benchmarks)."""
+    # Fused by default: one kernel per step, measured here at 2.7 ms against 7.9 (foreach) and 7.2
+    # (for-loop) for the cpu preset's MAE and 55 / 385 / 191 ms for ViT-B/16 (docs/performance.md).
+    flags = flags or {"fused": True if device.type in ("cpu", "cuda") else None}
+    return torch.optim.AdamW(param_groups(model, optim.weight_decay, layer_scale), lr=lr, betas=optim.betas, **flags)
+
+
 def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: Context, out_dir: Path, steps_per_epoch: int, layer_scale: Callable[[str], float] | None = None) -> TrainResult:
     """Train ``model`` on ``task`` for ``optim.epochs`` epochs, resuming from ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
     peak_lr = absolute_lr(optim, ctx.world_size)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, optim.weight_decay, layer_scale),
-        lr=peak_lr,
-        betas=optim.betas,
-        foreach=ctx.device.type == "cpu" or None,
-        fused=True if ctx.device.type == "cuda" else None,
-    )
+    optimizer = build_optimizer(model, optim, peak_lr, ctx.device, layer_scale)
     amp = autocast_dtype(run.amp, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
