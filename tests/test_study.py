@@ -15,7 +15,7 @@ from leanmae.config import ConfigError
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.evaluation.stats import estimate, paired
 from leanmae.reporting.runinfo import OutputFolderError
-from leanmae.reporting.study_report import findings, load_runs, tables
+from leanmae.reporting.study_report import findings, load_runs, tables, times_table
 
 FAST = ["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1"]
 
@@ -146,6 +146,18 @@ def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only
     leanmae.study(out=out, data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST, progress=False)
     assert json.loads((killed / "run.json").read_text())["status"] == "finished"
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
+
+
+def test_run_times_cover_pretraining_every_cell_and_the_total(finished_study: Path) -> None:
+    runs = load_runs(finished_study)
+    rows = {(r[0], r[1]): r for r in times_table(runs, finished_study / "pretrain").rows}
+    assert rows[("MAE pretraining", "")][2] == 1
+    assert {key for key in rows if key[1]} == {(a, f) for a in ("scratch", "mae") for f in ("50 %", "100 %")}
+    cells = [float(r[5]) for key, r in rows.items() if key[1]]
+    total = rows[("all runs", "")]
+    assert total[2] == 9 and float(total[5]) == pytest.approx(sum(cells) + float(rows[("MAE pretraining", "")][5]), abs=0.2)
+    assert float(rows[("elapsed, first start to last finish", "")][5]) > 0
+    assert "Run times" in (finished_study / "report.html").read_text()
 
 
 def test_findings_state_gains_with_intervals_from_the_numbers(finished_study: Path) -> None:

@@ -14,6 +14,7 @@ import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,40 @@ def tables(runs: list[Run]) -> list[Table]:
         Table("confidence", "Median confidence (probability of the predicted class) on the test split, per true class", ["labels", "arm", "prediction", "all", *labels], conf_rows),
         Table("runs", "Every finished run", ["arm", "labels", "seed", "train images", *(NAMES[m] for m in (*METRICS, "balanced_accuracy")), "selected epoch", "seconds"], run_rows),
     ]
+
+
+def _info(folder: Path) -> dict[str, Any]:
+    path = folder / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def times_table(runs: list[Run], pretrain: Path) -> Table:
+    """Wall-clock time per arm x fraction, the MAE pretraining, and the study's elapsed time.
+
+    A run resumed after an interruption records only its last segment ("resumed" counts them), so
+    its time is a lower bound; the elapsed time runs from the first start to the last finish and
+    includes any interruption.
+    """
+    rows: list[list[Any]] = []
+    starts, ends = [], []
+    info = _info(pretrain)
+    if info.get("status") == "finished":
+        rows.append(["MAE pretraining", "", 1, 1 if info.get("resumed_from_epoch") else 0, f"{info['wall_seconds'] / 60:.1f}", f"{info['wall_seconds'] / 60:.1f}"])
+    groups = _by(runs)
+    for (arm, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], _arms(runs).index(kv[0][0]))):
+        minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
+        resumed = sum(1 for r in rs if _info(r.folder).get("resumed_from_epoch"))
+        rows.append([arm, _pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"])
+    for folder in [pretrain, *(r.folder for r in runs)]:
+        started = _info(folder).get("started")
+        if started and (folder / "run.json").exists():
+            starts.append(datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp())
+            ends.append((folder / "run.json").stat().st_mtime)
+    total = sum(float(r[5]) for r in rows)
+    rows.append(["all runs", "", sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows), "", f"{total:.1f}"])
+    if starts:
+        rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
+    return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
 
 
 # ----------------------------------------------------------------------------- findings
@@ -344,6 +379,7 @@ def write_report(study: Path) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     runs = load_runs(study)
     settings = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
+    pretrain = Path(settings.get("mae") or study / "pretrain")
     expected = len(settings.get("fractions", [])) * len(settings.get("arms", [])) * len(settings.get("seeds", [])) or len(runs)
     all_tables = tables(runs) if runs else []
     for table in all_tables:
@@ -354,7 +390,6 @@ def write_report(study: Path) -> Path:
         figures.append((label_efficiency_figure(runs, results / "label_efficiency.png"), "Label-efficiency curves (log x axis; bands: 95 % CI over seeds)"))
         figures.append((curves_figure(runs, results / "training_curves.png"), "Training curves of every run"))
         figures += [(p, f"Confidence box plots, correct vs wrong, per class ({p.stem.split('_f')[-1]} of labels)") for p in confidence_figures(runs, results)]
-    pretrain = Path(settings.get("mae") or study / "pretrain")
     mae_figures = []
     if (pretrain / "recon_metrics.json").exists():
         recon = json.loads((pretrain / "recon_metrics.json").read_text())
@@ -373,6 +408,10 @@ def write_report(study: Path) -> Path:
     parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>")
     for table in all_tables[:3]:
         parts.append(table.html())
+    if runs:
+        times = times_table(runs, pretrain)
+        write_atomic(results / "times.csv", times.csv())
+        parts.append(times.html())
     parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
     for table in all_tables[3:]:
         parts.append(table.html())
