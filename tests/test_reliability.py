@@ -358,9 +358,9 @@ def reference_study(study_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _results(study: Path) -> dict[str, Any]:
-    """Every results/*.csv (runs.csv without its timing column) and findings.md."""
+    """Every results/*.csv but times.csv (runs.csv without its timing column) and findings.md."""
     found: dict[str, Any] = {"findings.md": (study / "results" / "findings.md").read_text()}
-    for path in sorted((study / "results").glob("*.csv")):
+    for path in sorted(p for p in (study / "results").glob("*.csv") if p.name != "times.csv"):
         found[path.name] = [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(path)]
     return found
 
