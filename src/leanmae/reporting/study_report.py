@@ -39,24 +39,30 @@ class Run:
     seed: int
     metrics: dict[str, Any]
     history: list[dict[str, float]]
+    info: dict[str, Any]  # its run.json
 
     @property
     def test(self) -> dict[str, Any]:
         return self.metrics["test"]
 
 
+def _info(folder: Path) -> dict[str, Any]:
+    path = folder / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def load_runs(study: Path) -> list[Run]:
     """Finished runs (run.json status "finished"), sorted by arm, fraction, seed."""
     runs = []
     for folder in sorted((study / "runs").glob("*_f*_s*")):
-        info, metrics_file = folder / "run.json", folder / "metrics.json"
-        if not (info.exists() and metrics_file.exists()) or json.loads(info.read_text()).get("status") != "finished":
+        info, metrics_file = _info(folder), folder / "metrics.json"
+        if not metrics_file.exists() or info.get("status") != "finished":
             continue
         metrics = json.loads(metrics_file.read_text())
         with open(folder / "history.csv") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
         arm = folder.name.rsplit("_f", 1)[0]
-        runs.append(Run(folder, arm, float(metrics["fraction"]), int(metrics["seed"]), metrics, history))
+        runs.append(Run(folder, arm, float(metrics["fraction"]), int(metrics["seed"]), metrics, history, info))
     return sorted(runs, key=lambda r: (r.arm, r.fraction, r.seed))
 
 
@@ -177,11 +183,6 @@ def tables(runs: list[Run]) -> list[Table]:
     ]
 
 
-def _info(folder: Path) -> dict[str, Any]:
-    path = folder / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def times_table(runs: list[Run], pretrain: Path) -> Table:
     """Wall-clock time per arm x fraction, the MAE pretraining, and the study's elapsed time.
 
@@ -190,23 +191,22 @@ def times_table(runs: list[Run], pretrain: Path) -> Table:
     includes any interruption.
     """
     rows: list[list[Any]] = []
-    starts, ends = [], []
-    info = _info(pretrain)
-    if info.get("status") == "finished":
-        rows.append(["MAE pretraining", "", 1, 1 if info.get("resumed_from_epoch") else 0, f"{info['wall_seconds'] / 60:.1f}", f"{info['wall_seconds'] / 60:.1f}"])
-    groups = _by(runs)
-    for (arm, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], _arms(runs).index(kv[0][0]))):
+    pre = _info(pretrain)
+    pre_minutes = pre["wall_seconds"] / 60 if pre.get("status") == "finished" else None
+    if pre_minutes is not None:
+        rows.append(["MAE pretraining", "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{pre_minutes:.1f}", f"{pre_minutes:.1f}"])
+    arms = _arms(runs)
+    for (arm, fraction), rs in sorted(_by(runs).items(), key=lambda kv: (kv[0][1], arms.index(kv[0][0]))):
         minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
-        resumed = sum(1 for r in rs if _info(r.folder).get("resumed_from_epoch"))
+        resumed = sum(1 for r in rs if r.info.get("resumed_from_epoch"))
         rows.append([arm, _pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"])
-    for folder in [pretrain, *(r.folder for r in runs)]:
-        started = _info(folder).get("started")
-        if started and (folder / "run.json").exists():
-            starts.append(datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp())
-            ends.append((folder / "run.json").stat().st_mtime)
-    total = sum(float(r[5]) for r in rows)
-    rows.append(["all runs", "", sum(int(r[2]) for r in rows), sum(int(r[3]) for r in rows), "", f"{total:.1f}"])
-    if starts:
+    total = (pre_minutes or 0.0) + sum(r.metrics["wall_seconds"] / 60 for r in runs)
+    resumed_all = sum(1 for info in [pre if pre_minutes is not None else {}, *(r.info for r in runs)] if info.get("resumed_from_epoch"))
+    rows.append(["all runs", "", len(runs) + (pre_minutes is not None), resumed_all, "", f"{total:.1f}"])
+    timed = [(folder, info) for folder, info in [(pretrain, pre), *((r.folder, r.info) for r in runs)] if info.get("started")]
+    if timed:
+        starts = [datetime.strptime(info["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, info in timed]
+        ends = [(folder / "run.json").stat().st_mtime for folder, _ in timed]
         rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
     return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
 
