@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain a ViT as a masked autoencoder on unlabelled images", epilog=EPILOG)
     p.add_argument("--data", action="append", required=True, metavar="DIR[:CLASSES]", help="image folder, searched recursively; repeatable; DIR:a,b keeps only class subfolders a and b")
     p.add_argument("--init", help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights")
+    p.add_argument("--probe", metavar="SPLIT.csv", help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images while pretraining")
     _data_options(p)
     _training_options(p)
     p.set_defaults(func="pretrain")

@@ -91,6 +91,7 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # or "constant" (after warmup)
     clip_grad: float | None = None
+    lr_scaling: str = "linear"  # lr = base_lr x (effective batch / 256): linear (MAE rule), sqrt, or none
 
 
 @dataclass
@@ -112,20 +113,24 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     recon_images: int = 8  # validation images shown in reconstructions.png
+    probe_split: str | None = None  # split manifest whose val images (with labels) score the frozen encoder (kNN, linear probe)
+    probe_every: int = 5  # epochs between those scores (and always after the last epoch)
 
 
 @dataclass
 class ClassifierOptions:
     """Fine-tuning recipe (MAE paper, scaled to small data sets); see README 'Fine-tuning'."""
 
-    pooling: str = "cls"  # cls | mean
+    pooling: str = "mean"  # mean (mean of the patch tokens + LayerNorm, MAE's fine-tuning) | cls
     drop_path: float = 0.1
     label_smoothing: float = 0.1
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off (the default: it hurts at 1 % of the labels)
     cutmix: float = 0.0
     layer_decay: float = 0.75
-    balance: str = "loss"  # loss (class-weighted loss) | sampler (class-balanced sampling) | none
-    select: str = "val_macro_f1"  # keep the epoch with the best validation macro-F1, or "last"
+    balance: str = "sqrt"  # sqrt (loss weights 1/sqrt(class count)) | loss (1/count) | sampler (class-balanced sampling) | none
+    select: str = "last"  # keep the last epoch, or val_macro_f1 (the best epoch on the run's validation images)
+    val: str = "honest"  # honest: the run's share of the val split (as many as its label fraction, nested, >= 2 per class) | full: all of it (uses more labels than the budget)
+    temperature_prior: float | None = 0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
     linear_probe: bool = False  # frozen encoder, features computed once, linear head only
     min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
     eval_batch_size: int = 256
@@ -138,7 +143,7 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.35, 1.0)))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=2, min_lr=1e-6))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=2, min_lr=1e-6, lr_scaling="sqrt"))
     run: RunConfig = field(default_factory=RunConfig)
     classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
 
@@ -291,8 +296,20 @@ def effective_batch(optim: OptimConfig, world_size: int) -> int:
 
 
 def absolute_lr(optim: OptimConfig, world_size: int) -> float:
-    """The MAE rule: lr = base_lr x effective batch / 256."""
-    return optim.base_lr * effective_batch(optim, world_size) / 256
+    """lr = base_lr x scale(effective batch / 256): linear is the MAE rule; sqrt keeps small batches
+    (a 1 % label budget trains at batch ~18) from being starved of learning rate."""
+    ratio = effective_batch(optim, world_size) / 256
+    scale = {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}.get(optim.lr_scaling)
+    if scale is None:
+        raise ConfigError(f"optim.lr_scaling {optim.lr_scaling!r}: use linear, sqrt or none")
+    return optim.base_lr * scale
+
+
+def lr_rule(optim: OptimConfig, world_size: int) -> str:
+    """The lr rule in words, as printed at start: 'lr = 0.001 x sqrt(18 / 256) = 0.000265'."""
+    batch = effective_batch(optim, world_size)
+    factor = {"linear": f"{batch} / 256", "sqrt": f"sqrt({batch} / 256)", "none": "1"}[optim.lr_scaling]
+    return f"lr = {optim.base_lr:g} x {factor} = {absolute_lr(optim, world_size):.3g}"
 
 
 def resolve(cls: type, command: str, preset: str | None, config_file: str | Path | None, flags: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> Any:

@@ -33,7 +33,7 @@ from torch import nn
 
 from leanmae.commands.pretrain import build_cache_for
 from leanmae.commands.reconstruct import model_folder
-from leanmae.config import FinetuneConfig, absolute_lr, effective_batch, resolve, to_dict
+from leanmae.config import ConfigError, FinetuneConfig, absolute_lr, lr_rule, resolve, to_dict
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
@@ -117,9 +117,11 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
     item_of_entry = [items[s] for s in cache.sources]
     y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
     chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
+    if cfg.classifier.val == "honest":
+        chosen |= {it.relpath for it in label_fraction(items, fraction, seed, split="val")}
     index = {
-        "train": np.array([i for i, it in enumerate(item_of_entry) if it.relpath in chosen], dtype=np.int64),
-        "val": np.array([i for i, it in enumerate(item_of_entry) if it.split == "val"], dtype=np.int64),
+        "train": np.array([i for i, it in enumerate(item_of_entry) if it.split == "train" and it.relpath in chosen], dtype=np.int64),
+        "val": np.array([i for i, it in enumerate(item_of_entry) if it.split == "val" and (cfg.classifier.val == "full" or it.relpath in chosen)], dtype=np.int64),
         "test": np.array([i for i, it in enumerate(item_of_entry) if it.split == "test"], dtype=np.int64),
     }
     for name, idx in index.items():
@@ -129,7 +131,38 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
     return LabelledData(root, items, labels, cache, y, index)
 
 
+def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
+    """The labels a run used, as counts: train and val per class and in total (metrics.json, tables)."""
+    per = {s: dict(zip(data.labels, np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist())) for s in ("train", "val")}
+    return {"train": per["train"], "val": per["val"], "total": int(len(data.index["train"]) + len(data.index["val"])), "val_mode": val_mode}
+
+
+def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
+    """Loss weights per class, mean 1 over the training images: 1/count (loss) or 1/sqrt(count) (sqrt).
+
+    Why sqrt by default: full inverse-frequency weights over-correct on tiny, uneven label sets (a
+    1 % run predicted one class three times as often as it occurs); the square root halves the pull.
+    """
+    power = {"loss": 1.0, "sqrt": 0.5}.get(balance)
+    if power is None:
+        return None
+    weights = counts.astype(np.float64) ** -power
+    return weights * counts.sum() / (weights * counts).sum()
+
+
+CHOICES = {"pooling": ("mean", "cls"), "balance": ("sqrt", "loss", "sampler", "none"), "select": ("last", "val_macro_f1"), "val": ("honest", "full")}
+
+
+def check_options(opts: Any) -> None:
+    """Every choice of the recipe is one of its known values, before any work starts."""
+    for key, allowed in CHOICES.items():
+        if getattr(opts, key) not in allowed:
+            raise ConfigError(f"classifier.{key} {getattr(opts, key)!r}: use {', '.join(allowed)}")
+
+
 def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
+    check_options(cfg.classifier)
+    absolute_lr(cfg.optim, 1)  # an unknown optim.lr_scaling fails here, not after decoding
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)
@@ -151,11 +184,12 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     torch.manual_seed(cfg.run.seed)
     model = build_classifier(cfg.model, labels, opts.pooling, init_folder).to(ctx.device)
     class_counts = np.bincount(data.y[train_idx], minlength=len(labels))
-    class_weight = torch.tensor(len(train_idx) / (len(labels) * class_counts), dtype=torch.float32, device=ctx.device) if opts.balance == "loss" else None
+    weights = class_weights(class_counts, opts.balance)
+    class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=ctx.device)
     sample_weight = (1.0 / class_counts[data.y[train_idx]]) if opts.balance == "sampler" else None
 
     # Small fractions: a batch no larger than a quarter of the data, and enough passes per epoch
-    # to reach ``min_steps`` optimizer steps; the lr follows the batch by the MAE rule.
+    # to reach ``min_steps`` optimizer steps; the lr follows the batch (optim.lr_scaling).
     per_rank = math.ceil(len(train_idx) / ctx.world_size)
     batch_size = max(1, min(cfg.optim.batch_size, per_rank // 4 or 1))
     steps_per_pass = math.ceil((per_rank // batch_size or 1) / cfg.optim.accum_steps)
@@ -174,13 +208,13 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     if ctx.is_main:
         print(
             f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: {len(train_idx)} training images "
-            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist()))}), {len(data.index['val'])} val, {len(data.index['test'])} test; "
-            f"batch {batch_size} x {passes} pass(es)/epoch; lr = {optim.base_lr:g} x {effective_batch(optim, ctx.world_size)} / 256 = {absolute_lr(optim, ctx.world_size):.3g}"
+            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist()))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
+            f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
             out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, preset=preset, seed=cfg.run.seed,
             device=str(ctx.device), world_size=ctx.world_size, data_hash=data.cache.key, skipped_files=data.cache.skipped,
-            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items),
+            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items), labels_used=labels_used(data, opts.val),
             batch_size=batch_size, passes_per_epoch=passes, absolute_lr=absolute_lr(optim, ctx.world_size), status="running",
         )
 
@@ -196,7 +230,7 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
         if opts.linear_probe:
             _fold_probe_into(model, trained)
         metrics = _final_evaluation(model, data, cfg, spec, mean, std, out, result.best_epoch if opts.select != "last" else len(result.history))
-        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "train_seconds": result.seconds, "wall_seconds": time.time() - started})
+        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "labels_used": labels_used(data, opts.val), "train_seconds": result.seconds, "wall_seconds": time.time() - started})
         write_json(out / "metrics.json", metrics)
         name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
         training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
@@ -220,7 +254,7 @@ def _final_evaluation(model: LeanViTClassifier, data: LabelledData, cfg: Finetun
     if opts.ood_data:
         ood = load_or_build(collect(opts.ood_data), spec, cfg.data.cache_dir, cfg.data.skip_bad, cfg.data.workers, cfg.run.progress)
         ood_logits = _logits(model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress)
-    confidence = confidence_report(logits["val"], truth["val"], logits["test"], truth["test"], opts.target_accuracy, ood_logits)
+    confidence = confidence_report(logits["val"], truth["val"], logits["test"], truth["test"], opts.target_accuracy, ood_logits, opts.temperature_prior)
     temperature, threshold = confidence["calibration"]["temperature"], confidence["refer"]["threshold"]
     probs = {s: softmax(v) for s, v in logits.items()}
     metrics = {
@@ -298,7 +332,7 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
         pixels, targets = inputs
         return F.cross_entropy(trained(pixel_values=pixels).logits.float(), targets, weight=class_weight)
 
-    def validate(module: nn.Module) -> dict[str, float]:
+    def validate(module: nn.Module, epoch: int) -> dict[str, float]:
         idx = data.index["val"]
         logits = predict_logits(module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std)
         return _val_metrics(torch.as_tensor(logits), data.y[idx], data.labels)
@@ -343,7 +377,7 @@ def _linear_probe_task(model: LeanViTClassifier, data: LabelledData, mean, std, 
     def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(trained(inputs[0]), inputs[1], weight=class_weight)
 
-    def validate(module: nn.Module) -> dict[str, float]:
+    def validate(module: nn.Module, epoch: int) -> dict[str, float]:
         return _val_metrics(module(feats["val"]), data.y[data.index["val"]], data.labels)
 
     return head, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select="val_macro_f1")

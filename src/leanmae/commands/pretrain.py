@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from transformers import ViTMAEForPreTraining
 
-from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, resolve, to_dict
+from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, lr_rule, resolve, to_dict
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
 from leanmae.data.decode import tile_boxes
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
-from leanmae.evaluation.reconstruction import EVAL_RATIOS, reconstruction_errors, reconstruction_figure
+from leanmae.data.split import read_manifest
+from leanmae.evaluation.probe import mae_features, representation_scores
+from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure, trivial_warning
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve
@@ -57,6 +59,7 @@ def pretrain(
     init: str | Path | None = None,
     seed: int | None = None,
     device: str | None = None,
+    probe: str | Path | None = None,
     set: list[str] | tuple[str, ...] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -69,6 +72,7 @@ def pretrain(
         "data": {"sources": [data] if isinstance(data, (str, Path)) else list(data), "tile": tile, "grid": grid, "skip_bad": skip_bad or None},
         "optim": {"epochs": epochs},
         "run": {"seed": seed, "device": device, "progress": progress},
+        "probe_split": str(probe) if probe else None,
     }
     flags["data"]["sources"] = [str(s) for s in flags["data"]["sources"]]
     cfg = resolve(PretrainConfig, "pretrain", preset, config, flags, set)
@@ -105,6 +109,21 @@ def build_cache_for(records: list[ImageRecord], spec: DecodeSpec, data: DataConf
     return cache
 
 
+PROBE_KEYS = ("knn_accuracy", "knn_macro_f1", "probe_accuracy", "probe_macro_f1")
+
+
+def probe_set(cfg: PretrainConfig, spec: DecodeSpec, mean: list[float], std: list[float], ctx: Context) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The labelled validation images of ``cfg.probe_split`` (never its train or test images), decoded."""
+    if not cfg.probe_split:
+        return None
+    root, items = read_manifest(cfg.probe_split)
+    val = [it for it in items if it.split == "val"]
+    labels = sorted({it.label for it in val})
+    cache = build_cache_for([ImageRecord(root / it.relpath, root, it.label) for it in val], spec, cfg.data, cfg.run.progress, ctx)
+    y = np.array([labels.index(val[s].label) for s in cache.sources], dtype=np.int64)
+    return eval_pixels(cache, np.arange(len(cache)), cfg.model.image_size, mean, std, ctx.device), y
+
+
 def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: list[float], std: list[float], device: torch.device) -> torch.Tensor:
     """The evaluation transform for a set of cache entries: resize whole image, normalise."""
     return normalize(resize(to_float(gather(cache.images, indices), device), image_size), mean, std)
@@ -112,11 +131,14 @@ def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: l
 
 def pretrain_task(
     cfg: PretrainConfig, model: ViTMAEForPreTraining, cache: ImageCache, train: np.ndarray, val_pixels: torch.Tensor,
-    mean: list[float], std: list[float], ctx: Context, batch_size: int,
+    mean: list[float], std: list[float], ctx: Context, batch_size: int, probe: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> Task:
     """What the engine needs to pretrain ``model``: the epoch's batches of ``train`` entries, their
     augmentation and masks (keyed per image), the masked-patch loss, and the validation loss on
-    ``val_pixels`` with the same masks every epoch so that losses compare across epochs."""
+    ``val_pixels`` with the same masks every epoch so that losses compare across epochs.
+
+    ``probe`` (labelled pixels, labels) adds kNN and linear-probe scores of the frozen encoder every
+    ``cfg.probe_every`` epochs and after the last (NaN in between, so history.csv keeps one header)."""
     image_size, aug = cfg.model.image_size, cfg.augment
 
     def batches(epoch: int) -> list[np.ndarray]:
@@ -132,13 +154,18 @@ def pretrain_task(
         pixels, noise = inputs
         return trained(pixel_values=pixels, noise=noise).loss
 
-    def validate(module: torch.nn.Module) -> dict[str, float]:
+    def validate(module: torch.nn.Module, epoch: int) -> dict[str, float]:
         total = 0.0
         for start in range(0, len(val_pixels), 256):
             chunk = val_pixels[start : start + 256]
             noise = masking_noise(0, 0, np.arange(start, start + len(chunk)), model.config, ctx.device)
             total += module(pixel_values=chunk, noise=noise).loss.item() * len(chunk)
-        return {"val_loss": total / len(val_pixels)}
+        row = {"val_loss": total / len(val_pixels)}
+        if probe is not None:
+            due = epoch % max(1, cfg.probe_every) == 0 or epoch == cfg.optim.epochs
+            scores = representation_scores(mae_features(module, probe[0]), probe[1]) if due else {}
+            row.update({key: scores.get(key, float("nan")) for key in PROBE_KEYS})
+        return row
 
     return Task(batches=batches, prepare=prepare, loss=loss, validate=validate)
 
@@ -166,8 +193,7 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     if ctx.is_main:
         print(
             f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped; "
-            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} "
-            f"-> lr = {cfg.optim.base_lr:g} x {effective_batch(optim, ctx.world_size)} / 256 = {lr:.3g}"
+            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} -> {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
             out, "pretrain", config_dict, preset=preset, seed=cfg.run.seed, device=str(ctx.device), world_size=ctx.world_size,
@@ -176,7 +202,8 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
         )
 
     val_pixels = eval_pixels(cache, pool.val[:1024], cfg.model.image_size, mean, std, ctx.device)
-    task = pretrain_task(cfg, model, cache, pool.train, val_pixels, mean, std, ctx, batch_size)
+    probe = probe_set(cfg, spec, mean, std, ctx)
+    task = pretrain_task(cfg, model, cache, pool.train, val_pixels, mean, std, ctx, batch_size, probe)
     steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
     started = time.time()
     result = fit(model, task, optim, cfg.run, ctx, out, steps_per_epoch)
@@ -187,8 +214,13 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
         history = result.history
         loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
         ratios = sorted({cfg.model.mask_ratio, *EVAL_RATIOS})
-        recon = {"space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels", "mask_seed": 1234, "images": len(val_pixels), "training_mask_ratio": cfg.model.mask_ratio, "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios)}
+        recon = {"space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels", "mask_seed": MASK_SEED, "images": len(val_pixels), "training_mask_ratio": cfg.model.mask_ratio, "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios)}
+        recon["warning"] = trivial_warning(recon["by_mask_ratio"], cfg.model.mask_ratio)
+        if probe is not None:
+            recon["representation"] = {key: history[-1][key] for key in PROBE_KEYS}
         write_json(out / "recon_metrics.json", recon)
+        if recon["warning"]:
+            print(f"warning: {recon['warning']}")
         reconstruction_figure(model, val_pixels[: cfg.recon_images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions of held-out images, epoch {len(history)}")
         first, last = history[0]["val_loss"], history[-1]["val_loss"]
         summary = {

@@ -119,14 +119,21 @@ def verify(items: list[Item], root: Path) -> None:
             raise DataError(f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file")
 
 
-def label_fraction(items: list[Item], fraction: float, seed: int) -> list[Item]:
-    """The training images of one label fraction: stratified, nested across fractions, every class present."""
+def label_fraction(items: list[Item], fraction: float, seed: int, split: str = "train") -> list[Item]:
+    """The images of one label fraction of ``split``: stratified, nested across fractions, every class present.
+
+    With ``split="val"`` this is a run's label-honest validation set: a run that may use 1 % of the
+    training labels also sees only 1 % of the validation labels (at least two per class) for
+    choosing and calibrating, as a lab with that budget would.
+    """
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction {fraction}: must be in (0, 1]")
-    train = [it for it in items if it.split == "train"]
+    if split == "test":
+        raise DataError("label fractions are drawn from train or val, never from the test split")
+    pool = [it for it in items if it.split == split]
     chosen: list[Item] = []
-    for label in sorted({it.label for it in train}):
-        group = sorted((it for it in train if it.label == label), key=lambda it: it.relpath)
+    for label in sorted({it.label for it in pool}):
+        group = sorted((it for it in pool if it.label == label), key=lambda it: it.relpath)
         order = _class_rng(seed, label).permutation(len(group))
         k = min(len(group), max(MIN_PER_CLASS, round(fraction * len(group))))
         chosen.extend(group[i] for i in order[:k])

@@ -2,8 +2,9 @@
 
 The MAE's encoder (``vit.*`` in ViTMAEForPreTraining) has exactly the parameter names of
 ViTForImageClassification's ``vit.*``, so transfer is a state-dict copy; only the classifier head
-is new. ``config.pooling`` chooses the head's input: the CLS token (transformers' behaviour,
-the default) or the mean of the patch tokens (the MAE paper's fine-tuning default). Stochastic
+is new. ``config.pooling`` chooses the head's input: the mean of the patch tokens followed by a
+LayerNorm (``fc_norm``; the MAE paper's fine-tuning default, and leanmae's: MAE pretraining never
+trains the CLS token) or the CLS token (transformers' behaviour). Stochastic
 depth (drop path), which transformers' ViT lacks, is added with forward hooks on each block's
 attention and MLP branches, so the saved model stays a plain transformers checkpoint.
 """
@@ -24,19 +25,20 @@ from leanmae.models.mae import CheckpointError, check_model_folder, encoder_kwar
 
 
 class LeanViTClassifier(ViTForImageClassification):
-    """ViTForImageClassification with a choice of CLS or mean pooling (``config.pooling``)."""
+    """ViTForImageClassification with a choice of pooling (``config.pooling``): mean + LayerNorm, or CLS."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__(config)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if getattr(config, "pooling", "cls") == "mean" else None
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> ImageClassifierOutput:  # type: ignore[override]
-        hidden = self.vit(pixel_values, interpolate_pos_encoding=False).last_hidden_state
-        pooled = hidden[:, 1:].mean(dim=1) if getattr(self.config, "pooling", "cls") == "mean" else hidden[:, 0]
-        logits = self.classifier(pooled)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        logits = self.classifier(self.features(pixel_values))
+        return ImageClassifierOutput(loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled representation the head sees (used by the linear probe)."""
-        hidden = self.vit(pixel_values).last_hidden_state
-        return hidden[:, 1:].mean(dim=1) if getattr(self.config, "pooling", "cls") == "mean" else hidden[:, 0]
+        hidden = self.vit(pixel_values, interpolate_pos_encoding=False).last_hidden_state
+        return hidden[:, 0] if self.fc_norm is None else self.fc_norm(hidden[:, 1:].mean(dim=1))
 
 
 def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> ViTConfig:

@@ -69,9 +69,7 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     """
     config = mae_config(model)
     if init is None:
-        mae = ViTMAEForPreTraining(config)
-        torch.nn.init.normal_(mae.decoder.mask_token, std=config.initializer_range)  # as in the MAE paper
-        return set_fixed_positions(mae)
+        return set_fixed_positions(init_mae_weights(ViTMAEForPreTraining(config)))
     folder = Path(init)
     check_model_folder(folder)
     saved = ViTMAEConfig.from_pretrained(folder)
@@ -79,6 +77,33 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config")
     return set_fixed_positions(ViTMAEForPreTraining.from_pretrained(folder, config=config, use_safetensors=True))
+
+
+def init_mae_weights(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
+    """The MAE paper's initialisation (``models_mae.py``: ``initialize_weights``, ``_init_weights``).
+
+    Why: transformers 5 builds a fresh ViTMAEForPreTraining with its generic ViT init (every
+    linear layer N(0, 0.02)) and, because the patch projection is flagged as initialised, it skips
+    the MAE's own embedding init, leaving a zero CLS token and mask token. The paper uses Xavier-
+    uniform for every linear layer and for the patch projection (viewed as a linear layer),
+    N(0, 0.02) for the CLS and mask tokens, and LayerNorm at weight 1, bias 0.
+    """
+    std = mae.config.initializer_range
+    with torch.no_grad():
+        for module in mae.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        weight = mae.vit.embeddings.patch_embeddings.projection.weight
+        torch.nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        mae.vit.embeddings.patch_embeddings.projection.bias.zero_()
+        torch.nn.init.normal_(mae.vit.embeddings.cls_token, std=std)
+        torch.nn.init.normal_(mae.decoder.mask_token, std=std)
+    return mae
 
 
 def load_mae(folder: str | Path) -> ViTMAEForPreTraining:

@@ -86,15 +86,15 @@ class Task:
 
     ``batches(epoch)`` lists this process's batches (cheap index arrays) for one epoch;
     ``prepare(batch, epoch)`` turns one into model inputs (gather, augment, masks: the engine times
-    it as data waiting); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model)`` returns metrics (at least ``val_loss``)
-    on rank 0. ``select`` names the validation metric to maximise for model selection (None: the
+    it as data waiting); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model, epoch)`` returns metrics (at least ``val_loss``)
+    on rank 0 after ``epoch`` epochs (the same keys every epoch: history.csv has one header). ``select`` names the validation metric to maximise for model selection (None: the
     last epoch is kept); ``on_best(model)`` is called on rank 0 when it improves.
     """
 
     batches: Callable[[int], Sequence[Any]]
     prepare: Callable[[Any, int], Any]
     loss: Callable[[nn.Module, Any], torch.Tensor]
-    validate: Callable[[nn.Module], dict[str, float]]
+    validate: Callable[[nn.Module, int], dict[str, float]]
     select: str | None = None
     on_best: Callable[[nn.Module], None] | None = None
 
@@ -202,7 +202,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
         if ctx.is_main:
             model.eval()
             with torch.inference_mode(), torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-                metrics = task.validate(model)
+                metrics = task.validate(model, epoch + 1)
             row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr, "seconds": seconds, "data_seconds": data_time}
             history.append(row)
             if task.select is not None and (best_value is None or metrics[task.select] > best_value):
