@@ -31,7 +31,7 @@ from transformers import ViTForImageClassification, ViTMAEForPreTraining, ViTMod
 import leanmae
 import leanmae.training.engine as engine
 from leanmae.cli import main
-from leanmae.config import FinetuneConfig, ModelConfig, resolve
+from leanmae.config import ConfigError, FinetuneConfig, ModelConfig, resolve
 from leanmae.data.decode import BadImageError
 from leanmae.data.sources import DataError
 from leanmae.data.split import label_fraction, read_manifest
@@ -665,3 +665,54 @@ def test_cli_finetune_then_evaluate(cells: dict[str, Any], tmp_path: Path, capsy
     assert metrics["fraction"] == 0.5 and metrics["selection"] == "last" and metrics["selected_epoch"] == 1
     assert main(["evaluate", str(run), "--split", str(cells["split"]), "--device", "cpu"]) == 0
     assert json.loads((run / "evaluate-test" / "metrics.json").read_text())["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+# --------------------------------------------------------------------------- label-honest protocol
+
+
+def _labels_of(items: list[Any], chosen: list[Any]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(sorted(Counter(it.label for it in chosen).items()))
+
+
+def test_a_run_at_a_fraction_uses_that_share_of_the_val_labels_and_records_the_counts(tmp_path: Path) -> None:
+    """Label-honest by default: selection and calibration see the run's own val draw, and metrics.json says how many."""
+    from leanmae.data.split import label_fraction
+
+    data = make_synthetic_wbc(tmp_path / "cells", n_per_class=60, size=40)
+    split = tmp_path / "split.csv"
+    leanmae.split(data, classes=LABELS, out=split)
+    _, items = read_manifest(split)
+    metrics = tiny_finetune(split, tmp_path / "run", fraction=0.2, epochs=1, seed=3)
+    used = metrics["labels_used"]
+    assert used["val_mode"] == "honest"
+    assert used["train"] == _labels_of(items, label_fraction(items, 0.2, 3))
+    assert used["val"] == _labels_of(items, label_fraction(items, 0.2, 3, split="val"))
+    assert sum(used["val"].values()) < sum(1 for it in items if it.split == "val"), "fewer val labels than the whole split"
+    assert used["total"] == sum(used["train"].values()) + sum(used["val"].values())
+    assert metrics["calibration"]["fitted_on"] == sum(used["val"].values())
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["labels_used"] == used
+
+    full = tiny_finetune(split, tmp_path / "full", fraction=0.2, epochs=1, seed=3, sets=["classifier.val=full"])
+    assert full["labels_used"]["val_mode"] == "full"
+    assert sum(full["labels_used"]["val"].values()) == sum(1 for it in items if it.split == "val")
+
+
+def test_an_unknown_recipe_choice_is_refused_before_any_work(cells: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="classifier.val 'half'"):
+        tiny_finetune(cells["split"], tmp_path / "x", sets=["classifier.val=half"])
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        tiny_finetune(cells["split"], tmp_path / "y", sets=["optim.lr_scaling=cubic"])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_sqrt_class_weights_pull_half_as_hard_as_inverse_frequency() -> None:
+    from leanmae.commands.finetune import class_weights
+
+    counts = np.array([10, 40])
+    inverse, sqrt = class_weights(counts, "loss"), class_weights(counts, "sqrt")
+    assert inverse[0] / inverse[1] == pytest.approx(4.0) and sqrt[0] / sqrt[1] == pytest.approx(2.0)
+    for weights in (inverse, sqrt):
+        assert (weights * counts).sum() == pytest.approx(counts.sum()), "mean weight 1 over the training images"
+    assert class_weights(counts, "none") is None and class_weights(counts, "sampler") is None

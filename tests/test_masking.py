@@ -82,3 +82,51 @@ def test_position_embeddings_are_the_fixed_sine_cosine_table_in_encoder_and_deco
     assert model.decoder.decoder_pos_embed[0, 1:].abs().sum() > 0
     model.save_pretrained(tmp_path)
     assert torch.equal(load_mae(tmp_path).decoder.decoder_pos_embed, model.decoder.decoder_pos_embed)
+
+
+def test_trivial_predictor_errors_on_a_constructed_image() -> None:
+    """A 3x3 grid of one-colour patches, the centre masked: both trivial errors follow by hand."""
+    from leanmae.evaluation.reconstruction import trivial_errors
+
+    colours = torch.tensor([[0.0, 1.0, 0.0], [2.0, 5.0, 4.0], [0.0, 3.0, 0.0]])  # one channel value per patch
+    target = colours.reshape(1, 9, 1, 1).expand(1, 9, 4, 3).reshape(1, 9, 12)  # 2x2-pixel patches, 3 channels
+    mask = torch.zeros(1, 9)
+    mask[0, 4] = 1.0  # only the centre (colour 5) is masked
+    image_mean, neighbour, masked = trivial_errors(target, mask, grid=3)
+    visible_mean = (0 + 1 + 0 + 2 + 4 + 0 + 3 + 0) / 8  # 1.25
+    assert masked == 1.0
+    assert image_mean == pytest.approx((5 - visible_mean) ** 2)
+    assert neighbour == pytest.approx((5 - (1 + 2 + 4 + 3) / 4) ** 2), "mean of the four visible neighbours, 2.5"
+
+
+def test_a_masked_patch_without_visible_neighbours_falls_back_to_the_image_mean() -> None:
+    from leanmae.evaluation.reconstruction import trivial_errors
+
+    target = torch.arange(9, dtype=torch.float32).reshape(1, 9, 1).expand(1, 9, 3).contiguous()
+    mask = torch.ones(1, 9)
+    mask[0, 8] = 0.0  # only the corner patch (8) is visible; patch 0 has no visible neighbour
+    image_mean, neighbour, masked = trivial_errors(target, mask, grid=3)
+    assert masked == 8.0
+    expected = sum((v - 8.0) ** 2 for v in range(8))  # every masked patch predicted as 8, the only visible colour
+    assert image_mean == pytest.approx(expected) and neighbour == pytest.approx(expected)
+
+
+def test_a_fresh_mae_has_the_papers_initialisation(test_model_config) -> None:
+    """Xavier-uniform linear layers and patch projection, N(0, 0.02) CLS and mask tokens, LayerNorm 1 / 0."""
+    cfg = dataclasses.replace(test_model_config, hidden_size=64, decoder_hidden_size=64, heads=2, decoder_heads=2)
+    torch.manual_seed(0)
+    mae = build_mae(cfg)
+
+    def xavier_bound(weight: torch.Tensor) -> float:
+        fan_out, fan_in = weight.shape[0], weight[0].numel()
+        return (6 / (fan_in + fan_out)) ** 0.5
+
+    projection = mae.vit.embeddings.patch_embeddings.projection.weight
+    for name, weight in [("patch projection", projection)] + [(n, m.weight) for n, m in mae.named_modules() if isinstance(m, torch.nn.Linear)]:
+        bound = xavier_bound(weight)
+        assert weight.abs().max() <= bound + 1e-6, name
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.25), f"{name}: not Xavier-uniform"
+    for token in (mae.vit.embeddings.cls_token, mae.decoder.mask_token):
+        assert token.abs().sum() > 0 and token.std().item() == pytest.approx(0.02, rel=0.5)
+    for norm in (m for m in mae.modules() if isinstance(m, torch.nn.LayerNorm)):
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)

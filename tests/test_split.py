@@ -313,3 +313,25 @@ def test_a_class_draw_does_not_depend_on_the_other_classes(pbc_like: list[Item])
 def test_a_fraction_outside_0_1_is_refused(pbc_like: list[Item], fraction: float) -> None:
     with pytest.raises(DataError, match=r"must be in \(0, 1\]"):
         label_fraction(pbc_like, fraction, seed=0)
+
+
+# --------------------------------------------------------------------------- label-honest validation draws
+
+
+def test_label_honest_val_draws_are_nested_stratified_and_keep_two_per_class(pbc_like: list[Item]) -> None:
+    """A run at fraction f sees f of the val labels too: the same nested, stratified draw as train, >= 2 per class."""
+    sets = [label_fraction(pbc_like, f, seed=0, split="val") for f in FRACTIONS]
+    for smaller, larger in zip(sets, sets[1:]):
+        assert {it.relpath for it in smaller} < {it.relpath for it in larger}
+    val_sizes = Counter(it.label for it in pbc_like if it.split == "val")
+    for fraction, chosen in zip(FRACTIONS, sets):
+        assert {it.split for it in chosen} == {"val"}
+        per_class = Counter(it.label for it in chosen)
+        for label, n in val_sizes.items():
+            assert per_class[label] == min(n, max(2, round(fraction * n))), f"{fraction:g}: {label}"
+    assert len(sets[0]) == 2 + 3 + 2 + 2 + 3 + 1, "at 1 %: two per class (three of 311 eosinophils and of 332 neutrophils; the rare class has one)"
+
+
+def test_label_fractions_never_draw_from_the_test_split(pbc_like: list[Item]) -> None:
+    with pytest.raises(DataError, match="never from the test split"):
+        label_fraction(pbc_like, 0.5, seed=0, split="test")

@@ -77,8 +77,38 @@ def test_in_domain_pool_adds_the_train_split_and_never_val_or_test(tmp_path: Pat
     assert pretrain.kwargs["data"] == ["pool", str(tmp_path / "split.csv")]  # a manifest source contributes train images only
 
 
+def test_each_pool_arm_gets_its_own_pretraining_with_the_split_as_probe(tmp_path: Path) -> None:
+    """mae-in-domain and mae-other pretrain on their own pools; in-domain adds the split's train images."""
+    jobs = plan(StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.1], seeds=[0], arms=["scratch", "mae-in-domain", "mae-other"]), tmp_path)
+    pretrains = {j.name: j for j in jobs if j.command == "pretrain"}
+    assert set(pretrains) == {"pretrain", "pretrain-in-domain"}  # the study's --pool (other) keeps pretrain/
+    assert pretrains["pretrain"].kwargs["data"] == ["pool"]
+    assert pretrains["pretrain-in-domain"].kwargs["data"] == ["pool", str(tmp_path / "split.csv")]
+    assert all(j.kwargs["probe"] == str(tmp_path / "split.csv") for j in pretrains.values())
+    runs = {j.name: j for j in jobs if j.command == "finetune"}
+    assert runs["mae-in-domain_f0.1_s0"].kwargs["init"] == str(tmp_path / "pretrain-in-domain")
+    assert runs["mae-in-domain_f0.1_s0"].after == ["pretrain-in-domain"]
+    assert runs["mae-other_f0.1_s0"].after == ["pretrain"] and runs["scratch_f0.1_s0"].after == []
+
+
+def test_given_maes_per_pool_skip_their_pretraining(tmp_path: Path) -> None:
+    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[1.0], seeds=[0], arms=["mae-in-domain", "mae-other"], mae=["in-domain=a/mae", "other=b/mae"])
+    jobs = plan(cfg, tmp_path)
+    assert [j.command for j in jobs] == ["finetune", "finetune"]
+    assert {j.name: j.kwargs["init"] for j in jobs} == {"mae-in-domain_f1_s0": "a/mae", "mae-other_f1_s0": "b/mae"}
+    with pytest.raises(ConfigError, match="pool before"):
+        plan(StudyConfig(data="x", arms=["mae"], mae=["lung=c/mae"]), tmp_path)
+
+
+def test_extra_seeds_run_only_at_the_small_fractions_after_the_main_seeds(tmp_path: Path) -> None:
+    cfg = StudyConfig(data="x", fractions=[0.01, 0.1, 1.0], seeds=[0, 1, 2], extra_seeds=[3, 4], arms=["scratch"])
+    names = [j.name for j in plan(cfg, tmp_path)]
+    assert len(names) == 3 * 3 + 2 * 2
+    assert names[-4:] == ["scratch_f0.01_s3", "scratch_f0.1_s3", "scratch_f0.01_s4", "scratch_f0.1_s4"]
+
+
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
-    jobs = plan(StudyConfig(data="x", mae="some/mae"), tmp_path)
+    jobs = plan(StudyConfig(data="x", mae=["some/mae"]), tmp_path)
     assert all(j.command == "finetune" for j in jobs)
     assert {j.kwargs["init"] for j in jobs if j.name.startswith("mae")} == {"some/mae"}
 

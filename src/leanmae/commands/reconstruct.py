@@ -18,7 +18,7 @@ from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
 from leanmae.data.sources import DataError
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
-from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure
+from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure, trivial_warning
 from leanmae.models.io import load_preprocessing
 from leanmae.models.mae import load_mae
 from leanmae.training.checkpoint import write_json
@@ -68,7 +68,10 @@ def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str
         "space": "per-patch normalised pixels" if model.config.norm_pix_loss else "normalised pixels",
         "by_mask_ratio": reconstruction_errors(model, pixels, ratios),
     }
+    metrics["warning"] = trivial_warning(metrics["by_mask_ratio"], model.config.mask_ratio)
     write_json(out / "recon_metrics.json", metrics)
+    if metrics["warning"]:
+        print(f"warning: {metrics['warning']}")
     with masking_at(model, mask_ratio if mask_ratio is not None else model.config.mask_ratio):
         reconstruction_figure(model, pixels[:images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions ({folder})")
     print(f"wrote {out / 'reconstructions.png'} and {out / 'recon_metrics.json'}")

@@ -63,12 +63,14 @@ class StudyConfig:
     classes: list[str] = field(default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"])
     pretrain_data: list[str] = field(default_factory=list)
     ood_data: list[str] = field(default_factory=list)  # images of classes never trained on, for the OOD report
-    pool: str = "other"  # other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
+    pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
     preset: str = "cpu"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    arms: list[str] = field(default_factory=lambda: ["scratch", "mae"])  # also: mae-linear, hf:FOLDER
-    mae: str | None = None
+    extra_seeds: list[int] = field(default_factory=list)  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
+    extra_seeds_up_to: float = 0.1
+    arms: list[str] = field(default_factory=lambda: ["scratch", "mae"])  # also: mae-in-domain, mae-other, mae-linear, hf:FOLDER
+    mae: list[str] = field(default_factory=list)  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
     pretrain_epochs: int | None = None
@@ -103,17 +105,46 @@ def run_status(folder: Path) -> str | None:
         return "running"
 
 
-def arm_init(arm: str, mae: Path) -> tuple[str, bool]:
-    """(--init, linear probe?) of an arm name."""
-    if arm == "scratch":
-        return "scratch", False
-    if arm == "mae":
-        return str(mae), False
-    if arm == "mae-linear":
-        return str(mae), True
-    if arm.startswith("hf:"):
-        return arm[3:], False
-    raise ConfigError(f"unknown arm {arm!r}: use scratch, mae, mae-linear or hf:FOLDER")
+POOLS = ("other", "in-domain")
+
+
+def arm_pool(arm: str, pool: str) -> str | None:
+    """The pretraining pool an arm's MAE comes from (None for scratch and hf: arms).
+
+    ``mae`` and ``mae-linear`` use the study's ``--pool``; ``mae-other`` and ``mae-in-domain`` name
+    theirs, so one study can compare the seed's pool with the lab's own images.
+    """
+    if arm in ("mae", "mae-linear"):
+        return pool
+    if arm.startswith("mae-") and arm[4:] in POOLS:
+        return arm[4:]
+    if arm == "scratch" or arm.startswith("hf:"):
+        return None
+    raise ConfigError(f"unknown arm {arm!r}: use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER")
+
+
+def arm_init(arm: str, maes: dict[str, Path], pool: str) -> tuple[str, bool]:
+    """(--init, linear probe?) of an arm name, given the MAE folder of each pool."""
+    source = arm_pool(arm, pool)
+    if source is not None:
+        return str(maes[source]), arm == "mae-linear"
+    return ("scratch", False) if arm == "scratch" else (arm[3:], False)
+
+
+def given_maes(cfg: StudyConfig) -> dict[str, Path]:
+    """``--mae PATH`` (the study's pool) and ``--mae POOL=PATH`` entries as {pool: folder}."""
+    maes: dict[str, Path] = {}
+    for entry in cfg.mae:
+        pool, _, path = entry.rpartition("=") if "=" in entry else (cfg.pool, "", entry)
+        if pool not in POOLS:
+            raise ConfigError(f"--mae {entry!r}: the pool before '=' must be one of {', '.join(POOLS)}")
+        maes[pool] = Path(path)
+    return maes
+
+
+def pretrain_folder(out: Path, pool: str, cfg: StudyConfig) -> Path:
+    """Where the study pretrains a pool's MAE: pretrain/ for the study's --pool (as before), pretrain-POOL/ otherwise."""
+    return out / "pretrain" if pool == cfg.pool else out / f"pretrain-{pool}"
 
 
 def run_name(arm: str, fraction: float, seed: int) -> str:
@@ -122,25 +153,31 @@ def run_name(arm: str, fraction: float, seed: int) -> str:
 
 
 def plan(cfg: StudyConfig, out: Path) -> list[Job]:
-    """The study's jobs: the MAE pretraining (unless given) and the fine-tuning grid."""
+    """The study's jobs: an MAE pretraining per pool the arms need (unless given), then the fine-tuning grid."""
     jobs: list[Job] = []
     common = {"preset": cfg.preset, "set": list(cfg.set), "progress": False}
-    mae = Path(cfg.mae) if cfg.mae else out / "pretrain"
-    needs_mae = any(a in ("mae", "mae-linear") for a in cfg.arms)
-    if needs_mae and not cfg.mae:
-        sources = list(cfg.pretrain_data) + ([str(out / "split.csv")] if cfg.pool == "in-domain" else [])
+    maes, waits = given_maes(cfg), {}
+    for pool in dict.fromkeys(p for p in (arm_pool(a, cfg.pool) for a in cfg.arms) if p is not None):
+        if pool in maes:
+            continue
+        sources = list(cfg.pretrain_data) + ([str(out / "split.csv")] if pool == "in-domain" else [])
         if not sources:
-            raise ConfigError("the study pretrains an MAE but no --pretrain-data was given (or pass --mae CHECKPOINT)")
-        jobs.append(Job("pretrain", "pretrain", {"data": sources, "out": str(mae), "epochs": cfg.pretrain_epochs, **common}, mae))
-    # Seed by seed: an interrupted study has whole seeds (both arms, every fraction) to report.
-    for seed in cfg.seeds:
-        for fraction in cfg.fractions:
-            for arm in cfg.arms:
-                init, probe = arm_init(arm, mae)
-                name = run_name(arm, fraction, seed)
-                kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
-                after = ["pretrain"] if arm in ("mae", "mae-linear") and not cfg.mae else []
-                jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, after))
+            raise ConfigError(f"the study pretrains an MAE on the {pool!r} pool but no --pretrain-data was given (or pass --mae {pool}=CHECKPOINT)")
+        maes[pool] = pretrain_folder(out, pool, cfg)
+        waits[pool] = maes[pool].name
+        kwargs = {"data": sources, "out": str(maes[pool]), "epochs": cfg.pretrain_epochs, "probe": str(out / "split.csv"), **common}
+        jobs.append(Job(maes[pool].name, "pretrain", kwargs, maes[pool]))
+    # Seed by seed: an interrupted study has whole seeds (every arm, every fraction) to report; the
+    # extra seeds of the small fractions come last.
+    grid = [(seed, f) for seed in cfg.seeds for f in cfg.fractions]
+    grid += [(seed, f) for seed in cfg.extra_seeds if seed not in cfg.seeds for f in cfg.fractions if f <= cfg.extra_seeds_up_to]
+    for seed, fraction in grid:
+        for arm in cfg.arms:
+            init, probe = arm_init(arm, maes, cfg.pool)
+            name = run_name(arm, fraction, seed)
+            kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
+            pool = arm_pool(arm, cfg.pool)
+            jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else []))
     return jobs
 
 
@@ -269,8 +306,9 @@ def study(
     preset: str | None = None,
     fractions: str | list[float] | None = None,
     seeds: str | list[int] | None = None,
+    extra_seeds: str | list[int] | None = None,
     arms: str | list[str] | None = None,
-    mae: str | None = None,
+    mae: str | list[str] | None = None,
     pretrain_epochs: int | None = None,
     finetune_epochs: int | None = None,
     jobs: int | None = None,
@@ -290,7 +328,8 @@ def study(
     layer = load_yaml(config) if config else {}
     given = {
         "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
-        "fractions": _list(fractions, float), "seeds": _list(seeds, int), "arms": _list(arms, str), "mae": mae,
+        "fractions": _list(fractions, float), "seeds": _list(seeds, int), "extra_seeds": _list(extra_seeds, int), "arms": _list(arms, str),
+        "mae": [mae] if isinstance(mae, str) else mae,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
         "wait": wait, "slurm": slurm, "set": set, "progress": progress,
     }
@@ -302,7 +341,7 @@ def study(
     comparable = {k: v for k, v in settings.items() if k not in ("jobs", "launcher", "wait", "slurm", "progress")}
     if saved.exists():
         before = {k: v for k, v in json.loads(saved.read_text()).items() if k in comparable}
-        changed = sorted(k for k in comparable if json.dumps(before.get(k)) != json.dumps(comparable[k]) and k not in ("fractions", "seeds", "arms"))
+        changed = sorted(k for k in comparable if json.dumps(before.get(k)) != json.dumps(comparable[k]) and k not in ("fractions", "seeds", "extra_seeds", "arms"))
         if changed:
             raise OutputFolderError(f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out (growing fractions, seeds or arms is fine)")
     elif out.exists() and any(out.iterdir()):
@@ -346,6 +385,9 @@ def _check(cfg: StudyConfig) -> None:
         if not 0 < fraction <= 1:
             raise ConfigError(f"--fractions: {fraction} is not in (0, 1]")
     for arm in cfg.arms:
-        arm_init(arm, Path("."))
+        arm_pool(arm, cfg.pool)
+    for pool, folder in given_maes(cfg).items():
+        if not folder.is_dir():
+            raise DataError(f"--mae {folder}: MAE folder for the {pool!r} pool does not exist")
     if not cfg.seeds:
         raise ConfigError("--seeds: give at least one seed")

@@ -379,7 +379,9 @@ def write_report(study: Path) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     runs = load_runs(study)
     settings = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
-    pretrain = Path(settings.get("mae") or study / "pretrain")
+    given = settings.get("mae") or []
+    given = [given] if isinstance(given, str) else given
+    pretrain = Path(given[0].rpartition("=")[2]) if given else study / "pretrain"
     expected = len(settings.get("fractions", [])) * len(settings.get("arms", [])) * len(settings.get("seeds", [])) or len(runs)
     all_tables = tables(runs) if runs else []
     for table in all_tables:
