@@ -711,7 +711,7 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
 def gpu_driver() -> str | None:
     """The NVIDIA driver version as nvidia-smi reports it (None without nvidia-smi)."""
     try:
-        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else None
@@ -749,8 +749,8 @@ def table(records: list[dict[str, Any]]) -> str:
         return f"{r[name]['images_per_s']:.1f} ({r[ratio]:.2f}x)" if name in r else "-"
 
     lines = [
-        "| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
-        "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |",
+        ("| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
+         "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:

@@ -213,7 +213,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
         step = epoch * steps_per_epoch
         bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=not (ctx.is_main and run.progress), leave=False)
         # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint, as without prefetching.
-        with Inputs(lambda batch: task.prepare(batch, epoch), batches, ctx.device, ahead=run.prefetch) as inputs:
+        with Inputs(lambda batch, epoch=epoch: task.prepare(batch, epoch), batches, ctx.device, ahead=run.prefetch) as inputs:
             for group_start in range(0, len(batches), optim.accum_steps):
                 micro_batches = len(batches[group_start : group_start + optim.accum_steps])
                 lr = lr_at(step, peak_lr, optim, steps_per_epoch)

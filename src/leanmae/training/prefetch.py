@@ -95,7 +95,7 @@ class Inputs(Iterator[Any]):
             self._finalizer()
             self._thread.join()
 
-    def __enter__(self) -> "Inputs":
+    def __enter__(self) -> Inputs:
         return self
 
     def __exit__(self, *exc: object) -> None:
