@@ -6,9 +6,10 @@ load from other jobs on the machine falls on both alike; the ratio of each repet
 what to read, not the absolute numbers.
 
 * **leanmae**: the model from ``leanmae.models`` builders, batches from the decode-once cache,
-  batched tensor augmentation, fused AdamW with ``engine.param_groups``, one torch thread per
-  process on CPUs (bf16 autocast and TF32 on GPUs), and one optimizer step taken exactly
-  as ``engine.fit`` takes it (``Task.prepare``, loss, ``.item()``, backward, clipping, step).
+  batched tensor augmentation, fused AdamW with ``engine.param_groups``, the torch thread count
+  ``training.distributed.setup`` gives a lone process on CPUs (bf16 autocast and TF32 on GPUs), and
+  the engine's own step: ``engine.TrainStep`` fed by ``prefetch.Inputs`` (the next batch prepared on
+  a background thread), as ``engine.fit`` runs them. On CPUs the 1-thread figure is reported beside it.
 * **reference**: the way transformers' ``run_mae.py`` / ``run_image_classification.py`` train:
   JPEG/PNG files decoded every epoch, per-image PIL RandomResizedCrop + flip + ToTensor + Normalize
   (written here with PIL and numpy: torchvision is not a dependency), a DataLoader with its default
@@ -17,12 +18,14 @@ what to read, not the absolute numbers.
 
 Also reported: model FLOPs per image (forward + backward, counted by FlopCounterMode), achieved
 GFLOP/s as a share of the matmul peak measured here at the same thread count, the share of step
-time spent preparing data, memory, and the time of one whole epoch through ``engine.fit``.
+time spent waiting for data (host time, as history.csv's data_seconds), memory, and the time of one whole epoch through ``engine.fit``.
 
     python benchmarks/throughput.py --quick        # <= 5 minutes on a 2-core CPU
     python benchmarks/throughput.py                # longer, steadier, whole epochs
     python benchmarks/throughput.py --ablate       # what each optimisation buys (CPU); --ablate threads adamw: some
-    python benchmarks/throughput.py --device cuda  # ViT-B/16 MAE: leanmae bf16 vs fp32 reference
+    python benchmarks/throughput.py --device cuda --without-prefetch --jsonl benchmarks/results/<device>-<date>.jsonl
+                                                   # GPU plan: ViT-B/16 and cpu-preset MAE, leanmae bf16 (with and
+                                                   # without prefetching) vs the fp32 reference; benchmarks/gpu_check.sh runs it
 
 Output: one JSON line per case, then a table. Data: the PBC white-cell images at
 ../shared/data/pbc when present, otherwise synthetic smear tiles (leanmae.data.synthetic).
@@ -43,6 +46,7 @@ import random
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,8 +76,9 @@ from leanmae.data.split import make_split  # noqa: E402
 from leanmae.data.synthetic import make_synthetic_tiles  # noqa: E402
 from leanmae.models.classifier import add_drop_path, build_classifier, layer_decay_scale  # noqa: E402
 from leanmae.models.mae import build_mae  # noqa: E402
-from leanmae.training.distributed import Context, autocast_dtype  # noqa: E402
-from leanmae.training.engine import build_optimizer, fit  # noqa: E402
+from leanmae.training.distributed import Context, autocast_dtype, cpu_threads  # noqa: E402
+from leanmae.training.engine import Task, TrainStep, build_optimizer, fit  # noqa: E402
+from leanmae.training.prefetch import Inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc"
@@ -98,7 +103,7 @@ class Case:
     steps: int
     reps: int
     warmup: int = 1
-    ref_1thread: bool = False  # also time the reference loop at 1 thread, to separate the thread count from the rest
+    one_thread: bool = False  # also time both paths at 1 thread (CPU), to separate the thread count from the rest
 
     @property
     def name(self) -> str:
@@ -113,12 +118,12 @@ def cpu_cases(quick: bool) -> list[Case]:
     """
     if quick:
         return [
-            Case("pretrain", "cpu", 128, 1, 3, ref_1thread=True), Case("finetune", "cpu", 64, 1, 3, ref_1thread=True),
+            Case("pretrain", "cpu", 128, 1, 3, one_thread=True), Case("finetune", "cpu", 64, 1, 3, one_thread=True),
             Case("pretrain", "vit-s16", 8, 1, 1), Case("finetune", "vit-s16", 8, 1, 1),
         ]
     return [
-        Case("pretrain", "cpu", 128, 3, 5, ref_1thread=True), Case("finetune", "cpu", 64, 4, 5, ref_1thread=True),
-        Case("pretrain", "vit-s16", 16, 2, 3, ref_1thread=True), Case("finetune", "vit-s16", 16, 2, 3, ref_1thread=True),
+        Case("pretrain", "cpu", 128, 3, 5, one_thread=True), Case("finetune", "cpu", 64, 4, 5, one_thread=True),
+        Case("pretrain", "vit-s16", 16, 2, 3, one_thread=True), Case("finetune", "vit-s16", 16, 2, 3, one_thread=True),
         Case("pretrain", "vit-b16", 8, 1, 3), Case("finetune", "vit-b16", 4, 1, 3),
     ]
 
@@ -134,9 +139,16 @@ def cache_size(cfg: PretrainConfig | FinetuneConfig) -> int:
     return cfg.data.cache_size or round(cfg.model.image_size * 1.25)
 
 
+JSONL: list[Path] = []  # --jsonl: files that get every JSON line too
+
+
 def emit(record: dict[str, Any]) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps(record, default=float), flush=True)
+    """One JSON line on stdout (and appended to the ``--jsonl`` file)."""
+    line = json.dumps(record, default=float)
+    print(line, flush=True)
+    for path in JSONL:
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 def sync(device: torch.device) -> None:
@@ -212,12 +224,24 @@ def engine_optimizer(model: nn.Module, optim: OptimConfig, layer_scale: Callable
     return optimizer
 
 
+def endless(task: Task) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch, epoch) of ``task``, epoch after epoch."""
+    epoch = 0
+    while True:
+        for batch in task.batches(epoch):
+            yield batch, epoch
+        epoch += 1
+
+
 class LeanmaePath:
-    """leanmae's training step: the model from its builders, the Task its commands build, the step ``engine.fit`` takes."""
+    """leanmae's training step: the model from its builders, the Task its commands build, and the engine's
+    own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread unless
+    ``cfg.run.prefetch`` is false), exactly as ``engine.fit`` runs them."""
 
     def __init__(self, task: str, cfg: PretrainConfig | FinetuneConfig, images: ImageSet, cache: ImageCache, batch: int,
-                 device: str = "cpu", threads: int = 1, attention: str | None = None, rank: int = 0, world_size: int = 1, name: str = "leanmae") -> None:
-        self.name, self.threads, self.batch = name, threads, batch
+                 device: str = "cpu", threads: int | None = None, attention: str | None = None, rank: int = 0, world_size: int = 1, name: str = "leanmae") -> None:
+        self.name, self.batch, self.prefetch = name, batch, cfg.run.prefetch
+        self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
         self.device = torch.device(device)
         ctx = Context(device=self.device, rank=rank, world_size=world_size)
         torch.manual_seed(cfg.run.seed)
@@ -241,21 +265,22 @@ class LeanmaePath:
         if attention:
             self.model.set_attn_implementation(attention)
         self.model.train()
-        self.trained = nn.parallel.DistributedDataParallel(self.model) if world_size > 1 else self.model
         self.cfg = cfg
         self.optimizer = engine_optimizer(self.model, cfg.optim, self.layer_scale, self.device)
-        self.amp = autocast_dtype(cfg.run.amp, self.device)
-        self._batches = self._cycle()
+        self.train_step = TrainStep(self.model, self.optimizer, cfg.optim, autocast_dtype(cfg.run.amp, self.device), ctx)
+        self.lr = absolute_lr(cfg.optim, world_size)
+        self._items = endless(self.task)
+        self.inputs = self._inputs()
 
-    def _cycle(self) -> Iterator[tuple[np.ndarray, int]]:
-        epoch = 0
-        while True:
-            for batch in self.task.batches(epoch):
-                yield batch, epoch
-            epoch += 1
+    def _inputs(self) -> Inputs:
+        prepare = self.task.prepare  # not a method of self: the thread must not keep this path alive
+        return Inputs(lambda item: prepare(*item), self._items, self.device, ahead=self.prefetch)
 
     def enter(self) -> None:
-        """Process-wide settings as ``training.distributed.setup`` makes them."""
+        """Process-wide settings as ``training.distributed.setup`` makes them, and no batch prepared yet:
+        a timed repetition starts as an epoch does, instead of with a batch prepared while another path was timed."""
+        self.inputs.close()
+        self.inputs = self._inputs()
         if self.device.type == "cpu":
             use_threads(self.threads)
         else:
@@ -263,23 +288,11 @@ class LeanmaePath:
             torch.backends.cudnn.allow_tf32 = True
 
     def step(self) -> float:
-        """One optimizer step as ``engine.fit`` takes it (accum_steps 1); returns the seconds spent in ``prepare``."""
-        batch, epoch = next(self._batches)
-        t0 = time.perf_counter()
-        inputs = self.task.prepare(batch, epoch)
-        sync(self.device)  # on a GPU prepare is asynchronous; wait, to time it
-        data = time.perf_counter() - t0
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            loss = self.task.loss(self.trained, inputs)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"{self.name}: loss {value}")
-        (loss / 1).backward()
-        if self.cfg.optim.clip_grad:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return data
+        """One optimizer step of ``engine.TrainStep`` (accum_steps 1); returns the seconds it waited for its inputs,
+        as ``engine.fit`` counts ``data_seconds`` (host time; with prefetching the batch is usually ready)."""
+        waited = self.inputs.waited
+        self.train_step(self.task.loss, self.inputs, 1, self.lr)
+        return self.inputs.waited - waited
 
 
 # --------------------------------------------------------------------------- the reference path
@@ -354,7 +367,7 @@ class ReferencePath:
     DataLoader defaults (num_workers=0), default AdamW, default threads, fp32, clipping at 1.0."""
 
     def __init__(self, task: str, cfg: PretrainConfig | FinetuneConfig, images: ImageSet, batch: int, device: str = "cpu") -> None:
-        self.name, self.task, self.batch, self.threads = "reference", task, batch, DEFAULT_THREADS
+        self.name, self.task, self.batch, self.threads, self.prefetch = "reference", task, batch, DEFAULT_THREADS, False
         self.device = torch.device(device)
         torch.manual_seed(0)
         self.model = reference_model(task, cfg.model, len(images.names)).to(self.device)
@@ -495,7 +508,7 @@ class Variant:
 
     def __init__(self, path: LeanmaePath | ReferencePath, name: str, threads: int) -> None:
         self.path, self.name, self.threads = path, name, threads
-        self.device, self.batch = path.device, path.batch
+        self.device, self.batch, self.prefetch = path.device, path.batch, path.prefetch
 
     def enter(self) -> None:
         self.path.enter()
@@ -608,8 +621,10 @@ def flops_per_image(task: str, model: ModelConfig, labels: int) -> float:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, float] | None = None, device: str = "cpu", gpu_peak_tflops: float | None = None) -> dict[str, Any]:
-    """Measure one case on both paths (and the reference at 1 thread where asked); returns (and prints) its JSON record.
+def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, float] | None = None, device: str = "cpu",
+             gpu_peak_tflops: float | None = None, without_prefetch: bool = False) -> dict[str, Any]:
+    """Measure one case on both paths (on CPUs at the default thread count, and at 1 thread where asked; with
+    ``without_prefetch`` also leanmae preparing each batch inline); returns (and prints) its JSON record.
 
     Share of peak (CPU), two ways: over the matmul GFLOP/s measured at the path's thread count in the
     same repetitions (median; the load was the same), and over the best matmul GFLOP/s seen in the
@@ -618,12 +633,17 @@ def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, floa
     cfg = leanmae_config(case.task, case.model, device)
     cache, _ = decode_once(images, cache_size(cfg), work)
     lean, reference = LeanmaePath(case.task, cfg, images, cache, case.batch, device), ReferencePath(case.task, cfg, images, case.batch, device)
-    paths: list[Any] = [lean, reference] + ([Variant(reference, "reference_1thread", 1)] if case.ref_1thread and device == "cpu" else [])
+    bases: list[Any] = [lean, reference]
+    if without_prefetch:
+        inline = replace(cfg, run=replace(cfg.run, prefetch=False))
+        bases.append(LeanmaePath(case.task, inline, images, cache, case.batch, device, name="leanmae_no_prefetch"))
+    one_thread = [Variant(lean, "leanmae_1thread", 1), Variant(reference, "reference_1thread", 1)] if case.one_thread and device == "cpu" else []
+    paths = bases + one_thread
     thread_counts = tuple(sorted({p.threads for p in paths})) if device == "cpu" else ()
     results, samples = interleaved(paths, case.steps, case.reps, case.warmup, thread_counts)
     for t, values in samples.items():
         best_peak[t] = max([best_peak.get(t, 0.0), *values])  # type: ignore[index]
-    memory = {p.name: step_memory(p) for p in (lean, reference)}
+    memory = {p.name: step_memory(p) for p in bases}
     flops = flops_per_image(case.task, cfg.model, len(images.names))
     record: dict[str, Any] = {"case": case.name, "batch": case.batch, "steps_per_rep": case.steps, "reps": case.reps, "gflop_per_image": flops / 1e9}
     for path in paths:
@@ -637,16 +657,19 @@ def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, floa
         mem = memory[getattr(path, "path", path).name]
         record[path.name] = {
             "images_per_s": r.median, "images_per_s_reps": r.images_per_s, "threads": path.threads if device == "cpu" else None,
+            "prefetch": path.prefetch,
             "gflop_per_s": achieved, "peak_gflop_per_s": peak, "share_of_peak": achieved / peak, "peak": peak_of, **best,
             "data_wait_share": statistics.median(r.data_share), "step_extra_mib": mem.extra_mib, "peak_mib": mem.peak_mib,
             "others_cores_reps": r.others_cores,
         }
     record["others_load_cores"] = statistics.median(c for r in results.values() for c in r.others_cores)
     record["ratio"] = pair_ratio(results["leanmae"], results["reference"])
-    if "reference_1thread" in results:
-        record["ratio_vs_reference_1thread"] = pair_ratio(results["leanmae"], results["reference_1thread"])
+    if one_thread:
+        record["ratio_1thread"] = pair_ratio(results["leanmae_1thread"], results["reference_1thread"])
+    if without_prefetch:
+        record["prefetch_gain"] = pair_ratio(results["leanmae"], results["leanmae_no_prefetch"])
     emit(record)
-    del paths, lean, reference
+    del paths, bases, one_thread, lean, reference
     gc.collect()
     return record
 
@@ -663,6 +686,7 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
     batch = min(cfg.optim.batch_size, len(cache))
     path = LeanmaePath(task, cfg, images, cache, batch, device)
     path.enter()
+    path.inputs.close()  # fit prepares its own inputs
     steps = len(path.task.batches(0))
     ctx = Context(device=torch.device(device))
     out = work / f"epoch-{task}"
@@ -675,7 +699,7 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
     trained = steps * batch
     full_trained = (full_images // batch) * batch
     record = {
-        "case": f"epoch/{task}/cpu", "images": len(cache), "batch": batch, "images_trained": trained, "seconds": row["seconds"], "data_seconds": row["data_seconds"],
+        "case": f"epoch/{task}/cpu", "device": device, "images": len(cache), "batch": batch, "images_trained": trained, "seconds": row["seconds"], "data_seconds": row["data_seconds"],
         "images_per_s": trained / row["seconds"], "data_wait_share": row["data_seconds"] / row["seconds"], "decode_once_seconds": decode_seconds,
         "full_epoch_images": full_images, "extrapolated": len(cache) < full_images, "source": images.source,
         "full_epoch_seconds": row["seconds"] * full_trained / trained, "others_load_cores": others,
@@ -684,12 +708,22 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
     return record
 
 
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version as nvidia-smi reports it (None without nvidia-smi)."""
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else None
+
+
 def machine_record(peak: dict[int, float] | None, device: str) -> dict[str, Any]:
     """The first JSON line: processor, cores, load, versions, thread default, matmul rates."""
     info: dict[str, Any] = {
         "case": "machine", "device": device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
-        "default_threads": DEFAULT_THREADS, "python": platform.python_version(),
+        "default_threads": DEFAULT_THREADS, "leanmae_threads": cpu_threads(), "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -698,7 +732,7 @@ def machine_record(peak: dict[int, float] | None, device: str) -> dict[str, Any]
     if peak:
         info["fp32_matmul_peak_gflops"] = {str(k): v for k, v in peak.items()}
     if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
+        info |= {"gpu": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "driver": gpu_driver()}
     import transformers
 
     info["transformers"] = transformers.__version__
@@ -711,18 +745,22 @@ def table(records: list[dict[str, Any]]) -> str:
     def share(path: dict[str, Any]) -> str:
         return f"{path['share_of_peak']:.0%}" + (f" / {path['share_of_best_peak']:.0%}" if "share_of_best_peak" in path else "")
 
+    def rate(r: dict[str, Any], name: str, ratio: str) -> str:
+        return f"{r[name]['images_per_s']:.1f} ({r[ratio]:.2f}x)" if name in r else "-"
+
     lines = [
-        "| case | batch | leanmae img/s | reference img/s | ratio | ref. 1 thread img/s (ratio) | GFLOP/img | leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ("| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
+         "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
         if "ratio" not in r:
             continue
         lean, ref = r["leanmae"], r["reference"]
-        one = f"{r['reference_1thread']['images_per_s']:.1f} ({r['ratio_vs_reference_1thread']:.2f}x)" if "reference_1thread" in r else "-"
+        one = f"{r['leanmae_1thread']['images_per_s']:.1f} / {r['reference_1thread']['images_per_s']:.1f} ({r['ratio_1thread']:.2f}x)" if "ratio_1thread" in r else "-"
         lines.append(
-            f"| {r['case']} | {r['batch']} | {lean['images_per_s']:.1f} | {ref['images_per_s']:.1f} | {r['ratio']:.2f}x | {one} | {r['gflop_per_image']:.2f} "
-            f"| {lean['gflop_per_s']:.0f} ({share(lean)}) | {ref['gflop_per_s']:.0f} ({share(ref)}) "
+            f"| {r['case']} | {r['batch']} | {lean['images_per_s']:.1f} | {ref['images_per_s']:.1f} | {r['ratio']:.2f}x | {one} | {rate(r, 'leanmae_no_prefetch', 'prefetch_gain')} "
+            f"| {r['gflop_per_image']:.2f} | {lean['gflop_per_s']:.0f} ({share(lean)}) | {ref['gflop_per_s']:.0f} ({share(ref)}) "
             f"| {lean['data_wait_share']:.1%} / {ref['data_wait_share']:.1%} | {lean['step_extra_mib']:.0f} / {ref['step_extra_mib']:.0f} | {r['others_load_cores']:.1f} |"
         )
     epochs = [r for r in records if r["case"].startswith("epoch/")]
@@ -736,7 +774,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """The CPU benchmark: matmul peaks, every case, whole-epoch times."""
-    peak = matmul_peak(sorted({1, DEFAULT_THREADS}), reps=4 if args.quick else 6)
+    peak = matmul_peak(sorted({1, cpu_threads(), DEFAULT_THREADS}), reps=4 if args.quick else 6)
     records = [machine_record(peak, "cpu")]
     emit(records[0])
     images = benchmark_images(256 if args.quick else 512, work, args.pbc)
@@ -744,7 +782,7 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     for case in cpu_cases(args.quick):
         if args.only and case.name not in args.only:
             continue
-        records.append(run_case(case, images, work, peak))
+        records.append(run_case(case, images, work, peak, without_prefetch=args.without_prefetch))
     if not args.no_epoch:
         subset, full = wbc_train_split(args.pbc, 1000 if args.quick else None, work)
         for task in ("pretrain", "finetune"):
@@ -754,17 +792,33 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return records
 
 
-def run_cuda(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """The GPU benchmark: ViT-B/16 224 px MAE pretraining, leanmae (bf16 autocast) against the fp32 reference."""
-    if not torch.cuda.is_available():
+def gpu_cases(args: argparse.Namespace) -> list[Case]:
+    """The GPU plan: ViT-B/16 224 px MAE pretraining at ``--gpu-batch``, and the cpu preset's MAE at its own batch size."""
+    cpu_batch = leanmae_config("pretrain", "cpu").optim.batch_size
+    return [Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3),
+            Case("pretrain", "cpu", min(cpu_batch, args.gpu_images), steps=args.gpu_steps, reps=3, warmup=3)]
+
+
+def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The GPU plan (``gpu_cases``, then one whole epoch of the cpu preset's MAE through ``engine.fit``) on ``--device``:
+    leanmae (bf16 autocast on CUDA) against the fp32 reference. On a CPU (``--plan gpu --device cpu``,
+    with tiny sizes) it only checks that the plan runs end to end; share of peak is then of the fp32 matmul rate."""
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is visible to torch")
-    peak = gpu_bf16_peak()
-    records = [machine_record(None, "cuda") | {"bf16_matmul_peak_tflops": peak}]
+    gpu_peak = gpu_bf16_peak() if device == "cuda" else None
+    cpu_peak = {} if device == "cuda" else matmul_peak(sorted({1, cpu_threads(), DEFAULT_THREADS}), reps=2)
+    records = [machine_record(cpu_peak or None, device) | ({"bf16_matmul_peak_tflops": gpu_peak} if gpu_peak else {})]
     emit(records[0])
     images = benchmark_images(args.gpu_images, work, args.pbc)
     emit({"case": "data", "source": images.source, "images": len(images.records)})
-    case = Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3)
-    records.append(run_case(case, images, work, device="cuda", gpu_peak_tflops=peak))
+    for case in gpu_cases(args):
+        if args.only and case.name not in args.only:
+            continue
+        records.append(run_case(case, images, work, cpu_peak, device=device, gpu_peak_tflops=gpu_peak, without_prefetch=args.without_prefetch))
+    if not args.no_epoch:
+        subset, full = wbc_train_split(args.pbc, args.gpu_images, work)
+        records.append(engine_epoch("pretrain", subset, full, work, device))
     return records
 
 
@@ -869,7 +923,7 @@ def _ddp_worker(rank: int, world: int, rendezvous: str, images: ImageSet, work: 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     cfg = leanmae_config("pretrain", "cpu")
     cache, _ = decode_once(images, cache_size(cfg), Path(work))
-    path = LeanmaePath("pretrain", cfg, images, cache, batch, rank=rank, world_size=world)
+    path = LeanmaePath("pretrain", cfg, images, cache, batch, threads=1, rank=rank, world_size=world)
     path.step()
     rates = []
     dist.barrier()
@@ -970,23 +1024,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablate", nargs="*", choices=ABLATIONS, default=None, metavar="NAME",
                         help=f"measure what each optimisation buys instead of the main table (CPU); names: {', '.join(ABLATIONS)} (default: all)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--plan", choices=["cpu", "gpu"], default=None,
+                        help="which cases: the CPU plan or the GPU plan (ViT-B/16 and cpu-preset MAE, one cpu-preset epoch); default: the --device's own; "
+                             "'--plan gpu --device cpu' with tiny --gpu-* sizes checks the GPU plan end to end without a GPU")
     parser.add_argument("--only", nargs="*", default=None, help="case names to run, e.g. pretrain/cpu finetune/vit-s16")
     parser.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch timing")
+    parser.add_argument("--without-prefetch", action="store_true", help="also time leanmae with run.prefetch=false (each batch prepared inline), interleaved with the others")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also append every JSON line to this file (e.g. benchmarks/results/<device>-<date>.jsonl)")
     parser.add_argument("--pbc", type=Path, default=PBC, help="PBC folder (default ../shared/data/pbc; synthetic images when absent)")
-    parser.add_argument("--gpu-batch", type=int, default=128, help="--device cuda: batch size (default 128)")
-    parser.add_argument("--gpu-steps", type=int, default=10, help="--device cuda: steps per timed repetition (default 10)")
-    parser.add_argument("--gpu-images", type=int, default=512, help="--device cuda: images in the benchmark set (default 512)")
+    parser.add_argument("--gpu-batch", type=int, default=128, help="GPU plan: ViT-B/16 batch size (default 128)")
+    parser.add_argument("--gpu-steps", type=int, default=10, help="GPU plan: steps per timed repetition (default 10)")
+    parser.add_argument("--gpu-images", type=int, default=512, help="GPU plan: images in the benchmark set and the epoch (default 512)")
     args = parser.parse_args(argv)
     if not args.pbc.is_dir():
         args.pbc = None
+    if args.jsonl:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        JSONL.append(args.jsonl)
     work = Path(tempfile.mkdtemp(prefix="leanmae-bench-"))
     started = time.perf_counter()
     try:
         if args.ablate is not None:
             records = run_ablations(args, work)
             print("\n" + ablation_table(records))
-        elif args.device == "cuda":
-            records = run_cuda(args, work)
+        elif (args.plan or ("gpu" if args.device == "cuda" else "cpu")) == "gpu":
+            records = run_gpu_plan(args, work)
             print("\n" + table(records))
         else:
             records = run_cpu(args, work)

@@ -522,6 +522,15 @@ def test_a_run_interrupted_after_its_first_epoch_resumes_to_identical_weights(ce
     assert_same_weights(load_weights(out / "model"), load_weights(scratch_run["out"] / "model"))
 
 
+def test_finetuning_without_prefetch_gives_the_same_weights_and_history(cells: dict[str, Any], scratch_run: dict[str, Any], tmp_path: Path) -> None:
+    """The scratch run prepared its batches on the prefetch thread; preparing them inline changes no number."""
+    out = tmp_path / "inline"
+    tiny_finetune(cells["split"], out, **{**SCRATCH, "sets": [*SCRATCH["sets"], "run.prefetch=false"]})
+    assert_same_weights(load_weights(out / "model"), load_weights(scratch_run["out"] / "model"))
+    history = [(r["train_loss"], r["val_loss"], r["val_macro_f1"]) for r in read_csv(out / "history.csv")]
+    assert history == [(r["train_loss"], r["val_loss"], r["val_macro_f1"]) for r in scratch_run["history"]]
+
+
 def test_a_file_changed_after_the_split_stops_finetuning(tmp_path: Path) -> None:
     data = make_synthetic_wbc(tmp_path / "cells", n_per_class=4, size=24)
     leanmae.split(data, classes=LABELS[:2], out=tmp_path / "split.csv")

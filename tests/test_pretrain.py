@@ -130,6 +130,16 @@ def test_the_same_seed_gives_the_same_weights(finished_run: dict[str, Any], tmp_
     assert_same_weights(load_weights(tmp_path / "again" / "model"), load_weights(finished_run["out"] / "model"))
 
 
+def test_pretraining_without_prefetch_gives_the_same_weights_and_losses(finished_run: dict[str, Any], tmp_path: Path) -> None:
+    """The finished run prepared its batches on the prefetch thread; preparing them inline changes no number."""
+    root = finished_run["out"].parent
+    sets = [f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6", "run.prefetch=false"]
+    tiny_pretrain(finished_run["data"], tmp_path / "inline", seed=3, sets=sets)
+    assert_same_weights(load_weights(tmp_path / "inline" / "model"), load_weights(finished_run["out"] / "model"))
+    with open(tmp_path / "inline" / "history.csv") as fa, open(finished_run["out"] / "history.csv") as fb:
+        assert [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fa)] == [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fb)]
+
+
 def test_pretraining_on_tiles_uses_every_tile(tmp_path: Path) -> None:
     write_images(tmp_path / "slides", 6, 128)
     tiny_pretrain(tmp_path / "slides", tmp_path / "run", epochs=1, grid="2x2", sets=["data.min_tile_size=32"])

@@ -103,6 +103,7 @@ class RunConfig:
     threads: int | None = None  # torch threads per CPU process; default: OMP_NUM_THREADS, else cores / processes on the node
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
+    prefetch: bool = True  # prepare the next batch on a background thread while a step trains (same results either way)
 
 
 @dataclass

@@ -22,6 +22,8 @@ AUGMENT_DRAWS = 6  # area, aspect, centre x, centre y, horizontal flip, vertical
 def to_float(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, H, W, 3) uint8 from the cache -> (B, 3, H, W) float in [0, 1] on ``device``."""
     tensor = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()  # from pageable memory the copy would wait for the stream; from pinned memory it is queued
     tensor = tensor.to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 

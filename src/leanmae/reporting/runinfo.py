@@ -19,7 +19,7 @@ from leanmae.training.checkpoint import write_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resumption: more epochs, another progress display.
-RESUMABLE_CHANGES = ("optim.epochs", "run.progress")
+RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch")
 
 
 class OutputFolderError(ValueError):

@@ -6,6 +6,9 @@ accumulation (without DDP gradient sync on non-final micro-steps), clipping, aut
 non-finite-loss stop, progress bars, history.csv and TensorBoard, atomic checkpoints every epoch
 and resuming from them.
 
+While a step trains, the next batch is prepared on a background thread (``run.prefetch``,
+``leanmae.training.prefetch``); ``TrainStep`` is the step itself, which benchmarks time too.
+
 Reproducibility: batch order is seeded by (seed, epoch), augmentation and masks are keyed by
 (seed, epoch, image) (``leanmae.data.rand``), and dropout / drop path by (seed, epoch, rank) at the
 start of each epoch. A run resumed from the checkpoint
@@ -19,7 +22,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 from leanmae.config import OptimConfig, RunConfig, absolute_lr
 from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_atomic
 from leanmae.training.distributed import Context, autocast_dtype
+from leanmae.training.prefetch import Inputs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,8 +89,9 @@ class Task:
     """What a command hands the engine.
 
     ``batches(epoch)`` lists this process's batches (cheap index arrays) for one epoch;
-    ``prepare(batch, epoch)`` turns one into model inputs (gather, augment, masks: the engine times
-    it as data waiting); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model, epoch)`` returns metrics (at least ``val_loss``)
+    ``prepare(batch, epoch)`` turns one into model inputs (gather, augment, masks; the engine runs it
+    one batch ahead on a background thread, so it must not draw from torch's global generator, and
+    logs the time a step waited for it as ``data_seconds``); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model, epoch)`` returns metrics (at least ``val_loss``)
     on rank 0 after ``epoch`` epochs (the same keys every epoch: history.csv has one header). ``select`` names the validation metric to maximise for model selection (None: the
     last epoch is kept); ``on_best(model)`` is called on rank 0 when it improves.
     """
@@ -117,13 +122,64 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, device: tor
     return torch.optim.AdamW(param_groups(model, optim.weight_decay, layer_scale), lr=lr, betas=optim.betas, **flags)
 
 
+class TrainStep:
+    """One optimizer step exactly as ``fit`` takes it; public so that benchmarks time the engine's own step.
+
+    It owns the DDP wrapper, autocast and the fp16 GradScaler around ``optimizer``: set every group's
+    lr (times its ``lr_scale``); for each micro-batch, the loss under autocast, its value on the host
+    (the non-finite stop, before any backward: a bad loss never reaches the weights), backward of
+    loss / micro-batches (DDP syncs gradients on the last micro-batch only); then unscale, clip, step
+    and zero the gradients.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, optim: OptimConfig, amp: torch.dtype | None, ctx: Context) -> None:
+        self.model, self.optimizer, self.clip_grad, self.amp, self.device = model, optimizer, optim.clip_grad, amp, ctx.device
+        self.distributed = ctx.distributed
+        self.trained = model
+        if ctx.distributed:
+            self.trained = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    def __call__(self, loss: Callable[[nn.Module, Any], torch.Tensor], inputs: Iterator[Any], micro_batches: int, lr: float) -> list[float]:
+        """Train on the next ``micro_batches`` items of ``inputs`` (taken one at a time, so that they
+        can still be in preparation) at learning rate ``lr``; returns their losses.
+
+        Raises ``NonFiniteLossError`` ("loss is nan") before the backward of a non-finite loss.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        values = []
+        for i in range(micro_batches):
+            batch = next(inputs)
+            sync = i == micro_batches - 1 or not self.distributed
+            with self.trained.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    batch_loss = loss(self.trained, batch)
+                value = batch_loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"loss is {value}")
+                scaled = batch_loss / micro_batches
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            values.append(value)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_grad:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return values
+
+
 def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: Context, out_dir: Path, steps_per_epoch: int, layer_scale: Callable[[str], float] | None = None) -> TrainResult:
     """Train ``model`` on ``task`` for ``optim.epochs`` epochs, resuming from ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
     peak_lr = absolute_lr(optim, ctx.world_size)
     optimizer = build_optimizer(model, optim, peak_lr, ctx.device, layer_scale)
     amp = autocast_dtype(run.amp, ctx.device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     start_epoch, history, best_epoch, best_value, resumed_from = 0, [], None, None, None
     checkpoints = list_checkpoints(out_dir / "checkpoints")
@@ -141,10 +197,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
         if ctx.is_main:
             print(f"resuming from {checkpoints[-1]} (epoch {start_epoch} of {optim.epochs} done)")
 
-    trained = model
-    if ctx.distributed:
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-
+    train_step = TrainStep(model, optimizer, optim, amp, ctx)
     writer = None
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -155,45 +208,27 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
     for epoch in range(start_epoch, optim.epochs):
         torch.manual_seed(epoch_seed(run.seed, epoch, ctx.rank))  # dropout / drop path; data randomness is keyed per image
         batches = task.batches(epoch)
-        trained.train()
-        epoch_start, data_time, loss_sum = time.perf_counter(), 0.0, 0.0
+        train_step.trained.train()
+        epoch_start, loss_sum = time.perf_counter(), 0.0
         step = epoch * steps_per_epoch
         bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=not (ctx.is_main and run.progress), leave=False)
-        for group_start in range(0, len(batches), optim.accum_steps):
-            group = batches[group_start : group_start + optim.accum_steps]
-            lr = lr_at(step, peak_lr, optim, steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            for i, batch in enumerate(group):
-                sync = i == len(group) - 1 or not ctx.distributed
-                t0 = time.perf_counter()
-                inputs = task.prepare(batch, epoch)
-                data_time += time.perf_counter() - t0
-                with trained.no_sync() if not sync else nullcontext():
-                    with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-                        loss = task.loss(trained, inputs)
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(
-                            f"loss is {value} at epoch {epoch + 1}, step {step}; the last checkpoint in {out_dir / 'checkpoints'} is intact. "
-                            "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
-                        )
-                    scaled = loss / len(group)
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    loss_sum += value
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-            if scaler:
-                scaler.unscale_(optimizer)
-            if optim.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+        # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint, as without prefetching.
+        with Inputs(lambda batch, epoch=epoch: task.prepare(batch, epoch), batches, ctx.device, ahead=run.prefetch) as inputs:
+            for group_start in range(0, len(batches), optim.accum_steps):
+                micro_batches = len(batches[group_start : group_start + optim.accum_steps])
+                lr = lr_at(step, peak_lr, optim, steps_per_epoch)
+                try:
+                    values = train_step(task.loss, inputs, micro_batches, lr)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(
+                        f"{err} at epoch {epoch + 1}, step {step}; the last checkpoint in {out_dir / 'checkpoints'} is intact. "
+                        "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
+                    ) from None
+                loss_sum += sum(values)
+                bar.update(micro_batches)
+                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
+                step += 1
+        data_time = inputs.waited  # the time steps waited for their inputs: all of prepare without prefetching
         bar.close()
         train_loss = ctx.mean(loss_sum / max(1, len(batches)))
         seconds = time.perf_counter() - epoch_start
