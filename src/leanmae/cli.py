@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a study's tables, figures and report.html from its finished runs")
     p.add_argument("study", help="study folder")
+    p.add_argument("--target", type=float, help="macro-F1 the labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
     p.set_defaults(func="report")
 
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop")
