@@ -125,8 +125,10 @@ def learning_table(a: Answer) -> Table:
     )
 
 
-def headline(a: Answer | None) -> list[str]:
+def headline(a: Answer | None, runs: list[Run]) -> list[str]:
     """One or two sentences that answer the question, computed from the fit."""
+    if a is None and runs and all(r.collapsed() for r in runs):
+        return ["Withheld: every run collapsed to predicting one class, so no learning curve is fitted and no labels-needed answer is given."]
     if a is None:
         return ["Too few label fractions to fit a learning curve (three or more are needed); see the table below."]
     if a.target is None:

@@ -129,7 +129,7 @@ def _data_summary(split_csv: Path) -> str:
 
 
 def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list[str], str]:
-    lines = headline(a)
+    lines = headline(a, runs)
     if a is None:
         return lines, ""
     parts = [_img(learning_curve_figure(runs, a, results / "learning_curves.png"), "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % bootstrap band, the target and the labels each arm needs for it (triangles)")]
