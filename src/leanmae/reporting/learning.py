@@ -147,7 +147,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             lines.append(head + (f"; scratch has no curve ({a.withheld.get(BASELINE, 'not run')})." if base is None or BASELINE in a.withheld else "."))
             continue
         verdict = "saves labels" if s.low > 1 else ("costs labels" if s.high < 1 else "cannot be told apart from scratch")
-        lines.append(head + f"; from scratch it takes {count(base.value)}{_note(a, base)}, {_ratio(s.value)} times as many (95 % interval {interval_text(s, _ratio)}): {arm} {verdict}.")
+        lines.append(head + f"; from scratch it takes {count(base.value)} (95 % interval {interval_text(base)}{_note(a, base)}), {_ratio(s.value)} times as many (95 % interval {interval_text(s, _ratio)}): {arm} {verdict}.")
     if not lines and base is not None:
         lines.append(f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)}).")
     if any(a.excluded.values()):

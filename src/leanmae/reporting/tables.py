@@ -142,8 +142,9 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     """Wall-clock time per arm x fraction, each MAE pretraining, and the study's elapsed time.
 
     A run resumed after an interruption records only its last segment ("resumed" counts them), so
-    its time is a lower bound; the elapsed time runs from the first start to the last finish and
-    includes any interruption.
+    its time is a lower bound; the elapsed time runs from the first start to the last finish (a
+    run's start plus its seconds, so a resumed run's finish is a lower bound too) and includes any
+    interruption.
     """
     rows: list[list[Any]] = []
     finished = [(folder, info(folder)) for folder in pretrains]
@@ -164,6 +165,6 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     timed = [(folder, i) for folder, i in [*finished, *((r.folder, r.info) for r in runs)] if i.get("started")]
     if timed:
         starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, i in timed]
-        ends = [(folder / "run.json").stat().st_mtime for folder, _ in timed]
+        ends = [start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed)]  # not file times: a git checkout resets them
         rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
     return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
