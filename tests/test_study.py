@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import leanmae
 from leanmae.commands.study import StudyConfig, plan, run_name
 from leanmae.config import ConfigError
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
-from leanmae.evaluation.stats import estimate, paired
 from leanmae.reporting.runinfo import OutputFolderError
 from leanmae.reporting.study_report import findings, load_runs, tables, times_table
 
@@ -34,24 +32,6 @@ def finished_study(synthetic: tuple[Path, Path], tmp_path_factory: pytest.TempPa
     out = tmp_path_factory.mktemp("study") / "s"
     leanmae.study(out=out, data=str(cells), pretrain_data=[str(tiles)], preset="test", fractions=[0.5, 1.0], seeds=[0, 1], jobs=2, set=FAST, progress=False)
     return out
-
-
-def test_estimate_gives_mean_sample_sd_and_t_interval() -> None:
-    e = estimate([1.0, 2.0, 3.0])
-    assert e.mean == 2.0 and e.std == 1.0 and e.n == 3
-    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2) x sd / sqrt(n)
-    assert e.low == pytest.approx(2.0 - half) and e.high == pytest.approx(2.0 + half)
-
-
-def test_one_seed_has_no_interval_and_says_so() -> None:
-    e = estimate([0.7])
-    assert e.n == 1 and math.isnan(e.low) and "1 seed" in e.text()
-    assert not e.excludes_zero()
-
-
-def test_paired_gain_uses_only_seeds_both_arms_have() -> None:
-    g = paired({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.7, 1: 0.7})
-    assert g.n == 2 and g.mean == pytest.approx(0.15)
 
 
 def test_plan_pretrains_once_and_runs_fractions_times_arms_times_seeds(tmp_path: Path) -> None:
@@ -190,10 +170,16 @@ def test_run_times_cover_pretraining_every_cell_and_the_total(finished_study: Pa
     assert "Run times" in (finished_study / "report.html").read_text()
 
 
-def test_findings_state_gains_with_intervals_from_the_numbers(finished_study: Path) -> None:
+def test_findings_state_gains_with_intervals_or_withhold_them_where_runs_collapsed(finished_study: Path) -> None:
+    """The tiny study's runs may collapse to one class: a gain at such a fraction is withheld, never stated."""
     runs = load_runs(finished_study)
-    text = " ".join(findings(runs))
-    assert "macro-F1" in text and "2 seeds" in text
+    lines = findings(runs)
+    for fraction, words in ((0.5, "50 % of the labels"), (1.0, "100 % of the labels")):
+        (line,) = [line for line in lines if words in line and "macro-F1" in line]
+        if any(r.collapsed() for r in runs if r.fraction == fraction):
+            assert line.startswith("Withheld:"), line
+        else:
+            assert "2 seeds" in line, line
     summary = tables(runs)[0]
     assert summary.headers[0] == "labels" and any("MAE gain" in h for h in summary.headers)
 

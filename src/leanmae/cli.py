@@ -123,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-min", type=int, help="SLURM time limit per job in minutes (default 240)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run, e.g. optim.base_lr=5e-4")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--target", type=float, help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
     p.set_defaults(func="study")
 
     p = sub.add_parser("report", help="rebuild a study's tables, figures and report.html from its finished runs")
     p.add_argument("study", help="study folder")
+    p.add_argument("--target", type=float, help="macro-F1 the labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
     p.set_defaults(func="report")
 
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop")

@@ -317,6 +317,7 @@ def study(
     slurm: dict[str, Any] | None = None,
     set: list[str] | None = None,
     progress: bool = True,
+    target: float | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a label-efficiency study in ``out`` and write its report; returns the run states.
 
@@ -357,7 +358,7 @@ def study(
     started = time.time()
     states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress)
     failed = sorted(name for name, s in states.items() if s == "failed")
-    report = write_report(out)
+    report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     print(f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue")

@@ -1,362 +1,42 @@
-"""Tables, figures and report.html of a study, computed from the finished runs in its folder.
+"""report.html and results/ of a study, computed from the finished runs in its folder.
 
-Nothing here is written by hand: every number and every sentence of the findings comes from the
-runs' metrics.json files, so ``leanmae report DIR`` can rebuild the report at any time, also from
-a study that is still running (it reports what has finished and says how much that is).
+Nothing here is written by hand: every number and every sentence comes from the runs' metrics.json
+files, so ``leanmae report DIR`` can rebuild the report at any time, also from a study that is still
+running (it reports what has finished and says how much that is). The page leads with the answer
+(labels needed per arm and the label savings, from the learning curves), after naming any run that
+collapsed or failed; the seed's table follows, then everything else. The same inputs give the same
+bytes: the bootstrap is seeded and the date is the runs' own, not the clock's.
+
+The parts live in their own modules: ``runs`` (finding runs and their labels), ``tables``,
+``learning`` (the learning-curve answer), ``findings`` and ``figures``.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
+import subprocess
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-import numpy as np
-
-from leanmae.evaluation.stats import Estimate, estimate, paired
-from leanmae.reporting.plots import confidence_boxplot, save_figure
+import leanmae
+from leanmae.evaluation.stats import METHOD
+from leanmae.reporting.figures import confidence_figures, curves_figure, label_efficiency_figure, learning_curve_figure, recon_error_figure
+from leanmae.reporting.findings import findings, problems
+from leanmae.reporting.learning import Answer, answer, headline, learning_table
+from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
+from leanmae.reporting.tables import Table, tables, times_table
 from leanmae.training.checkpoint import write_atomic
 
-METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-NAMES = {"accuracy": "Accuracy", "macro_precision": "Precision (macro)", "macro_recall": "Recall (macro)", "macro_f1": "F1 (macro)", "balanced_accuracy": "Balanced accuracy"}
+__all__ = ["Table", "findings", "load_runs", "report", "tables", "times_table", "write_report"]
 
-
-@dataclass
-class Run:
-    """One finished fine-tuning run of the study."""
-
-    folder: Path
-    arm: str
-    fraction: float
-    seed: int
-    metrics: dict[str, Any]
-    history: list[dict[str, float]]
-    info: dict[str, Any]  # its run.json
-
-    @property
-    def test(self) -> dict[str, Any]:
-        return self.metrics["test"]
-
-
-def _info(folder: Path) -> dict[str, Any]:
-    path = folder / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def load_runs(study: Path) -> list[Run]:
-    """Finished runs (run.json status "finished"), sorted by arm, fraction, seed."""
-    runs = []
-    for folder in sorted((study / "runs").glob("*_f*_s*")):
-        info, metrics_file = _info(folder), folder / "metrics.json"
-        if not metrics_file.exists() or info.get("status") != "finished":
-            continue
-        metrics = json.loads(metrics_file.read_text())
-        with open(folder / "history.csv") as f:
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        arm = folder.name.rsplit("_f", 1)[0]
-        runs.append(Run(folder, arm, float(metrics["fraction"]), int(metrics["seed"]), metrics, history, info))
-    return sorted(runs, key=lambda r: (r.arm, r.fraction, r.seed))
-
-
-def _by(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
-    groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
-    for run in runs:
-        groups[(run.arm, run.fraction)].append(run)
-    return groups
-
-
-def _arms(runs: list[Run]) -> list[str]:
-    order = {"scratch": 0, "mae": 1, "mae-linear": 2}
-    return sorted({r.arm for r in runs}, key=lambda a: (order.get(a, 9), a))
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:g} %"
-
-
-def gain(runs: list[Run], metric: str, fraction: float, arm: str = "mae", base: str = "scratch") -> Estimate:
-    """Paired (same seed, same labelled subset) difference ``arm - base`` of a test metric."""
-    groups = _by(runs)
-    a = {r.seed: r.test[metric] for r in groups.get((arm, fraction), [])}
-    b = {r.seed: r.test[metric] for r in groups.get((base, fraction), [])}
-    return paired(a, b)
-
-
-def wrong_confidence(run: Run) -> float | None:
-    return run.test["confidence"]["all"]["wrong"]["median"]
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Table:
-    name: str
-    title: str
-    headers: list[str]
-    rows: list[list[Any]]
-
-    def csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(self.headers)
-        writer.writerows(self.rows)
-        return buffer.getvalue()
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
-        return f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def tables(runs: list[Run]) -> list[Table]:
-    groups, arms = _by(runs), _arms(runs)
-    fractions = sorted({r.fraction for r in runs})
-    labels = list(runs[0].test["per_class"]) if runs else []
-    main_rows, paired_rows, class_rows, conf_rows, run_rows = [], [], [], [], []
-    for f in fractions:
-        row = [_pct(f)]
-        for metric in METRICS:
-            for arm in arms:
-                row.append(estimate([r.test[metric] for r in groups.get((arm, f), [])]).text())
-            if "mae" in arms and "scratch" in arms:
-                row.append(gain(runs, metric, f).text())
-        main_rows.append(row)
-        for arm in arms:
-            if arm == "scratch" or "scratch" not in arms:
-                continue
-            for metric in (*METRICS, "balanced_accuracy"):
-                g = gain(runs, metric, f, arm)
-                paired_rows.append([_pct(f), f"{arm} - scratch", NAMES[metric], f"{g.mean:+.4f}", "" if g.n < 2 else f"{g.low:+.4f}", "" if g.n < 2 else f"{g.high:+.4f}", g.n, "yes" if g.excludes_zero() else "no"])
-        for arm in arms:
-            rs = groups.get((arm, f), [])
-            if not rs:
-                continue
-            class_rows.append([_pct(f), arm] + [estimate([r.test["per_class"][c]["f1"] for r in rs]).text() for c in labels])
-            for outcome in ("correct", "wrong"):
-                medians = [[r.test["confidence"][c][outcome]["median"] for r in rs] for c in ["all", *labels]]
-                conf_rows.append([_pct(f), arm, outcome] + [estimate([m for m in ms if m is not None]).text() for ms in medians])
-    trust_rows = []
-    for f in fractions:
-        for arm in arms:
-            rs = groups.get((arm, f), [])
-            if not rs or "calibration" not in rs[0].metrics:
-                continue
-            cells = [
-                [r.metrics["calibration"]["before"]["ece"] for r in rs],
-                [r.metrics["calibration"]["after"]["ece"] for r in rs],
-                [r.metrics["refer"]["aurc"] for r in rs],
-                [r.metrics["refer"]["test"]["coverage"] for r in rs],
-                [r.metrics["refer"]["test"]["accuracy_kept"] for r in rs],
-                [r.metrics.get("ood", {}).get("auroc_msp") for r in rs],
-                [r.metrics.get("ood", {}).get("auroc_energy") for r in rs],
-            ]
-            trust_rows.append([_pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells])
-    for r in runs:
-        run_rows.append([r.arm, _pct(r.fraction), r.seed, r.metrics["train_images"], *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")), r.metrics.get("selected_epoch"), f"{r.metrics.get('wall_seconds', 0):.0f}"])
-    main_headers = ["labels"] + [f"{NAMES[m]}: {arm}" for m in METRICS for arm in arms + (["MAE gain"] if "mae" in arms and "scratch" in arms else [])]
-    return [
-        Table("summary", "Test metrics per label fraction: mean ± sd over seeds [95 % CI]; MAE gain paired by seed", main_headers, main_rows),
-        Table("paired", "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % CI", ["labels", "comparison", "metric", "mean difference", "CI low", "CI high", "seeds", "CI excludes 0"], paired_rows),
-        Table(
-            "trust",
-            "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
-            ["labels", "arm", "ECE before", "ECE after", "AURC", "coverage at target", "accuracy kept", "OOD AUROC (MSP)", "OOD AUROC (energy)"],
-            trust_rows,
-        ),
-        Table("per_class_f1", "Per-class test F1: mean ± sd [95 % CI]", ["labels", "arm", *labels], class_rows),
-        Table("confidence", "Median confidence (probability of the predicted class) on the test split, per true class", ["labels", "arm", "prediction", "all", *labels], conf_rows),
-        Table("runs", "Every finished run", ["arm", "labels", "seed", "train images", *(NAMES[m] for m in (*METRICS, "balanced_accuracy")), "selected epoch", "seconds"], run_rows),
-    ]
-
-
-def times_table(runs: list[Run], pretrain: Path) -> Table:
-    """Wall-clock time per arm x fraction, the MAE pretraining, and the study's elapsed time.
-
-    A run resumed after an interruption records only its last segment ("resumed" counts them), so
-    its time is a lower bound; the elapsed time runs from the first start to the last finish and
-    includes any interruption.
-    """
-    rows: list[list[Any]] = []
-    pre = _info(pretrain)
-    pre_minutes = pre["wall_seconds"] / 60 if pre.get("status") == "finished" else None
-    if pre_minutes is not None:
-        rows.append(["MAE pretraining", "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{pre_minutes:.1f}", f"{pre_minutes:.1f}"])
-    arms = _arms(runs)
-    for (arm, fraction), rs in sorted(_by(runs).items(), key=lambda kv: (kv[0][1], arms.index(kv[0][0]))):
-        minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
-        resumed = sum(1 for r in rs if r.info.get("resumed_from_epoch"))
-        rows.append([arm, _pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"])
-    total = (pre_minutes or 0.0) + sum(r.metrics["wall_seconds"] / 60 for r in runs)
-    resumed_all = sum(1 for info in [pre if pre_minutes is not None else {}, *(r.info for r in runs)] if info.get("resumed_from_epoch"))
-    rows.append(["all runs", "", len(runs) + (pre_minutes is not None), resumed_all, "", f"{total:.1f}"])
-    timed = [(folder, info) for folder, info in [(pretrain, pre), *((r.folder, r.info) for r in runs)] if info.get("started")]
-    if timed:
-        starts = [datetime.strptime(info["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, info in timed]
-        ends = [(folder / "run.json").stat().st_mtime for folder, _ in timed]
-        rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
-    return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
-
-
-# ----------------------------------------------------------------------------- findings
-
-
-def findings(runs: list[Run]) -> list[str]:
-    """Plain-language statements computed from the numbers."""
-    if not runs:
-        return ["No fine-tuning run has finished yet."]
-    groups, arms = _by(runs), _arms(runs)
-    fractions = sorted({r.fraction for r in runs})
-    lines = []
-    if "mae" in arms and "scratch" in arms:
-        for f in fractions:
-            g = gain(runs, "macro_f1", f)
-            if g.n == 0:
-                continue
-            if g.n == 1:
-                lines.append(f"At {_pct(f)} of the labels, MAE minus scratch macro-F1 is {g.mean:+.3f} from one seed: no interval, so it cannot be told from noise.")
-            elif g.excludes_zero():
-                verb = "adds" if g.mean > 0 else "costs"
-                lines.append(f"At {_pct(f)} of the labels, MAE initialisation {verb} {abs(g.mean):.3f} macro-F1 (95 % CI {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds).")
-            else:
-                lines.append(f"At {_pct(f)} of the labels, the macro-F1 difference MAE minus scratch ({g.mean:+.3f}, 95 % CI {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is within noise.")
-        full = groups.get(("mae", max(fractions)), [])
-        if full and max(fractions) == 1.0:
-            top = np.mean([r.test["macro_f1"] for r in full])
-            for f in fractions[:-1]:
-                part = groups.get(("mae", f), [])
-                if part and top > 0:
-                    lines.append(f"With MAE initialisation, {_pct(f)} of the labels reach {np.mean([r.test['macro_f1'] for r in part]) / top:.0%} of the macro-F1 obtained with all labels.")
-        for f in fractions:
-            a = {r.seed: wrong_confidence(r) for r in groups.get(("mae", f), []) if wrong_confidence(r) is not None}
-            b = {r.seed: wrong_confidence(r) for r in groups.get(("scratch", f), []) if wrong_confidence(r) is not None}
-            d = paired(a, b)
-            if d.n == 0:
-                continue
-            direction = "more" if d.mean > 0 else "less"
-            certainty = "beyond the interval" if d.excludes_zero() else ("within noise" if d.n > 1 else "one seed, no interval")
-            lines.append(
-                f"At {_pct(f)} of the labels, wrong predictions of MAE-initialised models are {direction} confident than from scratch: "
-                f"median confidence {np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
-            )
-    top = max(fractions)
-    for arm in arms:
-        rs = [r for r in groups.get((arm, top), []) if "calibration" in r.metrics]
-        if rs:
-            before = estimate([r.metrics["calibration"]["before"]["ece"] for r in rs])
-            after = estimate([r.metrics["calibration"]["after"]["ece"] for r in rs])
-            coverage = estimate([r.metrics["refer"]["test"]["coverage"] for r in rs])
-            target = rs[0].metrics["refer"]["target_accuracy"]
-            lines.append(
-                f"{arm} at {_pct(top)} of the labels: expected calibration error {before.mean:.3f} before and {after.mean:.3f} after temperature scaling; "
-                f"referring predictions under the validation-chosen threshold keeps {coverage.mean:.0%} of test images for a {target:.0%} accuracy target."
-            )
-    for arm in arms:
-        for f in fractions:
-            rs = groups.get((arm, f), [])
-            collapsed = [r.seed for r in rs if sum(1 for c in r.test["per_class"].values() if c["recall"] > 0) <= 1]
-            if collapsed:
-                lines.append(f"Warning: {arm} at {_pct(f)} collapsed to predicting a single class for seed(s) {collapsed}.")
-    return lines
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def label_efficiency_figure(runs: list[Run], path: Path) -> Path:
-    groups, arms = _by(runs), _arms(runs)
-    fractions = sorted({r.fraction for r in runs})
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
-    for ax, metric in zip(axes, METRICS):
-        for arm in arms:
-            xs, est = [], []
-            for f in fractions:
-                rs = groups.get((arm, f), [])
-                if rs:
-                    xs.append(f)
-                    est.append(estimate([r.test[metric] for r in rs]))
-            if not xs:
-                continue
-            means = [e.mean for e in est]
-            line = ax.plot(xs, means, marker="o", label=arm)[0]
-            if all(e.n > 1 for e in est):
-                ax.fill_between(xs, [e.low for e in est], [e.high for e in est], color=line.get_color(), alpha=0.2)
-        ax.set_xscale("log")
-        ax.set_xticks(fractions, [_pct(f) for f in fractions])
-        ax.set(title=NAMES[metric], xlabel="share of training labels (log scale)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test score (mean, 95 % CI band)")
-    axes[0].legend()
-    fig.suptitle("Label efficiency: test metrics against the share of labels used")
-    return save_figure(fig, path)
-
-
-def curves_figure(runs: list[Run], path: Path) -> Path:
-    fractions = sorted({r.fraction for r in runs})
-    arms = _arms(runs)
-    colors = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, axes = plt.subplots(len(fractions), 2, figsize=(11, 3 * len(fractions)), squeeze=False)
-    for row, f in enumerate(fractions):
-        for r in (r for r in runs if r.fraction == f):
-            epochs = [h["epoch"] for h in r.history]
-            axes[row, 0].plot(epochs, [h["train_loss"] for h in r.history], color=colors[r.arm], alpha=0.5, ls="--")
-            axes[row, 0].plot(epochs, [h["val_loss"] for h in r.history], color=colors[r.arm], alpha=0.8, label=f"{r.arm} seed {r.seed}")
-            axes[row, 1].plot(epochs, [h["val_accuracy"] for h in r.history], color=colors[r.arm], alpha=0.8, label=f"{r.arm} seed {r.seed}")
-        axes[row, 0].set(title=f"{_pct(f)} of labels: loss (dashed train, solid validation)", xlabel="epoch", ylabel="loss")
-        axes[row, 1].set(title=f"{_pct(f)} of labels: validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-        for ax in axes[row]:
-            ax.grid(alpha=0.3)
-        axes[row, 1].legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def confidence_figures(runs: list[Run], folder: Path) -> list[Path]:
-    """The seed's box plots, per fraction, both arms, pooled over seeds (from predictions.csv)."""
-    paths = []
-    for f in sorted({r.fraction for r in runs}):
-        groups: dict[str, dict[str, np.ndarray]] = {}
-        labels: list[str] = []
-        for arm in _arms(runs):
-            y, probs = [], []
-            for r in (r for r in runs if r.fraction == f and r.arm == arm):
-                with open(r.folder / "predictions.csv") as fh:
-                    rows = list(csv.DictReader(fh))
-                labels = [k[2:] for k in rows[0] if k.startswith("p_")]
-                y += [labels.index(row["true_label"]) for row in rows]
-                probs += [[float(row[f"p_{c}"]) for c in labels] for row in rows]
-            if y:
-                groups[arm] = {"true": np.array(y), "probs": np.array(probs)}
-        if groups:
-            paths.append(confidence_boxplot(groups, labels, folder / f"confidence_f{f:g}.png", f"Confidence on the test split at {_pct(f)} of labels (all seeds pooled)"))
-    return paths
-
-
-def recon_error_figure(recon: dict[str, Any], path: Path) -> Path:
-    ratios = sorted(recon["by_mask_ratio"], key=float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([float(r) for r in ratios], [recon["by_mask_ratio"][r]["masked_mse"] for r in ratios], marker="o", label="masked patches")
-    ax.plot([float(r) for r in ratios], [recon["by_mask_ratio"][r]["visible_mse"] for r in ratios], marker="s", label="visible patches")
-    ax.axvline(recon["training_mask_ratio"], color="grey", ls=":", label="training mask ratio")
-    ax.set(xlabel="mask ratio at evaluation", ylabel=f"MSE ({recon['space']})", title="MAE reconstruction error: masked vs visible")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
-
-
-# ----------------------------------------------------------------------------- report
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}
+th{background:#f3f3f3}td:first-child{white-space:nowrap}img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.note{color:#a33}
+.answer{font-size:18px;line-height:1.45;background:#eef5ee;border-left:5px solid #4c9f70;padding:.6em 1em}
+.warn{background:#fdecea;border-left:5px solid #d1495b;padding:.6em 1em}.meta{color:#555;font-size:13px}"""
 
 
 def _img(path: Path, caption: str) -> str:
@@ -366,65 +46,82 @@ def _img(path: Path, caption: str) -> str:
     return f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}
-pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.note{color:#a33}"""
+def expected_runs(settings: dict[str, Any]) -> int:
+    """Fine-tuning runs a study's settings ask for: every seed at every fraction, extra seeds at the small ones."""
+    fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])
+    extra = [s for s in settings.get("extra_seeds", []) if s not in seeds]
+    small = [f for f in fractions if f <= settings.get("extra_seeds_up_to", 0.1)]
+    return len(settings.get("arms", [])) * (len(fractions) * len(seeds) + len(small) * len(extra))
 
 
-def write_report(study: Path) -> Path:
-    """Write results/ (tables and figures) and report.html for the study in ``study``."""
-    study = Path(study)
-    results = study / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(study)
-    settings = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
-    given = settings.get("mae") or []
-    given = [given] if isinstance(given, str) else given
-    pretrain = Path(given[0].rpartition("=")[2]) if given else study / "pretrain"
-    expected = len(settings.get("fractions", [])) * len(settings.get("arms", [])) * len(settings.get("seeds", [])) or len(runs)
-    all_tables = tables(runs) if runs else []
-    for table in all_tables:
-        write_atomic(results / f"{table.name}.csv", table.csv())
-    write_atomic(results / "tables.md", "\n".join(t.markdown() for t in all_tables) or "No finished runs yet.\n")
-    figures: list[tuple[Path, str]] = []
-    if runs:
-        figures.append((label_efficiency_figure(runs, results / "label_efficiency.png"), "Label-efficiency curves (log x axis; bands: 95 % CI over seeds)"))
-        figures.append((curves_figure(runs, results / "training_curves.png"), "Training curves of every run"))
-        figures += [(p, f"Confidence box plots, correct vs wrong, per class ({p.stem.split('_f')[-1]} of labels)") for p in confidence_figures(runs, results)]
-    mae_figures = []
-    if (pretrain / "recon_metrics.json").exists():
-        recon = json.loads((pretrain / "recon_metrics.json").read_text())
-        mae_figures = [
-            (pretrain / "loss.png", "MAE pretraining loss"),
-            (pretrain / "reconstructions.png", "MAE reconstructions of held-out images"),
-            (recon_error_figure(recon, results / "mae_recon_errors.png"), "MAE reconstruction error on masked and visible patches by mask ratio"),
-        ]
-    text = findings(runs)
-    write_atomic(results / "findings.md", "\n".join(f"- {line}" for line in text) + "\n")
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study report</title><style>{CSS}</style></head><body>"]
-    parts.append("<h1>Label-efficiency study: does MAE pretraining cut the labels needed?</h1>")
-    parts.append(f"<p>{len(runs)} of {expected} fine-tuning runs finished.</p>")
-    if len(runs) < expected:
-        parts.append("<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>")
-    parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>")
-    for table in all_tables[:3]:
-        parts.append(table.html())
-    if runs:
-        times = times_table(runs, pretrain)
-        write_atomic(results / "times.csv", times.csv())
-        parts.append(times.html())
-    parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
-    for table in all_tables[3:]:
-        parts.append(table.html())
-    if mae_figures:
-        parts.append("<h2>MAE pretraining</h2>" + "".join(_img(p, c) for p, c in mae_figures))
-    parts.append("<h2>Data</h2>" + _data_summary(study / "split.csv"))
-    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
-    parts.append("</body></html>")
-    path = study / "report.html"
-    write_atomic(path, "\n".join(parts))
-    return path
+def _commit() -> str:
+    """The git commit of the leanmae source that builds the report, or "unknown" outside a checkout."""
+    source = Path(leanmae.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _study_command(study: Path, settings: dict[str, Any]) -> str:
+    """The ``leanmae study`` command line that reproduces the study's settings."""
+    flags = [f"--out {study}"]
+    for key in ("data", "pool", "preset"):
+        if settings.get(key):
+            flags.append(f"--{key} {settings[key]}")
+    for key in ("classes", "fractions", "seeds", "arms"):
+        if settings.get(key):
+            flags.append(f"--{key} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key]))
+    for key in ("pretrain_data", "ood_data"):
+        flags += [f"--{key.replace('_', '-')} {v}" for v in settings.get(key) or []]
+    mae = settings.get("mae")
+    flags += [f"--mae {m}" for m in ([mae] if isinstance(mae, str) else mae or [])]
+    flags += [f"--set {s}" for s in settings.get("set") or []]
+    return "leanmae study " + " ".join(flags)
+
+
+def _provenance(study: Path, runs: list[Run], settings: dict[str, Any], target: float | None) -> str:
+    """Version, commit, date, device and commands, from the runs' run.json files and the code that reports."""
+    devices = sorted({f"{r.info.get('device', '?')} x{r.info.get('world_size', 1)}" for r in runs})
+    versions = sorted({r.info.get("versions", {}).get("leanmae", "?") for r in runs})
+    torch = sorted({r.info.get("versions", {}).get("torch", "?") for r in runs})
+    dates = sorted(r.info["started"][:10] for r in runs if r.info.get("started"))
+    when = "" if not dates else (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
+    report_cmd = f"leanmae report {study}" + (f" --target {target:g}" if target is not None else "")
+    rows = [
+        ("report built by", f"leanmae {leanmae.__version__}, commit {_commit()}"),
+        ("runs made by", f"leanmae {', '.join(versions) or '?'}; torch {', '.join(torch) or '?'}"),
+        ("runs started", when or "?"),
+        ("device (x processes)", ", ".join(devices) or "?"),
+        ("study command", _study_command(study, settings)),
+        ("report command", report_cmd),
+    ]
+    return "<table class='meta'>" + "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows) + "</table>"
+
+
+def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], str]:
+    """(warnings to show at the top, the MAE pretraining section): errors beside the trivial predictors', probes."""
+    warnings, parts = [], []
+    for pool, folder in folders.items():
+        recon_file = folder / "recon_metrics.json"
+        title = "MAE pretraining" + ("" if pool == "pretrain" else f" on pool {pool}")
+        parts.append(f"<h3>{html.escape(title)} (<code>{html.escape(str(folder))}</code>)</h3>")
+        if not recon_file.exists():
+            parts.append("<p>No reconstruction metrics (the pretraining has not finished).</p>")
+            continue
+        recon = json.loads(recon_file.read_text())
+        if recon.get("warning"):
+            warnings.append(f"{title}: {recon['warning']}")
+            parts.append(f"<p class='warn'>{html.escape(recon['warning'])}</p>")
+        rows = [[ratio, *(f"{row[k]:.4f}" if k in row else "—" for k in ("masked_mse", "visible_mse", "visible_mean_mse", "neighbour_mse"))] for ratio, row in sorted(recon["by_mask_ratio"].items(), key=lambda kv: float(kv[0]))]
+        parts.append(Table("recon", f"Reconstruction error ({recon['space']}) by mask ratio: the MAE beside two trivial predictors of the masked patches", ["mask ratio", "MAE masked", "MAE visible", "trivial: mean of visible", "trivial: nearest visible"], rows).html())
+        if recon.get("representation"):
+            rep = recon["representation"]
+            parts.append(Table("representation", "Frozen encoder on the labelled validation images", list(rep), [[f"{v:.3f}" for v in rep.values()]]).html())
+        figure = recon_error_figure(recon, results / f"mae_recon_errors{'' if pool == 'pretrain' else '_' + pool}.png", f"{title}: reconstruction error")
+        parts += [_img(folder / "loss.png", f"{title}: loss"), _img(folder / "reconstructions.png", f"{title}: reconstructions of held-out images"), _img(figure, f"{title}: error on masked and visible patches by mask ratio, beside the trivial predictors")]
+    return warnings, ("<h2>MAE pretraining</h2>" + "".join(parts)) if parts else ""
 
 
 def _data_summary(split_csv: Path) -> str:
@@ -439,8 +136,77 @@ def _data_summary(split_csv: Path) -> str:
     return Table("data", "Images per class per split", ["split", *labels, "total"], rows).html()
 
 
-def report(study: str | Path) -> Path:
-    """``leanmae report DIR``: rebuild tables, figures and report.html from the finished runs."""
-    path = write_report(Path(study))
+def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list[str], str]:
+    lines = headline(a, runs)
+    if a is None:
+        return lines, ""
+    parts = [_img(learning_curve_figure(runs, a, results / "learning_curves.png"), "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % bootstrap band, the target and the labels each arm needs for it (triangles)")]
+    if a.val_mode == "full":
+        parts.append("<p class='note'>These runs chose their epoch on the whole validation split (validation mode 'full'); those labels are not counted above, so a lab with this budget would need somewhat more.</p>")
+    parts.append(learning_table(a).html())
+    return lines, "".join(parts)
+
+
+def write_report(study: Path, target: float | None = None) -> Path:
+    """Write results/ (tables and figures) and report.html for the study in ``study``."""
+    study = Path(study)
+    results = study / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    runs, failed = load_runs(study), failed_runs(study)
+    settings = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
+    pretrains = pretrain_folders(study, settings)
+    expected = expected_runs(settings) or len(runs)
+    all_tables = {t.name: t for t in tables(runs)} if runs else {}
+    a = answer(runs, target) if runs else None
+    lines, answer_html = _answer_part(runs, a, results) if runs else (["No fine-tuning run has finished yet."], "")
+    if a is not None:
+        all_tables["labels_needed"] = learning_table(a)
+    for table in all_tables.values():
+        write_atomic(results / f"{table.name}.csv", table.csv())
+    write_atomic(results / "tables.md", "\n".join(t.markdown() for t in all_tables.values()) or "No finished runs yet.\n")
+    text = findings(runs, failed)
+    write_atomic(results / "findings.md", "\n".join(f"- {line}" for line in [*lines, *text]) + "\n")
+    mae_warnings, mae_html = _mae_section(pretrains, results)
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study report</title><style>{CSS}</style></head><body>"]
+    parts.append("<h1>How many labels do we need, and does MAE pretraining cut that number?</h1>")
+    parts.append(_provenance(study, runs, settings, target))
+    parts.append(f"<p>{len(runs)} of {expected} fine-tuning runs finished.</p>")
+    if len(runs) < expected:
+        parts.append("<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>")
+    warnings = [*problems(runs, failed), *mae_warnings]
+    if warnings:
+        parts.append("<div class='warn'><b>Read first:</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+    parts.append("<h2>The answer</h2><div class='answer' id='headline'>" + "".join(f"<p>{html.escape(line)}</p>" for line in lines) + "</div>")
+    parts.append(answer_html)
+    if "summary" in all_tables:
+        parts.append(all_tables["summary"].html())
+    parts.append(f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>")
+    parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>")
+    for name in ("labels", "paired", "trust"):
+        if name in all_tables:
+            parts.append(all_tables[name].html())
+    if runs:
+        times = times_table(runs, *pretrains.values())
+        write_atomic(results / "times.csv", times.csv())
+        parts.append(times.html())
+        figures = [(label_efficiency_figure(runs, results / "label_efficiency.png"), "Label-efficiency curves (log x axis; bands: 95 % interval over seeds)"), (curves_figure(runs, results / "training_curves.png"), "Training curves of every run")]
+        figures += [(p, f"Confidence box plots, correct vs wrong, per class ({pct(f)} of the labels)") for p, f in confidence_figures(runs, results)]
+        parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
+    for name in ("per_class_f1", "confidence", "runs"):
+        if name in all_tables:
+            parts.append(all_tables[name].html())
+    parts.append(mae_html)
+    parts.append("<h2>Data</h2>" + _data_summary(study / "split.csv"))
+    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre>")
+    parts.append("</body></html>")
+    path = study / "report.html"
+    write_atomic(path, "\n".join(parts))
+    return path
+
+
+def report(study: str | Path, target: float | None = None) -> Path:
+    """``leanmae report DIR [--target F1]``: rebuild tables, figures and report.html from the finished runs."""
+    path = write_report(Path(study), target)
     print(f"wrote {path} and {Path(study) / 'results'}")
     return path

@@ -1,0 +1,169 @@
+"""Finding a study's runs and what each one used: labels as counts, collapse, failure, MAE folders.
+
+The report reads everything from the study folder, so it works for studies written by older
+versions too: runs without ``labels_used`` in metrics.json get their training labels recomputed from
+the split manifest (the draw is deterministic), and those runs chose their epoch on the whole
+validation split ("full" validation).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINE = "scratch"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The labelled images one run used, per class: its training labels and, if honest, its validation labels."""
+
+    train: dict[str, int]
+    val: dict[str, int]
+    val_mode: str  # "honest": val is a label fraction too; "full": the whole val split was used
+
+    @property
+    def total(self) -> int:
+        """The labels a lab with this budget needs: training labels plus honest validation labels."""
+        return sum(self.train.values()) + (sum(self.val.values()) if self.val_mode == "honest" else 0)
+
+    def per_class(self) -> dict[str, int]:
+        counted = dict(self.train)
+        if self.val_mode == "honest":
+            for label, n in self.val.items():
+                counted[label] = counted.get(label, 0) + n
+        return counted
+
+
+@dataclass
+class Run:
+    """One finished fine-tuning run of the study."""
+
+    folder: Path
+    arm: str
+    fraction: float
+    seed: int
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    info: dict[str, Any]  # its run.json
+    labels: Labels
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.metrics["test"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm} at {pct(self.fraction)}, seed {self.seed}"
+
+    def collapsed(self) -> bool:
+        """True when the run predicts a single class for the whole test split (at most one class recalled)."""
+        return sum(1 for c in self.test["per_class"].values() if c["recall"] > 0) <= 1
+
+
+def pct(fraction: float) -> str:
+    """The one wording of a label fraction: ``1 %``, ``10 %``, ``100 %``."""
+    return f"{fraction * 100:g} %"
+
+
+def info(folder: Path) -> dict[str, Any]:
+    path = folder / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _labels(metrics: dict[str, Any], manifest: list[Any] | None) -> Labels:
+    used = metrics.get("labels_used")
+    if used:
+        return Labels(dict(used["train"]), dict(used.get("val", {})), used.get("val_mode", "full"))
+    if manifest is None:
+        return Labels({}, {}, "full")
+    from leanmae.data.split import label_fraction
+
+    train: dict[str, int] = defaultdict(int)
+    for item in label_fraction(manifest, float(metrics["fraction"]), int(metrics["seed"])):
+        train[item.label] += 1
+    return Labels(dict(sorted(train.items())), {}, "full")
+
+
+def _manifest(study: Path) -> list[Any] | None:
+    if not (study / "split.csv").exists():
+        return None
+    from leanmae.data.split import read_manifest
+
+    return read_manifest(study / "split.csv")[1]
+
+
+def load_runs(study: Path) -> list[Run]:
+    """Finished runs (run.json status "finished"), scratch first, then the other arms sorted; by fraction, seed."""
+    runs, manifest = [], _manifest(study)
+    for folder in sorted((study / "runs").glob("*_f*_s*")):
+        run_info, metrics_file = info(folder), folder / "metrics.json"
+        if not metrics_file.exists() or run_info.get("status") != "finished":
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        with open(folder / "history.csv") as f:
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        arm = folder.name.rsplit("_f", 1)[0]
+        runs.append(Run(folder, arm, float(metrics["fraction"]), int(metrics["seed"]), metrics, history, run_info, _labels(metrics, manifest)))
+    order = arms(runs)
+    return sorted(runs, key=lambda r: (order.index(r.arm), r.fraction, r.seed))
+
+
+def failed_runs(study: Path) -> list[str]:
+    """Run folders whose run.json says the run failed (not those still running or waiting)."""
+    return [folder.name for folder in sorted((study / "runs").glob("*_f*_s*")) if folder.is_dir() and info(folder).get("status") == "failed"]
+
+
+def arms(runs: list[Run]) -> list[str]:
+    """Scratch (the baseline) first, then every other arm in name order."""
+    return sorted({r.arm for r in runs}, key=lambda a: (a != BASELINE, a))
+
+
+def by_cell(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
+    groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.arm, run.fraction)].append(run)
+    return groups
+
+
+def labels_at(runs: list[Run]) -> dict[float, Labels]:
+    """The labels of each fraction (the same for every seed and arm: the draw is stratified by count)."""
+    found: dict[float, Labels] = {}
+    for run in runs:
+        found.setdefault(run.fraction, run.labels)
+    return found
+
+
+def label_text(labels: Labels | None, fraction: float) -> str:
+    """``1 % (72 labels, 9-23 per class)``: the percentage always beside the counts."""
+    if labels is None or not labels.train:
+        return pct(fraction)
+    per = labels.per_class().values()
+    return f"{pct(fraction)} ({labels.total} labels, {min(per)}–{max(per)} per class)"
+
+
+def pretrain_folders(study: Path, settings: dict[str, Any]) -> dict[str, Path]:
+    """The study's MAE pretraining folders that exist, by pool name: ``pretrain/``, ``pretrain-<pool>/``, study.json's ``mae``.
+
+    ``mae`` may be a path, or a list of paths or ``pool=PATH`` strings; a relative path is looked up
+    as given and then inside the study folder.
+    """
+    found: dict[str, Path] = {}
+    given = settings.get("mae") or []
+    for entry in [given] if isinstance(given, str) else given:
+        pool, _, path = entry.rpartition("=")
+        folder = Path(path)
+        if not folder.exists() and (study / path).exists():
+            folder = study / path
+        if folder.name == "model" and (folder.parent / "run.json").exists():
+            folder = folder.parent  # a pretraining run's model/: its curves and metrics sit one level up
+        if folder.is_dir():
+            found[pool or folder.name] = folder
+    for folder in sorted(study.glob("pretrain*")):
+        if folder.is_dir() and (folder / "run.json").exists():
+            found.setdefault(folder.name.removeprefix("pretrain").lstrip("-") or "pretrain", folder)
+    return found

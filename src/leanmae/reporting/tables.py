@@ -1,0 +1,170 @@
+"""The study's tables (CSV, Markdown, HTML): the seed's table, paired gains, trust, per class, every run, times."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanmae.evaluation.stats import Estimate, estimate, paired
+from leanmae.reporting.runs import BASELINE, Labels, Run, arms, by_cell, info, label_text, labels_at, pct
+
+METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+NAMES = {"accuracy": "Accuracy", "macro_precision": "Precision (macro)", "macro_recall": "Recall (macro)", "macro_f1": "F1 (macro)", "balanced_accuracy": "Balanced accuracy"}
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.headers)
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
+        return f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def gain(runs: list[Run], metric: str, fraction: float, arm: str, base: str = BASELINE) -> Estimate:
+    """Paired (same seed, same labelled subset) difference ``arm - base`` of a test metric."""
+    groups = by_cell(runs)
+    a = {r.seed: r.test[metric] for r in groups.get((arm, fraction), [])}
+    b = {r.seed: r.test[metric] for r in groups.get((base, fraction), [])}
+    return paired(a, b)
+
+
+def gain_name(arm: str) -> str:
+    return "MAE gain" if arm == "mae" else f"{arm} gain"
+
+
+def pretrained(runs: list[Run]) -> list[str]:
+    """The arms compared with scratch (every arm but scratch, when scratch was run)."""
+    names = arms(runs)
+    return [a for a in names if a != BASELINE] if BASELINE in names else []
+
+
+def _validation(labels: Labels, run_info: dict[str, Any]) -> str:
+    if labels.val_mode == "honest":
+        return f"honest ({sum(labels.val.values())})"
+    whole = run_info.get("images", {}).get("val")
+    return f"full split ({whole})" if whole else "full split"
+
+
+def labels_table(runs: list[Run]) -> Table:
+    """Labels per fraction as counts: in total and per class, and how the epoch was chosen."""
+    at = labels_at(runs)
+    classes = sorted({c for labels in at.values() for c in labels.per_class()})
+    first = {r.fraction: r for r in runs}
+    rows = [[pct(f), labels.total, *(labels.per_class().get(c, "") for c in classes), _validation(labels, first[f].info)] for f, labels in sorted(at.items())]
+    return Table(
+        "labels",
+        "Labels used per fraction (training labels, plus validation labels where they were a fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)",
+        ["labels", "labelled images", *classes, "validation"],
+        rows,
+    )
+
+
+def tables(runs: list[Run]) -> list[Table]:
+    groups, names, others = by_cell(runs), arms(runs), pretrained(runs)
+    fractions = sorted({r.fraction for r in runs})
+    at = labels_at(runs)
+    classes = list(runs[0].test["per_class"]) if runs else []
+    main_rows, paired_rows, class_rows, conf_rows, trust_rows, run_rows = [], [], [], [], [], []
+    for f in fractions:
+        row = [label_text(at.get(f), f)]
+        for metric in METRICS:
+            row += [estimate([r.test[metric] for r in groups.get((arm, f), [])]).text() for arm in names]
+            row += [gain(runs, metric, f, arm).text() for arm in others]
+        main_rows.append(row)
+        for arm in others:
+            for metric in (*METRICS, "balanced_accuracy"):
+                g = gain(runs, metric, f, arm)
+                paired_rows.append([pct(f), f"{arm} - scratch", NAMES[metric], f"{g.mean:+.4f}", "" if g.n < 2 else f"{g.low:+.4f}", "" if g.n < 2 else f"{g.high:+.4f}", g.n, "yes" if g.excludes_zero() else "no"])
+        for arm in names:
+            rs = groups.get((arm, f), [])
+            if not rs:
+                continue
+            class_rows.append([pct(f), arm] + [estimate([r.test["per_class"][c]["f1"] for r in rs]).text() for c in classes])
+            for outcome in ("correct", "wrong"):
+                medians = [[r.test["confidence"][c][outcome]["median"] for r in rs] for c in ["all", *classes]]
+                conf_rows.append([pct(f), arm, outcome] + [estimate([m for m in ms if m is not None]).text() for ms in medians])
+            if "calibration" in rs[0].metrics:
+                cells = [
+                    [r.metrics["calibration"]["before"]["ece"] for r in rs],
+                    [r.metrics["calibration"]["after"]["ece"] for r in rs],
+                    [r.metrics["refer"]["aurc"] for r in rs],
+                    [r.metrics["refer"]["test"]["coverage"] for r in rs],
+                    [r.metrics["refer"]["test"]["accuracy_kept"] for r in rs],
+                    [r.metrics.get("ood", {}).get("auroc_msp") for r in rs],
+                    [r.metrics.get("ood", {}).get("auroc_energy") for r in rs],
+                ]
+                trust_rows.append([pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells])
+    for r in runs:
+        run_rows.append([r.arm, pct(r.fraction), r.seed, r.labels.total or r.metrics["train_images"], _validation(r.labels, r.info), *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")), r.metrics.get("selected_epoch"), f"{r.metrics.get('wall_seconds', 0):.0f}", "yes" if r.collapsed() else ""])
+    main_headers = ["labels"] + [f"{NAMES[m]}: {name}" for m in METRICS for name in [*names, *map(gain_name, others)]]
+    interval = "95 % interval: t over seeds on the logit scale, inside the metric's range"
+    return [
+        Table("summary", f"Test metrics per label fraction: mean ± sd over seeds [{interval}]; gains paired by seed", main_headers, main_rows),
+        Table("paired", "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % interval (logit-scale t on [-1, 1])", ["labels", "comparison", "metric", "mean difference", "CI low", "CI high", "seeds", "CI excludes 0"], paired_rows),
+        Table(
+            "trust",
+            "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
+            ["labels", "arm", "ECE before", "ECE after", "AURC", "coverage at target", "accuracy kept", "OOD AUROC (MSP)", "OOD AUROC (energy)"],
+            trust_rows,
+        ),
+        labels_table(runs),
+        Table("per_class_f1", "Per-class test F1: mean ± sd [95 % interval]", ["labels", "arm", *classes], class_rows),
+        Table("confidence", "Median confidence (probability of the predicted class) on the test split, per true class", ["labels", "arm", "prediction", "all", *classes], conf_rows),
+        Table("runs", "Every finished run", ["arm", "labels", "seed", "labelled images", "validation", *(NAMES[m] for m in (*METRICS, "balanced_accuracy")), "selected epoch", "seconds", "collapsed"], run_rows),
+    ]
+
+
+def times_table(runs: list[Run], *pretrains: Path) -> Table:
+    """Wall-clock time per arm x fraction, each MAE pretraining, and the study's elapsed time.
+
+    A run resumed after an interruption records only its last segment ("resumed" counts them), so
+    its time is a lower bound; the elapsed time runs from the first start to the last finish (a
+    run's start plus its seconds, so a resumed run's finish is a lower bound too) and includes any
+    interruption.
+    """
+    rows: list[list[Any]] = []
+    finished = [(folder, info(folder)) for folder in pretrains]
+    finished = [(folder, i) for folder, i in finished if i.get("status") == "finished"]
+    for folder, pre in finished:
+        name = "MAE pretraining" if len(finished) == 1 else f"MAE pretraining ({folder.name})"
+        minutes = pre["wall_seconds"] / 60
+        rows.append([name, "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{minutes:.1f}", f"{minutes:.1f}"])
+    order = arms(runs)
+    for (arm, fraction), rs in sorted(by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+        minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
+        resumed = sum(1 for r in rs if r.info.get("resumed_from_epoch"))
+        rows.append([arm, pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"])
+    pre_minutes = sum(pre["wall_seconds"] / 60 for _, pre in finished)
+    total = pre_minutes + sum(r.metrics["wall_seconds"] / 60 for r in runs)
+    resumed_all = sum(1 for i in [*(pre for _, pre in finished), *(r.info for r in runs)] if i.get("resumed_from_epoch"))
+    rows.append(["all runs", "", len(runs) + len(finished), resumed_all, "", f"{total:.1f}"])
+    timed = [(folder, i) for folder, i in [*finished, *((r.folder, r.info) for r in runs)] if i.get("started")]
+    if timed:
+        starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, i in timed]
+        ends = [start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed)]  # not file times: a git checkout resets them
+        rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
+    return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
