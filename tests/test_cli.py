@@ -38,9 +38,70 @@ def test_pretrain_help_exits_0_and_lists_its_options(capsys: pytest.CaptureFixtu
         assert option in out
 
 
-def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code([]) == 2
-    assert "usage" in capsys.readouterr().err
+def test_bare_leanmae_prints_the_help_with_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: leanmae")
+    for command in ("pretrain", "finetune", "predict", "export", "config", "study"):
+        assert command in out
+
+
+def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import leanmae
+
+    assert _exit_code(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"leanmae {leanmae.__version__}"
+
+
+def test_config_show_prints_the_resolved_yaml_with_preset_file_and_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    override = tmp_path / "mine.yaml"
+    override.write_text("optim:\n  weight_decay: 0.01\nfinetune:\n  classifier:\n    pooling: cls\n")
+    assert main(["config", "show", "finetune", "--preset", "test", "--config", str(override), "--set", "optim.base_lr=3e-3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["image_size"] == 32  # the test preset
+    assert shown["optim"]["weight_decay"] == 0.01 and shown["classifier"]["pooling"] == "cls"
+    assert shown["optim"]["base_lr"] == pytest.approx(3e-3)
+
+
+def test_config_show_refuses_an_unknown_key_like_the_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show", "pretrain", "--set", "optim.base_lrr=1"]) == 2
+    assert "optim.base_lr" in capsys.readouterr().err
+
+
+def test_commands_are_listed_by_dir_and_document_their_options() -> None:
+    import leanmae
+
+    public = [name for name in dir(leanmae) if not name.startswith("_")]
+    assert {"pretrain", "finetune", "split", "predict", "evaluate", "export", "show_config", "study", "report"} <= set(public)
+    doc = leanmae.pretrain.__doc__
+    assert "Options" in doc and "    lr: base learning rate" in doc and "    skip_bad:" in doc
+    assert "    inputs:" in leanmae.predict.__doc__
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    from leanmae.progress import bar_disabled
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert bar_disabled(True)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not bar_disabled(True) and bar_disabled(False)
+
+
+def test_a_run_logged_to_a_file_has_one_plain_line_per_epoch(images: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Under nohup / SLURM / CI stderr is no terminal: no carriage-return redraws, even with progress on."""
+    assert main(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--epochs", "2", "--device", "cpu"]) == 0
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
 
 
 def test_unknown_preset_fails_cleanly_listing_the_choices(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,9 +150,9 @@ def test_second_run_into_the_same_out_returns_2(images: Path, tmp_path: Path, ca
 def test_cli_options_reach_the_run_config(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = main(["pretrain", "--data", str(images), "--out", str(out), "--preset", "test", "--epochs", "1", "--seed", "4", "--device", "cpu",
-                 "--no-progress", "--set", "model.mask_ratio=0.5", "--set", "optim.base_lr=2e-3"])
+                 "--no-progress", "--set", "model.mask_ratio=0.5", "--lr", "2e-3", "--batch-size", "8"])
     assert code == 0
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["optim"]["epochs"] == 1 and config["run"]["seed"] == 4
-    assert config["model"]["mask_ratio"] == 0.5 and config["optim"]["base_lr"] == pytest.approx(2e-3)
+    assert config["model"]["mask_ratio"] == 0.5 and config["optim"]["base_lr"] == pytest.approx(2e-3) and config["optim"]["batch_size"] == 8
     assert config["run"]["progress"] is False

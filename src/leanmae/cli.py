@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from leanmae import __version__
 from leanmae.config import ConfigError, preset_names
 
 EPILOG = "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 --set model.mask_ratio=0.5."
@@ -23,6 +24,8 @@ def _training_options(parser: argparse.ArgumentParser, default_preset: str = "cp
     parser.add_argument("--preset", default=default_preset, choices=preset_names(), help=f"shipped settings (default: {default_preset}); see README 'Presets'")
     parser.add_argument("--config", help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, finetune)")
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the preset)")
+    parser.add_argument("--lr", type=float, help="base learning rate, optim.base_lr (scaled by the effective batch as printed at start)")
+    parser.add_argument("--batch-size", type=int, help="images per batch and process, optim.batch_size")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     group = parser.add_mutually_exclusive_group()
@@ -41,10 +44,11 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leanmae", description="MAE pretraining and label-efficiency studies for pathology images.", epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"leanmae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pretrain a ViT as a masked autoencoder on unlabelled images", epilog=EPILOG)
-    p.add_argument("--data", action="append", required=True, metavar="DIR[:CLASSES]", help="image folder, searched recursively; repeatable; DIR:a,b keeps only class subfolders a and b")
+    p.add_argument("--data", action="append", required=True, metavar="DIR[:CLASSES]", help="image folder, searched recursively, or a MedMNIST PATH.npz (its train images); repeatable; DIR:a,b keeps only classes a and b")
     p.add_argument("--init", help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights")
     p.add_argument("--probe", metavar="SPLIT.csv", help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images while pretraining")
     _data_options(p)
@@ -61,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="reconstruct")
 
     p = sub.add_parser("split", help="make the fixed stratified train/val/test split manifest of a labelled folder")
-    p.add_argument("data", help="folder with one subfolder per class")
-    p.add_argument("--classes", required=True, help="comma-separated class folders, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil")
+    p.add_argument("data", help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test split is kept)")
+    p.add_argument("--classes", help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required for a folder; default for .npz: all)")
     p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256)")
     p.add_argument("--ratios", default="0.7,0.1,0.2", help="train,val,test shares (default 0.7,0.1,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study")
@@ -96,7 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--skip-bad", action="store_true", help="write unreadable files as error rows instead of stopping")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func="predict")
+
+    p = sub.add_parser("export", help="export a trained classifier to ONNX (checked against PyTorch with onnxruntime)")
+    p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write; input pixel_values as in the model card's Preprocessing")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.set_defaults(func="export")
+
+    p = sub.add_parser("config", help="print the resolved configuration of a command (defaults <- preset <- --config <- --set)")
+    p.add_argument("action", choices=["show"], help="show: print the resolved config as YAML")
+    p.add_argument("for_command", metavar="COMMAND", choices=["pretrain", "finetune", "study"], help="pretrain, finetune or study")
+    p.add_argument("--preset", choices=preset_names(), help="preset (default: cpu for pretrain and finetune)")
+    p.add_argument("--config", help="YAML file as given to the command")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.set_defaults(func="show_config")
 
     p = sub.add_parser("study", help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report")
     p.add_argument("--out", required=True, help="study folder (rerun the same command to continue an interrupted study)")
@@ -139,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options_doc(command: str, parameters: Sequence[str]) -> str:
+    """The "Options:" section of a Python function's docstring, from its CLI command's help texts
+    (one source for both, so ``help(leanmae.pretrain)`` lists what ``leanmae pretrain --help`` does)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    lines = []
+    for action in sub.choices[command]._actions:
+        if action.dest in parameters and action.help and action.help != argparse.SUPPRESS:
+            text = f"True by default; False: {action.help}" if isinstance(action, argparse._StoreFalseAction) else action.help
+            lines.append(f"    {action.dest}: {text}")
+    return "Options (as the command line's):\n" + "\n".join(lines) if lines else ""
+
+
 def _call(name: str, args: dict[str, Any]) -> Any:
     import leanmae
 
@@ -149,8 +180,14 @@ def _call(name: str, args: dict[str, Any]) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    if args.get("command") is None:  # a bare ``leanmae`` shows what it can do
+        parser.print_help()
+        return 0
     name = args.pop("func")
     args.pop("command")
+    if name == "show_config":
+        args.pop("action")
+        args["command"] = args.pop("for_command")
     if name == "study":
         slurm = {k: args.pop(k) for k in ("partition", "account", "gpus_per_job", "time_min")}
         args["slurm"] = {k: v for k, v in slurm.items() if v is not None} or None
@@ -166,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if name != "study":
+        if name not in ("study", "export"):
             raise
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1

@@ -104,6 +104,7 @@ class RunConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
     prefetch: bool = True  # prepare the next batch on a background thread while a step trains (same results either way)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
 
 
 @dataclass

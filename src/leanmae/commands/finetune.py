@@ -44,9 +44,11 @@ from leanmae.evaluation.metrics import classification_report, summary, write_pre
 from leanmae.evaluation.calibration import confidence_report, energy, reliability_bins, risk_coverage, softmax
 from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, add_drop_path, build_classifier, layer_decay_scale
+from leanmae.models.card import write_card
 from leanmae.models.io import load_preprocessing, save_model
 from leanmae.reporting.plots import confidence_boxplot, confusion_plot, reliability_figure, risk_coverage_figure, training_curves
 from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights, write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
@@ -60,6 +62,8 @@ def finetune(
     preset: str | None = "cpu",
     config: str | Path | None = None,
     epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
     seed: int | None = None,
     linear_probe: bool = False,
     pooling: str | None = None,
@@ -80,7 +84,7 @@ def finetune(
     ``leanmae finetune``.
     """
     flags = {
-        "optim": {"epochs": epochs},
+        "optim": {"epochs": epochs, "base_lr": lr, "batch_size": batch_size},
         "run": {"seed": seed, "device": device, "progress": progress},
         "data": {"skip_bad": skip_bad or None},
         "classifier": {"linear_probe": linear_probe or None, "pooling": pooling, "ood_data": list(ood) if ood else None},
@@ -235,6 +239,8 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
         name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
         training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
         write_run_info(out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, status="finished", resumed_from_epoch=result.resumed_from, test=_headline(metrics["test"]), wall_seconds=metrics["wall_seconds"])
+        write_card(out / "model")
+        finish_run(out, cfg.run.report_to, metrics)
         t = metrics["test"]
         print(f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}")
     ctx.barrier()

@@ -36,10 +36,12 @@ from leanmae.data.sources import ImageRecord, collect
 from leanmae.data.split import read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
 from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure, trivial_warning
+from leanmae.models.card import write_card
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve
 from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
@@ -51,6 +53,8 @@ def pretrain(
     preset: str | None = "cpu",
     config: str | Path | None = None,
     epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     skip_bad: bool = False,
@@ -70,7 +74,7 @@ def pretrain(
     """
     flags = {
         "data": {"sources": [data] if isinstance(data, (str, Path)) else list(data), "tile": tile, "grid": grid, "skip_bad": skip_bad or None},
-        "optim": {"epochs": epochs},
+        "optim": {"epochs": epochs, "base_lr": lr, "batch_size": batch_size},
         "run": {"seed": seed, "device": device, "progress": progress},
         "probe_split": str(probe) if probe else None,
     }
@@ -229,6 +233,8 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
             "resumed_from_epoch": result.resumed_from, "reconstruction": recon["by_mask_ratio"],
         }
         write_run_info(out, "pretrain", config_dict, **summary)
+        write_card(out / "model")
+        finish_run(out, cfg.run.report_to, summary)
         print(f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model in {out / 'model'}")
     ctx.barrier()
     return summary

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from leanmae.progress import bar_disabled
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
 from leanmae.data.sources import DataError
@@ -48,7 +49,7 @@ def model_folder(path: str | Path) -> Path:
 
 def load_images(files: list[Path], cache_size: int, image_size: int, mean: list[float], std: list[float], progress: bool = True) -> torch.Tensor:
     """Decode, square-crop and resize as training did, then normalise: (N, 3, S, S)."""
-    rows = [square_resize(decode_rgb(f), cache_size) for f in tqdm(files, desc="reading images", unit="img", disable=not progress)]
+    rows = [square_resize(decode_rgb(f), cache_size) for f in tqdm(files, desc="reading images", unit="img", disable=bar_disabled(progress))]
     return normalize(resize(to_float(np.stack(rows)), image_size), mean, std)
 
 

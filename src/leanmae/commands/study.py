@@ -32,9 +32,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from leanmae.progress import bar_disabled
 from leanmae.config import ConfigError, build, load_yaml, to_dict
 from leanmae.data.sources import DataError
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
+from leanmae.tracking import finish_run, study_parent, study_report_to
 from leanmae.training.checkpoint import write_json
 
 STUDY_FILE = "study.json"
@@ -223,7 +225,7 @@ def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:
     """Run unfinished jobs, ``workers`` at a time, each once its dependencies have finished."""
     state = {j.name: "done" if run_status(j.out) == "finished" else "todo" for j in jobs}
     todo = [j for j in jobs if state[j.name] == "todo"]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", unit="run", disable=not progress)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", unit="run", disable=bar_disabled(progress))
     running: dict[Future, Job] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while todo or running:
@@ -356,9 +358,12 @@ def study(
         split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
     jobs_list = plan(cfg, out)
     started = time.time()
-    states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress)
+    report_to = study_report_to(cfg.set)
+    with study_parent(out, report_to):
+        states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress)
     failed = sorted(name for name, s in states.items() if s == "failed")
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
+    finish_run(out, report_to, {})
     print(f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.progress import bar_disabled
 from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import DataError, ImageRecord
 
@@ -120,7 +121,7 @@ def _build(records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad:
     try:
         with open(tmp / "images.u8", "wb") as out:
             results = _map(paths, spec, workers)
-            for i, result in enumerate(tqdm(results, total=len(paths), desc="decoding images (once)", unit="img", disable=not progress)):
+            for i, result in enumerate(tqdm(results, total=len(paths), desc="decoding images (once)", unit="img", disable=bar_disabled(progress))):
                 if isinstance(result, str):
                     if not skip_bad:
                         path, reason = result.split(": ", 1)

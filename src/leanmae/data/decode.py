@@ -30,7 +30,7 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
     """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits, alpha composited on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
@@ -70,7 +70,7 @@ def decode_rgb(path: Path | str) -> np.ndarray:
                 image.load()
                 if image.format == "JPEG":
                     _check_jpeg_end(path)
-                return _to_rgb(image)
+                return pil_to_rgb(image)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

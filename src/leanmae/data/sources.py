@@ -106,10 +106,12 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
 def collect(specs: list[str]) -> list[ImageRecord]:
     """The unlabelled pool of several sources, in a fixed order.
 
-    A source is a folder (``DIR`` or ``DIR:classes``) or a split manifest (``split.csv``), of which
+    A source is a folder (``DIR`` or ``DIR:classes``), a MedMNIST file (``PATH.npz[:classes]``, its
+    train split only) or a split manifest (``split.csv``), of which
     only the train images are taken: this is how a study adds its own task's training images to the
     pretraining pool ("in-domain") without ever letting validation or test images in.
     """
+    from leanmae.data.medmnist import is_npz, pool_folders
     from leanmae.data.split import read_manifest, verify
 
     if not specs:
@@ -122,6 +124,9 @@ def collect(specs: list[str]) -> list[ImageRecord]:
             verify(train, root)  # a file changed since the split must not silently change pretraining
             records.extend(ImageRecord(root / it.relpath, root, None) for it in train)
             continue
-        folder, classes = parse_source(spec)
+        if is_npz(spec):  # a MedMNIST file: its train images, unpacked once
+            folder, classes = pool_folders(spec)
+        else:
+            folder, classes = parse_source(spec)
         records.extend(scan(folder, classes))
     return records

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from leanmae.progress import bar_disabled
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
 
@@ -18,7 +19,7 @@ def predict_logits(model: torch.nn.Module, batches: Iterable[np.ndarray], image_
     model.eval()
     device = next(model.parameters()).device
     out = []
-    with tqdm(total=total, desc="predicting", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="predicting", unit="img", disable=bar_disabled(progress)) as bar:
         for batch in batches:
             pixels = normalize(resize(to_float(batch, device), image_size), mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

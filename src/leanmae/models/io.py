@@ -9,6 +9,7 @@ from typing import Any
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from leanmae.models.card import write_card
 from leanmae.training.checkpoint import atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -19,7 +20,8 @@ def save_model(model: PreTrainedModel, folder: Path, mean: list[float], std: lis
     """``save_pretrained`` (config.json + model.safetensors) plus the image preprocessing, atomically.
 
     preprocessor_config.json is the ViTImageProcessor format, so ``AutoImageProcessor`` reproduces
-    the normalisation; leanmae.json adds what leanmae itself needs (working size, class names...).
+    the normalisation; leanmae.json adds what leanmae itself needs (working size, class names...);
+    README.md is the model card (``leanmae.models.card``).
     """
     size = model.config.image_size
     processor = {
@@ -38,6 +40,7 @@ def save_model(model: PreTrainedModel, folder: Path, mean: list[float], std: lis
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
         (tmp / LEANMAE_FILE).write_text(json.dumps(extra, indent=2))
+    write_card(Path(folder))  # refreshed by the command once the run's results exist
     return Path(folder)
 
 

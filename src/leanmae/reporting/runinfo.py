@@ -18,8 +18,8 @@ from typing import Any
 from leanmae.training.checkpoint import write_json
 
 RUN_FILE = "run.json"
-# Keys that may change between a run and its resumption: more epochs, another progress display.
-RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch")
+# Keys that may change between a run and its resumption: more epochs, another progress display, other trackers.
+RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch", "run.report_to")
 
 
 class OutputFolderError(ValueError):

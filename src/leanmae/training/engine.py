@@ -3,7 +3,7 @@
 A task gives the engine three things: the batches of an epoch, a loss for one batch, and a
 validation function. The engine owns the rest: AdamW and its per-iteration schedule, gradient
 accumulation (without DDP gradient sync on non-final micro-steps), clipping, autocast, the
-non-finite-loss stop, progress bars, history.csv and TensorBoard, atomic checkpoints every epoch
+non-finite-loss stop, progress bars, history.csv and the trackers of ``run.report_to`` (TensorBoard, MLflow), atomic checkpoints every epoch
 and resuming from them.
 
 While a step trains, the next batch is prepared on a background thread (``run.prefetch``,
@@ -32,7 +32,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from leanmae.progress import bar_disabled
 from leanmae.config import OptimConfig, RunConfig, absolute_lr
+from leanmae.tracking import open_trackers
 from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_atomic
 from leanmae.training.distributed import Context, autocast_dtype
 from leanmae.training.prefetch import Inputs
@@ -198,11 +200,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
             print(f"resuming from {checkpoints[-1]} (epoch {start_epoch} of {optim.epochs} done)")
 
     train_step = TrainStep(model, optimizer, optim, amp, ctx)
-    writer = None
-    if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch * steps_per_epoch)
+    trackers = open_trackers(run.report_to, out_dir, start_epoch * steps_per_epoch) if ctx.is_main else None
 
     started = time.perf_counter()
     for epoch in range(start_epoch, optim.epochs):
@@ -211,7 +209,7 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
         train_step.trained.train()
         epoch_start, loss_sum = time.perf_counter(), 0.0
         step = epoch * steps_per_epoch
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=not (ctx.is_main and run.progress), leave=False)
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=bar_disabled(ctx.is_main and run.progress), leave=False)
         # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint, as without prefetching.
         with Inputs(lambda batch, epoch=epoch: task.prepare(batch, epoch), batches, ctx.device, ahead=run.prefetch) as inputs:
             for group_start in range(0, len(batches), optim.accum_steps):
@@ -247,16 +245,13 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
             state = {"history": history, "best_epoch": best_epoch, "best_value": best_value, "step": step}
             save_checkpoint(out_dir / "checkpoints", epoch + 1, model, optimizer, state)
             write_history(out_dir / "history.csv", history)
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, step)  # type: ignore[union-attr]
-            writer.flush()  # type: ignore[union-attr]
+            trackers.log_epoch(row, step)  # type: ignore[union-attr]
             print(
                 f"epoch {epoch + 1}/{optim.epochs}: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "seconds", "data_seconds"))
                 + f", {seconds:.0f}s"
             )
         ctx.barrier()
-    if writer:
-        writer.close()
+    if trackers:
+        trackers.close()
     return TrainResult(history=history, best_epoch=best_epoch, best_value=best_value, seconds=time.perf_counter() - started, resumed_from=resumed_from)

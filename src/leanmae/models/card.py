@@ -1,0 +1,203 @@
+"""Model cards: a README.md in every saved model folder, in the Hugging Face Hub's format.
+
+The card is generated from the files the run wrote (config.json, leanmae.json, the preprocessing,
+and the run folder's run.json / metrics.json / recon_metrics.json), never written by hand, so that
+what a model folder says about itself is the run's own numbers. ``save_model`` writes a first card;
+the commands refresh it at the end of the run, once the test metrics exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leanmae.training.checkpoint import write_atomic
+
+CARD_FILE = "README.md"
+LIMITS = (
+    "Research use only. This model is **not a medical device** and must not be used for diagnosis or to guide treatment. "
+    "It was trained and tested on one data set and split; images from other scanners, stains, magnifications or laboratories "
+    "may be classified worse without warning, and its confidence is calibrated only on this run's validation images."
+)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _run_folder_of(folder: Path) -> Path | None:
+    """The run folder a model folder belongs to (its parent, when that holds run.json)."""
+    parent = Path(folder).resolve().parent
+    return parent if (parent / "run.json").exists() else None
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _architecture(config: dict[str, Any]) -> str:
+    return (
+        f"ViT, {config.get('image_size')} px input, patch {config.get('patch_size')}, width {config.get('hidden_size')}, "
+        f"{config.get('num_hidden_layers')} blocks, {config.get('num_attention_heads')} heads"
+    )
+
+
+def _preprocessing(processor: dict[str, Any], extra: dict[str, Any], image_size: int) -> str:
+    mean = ", ".join(f"{m:.4f}" for m in processor.get("image_mean", []))
+    std = ", ".join(f"{s:.4f}" for s in processor.get("image_std", []))
+    working = extra.get("cache_size", image_size)
+    return (
+        "1. decode to RGB (8 bit);\n"
+        f"2. centre-crop to a square and resize to {working} x {working} px (bicubic, antialiased);\n"
+        f"3. resize to {image_size} x {image_size} px (bilinear, antialiased) and scale to [0, 1];\n"
+        f"4. normalise per channel with mean ({mean}) and std ({std});\n"
+        f"5. feed as float32 `pixel_values` of shape (N, 3, {image_size}, {image_size}).\n\n"
+        "`leanmae predict` and `leanmae.predict` do exactly this; `preprocessor_config.json` holds the normalisation "
+        "in the `ViTImageProcessor` format."
+    )
+
+
+def _pretraining(run: dict[str, Any]) -> str:
+    """How the encoder was initialised: scratch, an MAE run (with its own numbers), or another checkpoint."""
+    init = str(run.get("config", {}).get("init", "scratch"))
+    if init == "scratch":
+        return "None: the encoder was initialised at random and trained on the labelled images only (the *scratch* arm)."
+    source = Path(init)
+    mae_run = next((p for p in (source, source.parent) if (p / "run.json").exists() and _read(p / "run.json").get("command") == "pretrain"), None)
+    if mae_run is None:
+        return f"The encoder was initialised from the checkpoint `{init}`."
+    info = _read(mae_run / "run.json")
+    model, data = info.get("config", {}).get("model", {}), info.get("config", {}).get("data", {})
+    text = (
+        f"The encoder comes from a masked autoencoder (MAE, He et al. 2022) pretrained by leanmae (`{init}`) on "
+        f"{info.get('images', {}).get('train', '?')} unlabelled images from {', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unrecorded sources'}, "
+        f"for {info.get('epochs', '?')} epochs at mask ratio {model.get('mask_ratio')}"
+    )
+    if "val_loss_first" in info:
+        text += f"; its held-out reconstruction loss fell from {info['val_loss_first']:.4f} to {info['val_loss_last']:.4f}"
+    return text + "."
+
+
+def _classifier_sections(extra: dict[str, Any], run: dict[str, Any], metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Body sections and model-index metrics of a classifier card."""
+    labels = extra.get("labels", [])
+    config = run.get("config", {})
+    fraction = config.get("fraction")
+    used = metrics.get("labels_used") or run.get("labels_used") or {}
+    lines = [f"- Classes ({len(labels)}): {', '.join(labels)}."]
+    if fraction is not None:
+        lines.append(f"- Split manifest: `{config.get('split', '?')}` (fixed, stratified train / val / test).")
+        lines.append(f"- Label fraction: {fraction:g} of the train split" + (f", {used['total']} labelled images in all (train + validation)." if used else "."))
+    if used:
+        lines.append(f"- Training images per class: {', '.join(f'{k} {v}' for k, v in used['train'].items())}.")
+    sections = ["## Data\n\n" + "\n".join(lines)]
+    index: list[dict[str, Any]] = []
+    test = metrics.get("test")
+    if test:
+        rows = [("accuracy", test["accuracy"]), ("balanced accuracy", test["balanced_accuracy"]), ("macro precision", test["macro_precision"]), ("macro recall", test["macro_recall"]), ("macro F1", test["macro_f1"])]
+        table = "| metric | test |\n| --- | --- |\n" + "".join(f"| {name} | {value:.4f} |\n" for name, value in rows)
+        per_class = "| class | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n" + "".join(
+            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |\n" for name, c in test.get("per_class", {}).items()
+        )
+        text = f"## Evaluation\n\nScored once on the held-out test split ({test.get('images', '?')} images), never used for a choice.\n\n{table}\n{per_class}"
+        calibration = metrics.get("calibration")
+        if calibration:
+            before, after = calibration["before"], calibration["after"]
+            text += (
+                f"\n**Calibration** (15 bins, test split): expected calibration error {before['ece']:.4f} before and {after['ece']:.4f} after "
+                f"temperature scaling (T = {calibration['temperature']:.3f}, fitted on validation); NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+                f"Brier {before['brier']:.4f} -> {after['brier']:.4f}.\n"
+            )
+        refer = metrics.get("refer")
+        if refer and "test" in refer:
+            kept = refer["test"]
+            outcome = f"keeps {_pct(kept['coverage'])} of the images at {_pct(kept['accuracy_kept'])} accuracy" if kept["coverage"] > 0 else "refers every image"
+            text += (
+                f"\n**Refer to an expert**: below a calibrated confidence of {refer['threshold']:.3f} (chosen on validation for "
+                f"{_pct(extra.get('target_accuracy', 0.99))} accuracy) a prediction is flagged `refer`; on test this {outcome}.\n"
+            )
+        sections.append(text)
+        index = [{"type": key, "value": round(float(test[key]), 4), "name": f"test {name}"} for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))]
+        if calibration:
+            index.append({"type": "ece", "value": round(float(calibration["after"]["ece"]), 4), "name": "test ECE after temperature scaling"})
+    else:
+        sections.append("## Evaluation\n\nNot yet scored: the test metrics are added when the run finishes.")
+    return sections, index
+
+
+def _mae_sections(run: dict[str, Any], recon: dict[str, Any]) -> list[str]:
+    data = run.get("config", {}).get("data", {})
+    text = (
+        "## Data\n\n"
+        f"- {run.get('images', {}).get('train', '?')} unlabelled training images ({run.get('images', {}).get('val', '?')} held out for the validation loss) from "
+        f"{', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unrecorded sources'}.\n\n## Training\n\n"
+    )
+    if "val_loss_first" in run:
+        text += f"{run.get('epochs')} epochs; held-out reconstruction loss {run['val_loss_first']:.4f} -> {run['val_loss_last']:.4f}.\n"
+    by_ratio = recon.get("by_mask_ratio", {})
+    if by_ratio:
+        text += "\n| mask ratio | masked-patch MSE | visible-patch MSE |\n| --- | --- | --- |\n" + "".join(
+            f"| {ratio} | {v['masked_mse']:.4f} | {v['visible_mse']:.4f} |\n" for ratio, v in by_ratio.items()
+        )
+    return [text]
+
+
+def model_card(folder: Path) -> str:
+    """The card of the model in ``folder``, from the files there and in its run folder."""
+    folder = Path(folder)
+    config, extra, processor = _read(folder / "config.json"), _read(folder / "leanmae.json"), _read(folder / "preprocessor_config.json")
+    run_dir = _run_folder_of(folder)
+    run = _read(run_dir / "run.json") if run_dir else {}
+    classifier = extra.get("kind") == "classifier"
+    image_size = int(config.get("image_size", 224))
+    tags = ["leanmae", "vision", "vit", "pathology", "medical-imaging"] + (["image-classification"] if classifier else ["masked-autoencoder", "self-supervised"])
+    if classifier:
+        metrics = _read(run_dir / "metrics.json") if run_dir else {}
+        body, index = _classifier_sections(extra, run, metrics)
+        what = (
+            f"A Vision Transformer classifier ({_architecture(config)}; {config.get('pooling', 'cls')} pooling) for "
+            f"{len(extra.get('labels', []))} classes, fine-tuned by leanmae"
+            + (" as a linear probe on a frozen encoder" if run.get("config", {}).get("classifier", {}).get("linear_probe") else "")
+            + ". It is a transformers `ViTForImageClassification` checkpoint (safetensors); `leanmae predict` adds the calibrated "
+            "confidence, the refer-to-expert flag and the out-of-distribution flag saved in `leanmae.json`."
+        )
+        body.insert(1, "## Pretraining\n\n" + _pretraining(run))
+        use = "Research on label efficiency and confidence of pathology image classifiers; a baseline to compare with."
+    else:
+        body = _mae_sections(run, _read(run_dir / "recon_metrics.json") if run_dir else {})
+        index = []
+        what = f"A masked autoencoder (MAE, He et al. 2022; {_architecture(config)}) pretrained by leanmae on unlabelled images; a transformers `ViTMAEForPreTraining` checkpoint (safetensors)."
+        use = "Research: an encoder to fine-tune (`leanmae finetune --init`) or to probe on pathology images."
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "image-classification" if classifier else "image-feature-extraction", "tags": tags}
+    if index:
+        meta["metrics"] = sorted({m["type"] for m in index})
+        meta["model-index"] = [{"name": run_dir.name if run_dir else folder.name, "results": [{"task": {"type": "image-classification"}, "dataset": {"name": "leanmae split", "type": "imagefolder"}, "metrics": index}]}]
+    versions = run.get("versions", {})
+    parts = [
+        "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---",
+        f"# {run_dir.name if run_dir else folder.name}",
+        "*This card was generated by leanmae from the run's own files; do not edit it by hand.*",
+        "## Model\n\n" + what,
+        *body,
+        "## Preprocessing\n\n" + _preprocessing(processor, extra, image_size),
+        "## Intended use\n\n" + use,
+        "## Limits\n\n" + LIMITS,
+        "## Reproducing\n\n"
+        + (f"Seed {run.get('seed')}, preset `{run.get('preset')}`, device {run.get('device')}; " if run else "")
+        + (f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, leanmae {versions.get('leanmae')}. " if versions else "")
+        + "The resolved configuration is in the run folder's `run.json`.",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_card(folder: Path) -> Path:
+    """Write (or refresh) ``folder/README.md`` atomically; returns its path."""
+    path = Path(folder) / CARD_FILE
+    write_atomic(path, model_card(folder))
+    return path
