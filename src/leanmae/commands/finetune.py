@@ -33,7 +33,7 @@ from torch import nn
 
 from leanmae.commands.pretrain import build_cache_for
 from leanmae.commands.reconstruct import model_folder
-from leanmae.config import ConfigError, FinetuneConfig, absolute_lr, lr_rule, resolve, to_dict
+from leanmae.config import CHECKS, FinetuneConfig, absolute_lr, check_values, lr_rule, resolve, to_dict
 from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
@@ -150,19 +150,8 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
     return weights * counts.sum() / (weights * counts).sum()
 
 
-CHOICES = {"pooling": ("mean", "cls"), "balance": ("sqrt", "loss", "sampler", "none"), "select": ("last", "val_macro_f1"), "val": ("honest", "full")}
-
-
-def check_options(opts: Any) -> None:
-    """Every choice of the recipe is one of its known values, before any work starts."""
-    for key, allowed in CHOICES.items():
-        if getattr(opts, key) not in allowed:
-            raise ConfigError(f"classifier.{key} {getattr(opts, key)!r}: use {', '.join(allowed)}")
-
-
 def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
-    check_options(cfg.classifier)
-    absolute_lr(cfg.optim, 1)  # an unknown optim.lr_scaling fails here, not after decoding
+    check_values(cfg, CHECKS)  # also for a config built in Python rather than resolved
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)

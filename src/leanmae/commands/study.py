@@ -32,7 +32,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from leanmae.config import ConfigError, build, load_yaml, to_dict
+from leanmae.config import Check, ConfigError, build, choice, each, is_bool, load_yaml, number, pattern, preset_names, text, to_dict
+from leanmae.data.split import ratios_problem
 from leanmae.data.sources import DataError
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
 from leanmae.training.checkpoint import write_json
@@ -79,6 +80,32 @@ class StudyConfig:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
     progress: bool = True
+
+
+STUDY_CHECKS: dict[str, Check] = {
+    "data": text(missing="the study needs --data (a folder with one subfolder per class)"),
+    "classes": each(text(), unique=True, non_empty=True),
+    "pretrain_data": each(text()),
+    "ood_data": each(text()),
+    "pool": choice("other", "in-domain"),
+    "preset": choice(*preset_names()),
+    "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
+    "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
+    "arms": each(pattern(r"scratch|mae|mae-linear|hf:.+", "scratch, mae, mae-linear or hf:FOLDER"), unique=True, non_empty=True),
+    "mae": text(optional=True),
+    "split_ratios": ratios_problem,
+    "split_seed": number(0, 2**32 - 1),
+    "pretrain_epochs": number(1, optional=True),
+    "finetune_epochs": number(1, optional=True),
+    "jobs": number(1),
+    "launcher": choice("local", "slurm"),
+    "wait": is_bool,
+    **{f"slurm.{key}": text(optional=True) for key in ("partition", "account", "folder")},
+    **{f"slurm.{key}": number(1) for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")},
+    "slurm.cluster": choice("slurm", "local", "debug", optional=True),
+    "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
+    "progress": is_bool,
+}
 
 
 @dataclass
@@ -289,12 +316,12 @@ def study(
 
     layer = load_yaml(config) if config else {}
     given = {
-        "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
-        "fractions": _list(fractions, float), "seeds": _list(seeds, int), "arms": _list(arms, str), "mae": mae,
+        "data": data, "classes": _list(classes, str, "--classes"), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
+        "fractions": _list(fractions, float, "--fractions"), "seeds": _list(seeds, int, "--seeds"), "arms": _list(arms, str, "--arms"), "mae": mae,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
         "wait": wait, "slurm": slurm, "set": set, "progress": progress,
     }
-    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}])
+    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS)
     _check(cfg)
     out = Path(out)
     saved = out / STUDY_FILE
@@ -325,27 +352,18 @@ def study(
     return states
 
 
-def _list(value: Any, kind: type) -> list[Any] | None:
+def _list(value: Any, kind: type, option: str) -> list[Any] | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        return [kind(v.strip()) for v in value.split(",") if v.strip()]
-    return [kind(v) for v in value]
+    try:
+        if isinstance(value, str):
+            return [kind(v.strip()) for v in value.split(",") if v.strip()]
+        return [kind(v) for v in value]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from None
 
 
 def _check(cfg: StudyConfig) -> None:
-    if not cfg.data:
-        raise ConfigError("the study needs --data (a folder with one subfolder per class)")
+    """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist."""
     if not Path(cfg.data).is_dir():
         raise DataError(f"{cfg.data}: data folder does not exist")
-    if cfg.pool not in ("other", "in-domain"):
-        raise ConfigError(f"--pool {cfg.pool!r}: use other (the seed's setting) or in-domain")
-    if cfg.launcher not in ("local", "slurm"):
-        raise ConfigError(f"--launcher {cfg.launcher!r}: use local or slurm")
-    for fraction in cfg.fractions:
-        if not 0 < fraction <= 1:
-            raise ConfigError(f"--fractions: {fraction} is not in (0, 1]")
-    for arm in cfg.arms:
-        arm_init(arm, Path("."))
-    if not cfg.seeds:
-        raise ConfigError("--seeds: give at least one seed")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,10 +46,24 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
+    """What is wrong with train,val,test shares, or None: three finite shares above 0 that sum to 1.
+
+    A zero share is refused rather than rounded up: every class still needs one val and one test
+    image, so "0.7,0.3,0" would silently make a test split the user asked not to have.
+    """
+    if len(ratios) != 3:
+        return "expected three shares train,val,test such as 0.7,0.1,0.2"
+    if not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        return "train, val and test each need a share above 0, and the shares must sum to 1"
+    return None
+
+
 def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> list[Item]:
     """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
-    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0 or ratios[0] <= 0:
-        raise DataError(f"split ratios {ratios} must be non-negative, give train a share, and sum to 1")
+    problem = ratios_problem(ratios)
+    if problem:
+        raise DataError(f"split ratios {','.join(f'{r:g}' for r in ratios)}: {problem}")
     if len(classes) < 2:
         raise DataError(f"a classification task needs at least two classes, got {classes}")
     root = Path(root)
