@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="make the fixed stratified train/val/test split manifest of a labelled folder")
     p.add_argument("data", help="folder with one subfolder per class")
     p.add_argument("--classes", required=True, help="comma-separated class folders, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil")
-    p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256)")
+    p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256, root)")
     p.add_argument("--ratios", default="0.7,0.1,0.2", help="train,val,test shares (default 0.7,0.1,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="split")
 
     p = sub.add_parser("finetune", help="fine-tune a ViT classifier from scratch or from an MAE at a fraction of the labels", epilog=EPILOG)

@@ -20,6 +20,7 @@ from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
+from leanmae.reporting.runinfo import check_output_file
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
@@ -34,12 +35,19 @@ def _trained_classifier(model: str | Path, device: str | None) -> tuple[Path, Le
     return folder, classifier, mean, std, extra, labels
 
 
-def split(data: str | Path, classes: str | list[str], out: str | Path, ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, dict[str, int]]:
-    """Make the study's fixed stratified train/val/test split of the class folders ``classes`` under ``data``."""
+def split(data: str | Path, classes: str | list[str], out: str | Path, ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0, overwrite: bool = False) -> dict[str, dict[str, int]]:
+    """Make the study's fixed stratified train/val/test split of the class folders ``classes`` under ``data``.
+
+    An existing ``out`` is replaced only with ``overwrite``: a study's runs are tied to its split.
+    """
     names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
-    parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(ratios)
+    try:
+        parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(float(r) for r in ratios)
+    except ValueError:
+        parts = ()
     if len(parts) != 3:
         raise DataError(f"--ratios {ratios!r}: expected three numbers train,val,test such as 0.7,0.1,0.2")
+    check_output_file(Path(out), overwrite)
     items = make_split(Path(data), names, parts, seed)  # type: ignore[arg-type]
     write_manifest(items, out, data)
     table = counts(items)

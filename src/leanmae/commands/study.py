@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -91,7 +92,7 @@ STUDY_CHECKS: dict[str, Check] = {
     "preset": choice(*preset_names()),
     "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
     "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
-    "arms": each(pattern(r"scratch|mae|mae-linear|hf:.+", "scratch, mae, mae-linear or hf:FOLDER"), unique=True, non_empty=True),
+    "arms": each(lambda arm: None if re.fullmatch(r"scratch|mae|mae-linear|hf:.+", arm) else "unknown arm; use scratch, mae, mae-linear or hf:FOLDER", unique=True, non_empty=True),
     "mae": text(optional=True),
     "split_ratios": ratios_problem,
     "split_seed": number(0, 2**32 - 1),

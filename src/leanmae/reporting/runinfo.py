@@ -77,6 +77,16 @@ def prepare_output(out: Path, config: dict[str, Any], resume: bool, overwrite: b
     return True
 
 
+def check_output_file(path: Path, overwrite: bool, option: str = "--out") -> None:
+    """A file a command is about to write: never a folder, and an existing one only with ``overwrite``."""
+    if path.is_dir():
+        raise OutputFolderError(f"{option} {path}: is a folder; give the name of a file to write")
+    if path.exists() and not overwrite:
+        raise OutputFolderError(f"{option} {path}: already exists; pass --overwrite to replace it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputFolderError(f"{option} {path}: {path.parent} is a file, not a folder")
+
+
 def write_run_info(out: Path, command: str, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """Write (or update) run.json; earlier fields are kept, so the end of a run can add results."""
     path = Path(out) / RUN_FILE
