@@ -17,7 +17,7 @@ from leanmae.cli import main
 from leanmae.data.sources import DataError
 from leanmae.data.split import SPLITS, Item, counts, label_fraction, make_split, read_manifest, verify, write_manifest
 
-from helpers import read_csv, write_images
+from helpers import write_images
 
 # --------------------------------------------------------------------------- data
 

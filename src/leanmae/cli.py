@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=8, help="images shown in the figure (default 8)")
     p.add_argument("--mask-ratio", type=float, help="mask ratio of the figure (default: the model's)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="reconstruct")
 
     p = sub.add_parser("split", help="make the fixed stratified train/val/test split manifest of a labelled folder")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: RUN/evaluate-SUBSET)")
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="evaluate")
 
     p = sub.add_parser("predict", help="classify new images with a trained classifier")
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--skip-bad", action="store_true", help="write unreadable files as error rows instead of stopping")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="predict")
 
     p = sub.add_parser("study", help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report")
@@ -168,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a read-only or full disk, a path that is a file: the system's own words, on one line
+        print(f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

@@ -20,7 +20,7 @@ from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
-from leanmae.reporting.runinfo import check_output_file
+from leanmae.reporting.runinfo import check_output_file, check_result_folder
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
@@ -57,11 +57,17 @@ def split(data: str | Path, classes: str | list[str], out: str | Path, ratios: s
     return table
 
 
-def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
-    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``."""
+def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``.
+
+    ``out`` (default RUN/evaluate-SUBSET) is never a run's own folder, and earlier results there
+    are replaced only with ``overwrite``.
+    """
     if subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
+    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
+    check_result_folder(target, ["metrics.json", "predictions.csv"], overwrite)
     root, items = read_manifest(split, data_root)
     items = [it for it in items if it.split == subset]
     verify(items, root)
@@ -76,7 +82,6 @@ def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: st
     report = classification_report(y, probs, labels)
     temperature = extra.get("temperature", 1.0)
     report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
-    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
     write_json(target / "metrics.json", {"model": str(folder), "subset": subset, subset: report})
     extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
     write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
@@ -102,14 +107,18 @@ def _decoded_batches(files: list[Path], size: int, batch_size: int, skip_bad: bo
         yield np.stack(batch)
 
 
-def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path = "predictions.csv", batch_size: int = 256, skip_bad: bool = False, device: str | None = None) -> Path:
+def predict(model: str | Path, inputs: list[str | Path] | str, out: str | Path = "predictions.csv", batch_size: int = 256, skip_bad: bool = False, device: str | None = None, overwrite: bool = False) -> Path:
     """Classify new images (files or folders) with the model's own preprocessing; writes ``out`` (CSV).
 
     Columns: predicted label, confidence, calibrated confidence (temperature fitted on validation),
     ``refer`` where the calibrated confidence is under the threshold chosen for the target accuracy,
     energy score and ``ood`` where it is under the out-of-distribution threshold (models trained
     with ``--ood``), an error for unreadable files (with ``skip_bad``), and every class's probability.
+    An existing ``out`` is replaced only with ``overwrite``.
     """
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: must be at least 1")
+    check_output_file(Path(out), overwrite)
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     errors: dict[int, str] = {}

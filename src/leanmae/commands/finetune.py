@@ -46,7 +46,7 @@ from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, add_drop_path, build_classifier, layer_decay_scale
 from leanmae.models.io import load_preprocessing, save_model
 from leanmae.reporting.plots import confidence_boxplot, confusion_plot, reliability_figure, risk_coverage_figure, training_curves
-from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.training.checkpoint import save_weights, write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
@@ -86,7 +86,8 @@ def finetune(
         "classifier": {"linear_probe": linear_probe or None, "pooling": pooling, "ood_data": list(ood) if ood else None},
     }
     cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
-    return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
+    with guarded_output(out):
+        return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
 
 
 @dataclass
@@ -156,7 +157,7 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)
     if ctx.is_main:
-        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite)
+        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite, inputs=[split_path, init_folder, data_root])
     ctx.barrier()
     opts, image_size = cfg.classifier, cfg.model.image_size
     spec = DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25))

@@ -39,7 +39,7 @@ from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruc
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve
-from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
@@ -76,7 +76,8 @@ def pretrain(
     }
     flags["data"]["sources"] = [str(s) for s in flags["data"]["sources"]]
     cfg = resolve(PretrainConfig, "pretrain", preset, config, flags, set)
-    return run_pretrain(cfg, Path(out), resume=resume, overwrite=overwrite, init=init, preset=preset)
+    with guarded_output(out):
+        return run_pretrain(cfg, Path(out), resume=resume, overwrite=overwrite, init=init, preset=preset)
 
 
 @dataclass
@@ -175,7 +176,7 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     if ctx.is_main:
-        prepare_output(out, config_dict, resume, overwrite)
+        prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
     ctx.barrier()
     spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
     pool = split_pool(build_cache_for(collect(cfg.data.sources), spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from leanmae.evaluation.stats import Estimate, estimate, paired
 from leanmae.reporting.plots import confidence_boxplot, save_figure
+from leanmae.reporting.safe_csv import csv_text, unescape
 from leanmae.training.checkpoint import write_atomic
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -105,11 +105,7 @@ class Table:
     rows: list[list[Any]]
 
     def csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(self.headers)
-        writer.writerows(self.rows)
-        return buffer.getvalue()
+        return csv_text(self.headers, self.rows)
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
@@ -335,7 +331,7 @@ def confidence_figures(runs: list[Run], folder: Path) -> list[Path]:
                 with open(r.folder / "predictions.csv") as fh:
                     rows = list(csv.DictReader(fh))
                 labels = [k[2:] for k in rows[0] if k.startswith("p_")]
-                y += [labels.index(row["true_label"]) for row in rows]
+                y += [labels.index(unescape(row["true_label"])) for row in rows]
                 probs += [[float(row[f"p_{c}"]) for c in labels] for row in rows]
             if y:
                 groups[arm] = {"true": np.array(y), "probs": np.array(probs)}
