@@ -400,8 +400,8 @@ def test_the_test_labels_cannot_influence_the_trained_model(cells: dict[str, Any
     rotated = labels[4:] + labels[:4]  # every test image gets another class
     assert all(a != b for a, b in zip(labels, rotated))
     for i, label in zip(test_rows, rotated):
-        path, _, split, sha = lines[i].split(",")
-        lines[i] = ",".join([path, label, split, sha])
+        path, _, split, *rest = lines[i].split(",")
+        lines[i] = ",".join([path, label, split, *rest])
     relabelled = cells["root"] / "relabelled-test.csv"
     relabelled.write_text("".join(lines))
     out = cells["root"] / "relabelled-run"
