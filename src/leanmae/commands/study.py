@@ -33,9 +33,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from leanmae.config import Check, ConfigError, build, choice, each, is_bool, load_yaml, number, pattern, preset_names, text, to_dict
-from leanmae.data.split import ratios_problem
+from leanmae.config import (
+    Check,
+    ConfigError,
+    build,
+    choice,
+    each,
+    is_bool,
+    load_yaml,
+    number,
+    pattern,
+    preset_names,
+    text,
+    to_dict,
+)
 from leanmae.data.sources import DataError
+from leanmae.data.split import ratios_problem
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
 from leanmae.training.checkpoint import write_json
 
