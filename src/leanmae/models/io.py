@@ -101,7 +101,8 @@ def model_kind(folder: Path) -> str:
     if model_type == "vit_mae":
         return "mae"
     if model_type == "vit":
-        return "classifier" if any("ForImageClassification" in a for a in config.get("architectures") or []) else "vit"
+        heads = [a for a in config.get("architectures") or [] if a.endswith("ForImageClassification") or a == "LeanViTClassifier"]
+        return "classifier" if heads else "vit"
     return str(model_type or "unknown")
 
 
