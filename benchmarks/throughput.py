@@ -77,7 +77,7 @@ from leanmae.data.synthetic import make_synthetic_tiles  # noqa: E402
 from leanmae.models.classifier import add_drop_path, build_classifier, layer_decay_scale  # noqa: E402
 from leanmae.models.mae import build_mae  # noqa: E402
 from leanmae.training.distributed import Context, autocast_dtype, cpu_threads  # noqa: E402
-from leanmae.training.engine import Task, TrainStep, build_optimizer, fit  # noqa: E402
+from leanmae.training.engine import Task, TrainStep, build_optimizer, fit, prefetching  # noqa: E402
 from leanmae.training.prefetch import Inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,14 +235,14 @@ def endless(task: Task) -> Iterator[tuple[np.ndarray, int]]:
 
 class LeanmaePath:
     """leanmae's training step: the model from its builders, the Task its commands build, and the engine's
-    own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread unless
-    ``cfg.run.prefetch`` is false), exactly as ``engine.fit`` runs them."""
+    own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread where
+    ``engine.prefetching`` says so: by default on CUDA only), exactly as ``engine.fit`` runs them."""
 
     def __init__(self, task: str, cfg: PretrainConfig | FinetuneConfig, images: ImageSet, cache: ImageCache, batch: int,
                  device: str = "cpu", threads: int | None = None, attention: str | None = None, rank: int = 0, world_size: int = 1, name: str = "leanmae") -> None:
-        self.name, self.batch, self.prefetch = name, batch, cfg.run.prefetch
-        self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
         self.device = torch.device(device)
+        self.name, self.batch, self.prefetch = name, batch, prefetching(cfg.run, self.device)
+        self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
         ctx = Context(device=self.device, rank=rank, world_size=world_size)
         torch.manual_seed(cfg.run.seed)
         train = np.arange(len(cache))

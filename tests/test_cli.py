@@ -136,7 +136,8 @@ def test_bad_grid_string_returns_2_with_a_one_line_error(images: Path, tmp_path:
     """``--grid 2by2`` is a user error like any other: exit code 2 and a message, not a traceback."""
     code = main(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--grid", "2by2", "--device", "cpu", "--no-progress"])
     assert code == 2
-    assert "--grid '2by2'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "grid = '2by2'" in err and "ROWSxCOLS" in err and len(err.strip().splitlines()) == 1
 
 
 def test_second_run_into_the_same_out_returns_2(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

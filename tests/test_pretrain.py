@@ -130,10 +130,10 @@ def test_the_same_seed_gives_the_same_weights(finished_run: dict[str, Any], tmp_
     assert_same_weights(load_weights(tmp_path / "again" / "model"), load_weights(finished_run["out"] / "model"))
 
 
-def test_pretraining_without_prefetch_gives_the_same_weights_and_losses(finished_run: dict[str, Any], tmp_path: Path) -> None:
-    """The finished run prepared its batches on the prefetch thread; preparing them inline changes no number."""
+def test_pretraining_with_prefetch_gives_the_same_weights_and_losses(finished_run: dict[str, Any], tmp_path: Path) -> None:
+    """The finished run prepared its batches inline (the CPU default); on the prefetch thread no number changes."""
     root = finished_run["out"].parent
-    sets = [f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6", "run.prefetch=false"]
+    sets = [f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6", "run.prefetch=true"]
     tiny_pretrain(finished_run["data"], tmp_path / "inline", seed=3, sets=sets)
     assert_same_weights(load_weights(tmp_path / "inline" / "model"), load_weights(finished_run["out"] / "model"))
     with open(tmp_path / "inline" / "history.csv") as fa, open(finished_run["out"] / "history.csv") as fb:

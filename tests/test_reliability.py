@@ -855,7 +855,7 @@ def test_the_source_never_unpickles_and_loads_weights_from_safetensors_only() ->
         problems += found
         model_loads += loads
     assert not problems, "\n".join(problems)
-    assert model_loads >= 3, "the scan saw the from_pretrained calls that load weights"
+    assert model_loads >= 1, "the scan saw the from_pretrained call that loads weights (every load goes through models.io.load_pretrained)"
 
 
 # =========================================================================== names from the data, paths outside the root

@@ -17,7 +17,7 @@ from leanmae.cli import main
 from leanmae.data.sources import DataError
 from leanmae.data.split import SPLITS, Item, counts, label_fraction, make_split, read_manifest, verify, write_manifest
 
-from helpers import read_csv, write_images
+from helpers import write_images
 
 # --------------------------------------------------------------------------- data
 
@@ -115,6 +115,19 @@ def test_ratios_that_do_not_sum_to_one_are_refused(labelled: Path) -> None:
         make_split(labelled, list(SIZES), (0.7, 0.2, 0.2))
 
 
+@pytest.mark.parametrize("ratios", ["nan,0.1,0.2", "0.7,0.3,0", "abc", "0.7,0.1"])
+def test_ratios_that_are_not_three_shares_above_0_return_2(labelled: Path, tmp_path: Path, ratios: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path / "s.csv"), "--ratios", ratios]) == 2
+    err = capsys.readouterr().err
+    assert "ratios" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_negative_split_seed_returns_2(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path / "s.csv"), "--seed", "-1"]) == 2
+    assert "seed -1" in capsys.readouterr().err
+
+
 def test_a_misspelt_class_names_the_nearest_folder(labelled: Path) -> None:
     with pytest.raises(DataError, match=r"no class folder 'neutrophl'; did you mean 'neutrophil'\?"):
         make_split(labelled, ["basophil", "neutrophl"])
@@ -137,9 +150,98 @@ def test_the_manifest_round_trips_items_and_root(labelled: Path, tmp_path: Path)
     root, back = read_manifest(manifest)
     assert back == items
     assert root == labelled.resolve()
-    assert manifest.read_text().startswith(f"# root: {labelled.resolve()}\n")
-    assert list(read_csv(manifest)[0]) == ["path", "label", "split", "sha256"]
     verify(back, root)  # the files on disk are the ones listed
+
+
+def test_the_manifest_is_a_plain_csv_that_dictreader_reads_with_its_root_as_a_column(labelled: Path, tmp_path: Path) -> None:
+    """The old first line ``# root: ...`` broke csv.DictReader and pandas; the root is a column now."""
+    import csv
+
+    manifest = tmp_path / "split.csv"
+    write_manifest(make_split(labelled, list(SIZES)), manifest, labelled)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "split", "sha256", "root"]
+    assert {row["root"] for row in rows} == {str(labelled.resolve())}
+    assert len(rows) == sum(SIZES.values())
+
+
+def test_an_old_manifest_with_a_root_comment_line_still_reads(labelled: Path, tmp_path: Path) -> None:
+    items = make_split(labelled, list(SIZES))
+    manifest = tmp_path / "old.csv"
+    manifest.write_text(f"# root: {labelled.resolve()}\npath,label,split,sha256\n" + "".join(f"{it.relpath},{it.label},{it.split},{it.sha256}\n" for it in items))
+    root, back = read_manifest(manifest)
+    assert (root, back) == (labelled.resolve(), items)
+
+
+def test_a_hand_written_manifest_without_hashes_simply_works(tmp_path: Path) -> None:
+    """``path,label,split`` beside the class folders: the root is the manifest's folder, the files are hashed on verify."""
+    for seed, name in enumerate(("a", "b")):
+        write_images(tmp_path / name, 3, 16, seed=seed)
+    manifest = tmp_path / "mine.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{c}/img_{i:04d}.png,{c},{s}\n" for c in "ab" for i, s in enumerate(SPLITS)))
+    root, items = read_manifest(manifest)
+    assert root == tmp_path and len(items) == 6 and all(it.sha256 == "" for it in items)
+    verify(items, root)
+
+
+def test_a_class_folder_starting_with_a_hash_sign_is_kept(tmp_path: Path) -> None:
+    """Rows starting with '#' used to be read as comments, silently dropping the class '#2'."""
+    for seed, name in enumerate(("#2", "b")):
+        write_images(tmp_path / "data" / name, 4, 16, seed=seed)
+    leanmae.split(tmp_path / "data", classes="#2,b", out=tmp_path / "split.csv")
+    _, items = read_manifest(tmp_path / "split.csv")
+    assert counts(items)["train"] == {"#2": 2, "b": 2}
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("a/x.png,a,train\na/x.png,a,train\n", "a/x.png is listed twice"),
+        ("a/x.png,a,train\na/x.png,b,train\n", r"a/x.png is listed with two labels \(a, b\)"),
+        ("a/x.png,a,train\na/x.png,a,test\n", "a/x.png is in both train and test"),
+    ],
+    ids=["duplicated-row", "two-labels", "two-splits"],
+)
+def test_a_hand_edited_manifest_listing_a_path_twice_is_refused(tmp_path: Path, rows: str, message: str) -> None:
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("path,label,split\nb/y.png,b,train\n" + rows)
+    with pytest.raises(DataError, match=message):
+        read_manifest(manifest)
+
+
+def test_a_manifest_without_a_label_column_is_refused_naming_the_columns(tmp_path: Path) -> None:
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("file,class\na/x.png,a\n")
+    with pytest.raises(DataError, match="lacks the column.*path, label, split"):
+        read_manifest(manifest)
+
+
+def test_the_same_image_in_two_classes_is_refused_by_split(tmp_path: Path) -> None:
+    for seed, name in enumerate(("a", "b")):
+        write_images(tmp_path / name, 4, 16, seed=seed)
+    (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img_0001.png").read_bytes())
+    with pytest.raises(DataError, match=r"a/img_0001.png \(a\) and .*b/copy.png \(b\) are the same image in two classes"):
+        make_split(tmp_path, ["a", "b"])
+
+
+def test_the_same_image_in_two_classes_of_a_manifest_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_images(tmp_path / "a", 1, 16)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img_0000.png").read_bytes())
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("path,label,split\na/img_0000.png,a,train\nb/copy.png,b,test\n")
+    verify(*reversed(read_manifest(manifest)))
+    assert "same image in two classes" in capsys.readouterr().err
+
+
+def test_a_dangling_symlink_in_a_manifest_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("path,label,split\na/gone.png,a,train\n")
+    with pytest.raises(DataError, match="gone.png.*dangling symbolic link"):
+        verify(*reversed(read_manifest(manifest)))
 
 
 def test_data_root_overrides_the_root_recorded_in_the_manifest(labelled: Path, tmp_path: Path) -> None:
@@ -194,7 +296,7 @@ def test_a_missing_manifest_says_how_to_make_one(tmp_path: Path) -> None:
 
 def test_an_empty_manifest_is_refused(tmp_path: Path) -> None:
     manifest = tmp_path / "split.csv"
-    manifest.write_text("# root: /data\npath,label,split,sha256\n")
+    manifest.write_text("path,label,split,sha256,root\n")
     with pytest.raises(DataError, match="no images"):
         read_manifest(manifest)
 
@@ -225,6 +327,20 @@ def test_cli_split_writes_the_manifest(labelled: Path, tmp_path: Path, capsys: p
     assert "train 70; val 10; test 20" in capsys.readouterr().out
     _, items = read_manifest(out)
     assert items == make_split(labelled, list(SIZES), seed=2)
+
+
+def test_split_never_overwrites_an_existing_manifest_without_overwrite(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "split.csv"
+    out.write_text("my notes\n")
+    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "my notes\n"
+    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(out), "--overwrite"]) == 0
+    assert read_manifest(out)[1]
+
+
+def test_split_out_that_is_a_folder_returns_2(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_cli_split_with_a_misspelt_class_returns_2_and_suggests_the_folder(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

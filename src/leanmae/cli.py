@@ -62,14 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=8, help="images shown in the figure (default 8)")
     p.add_argument("--mask-ratio", type=float, help="mask ratio of the figure (default: the model's)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="reconstruct")
 
     p = sub.add_parser("split", help="make the fixed stratified train/val/test split manifest of a labelled folder")
     p.add_argument("data", help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test split is kept)")
     p.add_argument("--classes", help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required for a folder; default for .npz: all)")
-    p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256)")
+    p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256, root)")
     p.add_argument("--ratios", default="0.7,0.1,0.2", help="train,val,test shares (default 0.7,0.1,0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="split")
 
     p = sub.add_parser("finetune", help="fine-tune a ViT classifier from scratch or from an MAE at a fraction of the labels", epilog=EPILOG)
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and predictions.csv (default: RUN/evaluate-SUBSET)")
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="evaluate")
 
     p = sub.add_parser("predict", help="classify new images with a trained classifier")
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="write unreadable files as error rows instead of stopping")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="predict")
 
     p = sub.add_parser("export", help="export a trained classifier to ONNX (checked against PyTorch with onnxruntime)")
@@ -193,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args["slurm"] = {k: v for k, v in slurm.items() if v is not None} or None
     from leanmae.data.decode import BadImageError
     from leanmae.data.sources import DataError
-    from leanmae.training.checkpoint import CheckpointError
     from leanmae.reporting.runinfo import OutputFolderError
+    from leanmae.training.checkpoint import CheckpointError
     from leanmae.training.engine import NonFiniteLossError
 
     try:
@@ -207,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a read-only or full disk, a path that is a file: the system's own words, on one line
+        print(f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -103,7 +106,7 @@ class RunConfig:
     threads: int | None = None  # torch threads per CPU process; default: OMP_NUM_THREADS, else cores / processes on the node
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
-    prefetch: bool = True  # prepare the next batch on a background thread while a step trains (same results either way)
+    prefetch: bool | None = None  # prepare the next batch on a background thread while a step trains (same results either way); None: on CUDA only
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
 
 
@@ -161,10 +164,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
     return loaded
+
+
+def _one_line(err: Exception) -> str:
+    """A parser's multi-line message on one line: errors are printed as a single line."""
+    return " ".join(str(err).split())
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -196,6 +204,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; ``over`` wins."""
     out = dict(base)
     for key, value in over.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # an empty YAML section (``optim:``) keeps the values below it
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             value = merge(out[key], value)
         out[key] = value
@@ -207,7 +217,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example {key}='...'") from None
     nested: dict[str, Any] = {}
     cursor = nested
     parts = key.strip().split(".")
@@ -228,12 +241,14 @@ def _expand_model_size(layer: dict[str, Any]) -> dict[str, Any]:
     return {**layer, "model": {**MODEL_SIZES[size], **model}}
 
 
-def build(cls: type, layers: list[dict[str, Any]]) -> Any:
-    """Merge ``layers`` (first = lowest priority) and turn the result into a ``cls`` instance."""
+def build(cls: type, layers: list[dict[str, Any]], checks: dict[str, Check] | None = None) -> Any:
+    """Merge ``layers`` (first = lowest priority) into a ``cls`` instance whose values pass ``checks`` (default: CHECKS)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = merge(merged, _expand_model_size(layer))
-    return from_dict(cls, merged)
+    cfg = from_dict(cls, merged)
+    check_values(cfg, CHECKS if checks is None else checks)
+    return cfg
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
@@ -252,6 +267,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
+        value = {} if value is None else value  # ``optim:`` with nothing under it
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping")
         return from_dict(hint, value, where=f"{path}.")
@@ -341,3 +357,177 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
         elif value is not None:
             out[key] = value
     return out
+
+
+# --------------------------------------------------------------------------- value checks
+#
+# Why: a value of the right type can still be meaningless (mask_ratio 1.5, batch_size 0) or a
+# misspelt choice that code further down would treat as its default ("cosnie" ran as cosine).
+# Every leaf key of the configs has a check here, and ``build`` applies them when a config is
+# resolved, so a bad value from a preset, YAML file, flag or ``--set`` stops the command before
+# anything is written, with one line naming the key and what it accepts.
+
+Check = Callable[[Any], "str | None"]  # returns what is wrong, or None
+
+
+def choice(*allowed: str, optional: bool = False) -> Check:
+    """One of ``allowed``; ``optional`` also accepts None."""
+    return lambda v: None if v in allowed or (v is None and optional) else f"use one of {', '.join(allowed)}" + (" or null" if optional else "")
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False, optional: bool = False) -> Check:
+    """A finite number in [low, high] (or open at either end); ``optional`` also accepts None."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    interval = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if optional else "a value is required"
+        if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)) or (high is not None and (v >= high if high_open else v > high)):
+            return f"must be a finite number in {interval}" + (" or null" if optional else "")
+        return None
+
+    return check
+
+
+def ordered_pair(inner: Check) -> Check:
+    """Two values (low, high), each passing ``inner``, with low <= high."""
+
+    def check(v: tuple[float, float]) -> str | None:
+        problem = inner(v[0]) or inner(v[1])
+        if problem:
+            return f"each value {problem}"
+        return None if v[0] <= v[1] else "expected [low, high] with low <= high"
+
+    return check
+
+
+def each(inner: Check, unique: bool = False, non_empty: bool = False) -> Check:
+    """Every element of a list passes ``inner``; optionally no repeats and at least one element."""
+
+    def check(values: list[Any] | tuple[Any, ...]) -> str | None:
+        v = list(values)
+        if non_empty and not v:
+            return "give at least one value"
+        for item in v:
+            problem = inner(item)
+            if problem:
+                return f"{item!r}: {problem}"
+        if unique and len(set(v)) != len(v):
+            return f"values repeat ({', '.join(map(str, sorted({x for x in v if v.count(x) > 1})))}); give each once"
+        return None
+
+    return check
+
+
+def text(optional: bool = False, missing: str = "must not be empty") -> Check:
+    """A non-empty string (a path, a name); ``optional`` also accepts None; ``missing`` says what to give instead."""
+    return lambda v: None if (v is None and optional) or (isinstance(v, str) and v.strip()) else missing
+
+
+def pattern(regex: str, example: str, optional: bool = False) -> Check:
+    return lambda v: None if (v is None and optional) or re.fullmatch(regex, str(v)) else f"expected the form {example}"
+
+
+def is_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "expected true or false"
+
+
+SEED = number(0, 2**32 - 1)
+POSITIVE_INT = number(1)
+SHARE = number(0, 1, low_open=True, high_open=True)
+
+CHECKS: dict[str, Check] = {
+    "model.size": choice("custom", *MODEL_SIZES),
+    "model.image_size": POSITIVE_INT,
+    "model.patch_size": POSITIVE_INT,
+    "model.hidden_size": POSITIVE_INT,
+    "model.depth": POSITIVE_INT,
+    "model.heads": POSITIVE_INT,
+    "model.mlp_ratio": number(0, low_open=True),
+    "model.decoder_hidden_size": POSITIVE_INT,
+    "model.decoder_depth": POSITIVE_INT,
+    "model.decoder_heads": POSITIVE_INT,
+    "model.mask_ratio": SHARE,
+    "model.norm_pix_loss": is_bool,
+    "data.sources": each(text()),
+    "data.tile": number(1, optional=True),
+    "data.grid": pattern(r"[1-9]\d*[xX][1-9]\d*", "ROWSxCOLS such as 2x2", optional=True),
+    "data.min_tile_size": POSITIVE_INT,
+    "data.cache_size": number(1, optional=True),
+    "data.cache_dir": text(optional=True),
+    "data.val_fraction": number(0, 1, high_open=True),
+    "data.skip_bad": is_bool,
+    "data.workers": POSITIVE_INT,
+    "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
+    "augment.crop_ratio": ordered_pair(number(0, low_open=True)),
+    "augment.hflip": is_bool,
+    "augment.vflip": is_bool,
+    "augment.normalize": choice("imagenet", "dataset"),
+    "optim.epochs": POSITIVE_INT,
+    "optim.batch_size": POSITIVE_INT,
+    "optim.accum_steps": POSITIVE_INT,
+    "optim.base_lr": number(0, low_open=True),
+    "optim.min_lr": number(0),
+    "optim.weight_decay": number(0),
+    "optim.betas": each(number(0, 1, high_open=True)),
+    "optim.warmup_epochs": number(0),
+    "optim.schedule": choice("cosine", "constant"),
+    "optim.clip_grad": number(0, low_open=True, optional=True),
+    "optim.lr_scaling": choice("linear", "sqrt", "none"),
+    "run.seed": SEED,
+    "run.device": pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "run.threads": number(1, optional=True),
+    "run.amp": choice("auto", "bf16", "fp16", "fp32"),
+    "run.progress": is_bool,
+    "run.prefetch": lambda v: None if v is None or isinstance(v, bool) else "true, false or null (on CUDA only)",
+    "run.report_to": each(choice("tensorboard", "mlflow"), unique=True),
+    "recon_images": number(0),
+    "probe_split": text(optional=True),
+    "probe_every": POSITIVE_INT,
+    "classifier.pooling": choice("mean", "cls"),
+    "classifier.drop_path": number(0, 1, high_open=True),
+    "classifier.label_smoothing": number(0, 1, high_open=True),
+    "classifier.mixup": number(0),
+    "classifier.cutmix": number(0),
+    "classifier.layer_decay": number(0, 1, low_open=True),
+    "classifier.balance": choice("sqrt", "loss", "sampler", "none"),
+    "classifier.select": choice("last", "val_macro_f1"),
+    "classifier.val": choice("honest", "full"),
+    "classifier.temperature_prior": number(0, low_open=True, optional=True),
+    "classifier.linear_probe": is_bool,
+    "classifier.min_steps": number(0),
+    "classifier.eval_batch_size": POSITIVE_INT,
+    "classifier.target_accuracy": number(0, 1, low_open=True),
+    "classifier.ood_data": each(text()),
+}
+
+
+def leaf_keys(cfg: Any, where: str = "") -> dict[str, Any]:
+    """Every leaf key of a config as a dotted name, with its value."""
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            found.update(leaf_keys(value, f"{where}{f.name}."))
+        else:
+            found[f"{where}{f.name}"] = value
+    return found
+
+
+def check_values(cfg: Any, checks: dict[str, Check]) -> None:
+    """Every value of ``cfg`` within its range or among its choices; the first that is not is a ConfigError.
+
+    A key with no entry in ``checks`` is refused too, so a new config key cannot skip its check.
+    """
+    for key, value in leaf_keys(cfg).items():
+        if key not in checks:
+            raise ConfigError(f"{key}: no value check is defined for this key (add one to the config checks)")
+        problem = checks[key](value)
+        if problem:
+            raise ConfigError(f"{key} = {value!r}: {problem}")
+    model = getattr(cfg, "model", None)
+    if isinstance(model, ModelConfig):
+        for size, count, names in ((model.image_size, model.patch_size, "model.image_size / model.patch_size"), (model.hidden_size, model.heads, "model.hidden_size / model.heads"), (model.decoder_hidden_size, model.decoder_heads, "model.decoder_hidden_size / model.decoder_heads")):
+            if size % count:
+                raise ConfigError(f"{names} = {size} / {count}: must divide evenly")

@@ -12,7 +12,15 @@ from typing import Any
 
 import yaml
 
-from leanmae.config import ConfigError, FinetuneConfig, PretrainConfig, build, load_yaml, resolve, to_dict
+from leanmae.config import (
+    ConfigError,
+    FinetuneConfig,
+    PretrainConfig,
+    build,
+    load_yaml,
+    resolve,
+    to_dict,
+)
 
 RUN_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 

@@ -16,13 +16,21 @@ from leanmae.data.cache import DecodeSpec, load_or_build
 from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb, square_resize
 from leanmae.data.medmnist import is_npz, official_split
 from leanmae.data.sources import DataError, ImageRecord
-from leanmae.data.split import SPLITS, counts, make_split, read_manifest, verify, write_manifest
-from leanmae.evaluation.metrics import classification_report, write_predictions
+from leanmae.data.split import (
+    SPLITS,
+    counts,
+    make_split,
+    read_manifest,
+    verify,
+    write_manifest,
+)
 from leanmae.evaluation.calibration import calibration, softmax
+from leanmae.evaluation.metrics import classification_report, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.progress import bar_disabled
+from leanmae.reporting.runinfo import check_output_file, check_result_folder
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
@@ -37,19 +45,24 @@ def _trained_classifier(model: str | Path, device: str | None) -> tuple[Path, Le
     return folder, classifier, mean, std, extra, labels
 
 
-def split(data: str | Path, classes: str | list[str] | None = None, out: str | Path = "split.csv", ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict[str, dict[str, int]]:
+def split(data: str | Path, classes: str | list[str] | None = None, out: str | Path = "split.csv", ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0, overwrite: bool = False) -> dict[str, dict[str, int]]:
     """Make the study's fixed split manifest of ``data``: a folder of class subfolders (stratified
     train/val/test by ``ratios`` and ``seed``) or a MedMNIST ``.npz`` file (its official split kept;
     ``ratios`` and ``seed`` do not apply). ``classes`` keeps a subset (required for a folder).
+    An existing ``out`` is replaced only with ``overwrite``: a study's runs are tied to its split.
     """
     names = ([c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes)) if classes else []
+    check_output_file(Path(out), overwrite)
     if is_npz(data):
         root, items = official_split(data, names or None)
         write_manifest(items, out, root)
     else:
         if not names:
             raise DataError(f"{data}: pass --classes (comma-separated class folders) for a folder")
-        parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(ratios)
+        try:
+            parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(float(r) for r in ratios)
+        except ValueError:
+            parts = ()
         if len(parts) != 3:
             raise DataError(f"--ratios {ratios!r}: expected three numbers train,val,test such as 0.7,0.1,0.2")
         items = make_split(Path(data), names, parts, seed)  # type: ignore[arg-type]
@@ -61,11 +74,17 @@ def split(data: str | Path, classes: str | list[str] | None = None, out: str | P
     return table
 
 
-def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
-    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``."""
+def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``.
+
+    ``out`` (default RUN/evaluate-SUBSET) is never a run's own folder, and earlier results there
+    are replaced only with ``overwrite``.
+    """
     if subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
+    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
+    check_result_folder(target, ["metrics.json", "predictions.csv"], overwrite)
     root, items = read_manifest(split, data_root)
     items = [it for it in items if it.split == subset]
     verify(items, root)
@@ -80,7 +99,6 @@ def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: st
     report = classification_report(y, probs, labels)
     temperature = extra.get("temperature", 1.0)
     report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
-    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
     write_json(target / "metrics.json", {"model": str(folder), "subset": subset, subset: report})
     extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
     write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
@@ -150,7 +168,7 @@ def _rows(names: list[str], probs: np.ndarray, labels: list[str], columns: dict[
     return rows
 
 
-def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch_size: int = 256, skip_bad: bool = False, device: str | None = None, progress: bool = True) -> list[dict[str, Any]] | Path:
+def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch_size: int = 256, skip_bad: bool = False, device: str | None = None, progress: bool = True, overwrite: bool = False) -> list[dict[str, Any]] | Path:
     """Classify images with the model's own preprocessing.
 
     Options:
@@ -163,6 +181,7 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
         skip_bad: unreadable files become rows with only an ``error`` instead of stopping.
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: a progress bar (on a terminal only).
+        overwrite: replace an existing ``out`` (refused otherwise).
 
     Each row: ``path``, ``predicted_label``, ``confidence`` (softmax maximum),
     ``confidence_calibrated`` (temperature fitted on validation), ``refer`` (calibrated confidence under
@@ -170,6 +189,10 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
     threshold of models trained with ``--ood``), ``error`` and ``p_<class>`` for every class.
     Returns the rows (``out=None``) or the path of the CSV written.
     """
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: must be at least 1")
+    if out is not None:
+        check_output_file(Path(out), overwrite)
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     items, names = _expand(inputs)
     errors: dict[int, str] = {}

@@ -33,21 +33,56 @@ from torch import nn
 
 from leanmae.commands.pretrain import build_cache_for
 from leanmae.commands.reconstruct import model_folder
-from leanmae.config import ConfigError, FinetuneConfig, absolute_lr, lr_rule, resolve, to_dict
-from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, mix, normalize, random_resized_crop, resize, to_float
+from leanmae.config import (
+    CHECKS,
+    FinetuneConfig,
+    absolute_lr,
+    check_values,
+    lr_rule,
+    resolve,
+    to_dict,
+)
+from leanmae.data.augment import (
+    AUGMENT_DRAWS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    dataset_stats,
+    mix,
+    normalize,
+    random_resized_crop,
+    resize,
+    to_float,
+)
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
+from leanmae.evaluation.calibration import (
+    confidence_report,
+    energy,
+    reliability_bins,
+    risk_coverage,
+    softmax,
+)
 from leanmae.evaluation.metrics import classification_report, summary, write_predictions
-from leanmae.evaluation.calibration import confidence_report, energy, reliability_bins, risk_coverage, softmax
 from leanmae.evaluation.predict import cached_batches, predict_logits
-from leanmae.models.classifier import LeanViTClassifier, add_drop_path, build_classifier, layer_decay_scale
 from leanmae.models.card import write_card
+from leanmae.models.classifier import (
+    LeanViTClassifier,
+    add_drop_path,
+    build_classifier,
+    layer_decay_scale,
+)
 from leanmae.models.io import load_preprocessing, save_model
-from leanmae.reporting.plots import confidence_boxplot, confusion_plot, reliability_figure, risk_coverage_figure, training_curves
-from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.reporting.plots import (
+    confidence_boxplot,
+    confusion_plot,
+    reliability_figure,
+    risk_coverage_figure,
+    training_curves,
+)
+from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights, write_json
 from leanmae.training.distributed import Context, setup
@@ -90,7 +125,8 @@ def finetune(
         "classifier": {"linear_probe": linear_probe or None, "pooling": pooling, "ood_data": list(ood) if ood else None},
     }
     cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
-    return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
+    with guarded_output(out):
+        return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
 
 
 @dataclass
@@ -154,24 +190,13 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
     return weights * counts.sum() / (weights * counts).sum()
 
 
-CHOICES = {"pooling": ("mean", "cls"), "balance": ("sqrt", "loss", "sampler", "none"), "select": ("last", "val_macro_f1"), "val": ("honest", "full")}
-
-
-def check_options(opts: Any) -> None:
-    """Every choice of the recipe is one of its known values, before any work starts."""
-    for key, allowed in CHOICES.items():
-        if getattr(opts, key) not in allowed:
-            raise ConfigError(f"classifier.{key} {getattr(opts, key)!r}: use {', '.join(allowed)}")
-
-
 def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
-    check_options(cfg.classifier)
-    absolute_lr(cfg.optim, 1)  # an unknown optim.lr_scaling fails here, not after decoding
+    check_values(cfg, CHECKS)  # also for a config built in Python rather than resolved
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)
     if ctx.is_main:
-        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite)
+        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite, inputs=[split_path, init_folder, data_root])
     ctx.barrier()
     opts, image_size = cfg.classifier, cfg.model.image_size
     spec = DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25))

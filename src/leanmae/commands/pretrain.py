@@ -26,8 +26,25 @@ import numpy as np
 import torch
 from transformers import ViTMAEForPreTraining
 
-from leanmae.config import DataConfig, PretrainConfig, absolute_lr, effective_batch, lr_rule, resolve, to_dict
-from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, dataset_stats, normalize, random_resized_crop, resize, to_float
+from leanmae.config import (
+    DataConfig,
+    PretrainConfig,
+    absolute_lr,
+    effective_batch,
+    lr_rule,
+    resolve,
+    to_dict,
+)
+from leanmae.data.augment import (
+    AUGMENT_DRAWS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    dataset_stats,
+    normalize,
+    random_resized_crop,
+    resize,
+    to_float,
+)
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
 from leanmae.data.decode import tile_boxes
@@ -35,12 +52,18 @@ from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
 from leanmae.data.split import read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
-from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure, trivial_warning
+from leanmae.evaluation.reconstruction import (
+    EVAL_RATIOS,
+    MASK_SEED,
+    reconstruction_errors,
+    reconstruction_figure,
+    trivial_warning,
+)
 from leanmae.models.card import write_card
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve
-from leanmae.reporting.runinfo import prepare_output, write_run_info
+from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import Context, setup
@@ -80,7 +103,8 @@ def pretrain(
     }
     flags["data"]["sources"] = [str(s) for s in flags["data"]["sources"]]
     cfg = resolve(PretrainConfig, "pretrain", preset, config, flags, set)
-    return run_pretrain(cfg, Path(out), resume=resume, overwrite=overwrite, init=init, preset=preset)
+    with guarded_output(out):
+        return run_pretrain(cfg, Path(out), resume=resume, overwrite=overwrite, init=init, preset=preset)
 
 
 @dataclass
@@ -179,7 +203,7 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     if ctx.is_main:
-        prepare_output(out, config_dict, resume, overwrite)
+        prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
     ctx.barrier()
     spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
     pool = split_pool(build_cache_for(collect(cfg.data.sources), spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)

@@ -14,14 +14,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from leanmae.progress import bar_disabled
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
 from leanmae.data.sources import DataError
+from leanmae.evaluation.reconstruction import (
+    EVAL_RATIOS,
+    MASK_SEED,
+    reconstruction_errors,
+    reconstruction_figure,
+    trivial_warning,
+)
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
-from leanmae.evaluation.reconstruction import EVAL_RATIOS, MASK_SEED, reconstruction_errors, reconstruction_figure, trivial_warning
 from leanmae.models.io import load_preprocessing
 from leanmae.models.mae import load_mae
+from leanmae.progress import bar_disabled
+from leanmae.reporting.runinfo import check_result_folder
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
@@ -30,8 +37,8 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     """Image files named directly or found (recursively, sorted) under named folders."""
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+        if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
+            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)))
         elif item.is_file():
             files.append(item)
         else:
@@ -53,16 +60,24 @@ def load_images(files: list[Path], cache_size: int, image_size: int, mean: list[
     return normalize(resize(to_float(np.stack(rows)), image_size), mean, std)
 
 
-def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str | Path, images: int = 8, mask_ratio: float | None = None, device: str | None = None) -> dict[str, Any]:
-    """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics."""
+def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str | Path, images: int = 8, mask_ratio: float | None = None, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics.
+
+    ``out`` is never a run's own folder, and earlier results there are replaced only with ``overwrite``.
+    """
+    if images < 1:
+        raise DataError(f"--images {images}: show at least 1 image")
+    if mask_ratio is not None and not 0 < mask_ratio < 1:
+        raise DataError(f"--mask-ratio {mask_ratio}: must be in (0, 1)")
+    out = Path(out)
+    check_result_folder(out, ["recon_metrics.json", "reconstructions.png"], overwrite)
     ctx = setup(device or "auto")
     folder = model_folder(checkpoint)
-    model = load_mae(folder).to(ctx.device).eval()
+    model = load_mae(folder, "reconstruct needs an MAE (a `leanmae pretrain` run or its model/)").to(ctx.device).eval()
     mean, std, extra = load_preprocessing(folder)
     size = model.config.image_size
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     pixels = load_images(files, extra.get("cache_size", round(size * 1.25)), size, mean, std).to(ctx.device)
-    out = Path(out)
     ratios = sorted({model.config.mask_ratio, *EVAL_RATIOS})
     metrics = {
         "checkpoint": str(folder), "images": len(files), "mask_seed": MASK_SEED, "training_mask_ratio": model.config.mask_ratio,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -32,9 +33,23 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from leanmae.progress import bar_disabled
-from leanmae.config import ConfigError, build, load_yaml, to_dict
+from leanmae.config import (
+    Check,
+    ConfigError,
+    build,
+    choice,
+    each,
+    is_bool,
+    load_yaml,
+    number,
+    pattern,
+    preset_names,
+    text,
+    to_dict,
+)
 from leanmae.data.sources import DataError
+from leanmae.data.split import ratios_problem
+from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
 from leanmae.tracking import finish_run, study_parent, study_report_to
 from leanmae.training.checkpoint import write_json
@@ -83,6 +98,37 @@ class StudyConfig:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
     progress: bool = True
+
+
+STUDY_CHECKS: dict[str, Check] = {
+    "data": text(missing="the study needs --data (a folder with one subfolder per class)"),
+    "classes": each(text(), unique=True, non_empty=True),
+    "pretrain_data": each(text()),
+    "ood_data": each(text()),
+    "pool": choice("other", "in-domain"),
+    "preset": choice(*preset_names()),
+    "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
+    "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
+    "extra_seeds": each(number(0, 2**32 - 1), unique=True),
+    "extra_seeds_up_to": number(0, 1, low_open=True),
+    "arms": each(
+        lambda arm: None if re.fullmatch(r"scratch|mae|mae-in-domain|mae-other|mae-linear|hf:.+", arm) else "unknown arm; use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER",
+        unique=True, non_empty=True,
+    ),
+    "mae": each(text()),
+    "split_ratios": ratios_problem,
+    "split_seed": number(0, 2**32 - 1),
+    "pretrain_epochs": number(1, optional=True),
+    "finetune_epochs": number(1, optional=True),
+    "jobs": number(1),
+    "launcher": choice("local", "slurm"),
+    "wait": is_bool,
+    **{f"slurm.{key}": text(optional=True) for key in ("partition", "account", "folder")},
+    **{f"slurm.{key}": number(1) for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")},
+    "slurm.cluster": choice("slurm", "local", "debug", optional=True),
+    "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
+    "progress": is_bool,
+}
 
 
 @dataclass
@@ -330,13 +376,13 @@ def study(
 
     layer = load_yaml(config) if config else {}
     given = {
-        "data": data, "classes": _list(classes, str), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
-        "fractions": _list(fractions, float), "seeds": _list(seeds, int), "extra_seeds": _list(extra_seeds, int), "arms": _list(arms, str),
-        "mae": [mae] if isinstance(mae, str) else mae,
+        "data": data, "classes": _list(classes, str, "--classes"), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
+        "fractions": _list(fractions, float, "--fractions"), "seeds": _list(seeds, int, "--seeds"), "extra_seeds": _list(extra_seeds, int, "--extra-seeds"),
+        "arms": _list(arms, str, "--arms"), "mae": [mae] if isinstance(mae, str) else mae,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
         "wait": wait, "slurm": slurm, "set": set, "progress": progress,
     }
-    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}])
+    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS)
     _check(cfg)
     out = Path(out)
     saved = out / STUDY_FILE
@@ -370,30 +416,23 @@ def study(
     return states
 
 
-def _list(value: Any, kind: type) -> list[Any] | None:
+def _list(value: Any, kind: type, option: str) -> list[Any] | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        return [kind(v.strip()) for v in value.split(",") if v.strip()]
-    return [kind(v) for v in value]
+    try:
+        if isinstance(value, str):
+            return [kind(v.strip()) for v in value.split(",") if v.strip()]
+        return [kind(v) for v in value]
+    except ValueError:
+        raise ConfigError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from None
 
 
 def _check(cfg: StudyConfig) -> None:
-    if not cfg.data:
-        raise ConfigError("the study needs --data (a folder with one subfolder per class)")
+    """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist."""
     if not Path(cfg.data).is_dir():
         raise DataError(f"{cfg.data}: data folder does not exist")
-    if cfg.pool not in ("other", "in-domain"):
-        raise ConfigError(f"--pool {cfg.pool!r}: use other (the seed's setting) or in-domain")
-    if cfg.launcher not in ("local", "slurm"):
-        raise ConfigError(f"--launcher {cfg.launcher!r}: use local or slurm")
-    for fraction in cfg.fractions:
-        if not 0 < fraction <= 1:
-            raise ConfigError(f"--fractions: {fraction} is not in (0, 1]")
     for arm in cfg.arms:
         arm_pool(arm, cfg.pool)
     for pool, folder in given_maes(cfg).items():
         if not folder.is_dir():
             raise DataError(f"--mae {folder}: MAE folder for the {pool!r} pool does not exist")
-    if not cfg.seeds:
-        raise ConfigError("--seeds: give at least one seed")

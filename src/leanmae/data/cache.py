@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from leanmae.progress import bar_disabled
 from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import DataError, ImageRecord
+from leanmae.progress import bar_disabled
 
 CACHE_VERSION = 1
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,12 +47,28 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
+    """What is wrong with train,val,test shares, or None: three finite shares above 0 that sum to 1.
+
+    A zero share is refused rather than rounded up: every class still needs one val and one test
+    image, so "0.7,0.3,0" would silently make a test split the user asked not to have.
+    """
+    if len(ratios) != 3:
+        return "expected three shares train,val,test such as 0.7,0.1,0.2"
+    if not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        return "train, val and test each need a share above 0, and the shares must sum to 1"
+    return None
+
+
 def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> list[Item]:
     """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
-    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) < 0 or ratios[0] <= 0:
-        raise DataError(f"split ratios {ratios} must be non-negative, give train a share, and sum to 1")
+    problem = ratios_problem(ratios)
+    if problem:
+        raise DataError(f"split ratios {','.join(f'{r:g}' for r in ratios)}: {problem}")
     if len(classes) < 2:
         raise DataError(f"a classification task needs at least two classes, got {classes}")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"split seed {seed}: must be in 0 .. 2**32-1")
     root = Path(root)
     records = scan(root, classes, labelled=True)
     by_class: dict[str, list] = {c: [] for c in classes}
@@ -70,53 +88,117 @@ def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float,
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             rec = group[idx]
             items.append(Item(rec.relpath, label, split, file_hash(rec.path)))
+    conflicts = content_conflicts(items)
+    if conflicts:
+        a, b = conflicts[0]
+        raise DataError(f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes; remove one of them (or the one that is mislabelled) and split again")
     return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.relpath))
 
 
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "root"]
+LEGACY_ROOT_LINE = "# root: "  # manifests before 0.1.1 named their root in a first comment line
+
+
 def write_manifest(items: list[Item], path: Path | str, root: Path | str) -> None:
-    """CSV with a header comment naming the data root (absolute; ``--data-root`` overrides it when data moves)."""
+    """A plain CSV (path, label, split, sha256, root) that csv.DictReader and pandas read as is.
+
+    Every row repeats the absolute data root, so the file stays self-contained when copied;
+    ``--data-root`` overrides it when the data moves.
+    """
     path = Path(path)
     buffer = io.StringIO()
-    buffer.write(f"# root: {Path(root).resolve()}\n")
     writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "split", "sha256"])
-    writer.writerows([it.relpath, it.label, it.split, it.sha256] for it in items)
+    writer.writerow(MANIFEST_COLUMNS)
+    data_root = str(Path(root).resolve())
+    writer.writerows([it.relpath, it.label, it.split, it.sha256, data_root] for it in items)
     write_atomic(path, buffer.getvalue())
 
 
 def read_manifest(path: Path | str, root: Path | str | None = None) -> tuple[Path, list[Item]]:
-    """(data root, items). Paths must stay inside the root: absolute paths and '..' are refused."""
+    """(data root, items) of a manifest: ``leanmae split``'s, or a hand-written ``path,label,split`` CSV.
+
+    The root is ``root`` if given, else the manifest's root column (or an old manifest's
+    ``# root:`` first line), else the manifest's folder. Paths must stay inside the root (absolute
+    paths and '..' are refused), and each path is listed once, with one label and one split.
+    """
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path}: split manifest does not exist (make one with `leanmae split`)")
     lines = path.read_text().splitlines()
-    header_root = lines[0][len("# root: ") :] if lines and lines[0].startswith("# root: ") else None
-    data_root = Path(root or header_root or path.parent)
-    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    legacy_root = lines[0][len(LEGACY_ROOT_LINE) :] if lines and lines[0].startswith(LEGACY_ROOT_LINE) else None
+    reader = csv.DictReader(lines[1:] if legacy_root is not None else lines)
+    missing = [c for c in ("path", "label", "split") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: manifest lacks the column(s) {', '.join(missing)}; expected a header path,label,split[,sha256][,root]")
+    rows = list(reader)
+    roots = {row.get("root") or "" for row in rows} - {""}
+    if len(roots) > 1:
+        raise DataError(f"{path}: the root column holds {len(roots)} different folders; a manifest has one data root")
+    data_root = Path(root or legacy_root or next(iter(roots), None) or path.parent)
     items = []
-    for row in rows:
-        rel = PurePosixPath(row["path"])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise DataError(f"{path}: path {row['path']!r} leaves the data root; manifest paths must be relative and inside it")
+    for line, row in enumerate(rows, start=2):
+        relpath = (row["path"] or "").strip()
+        rel = PurePosixPath(relpath)
+        if not relpath or rel.is_absolute() or ".." in rel.parts:
+            raise DataError(f"{path}: path {row['path']!r} (row {line}) leaves the data root; manifest paths must be relative and inside it")
         if row["split"] not in SPLITS:
-            raise DataError(f"{path}: unknown split {row['split']!r} for {row['path']}")
-        items.append(Item(row["path"], row["label"], row["split"], row["sha256"]))
+            raise DataError(f"{path}: unknown split {row['split']!r} for {relpath}; use {', '.join(SPLITS)}")
+        if not (row["label"] or "").strip():
+            raise DataError(f"{path}: {relpath} (row {line}) has no label")
+        items.append(Item(relpath, row["label"], row["split"], (row.get("sha256") or "").strip()))
     if not items:
         raise DataError(f"{path}: manifest lists no images")
+    check_listing(items, path)
     return data_root, items
 
 
+def check_listing(items: list[Item], where: Path | str) -> None:
+    """Each path listed once: a repeated row, a path with two labels or in two splits is an error."""
+    first: dict[str, Item] = {}
+    for it in items:
+        seen = first.setdefault(it.relpath, it)
+        if seen is it:
+            continue
+        if seen.label != it.label:
+            raise DataError(f"{where}: {it.relpath} is listed with two labels ({seen.label}, {it.label}); give each image one label")
+        if seen.split != it.split:
+            raise DataError(f"{where}: {it.relpath} is in both {seen.split} and {it.split}; an image belongs to one split")
+        raise DataError(f"{where}: {it.relpath} is listed twice; list each image once")
+
+
+def content_conflicts(items: list[Item]) -> list[tuple[Item, Item]]:
+    """Pairs of files with the same content (sha256) but different labels: one image, two answers."""
+    first: dict[str, Item] = {}
+    conflicts = []
+    for it in items:
+        seen = first.setdefault(it.sha256, it)
+        if seen is not it and seen.label != it.label:
+            conflicts.append((seen, it))
+    return conflicts
+
+
 def verify(items: list[Item], root: Path) -> None:
-    """Every listed file exists, lies inside ``root`` and still has the hash recorded at split time."""
+    """Every listed file exists, lies inside ``root`` and still has the hash recorded at split time.
+
+    A hand-written manifest without hashes is hashed here instead. Files with the same content in
+    two classes are reported on stderr (not refused: committed studies hold one such PBC pair).
+    """
     real_root = root.resolve()
+    hashed = []
     for it in items:
         file = root / it.relpath
         if not file.exists():
-            raise DataError(f"{file}: listed in the split manifest but missing on disk")
+            raise DataError(f"{file}: listed in the split manifest but missing on disk" + (" (a dangling symbolic link)" if file.is_symlink() else ""))
         if not file.resolve().is_relative_to(real_root):
             raise DataError(f"{file}: resolves outside the data root {root} (symbolic link?); refusing it")
-        if file_hash(file) != it.sha256:
+        if not file.is_file():
+            raise DataError(f"{file}: listed in the split manifest but not a file")
+        digest = file_hash(file)
+        if it.sha256 and digest != it.sha256:
             raise DataError(f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file")
+        hashed.append(Item(it.relpath, it.label, it.split, digest))
+    for a, b in content_conflicts(hashed):
+        print(f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes", file=sys.stderr)
 
 
 def label_fraction(items: list[Item], fraction: float, seed: int, split: str = "train") -> list[Item]:

@@ -7,14 +7,19 @@ the true class, with count, median, quartiles and mean (empty groups report coun
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
+from leanmae.reporting.safe_csv import csv_text
 from leanmae.training.checkpoint import write_atomic
 
 
@@ -73,16 +78,15 @@ def write_predictions(path: Path, paths: list[str], probs: np.ndarray, labels: l
 
     Rows in ``blank_rows`` (files that could not be read) get no prediction, only their extra columns.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
     extra = extra or {}
-    writer.writerow(["path"] + (["true_label"] if y_true is not None else []) + ["predicted_label", "confidence"] + list(extra) + [f"p_{label}" for label in labels])
+    header = ["path"] + (["true_label"] if y_true is not None else []) + ["predicted_label", "confidence"] + list(extra) + [f"p_{label}" for label in labels]
     predicted = probs.argmax(1)
+    rows = []
     for i, image in enumerate(paths):
         blank = i in blank_rows
         row = [image] + ([labels[y_true[i]]] if y_true is not None else [])
         row += ["", ""] if blank else [labels[predicted[i]], f"{probs[i].max():.6f}"]
         row += [values[i] for values in extra.values()]
         row += [""] * len(labels) if blank else [f"{p:.6f}" for p in probs[i]]
-        writer.writerow(row)
-    write_atomic(path, buffer.getvalue())
+        rows.append(row)
+    write_atomic(path, csv_text(header, rows))  # names starting with = + - @ are escaped for spreadsheets

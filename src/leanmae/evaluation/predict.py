@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from leanmae.progress import bar_disabled
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
+from leanmae.progress import bar_disabled
 
 
 @torch.inference_mode()

@@ -11,7 +11,6 @@ attention and MLP branches, so the saved model stays a plain transformers checkp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -21,7 +20,8 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from leanmae.config import ModelConfig
-from leanmae.models.mae import CheckpointError, check_model_folder, encoder_kwargs, load_mae
+from leanmae.models.io import check_model_folder, load_pretrained, require_kind
+from leanmae.models.mae import CheckpointError, encoder_kwargs, load_mae
 
 
 class LeanViTClassifier(ViTForImageClassification):
@@ -60,13 +60,12 @@ def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
 
 def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors."""
-    check_model_folder(folder)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    model_type = check_model_folder(folder).get("model_type")
     if model_type == "vit_mae":
         source: nn.Module = load_mae(folder)
         vit = source.vit
     elif model_type == "vit":
-        source = ViTModel.from_pretrained(folder, use_safetensors=True, add_pooling_layer=False)
+        source = load_pretrained(ViTModel, folder, add_pooling_layer=False)
         vit = source
     else:
         raise CheckpointError(f"{folder}: model_type {model_type!r} is neither an MAE (vit_mae) nor a ViT (vit)")
@@ -140,6 +139,6 @@ def layer_decay_scale(model: LeanViTClassifier, decay: float):
 
 
 def load_classifier(folder: Path) -> LeanViTClassifier:
-    """A fine-tuned classifier saved by leanmae (pooling is read from its config.json)."""
-    check_model_folder(folder)
-    return LeanViTClassifier.from_pretrained(folder, use_safetensors=True)
+    """A fine-tuned classifier saved by leanmae (pooling is read from its config.json); an MAE or bare encoder is refused."""
+    require_kind(folder, ("classifier",), "predict and evaluate need a classifier (a `leanmae finetune` run or its model/)")
+    return load_pretrained(LeanViTClassifier, folder)

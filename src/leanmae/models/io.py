@@ -1,4 +1,5 @@
-"""Saving finished models as Hugging Face folders that also record leanmae's preprocessing."""
+"""Model folders: saving them (Hugging Face format plus leanmae's preprocessing), and loading them only
+when they are the kind of model a command needs and their weights cover the whole model."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from leanmae.models.card import write_card
-from leanmae.training.checkpoint import atomic_dir
+from leanmae.training.checkpoint import CheckpointError, atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
@@ -48,8 +50,86 @@ def load_preprocessing(folder: Path) -> tuple[list[float], list[float], dict[str
     """(mean, std, leanmae extras) saved beside a model; ImageNet statistics if the folder has none."""
     folder = Path(folder)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    if (folder / PREPROCESSOR_FILE).exists():
-        processor = json.loads((folder / PREPROCESSOR_FILE).read_text())
-        mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
-    extra = json.loads((folder / LEANMAE_FILE).read_text()) if (folder / LEANMAE_FILE).exists() else {}
-    return mean, std, extra
+    processor = _json_object(folder / PREPROCESSOR_FILE)
+    mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
+    return mean, std, _json_object(folder / LEANMAE_FILE)
+
+
+def _json_object(file: Path) -> dict[str, Any]:
+    """A JSON object file beside a model ({} if absent); a damaged one is a CheckpointError naming it."""
+    if not file.exists():
+        return {}
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return value
+
+
+def check_model_folder(folder: Path) -> dict[str, Any]:
+    """A save_pretrained folder must hold a readable config.json and safetensors weights (never a pickle); returns the config."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder does not exist")
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).exists()]
+    if missing:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        extra = f"; found {', '.join(pickles)}, which leanmae does not load (pickle files can run code)" if pickles else ""
+        raise CheckpointError(f"{folder}: not a usable model folder, missing {', '.join(missing)}{extra}")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'config.json'}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / 'config.json'}: expected a JSON object")
+    return config
+
+
+KIND_NAMES = {"mae": "an MAE (masked autoencoder, from `leanmae pretrain`)", "classifier": "a classifier (from `leanmae finetune`)", "vit": "a ViT encoder without a classifier head"}
+
+
+def model_kind(folder: Path) -> str:
+    """What a model folder holds: "mae", "classifier", "vit" (a bare encoder) or its config's model_type.
+
+    leanmae.json says it for folders leanmae wrote; other transformers folders are told apart by
+    config.json's model_type and architectures.
+    """
+    config = check_model_folder(folder)
+    kind = load_preprocessing(folder)[2].get("kind")
+    if kind:
+        return str(kind)
+    model_type = config.get("model_type")
+    if model_type == "vit_mae":
+        return "mae"
+    if model_type == "vit":
+        heads = [a for a in config.get("architectures") or [] if a.endswith("ForImageClassification") or a == "LeanViTClassifier"]
+        return "classifier" if heads else "vit"
+    return str(model_type or "unknown")
+
+
+def require_kind(folder: Path, wanted: tuple[str, ...], needs: str) -> None:
+    """Refuse a model folder of another kind, saying what it is and what the command needs."""
+    kind = model_kind(folder)
+    if kind not in wanted:
+        raise CheckpointError(f"{folder}: is {KIND_NAMES.get(kind, f'a {kind!r} model')}, but {needs}")
+
+
+def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> PreTrainedModel:
+    """``cls.from_pretrained`` from safetensors, with every weight of the model found in the file.
+
+    Why: transformers fills weights missing from a checkpoint (renamed keys, another model's file)
+    with random values and only logs a warning, so a run would silently start from noise. Here
+    that, a tensor of the wrong shape, a damaged file or an unreadable config is a CheckpointError.
+    """
+    check_model_folder(folder)
+    try:
+        model, info = cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{folder}: cannot be loaded as {cls.__name__} ({reason})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed")
+    return model

@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
-from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+from transformers.models.vit_mae.modeling_vit_mae import (
+    build_2d_sinusoidal_position_embedding,
+)
 
 from leanmae.config import ModelConfig
 from leanmae.data.rand import MASK_STREAM, uniform
+from leanmae.models.io import load_pretrained, require_kind
 from leanmae.training.checkpoint import CheckpointError
-
 
 
 def mae_config(model: ModelConfig) -> ViTMAEConfig:
@@ -50,17 +52,6 @@ def encoder_kwargs(model: ModelConfig) -> dict[str, object]:
     }
 
 
-def check_model_folder(folder: Path) -> None:
-    """A save_pretrained folder must hold config.json and safetensors weights (never a pickle)."""
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder does not exist")
-    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).exists()]
-    if missing:
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
-        extra = f"; found {', '.join(pickles)}, which leanmae does not load (pickle files can run code)" if pickles else ""
-        raise CheckpointError(f"{folder}: not a usable model folder, missing {', '.join(missing)}{extra}")
-
-
 def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPreTraining:
     """A fresh MAE, or one whose weights start from the local MAE folder ``init``.
 
@@ -71,12 +62,12 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     if init is None:
         return set_fixed_positions(init_mae_weights(ViTMAEForPreTraining(config)))
     folder = Path(init)
-    check_model_folder(folder)
+    require_kind(folder, ("mae",), "--init of pretraining needs an MAE folder")
     saved = ViTMAEConfig.from_pretrained(folder)
     for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "decoder_hidden_size", "decoder_num_hidden_layers"):
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config")
-    return set_fixed_positions(ViTMAEForPreTraining.from_pretrained(folder, config=config, use_safetensors=True))
+    return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, folder, config=config))
 
 
 def init_mae_weights(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
@@ -106,10 +97,10 @@ def init_mae_weights(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
     return mae
 
 
-def load_mae(folder: str | Path) -> ViTMAEForPreTraining:
-    """A saved MAE (safetensors only), with its fixed position embeddings made right."""
-    check_model_folder(Path(folder))
-    return set_fixed_positions(ViTMAEForPreTraining.from_pretrained(folder, use_safetensors=True))
+def load_mae(folder: str | Path, needs: str = "this command needs an MAE (a `leanmae pretrain` run or its model/)") -> ViTMAEForPreTraining:
+    """A saved MAE (safetensors only, every weight present), with its fixed position embeddings made right."""
+    require_kind(Path(folder), ("mae",), needs)
+    return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, Path(folder)))
 
 
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:

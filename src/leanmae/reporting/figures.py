@@ -21,6 +21,7 @@ from leanmae.evaluation.stats import estimate
 from leanmae.reporting.learning import METRIC, METRIC_NAME, Answer
 from leanmae.reporting.plots import confidence_boxplot, save_figure
 from leanmae.reporting.runs import Run, arms, by_cell, labels_at, pct
+from leanmae.reporting.safe_csv import unescape
 from leanmae.reporting.tables import METRICS, NAMES
 
 
@@ -135,7 +136,7 @@ def confidence_figures(runs: list[Run], folder: Path) -> list[tuple[Path, float]
                 with open(r.folder / "predictions.csv") as fh:
                     rows = list(csv.DictReader(fh))
                 labels = [k[2:] for k in rows[0] if k.startswith("p_")]
-                y += [labels.index(row["true_label"]) for row in rows]
+                y += [labels.index(unescape(row["true_label"])) for row in rows]
                 probs += [[float(row[f"p_{c}"]) for c in labels] for row in rows]
             if y:
                 groups[arm] = {"true": np.array(y), "probs": np.array(probs)}

@@ -22,7 +22,13 @@ from typing import Any
 
 import leanmae
 from leanmae.evaluation.stats import METHOD
-from leanmae.reporting.figures import confidence_figures, curves_figure, label_efficiency_figure, learning_curve_figure, recon_error_figure
+from leanmae.reporting.figures import (
+    confidence_figures,
+    curves_figure,
+    label_efficiency_figure,
+    learning_curve_figure,
+    recon_error_figure,
+)
 from leanmae.reporting.findings import findings, problems
 from leanmae.reporting.learning import Answer, answer, headline, learning_table
 from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders

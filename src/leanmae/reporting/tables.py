@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +11,18 @@ from typing import Any
 import numpy as np
 
 from leanmae.evaluation.stats import Estimate, estimate, paired
-from leanmae.reporting.runs import BASELINE, Labels, Run, arms, by_cell, info, label_text, labels_at, pct
+from leanmae.reporting.runs import (
+    BASELINE,
+    Labels,
+    Run,
+    arms,
+    by_cell,
+    info,
+    label_text,
+    labels_at,
+    pct,
+)
+from leanmae.reporting.safe_csv import csv_text
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 NAMES = {"accuracy": "Accuracy", "macro_precision": "Precision (macro)", "macro_recall": "Recall (macro)", "macro_f1": "F1 (macro)", "balanced_accuracy": "Balanced accuracy"}
@@ -27,11 +36,7 @@ class Table:
     rows: list[list[Any]]
 
     def csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(self.headers)
-        writer.writerows(self.rows)
-        return buffer.getvalue()
+        return csv_text(self.headers, self.rows)  # formula-like cells escaped for spreadsheets
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]

@@ -9,6 +9,7 @@ never unpickles anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,6 +37,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@functools.cache
+def umask_mode() -> int:
+    """The permissions a new file gets under this process's umask (0o644 under the usual 022); read once."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_atomic(path: Path | str, data: str | bytes) -> None:
@@ -71,6 +80,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         yield tmp
         for file in tmp.iterdir():
             if file.is_file():
+                os.chmod(file, umask_mode())  # safetensors writes 0600; the group should read models as it reads the rest
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -165,4 +175,5 @@ def save_weights(module: torch.nn.Module, path: Path | str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(model_tensors(module), tmp)
+    os.chmod(tmp, umask_mode())
     os.replace(tmp, path)

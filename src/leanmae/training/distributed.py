@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from leanmae.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -74,6 +76,8 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
     if device == "cuda":
         device = f"cuda:{local_rank}"
     chosen = torch.device(device)
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu or auto")
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
         torch.backends.cuda.matmul.allow_tf32 = True
