@@ -71,13 +71,24 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Batch augmentation. Cells have no orientation, so both flips are on; colour is left alone."""
+    """Batch augmentation. Cells have no orientation, so both flips are on.
+
+    Stain and colour perturbations (``leanmae.data.colour``) are off by default until the
+    robustness benchmark of issue 16 has chosen strengths; Tellez et al. 2019 used HED strengths
+    of 0.05 ("light") to 0.2 ("strong").
+    """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: bool = True
     vflip: bool = True
     normalize: str = "imagenet"  # or "dataset": mean/std measured on the training images
+    hed: float = 0.0  # stain perturbation: each HED optical density x U(1-hed, 1+hed) + U(-hed, hed); 0 = off
+    brightness: float = 0.0  # x U(1-b, 1+b)
+    contrast: float = 0.0  # blend with the image's mean grey, factor U(1-c, 1+c)
+    saturation: float = 0.0  # blend with the greyscale image, factor U(1-s, 1+s)
+    hue: float = 0.0  # hue rotation by U(-h, h) turns (at most 0.5)
+    blur: float = 0.0  # Gaussian blur of sigma U(0, blur) pixels of the training image
 
 
 @dataclass
@@ -464,6 +475,12 @@ CHECKS: dict[str, Check] = {
     "augment.hflip": is_bool,
     "augment.vflip": is_bool,
     "augment.normalize": choice("imagenet", "dataset"),
+    "augment.hed": number(0, 1),
+    "augment.brightness": number(0, 1),
+    "augment.contrast": number(0, 1),
+    "augment.saturation": number(0, 1),
+    "augment.hue": number(0, 0.5),
+    "augment.blur": number(0, 10),
     "optim.epochs": POSITIVE_INT,
     "optim.batch_size": POSITIVE_INT,
     "optim.accum_steps": POSITIVE_INT,

@@ -55,6 +55,7 @@ from leanmae.data.augment import (
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.colour import augment_colour
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
@@ -355,7 +356,8 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
     def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(data.cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = normalize(random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws), mean, std)
+        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = normalize(augment_colour(images, aug, cfg.run.seed, epoch, batch), mean, std)
         targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
         return mix(images, targets, opts.mixup, opts.cutmix, np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]))
 

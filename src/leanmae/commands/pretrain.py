@@ -47,6 +47,7 @@ from leanmae.data.augment import (
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
@@ -176,6 +177,7 @@ def pretrain_task(
         images = to_float(gather(cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = augment_colour(images, aug, cfg.run.seed, epoch, batch)
         return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
 
     def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
