@@ -45,6 +45,8 @@ WRONG: dict[str, Any] = {
     "augment.hflip": "maybe",
     "augment.vflip": "maybe",
     "augment.normalize": "imagnet",
+    "data.stain_norm": "macenko-ish",
+    "data.cell_crop": 0.5,
     "augment.hed": -0.1,
     "augment.brightness": 2.0,
     "augment.contrast": -1,

@@ -67,6 +67,8 @@ class DataConfig:
     val_fraction: float = 0.05
     skip_bad: bool = False
     workers: int = 2  # decoding processes when the cache is built
+    stain_norm: str = "none"  # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
+    cell_crop: float | None = None  # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
 
 
 @dataclass
@@ -470,6 +472,8 @@ CHECKS: dict[str, Check] = {
     "data.val_fraction": number(0, 1, high_open=True),
     "data.skip_bad": is_bool,
     "data.workers": POSITIVE_INT,
+    "data.stain_norm": choice("none", "reinhard"),
+    "data.cell_crop": number(1, 10, optional=True),
     "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
     "augment.crop_ratio": ordered_pair(number(0, low_open=True)),
     "augment.hflip": is_bool,

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from leanmae.commands.finetune import confidence_columns
 from leanmae.commands.reconstruct import image_files, model_folder
-from leanmae.data.cache import DecodeSpec, load_or_build
-from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb, square_resize
+from leanmae.data.cache import DecodeSpec, finish_image, load_or_build, spec_from_extras
+from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb
 from leanmae.data.medmnist import is_npz, official_split
 from leanmae.data.sources import DataError, ImageRecord
 from leanmae.data.split import (
@@ -91,7 +91,7 @@ def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: st
     unknown = sorted({it.label for it in items} - set(labels))
     if unknown:
         raise DataError(f"{split}: classes {unknown} are not among the model's classes {labels}")
-    cache = load_or_build([ImageRecord(root / it.relpath, root, it.label) for it in items], DecodeSpec(size=extra.get("cache_size", classifier.config.image_size)))
+    cache = load_or_build([ImageRecord(root / it.relpath, root, it.label) for it in items], spec_from_extras(extra, classifier.config.image_size))
     entries = np.arange(len(cache))
     y = np.array([labels.index(items[s].label) for s in cache.sources])
     logits = predict_logits(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
@@ -117,17 +117,17 @@ def _load(item: Any) -> np.ndarray:
     return decode_rgb(item)
 
 
-def _decoded_batches(items: list[Any], size: int, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
-    """Stream decoded images in batches so that thousands of files never sit in memory at once."""
+def _decoded_batches(items: list[Any], spec: DecodeSpec, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
+    """Stream images decoded as in training (``finish_image``) in batches, so that thousands of files never sit in memory at once."""
     batch: list[np.ndarray] = []
     for i, item in enumerate(items):
         try:
-            batch.append(square_resize(_load(item), size))
+            batch.append(finish_image(_load(item), spec))
         except BadImageError as err:
             if not skip_bad:
                 raise BadImageError(err.path, err.reason + " (pass --skip-bad to list it as an error row instead)") from err
             errors[i] = err.reason
-            batch.append(np.zeros((size, size, 3), dtype=np.uint8))
+            batch.append(np.zeros((spec.size, spec.size, 3), dtype=np.uint8))
         if len(batch) == batch_size:
             yield np.stack(batch)
             batch = []
@@ -196,11 +196,11 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     items, names = _expand(inputs)
     errors: dict[int, str] = {}
-    size = extra.get("cache_size", classifier.config.image_size)
+    spec = spec_from_extras(extra, classifier.config.image_size)
     with tqdm(total=len(items), desc="classifying", unit="img", disable=bar_disabled(progress)) as bar:
 
         def counted() -> Iterator[np.ndarray]:
-            for batch in _decoded_batches(items, size, batch_size, skip_bad, errors):
+            for batch in _decoded_batches(items, spec, batch_size, skip_bad, errors):
                 bar.update(len(batch))
                 yield batch
 
