@@ -67,17 +67,30 @@ class DataConfig:
     val_fraction: float = 0.05
     skip_bad: bool = False
     workers: int = 2  # decoding processes when the cache is built
+    stain_norm: str = "none"  # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
+    cell_crop: float | None = None  # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
 
 
 @dataclass
 class AugmentConfig:
-    """Batch augmentation. Cells have no orientation, so both flips are on; colour is left alone."""
+    """Batch augmentation. Cells have no orientation, so both flips are on.
+
+    Stain and colour perturbations (``leanmae.data.colour``) are off by default until the
+    robustness benchmark of issue 16 has chosen strengths; Tellez et al. 2019 used HED strengths
+    of 0.05 ("light") to 0.2 ("strong").
+    """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: bool = True
     vflip: bool = True
     normalize: str = "imagenet"  # or "dataset": mean/std measured on the training images
+    hed: float = 0.0  # stain perturbation: each HED optical density x U(1-hed, 1+hed) + U(-hed, hed); 0 = off
+    brightness: float = 0.0  # x U(1-b, 1+b)
+    contrast: float = 0.0  # blend with the image's mean grey, factor U(1-c, 1+c)
+    saturation: float = 0.0  # blend with the greyscale image, factor U(1-s, 1+s)
+    hue: float = 0.0  # hue rotation by U(-h, h) turns (at most 0.5)
+    blur: float = 0.0  # Gaussian blur of sigma U(0, blur) pixels of the training image
 
 
 @dataclass
@@ -459,11 +472,19 @@ CHECKS: dict[str, Check] = {
     "data.val_fraction": number(0, 1, high_open=True),
     "data.skip_bad": is_bool,
     "data.workers": POSITIVE_INT,
+    "data.stain_norm": choice("none", "reinhard"),
+    "data.cell_crop": number(1, 10, optional=True),
     "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
     "augment.crop_ratio": ordered_pair(number(0, low_open=True)),
     "augment.hflip": is_bool,
     "augment.vflip": is_bool,
     "augment.normalize": choice("imagenet", "dataset"),
+    "augment.hed": number(0, 1),
+    "augment.brightness": number(0, 1),
+    "augment.contrast": number(0, 1),
+    "augment.saturation": number(0, 1),
+    "augment.hue": number(0, 0.5),
+    "augment.blur": number(0, 10),
     "optim.epochs": POSITIVE_INT,
     "optim.batch_size": POSITIVE_INT,
     "optim.accum_steps": POSITIVE_INT,

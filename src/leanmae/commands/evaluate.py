@@ -1,8 +1,9 @@
-"""``leanmae split``, ``leanmae evaluate`` and ``leanmae predict``: the data split and using a trained classifier."""
+"""``leanmae split``, ``leanmae evaluate`` and ``leanmae predict``: the data split and using a trained classifier (also on other labs' images)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from tqdm.auto import tqdm
 
 from leanmae.commands.finetune import confidence_columns
 from leanmae.commands.reconstruct import image_files, model_folder
-from leanmae.data.cache import DecodeSpec, load_or_build
-from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb, square_resize
+from leanmae.data.cache import DecodeSpec, finish_image, load_or_build, spec_from_extras
+from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb
 from leanmae.data.medmnist import is_npz, official_split
-from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.sources import DataError, ImageRecord, class_folders, scan
 from leanmae.data.split import (
     SPLITS,
     counts,
@@ -30,6 +31,7 @@ from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.progress import bar_disabled
+from leanmae.reporting.plots import confusion_plot
 from leanmae.reporting.runinfo import check_output_file, check_result_folder
 from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
@@ -74,36 +76,70 @@ def split(data: str | Path, classes: str | list[str] | None = None, out: str | P
     return table
 
 
-def evaluate(model: str | Path, split: str | Path, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Re-score a trained classifier on one subset of a split manifest; writes metrics.json and predictions.csv to ``out``.
+def evaluate(model: str | Path, split: str | Path | None = None, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None, overwrite: bool = False, data: str | Path | None = None) -> dict[str, Any]:
+    """Score a trained classifier on one subset of a split manifest (``split``) or on any labelled
+    image folder (``data``: one subfolder per class); writes metrics.json, predictions.csv and
+    confusion_matrix.png to ``out``, as the test split of a run.
 
-    ``out`` (default RUN/evaluate-SUBSET) is never a run's own folder, and earlier results there
-    are replaced only with ``overwrite``.
+    A folder's class subfolders are matched to the model's classes by name, ignoring case; a
+    subset of the classes is fine (macro metrics are then over the classes present), a folder
+    naming no class of the model is an error. ``out`` (default RUN/evaluate-SUBSET or
+    RUN/evaluate-FOLDERNAME) is never a run's own folder, and earlier results there are replaced
+    only with ``overwrite``.
     """
-    if subset not in SPLITS:
+    if (split is None) == (data is None):
+        raise DataError("evaluate: give either --split (a split manifest) or --data (a labelled image folder)")
+    if split is not None and subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
-    target = Path(out) if out else folder.parent / f"evaluate-{subset}"
-    check_result_folder(target, ["metrics.json", "predictions.csv"], overwrite)
+    name = subset if split is not None else "external"
+    target = Path(out) if out else folder.parent / (f"evaluate-{subset}" if split is not None else f"evaluate-{Path(data).name}")
+    check_result_folder(target, EVALUATE_OUTPUTS, overwrite)
+    records = _split_records(split, subset, data_root, labels) if split is not None else _folder_records(Path(data), labels)
+    cache = load_or_build(records, spec_from_extras(extra, classifier.config.image_size))
+    entries = np.arange(len(cache))
+    y = np.array([labels.index(records[s].label) for s in cache.sources])
+    logits = predict_logits(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
+    probs = softmax(logits)
+    present = sorted(set(y.tolist()))
+    report = classification_report(y, probs, labels, scored=present)
+    temperature = extra.get("temperature", 1.0)
+    report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
+    source = {"subset": subset, "split": str(split)} if split is not None else {"subset": name, "data": str(data), "classes_present": [labels[i] for i in present]}
+    write_json(target / "metrics.json", {"model": str(folder), **source, name: report})
+    extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
+    write_predictions(target / "predictions.csv", [records[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
+    confusion_plot(report["confusion_matrix"]["rows_true_cols_predicted"], labels, target / "confusion_matrix.png", f"{name}: {split or data}")
+    print(f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images of {len(present)} classes; wrote {target}")
+    return report
+
+
+EVALUATE_OUTPUTS = ["metrics.json", "predictions.csv", "confusion_matrix.png"]
+
+
+def _split_records(split: str | Path, subset: str, data_root: str | Path | None, labels: list[str]) -> list[ImageRecord]:
+    """The images of one subset of a split manifest, verified against their checksums."""
     root, items = read_manifest(split, data_root)
     items = [it for it in items if it.split == subset]
     verify(items, root)
     unknown = sorted({it.label for it in items} - set(labels))
     if unknown:
         raise DataError(f"{split}: classes {unknown} are not among the model's classes {labels}")
-    cache = load_or_build([ImageRecord(root / it.relpath, root, it.label) for it in items], DecodeSpec(size=extra.get("cache_size", classifier.config.image_size)))
-    entries = np.arange(len(cache))
-    y = np.array([labels.index(items[s].label) for s in cache.sources])
-    logits = predict_logits(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
-    probs = softmax(logits)
-    report = classification_report(y, probs, labels)
-    temperature = extra.get("temperature", 1.0)
-    report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
-    write_json(target / "metrics.json", {"model": str(folder), "subset": subset, subset: report})
-    extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
-    write_predictions(target / "predictions.csv", [items[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
-    print(f"{subset}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images; wrote {target}")
-    return report
+    return [ImageRecord(root / it.relpath, root, it.label) for it in items]
+
+
+def _folder_records(root: Path, labels: list[str]) -> list[ImageRecord]:
+    """The images of a labelled folder, each labelled with the model's class its subfolder names (case-insensitive)."""
+    if not root.is_dir():
+        raise DataError(f"--data {root}: not a folder")
+    by_name = {label.lower(): label for label in labels}
+    folders = class_folders(root)
+    if not folders:
+        raise DataError(f"--data {root}: expected one subfolder per class (of {', '.join(labels)})")
+    unknown = [f for f in folders if f.lower() not in by_name]
+    if unknown:
+        raise DataError(f"--data {root}: folder(s) {', '.join(unknown)} match none of the model's classes ({', '.join(labels)})")
+    return [replace(rec, label=by_name[rec.label.lower()]) for rec in scan(root, folders, labelled=True)]
 
 
 def _load(item: Any) -> np.ndarray:
@@ -117,17 +153,17 @@ def _load(item: Any) -> np.ndarray:
     return decode_rgb(item)
 
 
-def _decoded_batches(items: list[Any], size: int, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
-    """Stream decoded images in batches so that thousands of files never sit in memory at once."""
+def _decoded_batches(items: list[Any], spec: DecodeSpec, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
+    """Stream images decoded as in training (``finish_image``) in batches, so that thousands of files never sit in memory at once."""
     batch: list[np.ndarray] = []
     for i, item in enumerate(items):
         try:
-            batch.append(square_resize(_load(item), size))
+            batch.append(finish_image(_load(item), spec))
         except BadImageError as err:
             if not skip_bad:
                 raise BadImageError(err.path, err.reason + " (pass --skip-bad to list it as an error row instead)") from err
             errors[i] = err.reason
-            batch.append(np.zeros((size, size, 3), dtype=np.uint8))
+            batch.append(np.zeros((spec.size, spec.size, 3), dtype=np.uint8))
         if len(batch) == batch_size:
             yield np.stack(batch)
             batch = []
@@ -196,11 +232,11 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     items, names = _expand(inputs)
     errors: dict[int, str] = {}
-    size = extra.get("cache_size", classifier.config.image_size)
+    spec = spec_from_extras(extra, classifier.config.image_size)
     with tqdm(total=len(items), desc="classifying", unit="img", disable=bar_disabled(progress)) as bar:
 
         def counted() -> Iterator[np.ndarray]:
-            for batch in _decoded_batches(items, size, batch_size, skip_bad, errors):
+            for batch in _decoded_batches(items, spec, batch_size, skip_bad, errors):
                 bar.update(len(batch))
                 yield batch
 

@@ -54,7 +54,8 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.colour import augment_colour
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
@@ -139,6 +140,7 @@ class LabelledData:
     cache: ImageCache
     y: np.ndarray  # cache entry -> class index
     index: dict[str, np.ndarray]  # "train" (this fraction), "val", "test" -> cache entries
+    spec: DecodeSpec  # how the images were decoded (with the stain reference of the train split)
 
     def paths(self, split: str) -> list[str]:
         return [self.items[s].relpath for s in self.cache.sources[self.index[split]]]
@@ -153,6 +155,7 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
     if len(labels) < 2:
         raise DataError(f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes")
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
+    spec = stain_spec(spec, cfg.data.stain_norm, [r for r, it in zip(records, items) if it.split == "train"])
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
     item_of_entry = [items[s] for s in cache.sources]
     y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
@@ -168,7 +171,7 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
         missing = set(range(len(labels))) - set(y[idx].tolist())
         if missing:
             raise DataError(f"{split_path}: the {name} images lack class(es) {', '.join(labels[m] for m in sorted(missing))}")
-    return LabelledData(root, items, labels, cache, y, index)
+    return LabelledData(root, items, labels, cache, y, index, spec)
 
 
 def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
@@ -199,8 +202,8 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
         prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite, inputs=[split_path, init_folder, data_root])
     ctx.barrier()
     opts, image_size = cfg.classifier, cfg.model.image_size
-    spec = DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25))
-    data = load_labelled(split_path, data_root, fraction, cfg.run.seed, spec, cfg, ctx)
+    data = load_labelled(split_path, data_root, fraction, cfg.run.seed, DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop), cfg, ctx)
+    spec = data.spec
     labels, train_idx = data.labels, data.index["train"]
 
     if init_folder is not None:
@@ -295,7 +298,7 @@ def _final_evaluation(model: LeanViTClassifier, data: LabelledData, cfg: Finetun
         **confidence,
     }
     energy_threshold = confidence.get("ood", {}).get("energy_threshold")
-    save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, "cache_size": spec.size, "temperature": temperature, "refer_threshold": threshold, "target_accuracy": opts.target_accuracy, "energy_threshold": energy_threshold})
+    save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, **spec_extras(spec), "temperature": temperature, "refer_threshold": threshold, "target_accuracy": opts.target_accuracy, "energy_threshold": energy_threshold})
     scaled = softmax(logits["test"], temperature)
     write_predictions(out / "predictions.csv", data.paths("test"), probs["test"], labels, truth["test"], extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold))
     confusion_plot(metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"], labels, out / "confusion_matrix.png", "test split")
@@ -355,7 +358,8 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
     def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(data.cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = normalize(random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws), mean, std)
+        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = normalize(augment_colour(images, aug, cfg.run.seed, epoch, batch), mean, std)
         targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
         return mix(images, targets, opts.mixup, opts.cutmix, np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]))
 

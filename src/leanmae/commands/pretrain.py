@@ -46,7 +46,8 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build
+from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
@@ -176,6 +177,7 @@ def pretrain_task(
         images = to_float(gather(cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = augment_colour(images, aug, cfg.run.seed, epoch, batch)
         return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
 
     def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -205,8 +207,10 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     if ctx.is_main:
         prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
     ctx.barrier()
-    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size)
-    pool = split_pool(build_cache_for(collect(cfg.data.sources), spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
+    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size, cell_crop=cfg.data.cell_crop)
+    records = collect(cfg.data.sources)
+    spec = stain_spec(spec, cfg.data.stain_norm, records)
+    pool = split_pool(build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
     cache = pool.cache
     if cfg.augment.normalize == "dataset":
         mean, std = dataset_stats(cache.images, pool.train)
@@ -238,7 +242,7 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
 
     summary: dict[str, Any] = {}
     if ctx.is_main:
-        save_model(model, out / "model", mean, std, {"kind": "mae", "cache_size": cache.images.shape[1]})
+        save_model(model, out / "model", mean, std, {"kind": "mae", **spec_extras(spec)})
         history = result.history
         loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
         ratios = sorted({cfg.model.mask_ratio, *EVAL_RATIOS})

@@ -14,14 +14,17 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.data.cellcrop import cell_centred_crop
 from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.stain import reinhard, reinhard_reference
 from leanmae.progress import bar_disabled
 
 CACHE_VERSION = 1
@@ -33,28 +36,75 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """How files become cache entries: working size and tiling."""
+    """How files become cache entries: working size, tiling, cell-centred crop and stain normalisation.
+
+    ``cell_crop`` (k) and ``stain_reference`` (Reinhard's six LAB numbers) change the pixels, so
+    they are part of the cache key and are saved with a model (``spec_extras``), so that
+    ``predict`` decodes its images exactly as training did (``finish_image``).
+    """
 
     size: int
     tile: int | None = None
     grid: str | None = None
     min_tile_size: int = 64
+    cell_crop: float | None = None
+    stain_reference: tuple[float, ...] | None = None
+
+
+_KEYED_WHEN_SET = ("cell_crop", "stain_reference")  # left out of the key while unset, so older caches keep theirs
+
+
+def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
+    """One decoded image (or tile) as the model sees it: cell-centred crop, square resize, stain normalisation."""
+    if spec.cell_crop:
+        region = cell_centred_crop(region, spec.cell_crop)
+    square = square_resize(region, spec.size)
+    return reinhard(square, spec.stain_reference) if spec.stain_reference else square
+
+
+def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit: int = 64) -> DecodeSpec:
+    """``spec`` with the stain reference of ``method`` taken from (up to ``limit``, a fixed choice of) the training images."""
+    if method == "none":
+        return spec
+    pick = np.sort(np.random.default_rng(0).permutation(len(training))[:limit])
+    images = []
+    for i in pick:
+        try:
+            images.append(finish_image(decode_rgb(training[i].path), spec))
+        except BadImageError:
+            continue  # the cache build reports (or skips) bad files itself
+    if not images:
+        raise DataError("no readable training image to take the stain reference from")
+    return replace(spec, stain_reference=reinhard_reference(images))
+
+
+def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
+    """What leanmae.json records about decoding, so a saved model's inputs are decoded as in training."""
+    return {"cache_size": spec.size, "cell_crop": spec.cell_crop, "stain_norm": {"method": "reinhard", "reference": list(spec.stain_reference)} if spec.stain_reference else None}
+
+
+def spec_from_extras(extra: dict[str, Any], default_size: int) -> DecodeSpec:
+    """The DecodeSpec a saved model was trained with (leanmae.json; older models: size only)."""
+    stain = extra.get("stain_norm") or {}
+    reference = tuple(stain["reference"]) if stain.get("reference") else None
+    return DecodeSpec(size=int(extra.get("cache_size", default_size)), cell_crop=extra.get("cell_crop"), stain_reference=reference)
 
 
 def _decode_file(path: str, spec: DecodeSpec) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]] | str:
-    """Worker: tiles of one file, resized; a bad file returns its error message instead."""
+    """Worker: tiles of one file, finished as the model sees them; a bad file returns its error message instead."""
     try:
         rgb = decode_rgb(path)
     except BadImageError as err:
         return str(err)
     boxes = tile_boxes(rgb.shape[1], rgb.shape[0], spec.tile, spec.grid, spec.min_tile_size)
-    tiles = [square_resize(rgb[t:b, l:r], spec.size) for (l, t, r, b) in boxes]
+    tiles = [finish_image(rgb[t:b, l:r], spec) for (l, t, r, b) in boxes]
     return tiles, boxes
 
 
 def manifest_hash(records: list[ImageRecord], spec: DecodeSpec) -> str:
     """Hash of the file list (path, size, mtime) and decoding settings: the cache key."""
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.__dict__]).encode())
+    settings = {k: v for k, v in spec.__dict__.items() if k not in _KEYED_WHEN_SET or v is not None}
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, settings]).encode())
     for rec in records:
         st = rec.path.stat()
         digest.update(f"{rec.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -18,6 +18,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 # Separate streams so that crop parameters and masks of one image are independent.
 AUGMENT_STREAM = 0
 MASK_STREAM = 1 << 20
+COLOUR_STREAM = 2 << 20  # stain and colour perturbation (leanmae.data.colour)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -51,12 +51,17 @@ def confidence_stats(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -
     return groups
 
 
-def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Everything metrics.json holds about one set of predictions."""
+def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[str], scored: list[int] | None = None) -> dict[str, Any]:
+    """Everything metrics.json holds about one set of predictions.
+
+    ``scored`` (class indices; default all) limits the per-class and macro metrics to those classes,
+    for an external set that holds only some of the model's classes; the confusion matrix keeps them all.
+    """
     classes = list(range(len(labels)))
+    scored = classes if scored is None else list(scored)
     y_pred = probs.argmax(1)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
-    macro = precision_recall_fscore_support(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=scored, zero_division=0)
+    macro = precision_recall_fscore_support(y_true, y_pred, labels=scored, average="macro", zero_division=0)
     return {
         "images": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -65,8 +70,8 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[st
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
         "per_class": {
-            label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-            for i, label in enumerate(labels)
+            labels[c]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(scored)
         },
         "confusion_matrix": {"labels": labels, "rows_true_cols_predicted": confusion_matrix(y_true, y_pred, labels=classes).tolist()},
         "confidence": confidence_stats(y_true, probs, labels),
