@@ -709,7 +709,7 @@ def test_a_run_at_a_fraction_uses_that_share_of_the_val_labels_and_records_the_c
 
 
 def test_an_unknown_recipe_choice_is_refused_before_any_work(cells: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="classifier.val 'half'"):
+    with pytest.raises(ConfigError, match="classifier.val = 'half'"):
         tiny_finetune(cells["split"], tmp_path / "x", sets=["classifier.val=half"])
     with pytest.raises(ConfigError, match="optim.lr_scaling"):
         tiny_finetune(cells["split"], tmp_path / "y", sets=["optim.lr_scaling=cubic"])

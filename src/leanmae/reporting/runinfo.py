@@ -104,9 +104,11 @@ def claim(out: Path) -> None:
 
 
 def release(out: Path) -> None:
-    """Drop this process's lock on ``out`` (if it holds one)."""
+    """Drop this process's lock on ``out`` (if it holds one) and remove the lock file, so a finished
+    folder holds only results."""
     fd = _held.pop(Path(out).resolve(), None)
     if fd is not None:
+        Path(out, LOCK_FILE).unlink(missing_ok=True)  # still locked here: no other claimant can be inside
         os.close(fd)
 
 
