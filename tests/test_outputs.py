@@ -81,12 +81,14 @@ def test_a_second_command_into_a_folder_another_command_writes_is_refused(image_
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]
 
 
-def test_the_lock_is_released_when_a_command_ends(runs: dict[str, Path]) -> None:
-    fd = os.open(runs["mae"] / LOCK_FILE, os.O_RDWR)
+def test_the_lock_is_released_and_removed_when_a_command_ends(runs: dict[str, Path]) -> None:
+    assert not (runs["mae"] / LOCK_FILE).exists(), "a finished folder holds only results"
+    fd = os.open(runs["mae"] / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if anything still held it
     finally:
         os.close(fd)
+        (runs["mae"] / LOCK_FILE).unlink()
 
 
 def test_evaluate_into_the_run_folder_is_refused(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
