@@ -30,17 +30,22 @@ def test_pretraining_costs_epochs_times_pool_images() -> None:
 
 
 def test_a_large_fraction_costs_epochs_times_its_labelled_images() -> None:
-    assert finetune_cost(epochs=20, train_images=7000, fraction=1.0, batch_size=64, min_steps=300) == 20 * 7000
+    assert finetune_cost(epochs=20, train_images=7000, fraction=1.0, batch_size=64, min_steps=300, split_images=0) == 20 * 7000
 
 
 def test_a_small_fraction_costs_min_steps_of_its_shrunken_batch() -> None:
     # 1 % of 7000 = 70 images: batch min(64, 70 // 4) = 17, and passes repeat up to 300 steps.
-    assert finetune_cost(epochs=20, train_images=7000, fraction=0.01, batch_size=64, min_steps=300) == 300 * 17
+    assert finetune_cost(epochs=20, train_images=7000, fraction=0.01, batch_size=64, min_steps=300, split_images=0) == 300 * 17
 
 
 def test_fine_tuning_cost_grows_with_the_label_fraction() -> None:
-    costs = [finetune_cost(20, 7000, f, 64, 300) for f in (0.01, 0.1, 0.5, 1.0)]
+    costs = [finetune_cost(20, 7000, f, 64, 300, 10_000) for f in (0.01, 0.1, 0.5, 1.0)]
     assert costs == sorted(costs) and costs[0] < costs[-1]
+
+
+def test_every_fine_tune_also_handles_the_whole_split_once() -> None:
+    # Loading the split's images and predicting validation and test: a fixed part of every run.
+    assert finetune_cost(20, 7000, 1.0, 64, 300, split_images=10_000) == 20 * 7000 + 10_000
 
 
 def test_rates_are_learned_per_kind() -> None:
@@ -106,8 +111,9 @@ def test_job_costs_follow_the_preset_the_pool_and_the_split(tmp_path: Path) -> N
     (tmp_path / "split.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     cfg = StudyConfig(data="x", pretrain_data=[str(pool)], preset="test", fractions=[0.1, 1.0], seeds=[0], arms=["mae"])
     costs = job_costs(plan(cfg, tmp_path), tmp_path)
-    # The test preset: 2 epochs for both, fine-tuning batch 16 and min_steps 4 (8 labelled images: batch 2).
-    assert costs == {"pretrain": 2 * 6, "mae_f0.1_s0": 2 * 8, "mae_f1_s0": 2 * 80}
+    # The test preset: 2 epochs for both, fine-tuning batch 16 and min_steps 4 (8 labelled images: batch 2);
+    # every fine-tune also handles the split's 100 images once.
+    assert costs == {"pretrain": 2 * 6, "mae_f0.1_s0": 2 * 8 + 100, "mae_f1_s0": 2 * 80 + 100}
 
 
 def test_without_a_terminal_each_finished_run_prints_one_progress_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,11 @@
 """The whole-study ETA: a cost for every job before it runs, and seconds per unit cost learned per kind.
 
 A bar over runs averages one long MAE pretraining with many short fine-tunes, so its rate (and its
-ETA) means nothing. Here a job's cost is the number of images it trains on (epochs x images per
-epoch), known from its config before it starts; the seconds per image are learned separately for
+ETA) means nothing. Here a job's cost is the number of images it handles (mostly epochs x images
+per epoch), known from its config and data before it starts; the seconds per image are learned separately for
 pretraining and fine-tuning from the jobs that finished in this call (a kind with none yet borrows
 the other's rate; with no finished job there is no ETA). Costs are approximate: evaluation,
-start-up and the linear probe's cheaper steps are not modelled; the estimate sharpens as jobs finish.
+start-up and the linear probe's cheaper steps are modelled coarsely or not at all; the estimate sharpens as jobs finish.
 """
 
 from __future__ import annotations
@@ -30,17 +30,19 @@ def pretrain_cost(epochs: int, pool_images: int) -> float:
     return float(epochs * pool_images)
 
 
-def finetune_cost(epochs: int, train_images: int, fraction: float, batch_size: int, min_steps: int) -> float:
-    """Images a fine-tune trains on: max(epochs x its labelled images, min_steps x its batch).
+def finetune_cost(epochs: int, train_images: int, fraction: float, batch_size: int, min_steps: int, split_images: int) -> float:
+    """Images a fine-tune handles: max(epochs x its labelled images, min_steps x its batch), plus every
+    image of the split once.
 
     Why the max: ``finetune`` caps a small fraction's batch at a quarter of its labelled images and
-    repeats passes within each epoch until the run reaches ``min_steps`` optimizer steps, so a 1 %
-    run costs about min_steps batches, not 1 % of a full run. Rounding and gradient accumulation are
-    left out.
+    repeats passes within each epoch until the run reaches ``min_steps`` optimizer steps. Why the
+    split: every run loads the split's decoded images and predicts validation and test, a fixed part
+    that on the committed PBC study (docs/results/pbc-cpu) makes a 1 % run take 215 s against a full
+    run's 1474 s, not 1/20 of it. Rounding and gradient accumulation are left out.
     """
     labelled = max(1.0, fraction * train_images)
     batch = max(1.0, min(batch_size, labelled // 4))
-    return max(epochs * labelled, min_steps * batch)
+    return max(epochs * labelled, min_steps * batch) + split_images
 
 
 def rates(done: list[Timing]) -> dict[str, float]:

@@ -255,8 +255,9 @@ def pool_images(sources: list[str]) -> int:
 
 
 def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
-    """Each job's cost for the study's ETA (see leanmae.eta): images trained, from its resolved config."""
-    train = train_images(out / "split.csv")
+    """Each job's cost for the study's ETA (see leanmae.eta): images handled, from its resolved config and the data."""
+    _, items = read_manifest(out / "split.csv")
+    train = sum(item.split == "train" for item in items)
     costs = {}
     for job in jobs:
         args = job.kwargs
@@ -266,7 +267,7 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
             costs[job.name] = pretrain_cost(pre.optim.epochs, pool_images(args["data"]))
         else:
             fine = resolve(FinetuneConfig, "finetune", args["preset"], None, flags, args["set"])
-            costs[job.name] = finetune_cost(fine.optim.epochs, train, args["fraction"], fine.optim.batch_size, fine.classifier.min_steps)
+            costs[job.name] = finetune_cost(fine.optim.epochs, train, args["fraction"], fine.optim.batch_size, fine.classifier.min_steps, len(items))
     return costs
 
 
