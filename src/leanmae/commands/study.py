@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from leanmae.config import (
     Check,
     ConfigError,
+    FinetuneConfig,
+    PretrainConfig,
     build,
     choice,
     each,
@@ -44,11 +46,20 @@ from leanmae.config import (
     number,
     pattern,
     preset_names,
+    resolve,
     text,
     to_dict,
 )
-from leanmae.data.sources import DataError
-from leanmae.data.split import ratios_problem
+from leanmae.data.sources import DataError, collect
+from leanmae.data.split import ratios_problem, read_manifest
+from leanmae.eta import (
+    Timing,
+    eta_seconds,
+    eta_text,
+    finetune_cost,
+    pretrain_cost,
+    progress_line,
+)
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
 from leanmae.tracking import finish_run, study_parent, study_report_to
@@ -229,6 +240,37 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
     return jobs
 
 
+def train_images(manifest: Path) -> int:
+    """The number of train images a split manifest lists."""
+    return sum(item.split == "train" for item in read_manifest(manifest)[1])
+
+
+def pool_images(sources: list[str]) -> int:
+    """The size of a pretraining pool (a manifest contributes its train images); 0 if a source cannot
+    be read: that run fails at once, and costs nothing."""
+    try:
+        return sum(train_images(Path(s)) if s.endswith(".csv") else len(collect([s])) for s in sources)
+    except DataError:
+        return 0
+
+
+def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
+    """Each job's cost for the study's ETA (see leanmae.eta): images handled, from its resolved config and the data."""
+    _, items = read_manifest(out / "split.csv")
+    train = sum(item.split == "train" for item in items)
+    costs = {}
+    for job in jobs:
+        args = job.kwargs
+        flags = {"optim": {"epochs": args["epochs"]}}
+        if job.command == "pretrain":
+            pre = resolve(PretrainConfig, "pretrain", args["preset"], None, flags, args["set"])
+            costs[job.name] = pretrain_cost(pre.optim.epochs, pool_images(args["data"]))
+        else:
+            fine = resolve(FinetuneConfig, "finetune", args["preset"], None, flags, args["set"])
+            costs[job.name] = finetune_cost(fine.optim.epochs, train, args["fraction"], fine.optim.batch_size, fine.classifier.min_steps, len(items))
+    return costs
+
+
 def run_job(command: str, kwargs: dict[str, Any]) -> None:
     """Run one job in this process (what each launched process and each SLURM job executes)."""
     import leanmae
@@ -267,12 +309,30 @@ def _launch_local(job: Job) -> int:
         return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:
-    """Run unfinished jobs, ``workers`` at a time, each once its dependencies have finished."""
+def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, float]) -> dict[str, str]:
+    """Run unfinished jobs, ``workers`` at a time, each once its dependencies have finished.
+
+    After each finished job the ETA (``costs``: see job_costs) goes into the bar's postfix on a
+    terminal, or into one plain line otherwise (nohup, SLURM, CI).
+    """
     state = {j.name: "done" if run_status(j.out) == "finished" else "todo" for j in jobs}
     todo = [j for j in jobs if state[j.name] == "todo"]
+    resumed = {j.name for j in todo if run_status(j.out) is not None}  # part-done: their times would mislead the rates
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", unit="run", disable=bar_disabled(progress))
     running: dict[Future, Job] = {}
+    started: dict[str, float] = {}
+    timings: list[Timing] = []
+
+    def show_eta() -> None:
+        now = time.time()
+        left = [Timing(j.command, costs[j.name], now - started.get(j.name, now)) for j in jobs if state[j.name] in ("todo", "running")]
+        eta = eta_seconds(left, timings, workers)
+        if bar.disable:
+            finished = [j.command for j in jobs if state[j.name] == "done"]
+            print(progress_line(finished, len(jobs), sum(s == "failed" for s in state.values()), eta), flush=True)
+        else:
+            bar.set_postfix_str(eta_text(eta))
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while todo or running:
             for job in list(todo):
@@ -282,6 +342,7 @@ def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:
                     bar.update(1)
                 elif len(running) < workers and all(state[d] == "done" for d in job.after):
                     state[job.name] = "running"
+                    started[job.name] = time.time()
                     running[pool.submit(_launch_local, job)] = job
                     todo.remove(job)
             if not running:
@@ -294,6 +355,9 @@ def run_local(jobs: list[Job], workers: int, progress: bool) -> dict[str, str]:
                 bar.update(1)
                 if not ok:
                     tqdm.write(f"run {job.name} failed; see {job.out.parent / (job.out.name + '.log')}")
+                elif job.name not in resumed:
+                    timings.append(Timing(job.command, costs[job.name], time.time() - started[job.name]))
+                show_eta()
     bar.close()
     return state
 
@@ -406,7 +470,7 @@ def study(
     started = time.time()
     report_to = study_report_to(cfg.set)
     with study_parent(out, report_to):
-        states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress)
+        states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
     failed = sorted(name for name, s in states.items() if s == "failed")
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
