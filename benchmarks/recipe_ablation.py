@@ -64,15 +64,18 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(str(i) for i in range(len(STEPS))), help="step numbers to run")
     parser.add_argument("--arms", default="mae,scratch")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true", help="only tabulate the runs (and their val scoring) already finished in --out")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inits = {"mae": args.mae, "scratch": "scratch"}
     grid = [(arm, step, float(f), int(s)) for f in args.fractions.split(",") for arm in args.arms.split(",")
             for step in map(int, args.steps.split(",")) for s in args.seeds.split(",")]
+    if args.table_only:
+        grid = [g for g in grid if (out / f"{g[0]}_step{g[1]}_f{g[2]:g}_s{g[3]}" / "val-full" / "metrics.json").exists()]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:]), grid))
-    lines = ["| arm | labels | step | val macro-F1 | test macro-F1 (read only) |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| arm | labels | step | val macro-F1 (whole val split) | test macro-F1 (read only) |", "| --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (r["arm"], r["fraction"], r["step"], r["seed"])):
         lines.append(f"| {r['arm']} | {r['fraction']:.0%} | {r['step']}: {STEPS[r['step']][0]} | {r['val_f1']:.3f} | {r['test_f1']:.3f} |")
     table = "\n".join(lines)
