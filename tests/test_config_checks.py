@@ -104,6 +104,7 @@ STUDY_WRONG: dict[str, Any] = {
     "extra_seeds_up_to": 0,
     "arms": ["scrach"],
     "mae": [""],
+    "arm_set": ["scratch=classifier.min_steps"],
     "split_ratios": [0.7, 0.3, 0],
     "split_seed": 2**32,
     "pretrain_epochs": 0,

@@ -87,6 +87,13 @@ def test_extra_seeds_run_only_at_the_small_fractions_after_the_main_seeds(tmp_pa
     assert names[-4:] == ["scratch_f0.01_s3", "scratch_f0.1_s3", "scratch_f0.01_s4", "scratch_f0.1_s4"]
 
 
+def test_arm_set_gives_one_arm_its_own_recipe(tmp_path: Path) -> None:
+    """Each arm its own best recipe: an ARM:KEY=VALUE override reaches that arm's runs only, after the common --set."""
+    cfg = StudyConfig(data="x", fractions=[0.01], seeds=[0], arms=["scratch", "mae"], mae=["m"], set=["optim.epochs=3"], arm_set=["scratch:classifier.min_steps=600"])
+    runs = {j.name: j.kwargs["set"] for j in plan(cfg, tmp_path)}
+    assert runs == {"scratch_f0.01_s0": ["optim.epochs=3", "classifier.min_steps=600"], "mae_f0.01_s0": ["optim.epochs=3"]}
+
+
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
     jobs = plan(StudyConfig(data="x", mae=["some/mae"]), tmp_path)
     assert all(j.command == "finetune" for j in jobs)

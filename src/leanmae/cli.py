@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job (default 1)")
     p.add_argument("--time-min", type=int, help="SLURM time limit per job in minutes (default 240)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run, e.g. optim.base_lr=5e-4")
+    p.add_argument("--arm-set", action="append", metavar="ARM:KEY=VALUE", help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each arm its own recipe); repeatable")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--target", type=float, help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
     p.set_defaults(func="study")

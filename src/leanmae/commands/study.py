@@ -108,6 +108,7 @@ class StudyConfig:
     wait: bool = True
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
+    arm_set: list[str] = field(default_factory=list)  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
     progress: bool = True
 
 
@@ -138,6 +139,7 @@ STUDY_CHECKS: dict[str, Check] = {
     **{f"slurm.{key}": number(1) for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")},
     "slurm.cluster": choice("slurm", "local", "debug", optional=True),
     "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
+    "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
     "progress": is_bool,
 }
 
@@ -235,6 +237,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             init, probe = arm_init(arm, maes, cfg.pool)
             name = run_name(arm, fraction, seed)
             kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
+            kwargs["set"] = common["set"] + [entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm]
             pool = arm_pool(arm, cfg.pool)
             jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else []))
     return jobs
@@ -428,6 +431,7 @@ def study(
     wait: bool | None = None,
     slurm: dict[str, Any] | None = None,
     set: list[str] | None = None,
+    arm_set: list[str] | None = None,
     progress: bool = True,
     target: float | None = None,
 ) -> dict[str, Any]:
@@ -444,7 +448,7 @@ def study(
         "fractions": _list(fractions, float, "--fractions"), "seeds": _list(seeds, int, "--seeds"), "extra_seeds": _list(extra_seeds, int, "--extra-seeds"),
         "arms": _list(arms, str, "--arms"), "mae": [mae] if isinstance(mae, str) else mae,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
-        "wait": wait, "slurm": slurm, "set": set, "progress": progress,
+        "wait": wait, "slurm": slurm, "set": set, "arm_set": arm_set, "progress": progress,
     }
     cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS)
     _check(cfg)
