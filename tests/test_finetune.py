@@ -725,3 +725,11 @@ def test_sqrt_class_weights_pull_half_as_hard_as_inverse_frequency() -> None:
     for weights in (inverse, sqrt):
         assert (weights * counts).sum() == pytest.approx(counts.sum()), "mean weight 1 over the training images"
     assert class_weights(counts, "none") is None and class_weights(counts, "sampler") is None
+
+
+def test_a_misspelt_ood_class_is_refused_before_training(cells: dict[str, Any], tmp_path: Path) -> None:
+    """It used to be refused only after training, and the corrected command could not resume."""
+    with pytest.raises(DataError):
+        tiny_finetune(cells["split"], tmp_path / "run", ood=[f"{cells['data']}:basofil"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -213,3 +213,11 @@ def test_the_report_renders_in_a_headless_browser_with_every_image_and_nothing_f
     assert verdict["images"] >= 4 and verdict["broken"] == []
     assert verdict["fetched"] == []
     assert "labelled images" in verdict["headline"] and "times as many" in verdict["headline"]
+
+
+def test_report_on_a_mistyped_path_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    from leanmae.reporting.runinfo import OutputFolderError
+
+    with pytest.raises(OutputFolderError, match="not a study folder"):
+        leanmae.report(tmp_path / "pbc-stduy")
+    assert not (tmp_path / "pbc-stduy").exists()

@@ -195,6 +195,8 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
 
 def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
     check_values(cfg, CHECKS)  # also for a config built in Python rather than resolved
+    if cfg.classifier.ood_data:
+        collect(cfg.classifier.ood_data)  # a missing folder or misspelt class in --ood fails now, not after training
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)

@@ -31,6 +31,7 @@ from leanmae.reporting.figures import (
 )
 from leanmae.reporting.findings import findings, problems
 from leanmae.reporting.learning import Answer, answer, headline, learning_table
+from leanmae.reporting.runinfo import OutputFolderError
 from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
 from leanmae.reporting.tables import Table, tables, times_table
 from leanmae.training.checkpoint import write_atomic
@@ -212,7 +213,13 @@ def write_report(study: Path, target: float | None = None) -> Path:
 
 
 def report(study: str | Path, target: float | None = None) -> Path:
-    """``leanmae report DIR [--target F1]``: rebuild tables, figures and report.html from the finished runs."""
+    """``leanmae report DIR [--target F1]``: rebuild tables, figures and report.html from the finished runs.
+
+    A folder that holds no study (no study.json, no runs/) is refused before anything is written, so a
+    mistyped path does not fill a new folder with an empty report.
+    """
+    if not (Path(study) / "study.json").exists() and not (Path(study) / "runs").is_dir():
+        raise OutputFolderError(f"{study}: not a study folder (no study.json or runs/); give the folder `leanmae study --out` wrote")
     path = write_report(Path(study), target)
     print(f"wrote {path} and {Path(study) / 'results'}")
     return path
