@@ -221,3 +221,22 @@ def test_report_on_a_mistyped_path_is_refused_and_writes_nothing(tmp_path: Path)
     with pytest.raises(OutputFolderError, match="not a study folder"):
         leanmae.report(tmp_path / "pbc-stduy")
     assert not (tmp_path / "pbc-stduy").exists()
+
+
+def test_an_arm_with_too_few_label_counts_is_withheld_not_a_crash(tmp_path: Path) -> None:
+    """A study still running: scratch has reached 50 %, the MAE arm only 10 %: the MAE curve is withheld,
+    and the target says it comes from scratch's largest run so far, not from all labels."""
+    import shutil
+
+    from leanmae.reporting.learning import answer, headline
+    from leanmae.reporting.runs import load_runs
+
+    study = make_study(tmp_path)
+    for name in ("scratch_f1_s0", "scratch_f1_s1", "mae-in-domain_f0.5_s0", "mae-in-domain_f0.5_s1", "mae-in-domain_f1_s0", "mae-in-domain_f1_s1"):
+        shutil.rmtree(study / "runs" / name)
+    runs = load_runs(study)
+    a = answer(runs)
+    assert a is not None and "label count" in a.withheld["mae-in-domain"]
+    assert "largest run so far" in a.target_source
+    assert any("Withheld for mae-in-domain" in line for line in headline(a, runs))
+    leanmae.report(study)  # and the whole report is written

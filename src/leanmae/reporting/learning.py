@@ -67,11 +67,15 @@ def answer(runs: list[Run], target: float | None = None) -> Answer | None:
             top[arm] = sum(per[max(per)].values()) / len(per[max(per)])
     if not points or max(len(per) for per in points.values()) < 3:
         return None
+    for arm in [arm for arm, per in points.items() if len(per) < 3]:  # e.g. a study still running
+        withheld.setdefault(arm, f"runs at only {len(points[arm])} label count(s); a curve needs three or more")
+        del points[arm]
     if target is not None and not 0 < target < 1:
         raise ConfigError(f"--target {target}: a {METRIC_NAME} target lies between 0 and 1")
     source = "set with --target"
     if target is None and BASELINE in top:
-        target, source = OWN_SHARE * top[BASELINE], f"95 % of scratch's {METRIC_NAME} with all labels"
+        largest = max(r.fraction for r in runs if r.arm == BASELINE)
+        target, source = OWN_SHARE * top[BASELINE], f"95 % of scratch's {METRIC_NAME} " + ("with all labels" if largest == 1 else f"at {largest:.0%} of the labels, its largest run so far")
     classes = len(runs[0].test["per_class"])
     val_mode = next(iter(labels_at(runs).values())).val_mode
     return Answer(fit_arms(points), points, top, withheld, excluded, target, source, classes, val_mode)
@@ -135,7 +139,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
         return [f"Labels needed for {METRIC_NAME} {OWN_SHARE:.0%} of each arm's own all-labels score: " + "; ".join(_own(a, arm) for arm in a.points) + "."]
     lines = []
     base = a.needed(BASELINE, a.target) if BASELINE in a.points else None
-    for arm in a.points:
+    for arm in dict.fromkeys([*a.points, *a.withheld]):
         if arm == BASELINE:
             continue
         if arm in a.withheld:
