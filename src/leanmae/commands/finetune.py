@@ -207,6 +207,7 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     data = load_labelled(split_path, data_root, fraction, cfg.run.seed, DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop), cfg, ctx)
     spec = data.spec
     labels, train_idx = data.labels, data.index["train"]
+    used = labels_used(data, opts.val)  # recorded in run.json at the start and in metrics.json at the end
 
     if init_folder is not None:
         mean, std, _ = load_preprocessing(init_folder)  # the MAE's own normalisation
@@ -248,7 +249,7 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
         write_run_info(
             out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, preset=preset, seed=cfg.run.seed,
             device=str(ctx.device), world_size=ctx.world_size, data_hash=data.cache.key, skipped_files=data.cache.skipped,
-            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items), labels_used=labels_used(data, opts.val),
+            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items), labels_used=used,
             batch_size=batch_size, passes_per_epoch=passes, absolute_lr=absolute_lr(optim, ctx.world_size), status="running",
         )
 
@@ -264,7 +265,7 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
         if opts.linear_probe:
             _fold_probe_into(model, trained)
         metrics = _final_evaluation(model, data, cfg, spec, mean, std, out, result.best_epoch if opts.select != "last" else len(result.history))
-        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "labels_used": labels_used(data, opts.val), "train_seconds": result.seconds, "wall_seconds": time.time() - started})
+        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "labels_used": used, "train_seconds": result.seconds, "wall_seconds": time.time() - started})
         write_json(out / "metrics.json", metrics)
         name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
         training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
