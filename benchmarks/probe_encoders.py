@@ -51,20 +51,36 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = resolve(PretrainConfig, "pretrain", args.preset, None, {})
-    encoders = {"random init": (build_mae(cfg.model).eval(), *load_preprocessing(model_folder(args.maes[0]))[:2])}
+    encoders = {
+        "random init": (build_mae(cfg.model).eval(), *load_preprocessing(model_folder(args.maes[0]))[:2])
+    }
     for path in args.maes:
         folder = model_folder(path)
         encoders[str(path)] = (load_mae(folder).eval(), *load_preprocessing(folder)[:2])
     results: dict[str, dict[str, float]] = {}
     for name, (model, mean, std) in encoders.items():
-        pixels = load_images([root / it.relpath for it in items], round(model.config.image_size * 1.25), model.config.image_size, mean, std, progress=False)
+        pixels = load_images(
+            [root / it.relpath for it in items],
+            round(model.config.image_size * 1.25),
+            model.config.image_size,
+            mean,
+            std,
+            progress=False,
+        )
         feats = mae_features(model, pixels)
-        row = {f"val 5-fold {k}": v for k, v in representation_scores(feats[split == "val"], y[split == "val"]).items()}
+        row = {
+            f"val 5-fold {k}": v
+            for k, v in representation_scores(feats[split == "val"], y[split == "val"]).items()
+        }
         test = split == "test"
         for fraction in map(float, args.fractions.split(",")):
             train = np.array([where[it.relpath] for it in label_fraction(items, fraction, 0)])
-            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(feats[train], y[train])
-            row[f"train {fraction:g} -> test macro-F1"] = float(f1_score(y[test], probe.predict(feats[test]), average="macro"))
+            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(
+                feats[train], y[train]
+            )
+            row[f"train {fraction:g} -> test macro-F1"] = float(
+                f1_score(y[test], probe.predict(feats[test]), average="macro")
+            )
         results[name] = row
         print(name, json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
     if args.out:

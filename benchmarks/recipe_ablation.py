@@ -22,12 +22,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The recipe of the committed starved study, then one change at a time to today's default.
-OLD = ["optim.lr_scaling=linear", "classifier.pooling=cls", "classifier.balance=loss", "classifier.select=val_macro_f1", "classifier.val=full"]
+OLD = [
+    "optim.lr_scaling=linear",
+    "classifier.pooling=cls",
+    "classifier.balance=loss",
+    "classifier.select=val_macro_f1",
+    "classifier.val=full",
+]
 STEPS: list[tuple[str, list[str]]] = [
     ("old recipe (linear lr, CLS, 1/count weights, best-of on full val)", OLD),
     ("+ sqrt lr scaling", ["optim.lr_scaling=sqrt"] + OLD[1:]),
     ("+ mean pooling + LayerNorm", ["optim.lr_scaling=sqrt", "classifier.pooling=mean"] + OLD[2:]),
-    ("+ 1/sqrt(count) class weights", ["optim.lr_scaling=sqrt", "classifier.pooling=mean", "classifier.balance=sqrt"] + OLD[3:]),
+    (
+        "+ 1/sqrt(count) class weights",
+        ["optim.lr_scaling=sqrt", "classifier.pooling=mean", "classifier.balance=sqrt"] + OLD[3:],
+    ),
     ("+ label-honest val, last epoch (default)", []),
     ("default with CLS pooling", ["classifier.pooling=cls"]),
     ("default with 2x min_steps", ["classifier.min_steps=600"]),
@@ -45,13 +54,41 @@ def one(split: str, out: Path, arm: str, init: str, step: int, fraction: float, 
     leanmae = [sys.executable, "-m", "leanmae"]
     if not (folder / "metrics.json").exists():
         sets = [a for s in STEPS[step][1] for a in ("--set", s)]
-        run(leanmae + ["finetune", "--split", split, "--fraction", str(fraction), "--init", init, "--seed", str(seed), "--out", str(folder), "--overwrite", "--no-progress", *sets], Path(f"{folder}.log"))
+        run(
+            leanmae
+            + [
+                "finetune",
+                "--split",
+                split,
+                "--fraction",
+                str(fraction),
+                "--init",
+                init,
+                "--seed",
+                str(seed),
+                "--out",
+                str(folder),
+                "--overwrite",
+                "--no-progress",
+                *sets,
+            ],
+            Path(f"{folder}.log"),
+        )
     val = folder / "val-full"
     if not (val / "metrics.json").exists():
-        run(leanmae + ["evaluate", str(folder), "--split", split, "--subset", "val", "--out", str(val)], Path(f"{folder}.log"))
+        run(
+            leanmae + ["evaluate", str(folder), "--split", split, "--subset", "val", "--out", str(val)],
+            Path(f"{folder}.log"),
+        )
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {"arm": arm, "step": step, "fraction": fraction, "seed": seed,
-            "val_f1": json.loads((val / "metrics.json").read_text())["val"]["macro_f1"], "test_f1": metrics["test"]["macro_f1"]}
+    return {
+        "arm": arm,
+        "step": step,
+        "fraction": fraction,
+        "seed": seed,
+        "val_f1": json.loads((val / "metrics.json").read_text())["val"]["macro_f1"],
+        "test_f1": metrics["test"]["macro_f1"],
+    }
 
 
 def main() -> None:
@@ -61,23 +98,43 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--fractions", default="0.01,0.1")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--steps", default=",".join(str(i) for i in range(len(STEPS))), help="step numbers to run")
+    parser.add_argument(
+        "--steps", default=",".join(str(i) for i in range(len(STEPS))), help="step numbers to run"
+    )
     parser.add_argument("--arms", default="mae,scratch")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--table-only", action="store_true", help="only tabulate the runs (and their val scoring) already finished in --out")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only tabulate the runs (and their val scoring) already finished in --out",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inits = {"mae": args.mae, "scratch": "scratch"}
-    grid = [(arm, step, float(f), int(s)) for f in args.fractions.split(",") for arm in args.arms.split(",")
-            for step in map(int, args.steps.split(",")) for s in args.seeds.split(",")]
+    grid = [
+        (arm, step, float(f), int(s))
+        for f in args.fractions.split(",")
+        for arm in args.arms.split(",")
+        for step in map(int, args.steps.split(","))
+        for s in args.seeds.split(",")
+    ]
     if args.table_only:
-        grid = [g for g in grid if (out / f"{g[0]}_step{g[1]}_f{g[2]:g}_s{g[3]}" / "val-full" / "metrics.json").exists()]
+        grid = [
+            g
+            for g in grid
+            if (out / f"{g[0]}_step{g[1]}_f{g[2]:g}_s{g[3]}" / "val-full" / "metrics.json").exists()
+        ]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:]), grid))
-    lines = ["| arm | labels | step | val macro-F1 (whole val split) | test macro-F1 (read only) |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| arm | labels | step | val macro-F1 (whole val split) | test macro-F1 (read only) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(rows, key=lambda r: (r["arm"], r["fraction"], r["step"], r["seed"])):
-        lines.append(f"| {r['arm']} | {r['fraction']:.0%} | {r['step']}: {STEPS[r['step']][0]} | {r['val_f1']:.3f} | {r['test_f1']:.3f} |")
+        lines.append(
+            f"| {r['arm']} | {r['fraction']:.0%} | {r['step']}: {STEPS[r['step']][0]} | {r['val_f1']:.3f} | {r['test_f1']:.3f} |"
+        )
     table = "\n".join(lines)
     (out / "ablation.md").write_text(table + "\n")
     (out / "ablation.json").write_text(json.dumps(rows, indent=1))

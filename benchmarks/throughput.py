@@ -66,7 +66,14 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, read before an
 from leanmae.commands.finetune import LabelledData, _finetune_task  # noqa: E402
 from leanmae.commands.pretrain import eval_pixels, pretrain_task  # noqa: E402
 from leanmae.config import FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, absolute_lr, resolve  # noqa: E402
-from leanmae.data.augment import AUGMENT_DRAWS, IMAGENET_MEAN, IMAGENET_STD, normalize, random_resized_crop, to_float  # noqa: E402
+from leanmae.data.augment import (
+    AUGMENT_DRAWS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalize,
+    random_resized_crop,
+    to_float,
+)  # noqa: E402
 from leanmae.data.batches import gather  # noqa: E402
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build  # noqa: E402
 from leanmae.data.decode import decode_rgb, square_resize  # noqa: E402
@@ -83,13 +90,31 @@ from leanmae.training.prefetch import Inputs  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc"
 WBC = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-WBC_TRAIN_IMAGES = 7208  # the train split (70 %) of PBC's five white-cell classes, used to extrapolate without the data
+WBC_TRAIN_IMAGES = (
+    7208  # the train split (70 %) of PBC's five white-cell classes, used to extrapolate without the data
+)
 
 # Model shapes, as --set overrides of the cpu preset (which also gives the optimizer recipe).
 MODELS: dict[str, list[str]] = {
     "cpu": [],
-    "vit-s16": ["model.size=small", "model.image_size=224", "model.patch_size=16", "model.decoder_hidden_size=512", "model.decoder_depth=8", "model.decoder_heads=16", "data.cache_size=null"],
-    "vit-b16": ["model.size=base", "model.image_size=224", "model.patch_size=16", "model.decoder_hidden_size=512", "model.decoder_depth=8", "model.decoder_heads=16", "data.cache_size=null"],
+    "vit-s16": [
+        "model.size=small",
+        "model.image_size=224",
+        "model.patch_size=16",
+        "model.decoder_hidden_size=512",
+        "model.decoder_depth=8",
+        "model.decoder_heads=16",
+        "data.cache_size=null",
+    ],
+    "vit-b16": [
+        "model.size=base",
+        "model.image_size=224",
+        "model.patch_size=16",
+        "model.decoder_hidden_size=512",
+        "model.decoder_depth=8",
+        "model.decoder_heads=16",
+        "data.cache_size=null",
+    ],
 }
 
 
@@ -103,7 +128,9 @@ class Case:
     steps: int
     reps: int
     warmup: int = 1
-    one_thread: bool = False  # also time both paths at 1 thread (CPU), to separate the thread count from the rest
+    one_thread: bool = (
+        False  # also time both paths at 1 thread (CPU), to separate the thread count from the rest
+    )
 
     @property
     def name(self) -> str:
@@ -118,13 +145,18 @@ def cpu_cases(quick: bool) -> list[Case]:
     """
     if quick:
         return [
-            Case("pretrain", "cpu", 128, 1, 3, one_thread=True), Case("finetune", "cpu", 64, 1, 3, one_thread=True),
-            Case("pretrain", "vit-s16", 8, 1, 1), Case("finetune", "vit-s16", 8, 1, 1),
+            Case("pretrain", "cpu", 128, 1, 3, one_thread=True),
+            Case("finetune", "cpu", 64, 1, 3, one_thread=True),
+            Case("pretrain", "vit-s16", 8, 1, 1),
+            Case("finetune", "vit-s16", 8, 1, 1),
         ]
     return [
-        Case("pretrain", "cpu", 128, 3, 5, one_thread=True), Case("finetune", "cpu", 64, 4, 5, one_thread=True),
-        Case("pretrain", "vit-s16", 16, 2, 3, one_thread=True), Case("finetune", "vit-s16", 16, 2, 3, one_thread=True),
-        Case("pretrain", "vit-b16", 8, 1, 3), Case("finetune", "vit-b16", 4, 1, 3),
+        Case("pretrain", "cpu", 128, 3, 5, one_thread=True),
+        Case("finetune", "cpu", 64, 4, 5, one_thread=True),
+        Case("pretrain", "vit-s16", 16, 2, 3, one_thread=True),
+        Case("finetune", "vit-s16", 16, 2, 3, one_thread=True),
+        Case("pretrain", "vit-b16", 8, 1, 3),
+        Case("finetune", "vit-b16", 4, 1, 3),
     ]
 
 
@@ -182,12 +214,19 @@ def benchmark_images(n: int, work: Path, pbc: Path | None, seed: int = 0) -> Ima
         records = scan(pbc, WBC, labelled=True)
         pick = np.sort(np.random.default_rng(seed).permutation(len(records))[: min(n, len(records))])
         records = [records[i] for i in pick]
-        return ImageSet(records, np.array([WBC.index(r.label) for r in records]), WBC, f"PBC white cells ({pbc})")
+        return ImageSet(
+            records, np.array([WBC.index(r.label) for r in records]), WBC, f"PBC white cells ({pbc})"
+        )
     folder = work / f"synthetic-{n}"
     if not folder.exists():
         make_synthetic_tiles(folder, n=n, size=160, seed=seed)
     records = scan(folder)
-    return ImageSet(records, np.arange(len(records)) % 5, [f"class{i}" for i in range(5)], "synthetic smear tiles (160 px PNG; PBC not found)")
+    return ImageSet(
+        records,
+        np.arange(len(records)) % 5,
+        [f"class{i}" for i in range(5)],
+        "synthetic smear tiles (160 px PNG; PBC not found)",
+    )
 
 
 def wbc_train_split(pbc: Path | None, limit: int | None, work: Path) -> tuple[ImageSet, int]:
@@ -201,23 +240,38 @@ def wbc_train_split(pbc: Path | None, limit: int | None, work: Path) -> tuple[Im
         pick = np.sort(np.random.default_rng(1).permutation(full)[:limit])
         train = [train[i] for i in pick]
     records = [ImageRecord(pbc / it.relpath, pbc, it.label) for it in train]
-    return ImageSet(records, np.array([WBC.index(r.label) for r in records]), WBC, f"PBC white cells, train split ({pbc})"), full
+    return ImageSet(
+        records, np.array([WBC.index(r.label) for r in records]), WBC, f"PBC white cells, train split ({pbc})"
+    ), full
 
 
 def decode_once(images: ImageSet, size: int, work: Path) -> tuple[ImageCache, float]:
     """leanmae's decode-once cache of ``images`` at working size ``size``, and the seconds building it took."""
     started = time.perf_counter()
-    cache = load_or_build(images.records, DecodeSpec(size=size), cache_dir=work / "cache", workers=2, progress=False)
+    cache = load_or_build(
+        images.records, DecodeSpec(size=size), cache_dir=work / "cache", workers=2, progress=False
+    )
     return cache, time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- leanmae's path
 
 
-def engine_optimizer(model: nn.Module, optim: OptimConfig, layer_scale: Callable[[str], float] | None, device: torch.device, variant: str = "engine") -> torch.optim.Optimizer:
+def engine_optimizer(
+    model: nn.Module,
+    optim: OptimConfig,
+    layer_scale: Callable[[str], float] | None,
+    device: torch.device,
+    variant: str = "engine",
+) -> torch.optim.Optimizer:
     """AdamW as ``engine.fit`` builds it (``variant="engine"``), or with ``variant`` "for-loop" /
     "foreach" / "fused" for the ablation; lr already scaled per group as ``engine.fit`` does."""
-    flags = {"engine": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[variant]
+    flags = {
+        "engine": {},
+        "for-loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+    }[variant]
     optimizer = build_optimizer(model, optim, absolute_lr(optim, 1), device, layer_scale, **flags)
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group["lr_scale"]
@@ -238,8 +292,20 @@ class LeanmaePath:
     own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread where
     ``engine.prefetching`` says so: by default on CUDA only), exactly as ``engine.fit`` runs them."""
 
-    def __init__(self, task: str, cfg: PretrainConfig | FinetuneConfig, images: ImageSet, cache: ImageCache, batch: int,
-                 device: str = "cpu", threads: int | None = None, attention: str | None = None, rank: int = 0, world_size: int = 1, name: str = "leanmae") -> None:
+    def __init__(
+        self,
+        task: str,
+        cfg: PretrainConfig | FinetuneConfig,
+        images: ImageSet,
+        cache: ImageCache,
+        batch: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        attention: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        name: str = "leanmae",
+    ) -> None:
         self.device = torch.device(device)
         self.name, self.batch, self.prefetch = name, batch, prefetching(cfg.run, self.device)
         self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
@@ -249,7 +315,9 @@ class LeanmaePath:
         if task == "pretrain":
             self.model = build_mae(cfg.model).to(self.device)
             mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-            val_pixels = eval_pixels(cache, train[:1], cfg.model.image_size, mean, std, ctx.device)  # never validated here
+            val_pixels = eval_pixels(
+                cache, train[:1], cfg.model.image_size, mean, std, ctx.device
+            )  # never validated here
             self.task = pretrain_task(cfg, self.model, cache, train, val_pixels, mean, std, ctx, batch)
             self.layer_scale = None
         else:
@@ -257,17 +325,39 @@ class LeanmaePath:
             add_drop_path(self.model, cfg.classifier.drop_path)
             y = images.labels[cache.sources]
             val = train[: min(64, len(train))]
-            data = LabelledData(root=Path("."), items=[], labels=images.names, cache=cache, y=y, index={"train": train, "val": val, "test": val})
+            data = LabelledData(
+                root=Path("."),
+                items=[],
+                labels=images.names,
+                cache=cache,
+                y=y,
+                index={"train": train, "val": val, "test": val},
+            )
             counts = np.bincount(y, minlength=len(images.names)).clip(min=1)
-            class_weight = torch.tensor(len(train) / (len(images.names) * counts), dtype=torch.float32, device=self.device)
-            _, self.task = _finetune_task(self.model, data, cfg, list(IMAGENET_MEAN), list(IMAGENET_STD), ctx, batch, 1, None, class_weight)
+            class_weight = torch.tensor(
+                len(train) / (len(images.names) * counts), dtype=torch.float32, device=self.device
+            )
+            _, self.task = _finetune_task(
+                self.model,
+                data,
+                cfg,
+                list(IMAGENET_MEAN),
+                list(IMAGENET_STD),
+                ctx,
+                batch,
+                1,
+                None,
+                class_weight,
+            )
             self.layer_scale = layer_decay_scale(self.model, cfg.classifier.layer_decay)
         if attention:
             self.model.set_attn_implementation(attention)
         self.model.train()
         self.cfg = cfg
         self.optimizer = engine_optimizer(self.model, cfg.optim, self.layer_scale, self.device)
-        self.train_step = TrainStep(self.model, self.optimizer, cfg.optim, autocast_dtype(cfg.run.amp, self.device), ctx)
+        self.train_step = TrainStep(
+            self.model, self.optimizer, cfg.optim, autocast_dtype(cfg.run.amp, self.device), ctx
+        )
         self.lr = absolute_lr(cfg.optim, world_size)
         self._items = endless(self.task)
         self.inputs = self._inputs()
@@ -301,7 +391,13 @@ class LeanmaePath:
 class PilTrainTransform:
     """torchvision's RandomResizedCrop(bicubic) + RandomHorizontalFlip + ToTensor + Normalize, one PIL image at a time."""
 
-    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3), seed: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float],
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        seed: int = 0,
+    ) -> None:
         self.size, self.scale, self.ratio = size, scale, ratio
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -327,17 +423,23 @@ class PilTrainTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
-        image = image.crop(self.crop_box(*image.size)).resize((self.size, self.size), Image.Resampling.BICUBIC)
+        image = image.crop(self.crop_box(*image.size)).resize(
+            (self.size, self.size), Image.Resampling.BICUBIC
+        )
         if self.rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
+        tensor = (
+            torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
+        )
         return tensor.sub_(self.mean).div_(self.std)
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """Image files decoded on every access (every epoch), as a datasets/ImageFolder pipeline does."""
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self, paths: list[Path], labels: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]
+    ) -> None:
         self.paths, self.labels, self.transform = paths, labels, transform
 
     def __len__(self) -> int:
@@ -352,13 +454,28 @@ def reference_model(task: str, model: ModelConfig, labels: int, attention: str |
     """The same transformers architecture built from a plain config (transformers' default attention unless given)."""
     from transformers import ViTConfig, ViTForImageClassification, ViTMAEConfig, ViTMAEForPreTraining
 
-    shape = {"image_size": model.image_size, "patch_size": model.patch_size, "hidden_size": model.hidden_size, "num_hidden_layers": model.depth,
-             "num_attention_heads": model.heads, "intermediate_size": int(model.hidden_size * model.mlp_ratio)}
+    shape = {
+        "image_size": model.image_size,
+        "patch_size": model.patch_size,
+        "hidden_size": model.hidden_size,
+        "num_hidden_layers": model.depth,
+        "num_attention_heads": model.heads,
+        "intermediate_size": int(model.hidden_size * model.mlp_ratio),
+    }
     extra = {"attn_implementation": attention} if attention else {}
     if task == "pretrain":
-        return ViTMAEForPreTraining(ViTMAEConfig(
-            **shape, decoder_hidden_size=model.decoder_hidden_size, decoder_num_hidden_layers=model.decoder_depth, decoder_num_attention_heads=model.decoder_heads,
-            decoder_intermediate_size=int(model.decoder_hidden_size * model.mlp_ratio), mask_ratio=model.mask_ratio, norm_pix_loss=model.norm_pix_loss, **extra))
+        return ViTMAEForPreTraining(
+            ViTMAEConfig(
+                **shape,
+                decoder_hidden_size=model.decoder_hidden_size,
+                decoder_num_hidden_layers=model.decoder_depth,
+                decoder_num_attention_heads=model.decoder_heads,
+                decoder_intermediate_size=int(model.decoder_hidden_size * model.mlp_ratio),
+                mask_ratio=model.mask_ratio,
+                norm_pix_loss=model.norm_pix_loss,
+                **extra,
+            )
+        )
     return ViTForImageClassification(ViTConfig(**shape, num_labels=labels, **extra))
 
 
@@ -366,14 +483,31 @@ class ReferencePath:
     """A plain eager loop as transformers' example scripts train: files decoded per epoch, PIL transforms per image,
     DataLoader defaults (num_workers=0), default AdamW, default threads, fp32, clipping at 1.0."""
 
-    def __init__(self, task: str, cfg: PretrainConfig | FinetuneConfig, images: ImageSet, batch: int, device: str = "cpu") -> None:
-        self.name, self.task, self.batch, self.threads, self.prefetch = "reference", task, batch, DEFAULT_THREADS, False
+    def __init__(
+        self,
+        task: str,
+        cfg: PretrainConfig | FinetuneConfig,
+        images: ImageSet,
+        batch: int,
+        device: str = "cpu",
+    ) -> None:
+        self.name, self.task, self.batch, self.threads, self.prefetch = (
+            "reference",
+            task,
+            batch,
+            DEFAULT_THREADS,
+            False,
+        )
         self.device = torch.device(device)
         torch.manual_seed(0)
         self.model = reference_model(task, cfg.model, len(images.names)).to(self.device)
         self.model.train()
         transform = PilTrainTransform(cfg.model.image_size, cfg.augment.crop_scale)
-        self.loader = torch.utils.data.DataLoader(ImageFiles([r.path for r in images.records], images.labels, transform), batch_size=batch, shuffle=True)
+        self.loader = torch.utils.data.DataLoader(
+            ImageFiles([r.path for r in images.records], images.labels, transform),
+            batch_size=batch,
+            shuffle=True,
+        )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=absolute_lr(cfg.optim, 1))
         self._batches = self._cycle()
 
@@ -418,14 +552,18 @@ def cpu_snapshot() -> tuple[float, float, float]:
     busy = float("nan")
     try:
         with open("/proc/stat") as f:
-            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+            user, nice, system, idle, iowait, irq, softirq, steal = (
+                int(v) for v in f.readline().split()[1:9]
+            )
         busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         pass
     return time.perf_counter(), busy, time.process_time()
 
 
-def others_cores(before: tuple[float, float, float], after: tuple[float, float, float], own_extra: float = 0.0) -> float:
+def others_cores(
+    before: tuple[float, float, float], after: tuple[float, float, float], own_extra: float = 0.0
+) -> float:
     """How many cores other processes kept busy between two snapshots (``own_extra``: CPU seconds of our own child processes)."""
     wall = after[0] - before[0]
     return max(0.0, (after[1] - before[1]) - (after[2] - before[2]) - own_extra) / wall
@@ -459,7 +597,7 @@ class MemoryProbe:
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak_mib, self.extra_mib = device, float("nan"), float("nan")
 
-    def __enter__(self) -> "MemoryProbe":
+    def __enter__(self) -> MemoryProbe:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -538,7 +676,9 @@ def matmul_peak(threads: list[int], reps: int = 4) -> dict[int, float]:
     return best
 
 
-def interleaved(paths: list[Any], steps: int, reps: int, warmup: int, peak_threads: tuple[int, ...] = ()) -> tuple[dict[str, PathResult], dict[int, list[float]]]:
+def interleaved(
+    paths: list[Any], steps: int, reps: int, warmup: int, peak_threads: tuple[int, ...] = ()
+) -> tuple[dict[str, PathResult], dict[int, list[float]]]:
     """Time every path ``reps`` times for ``steps`` steps each, alternating the order (ABBA...) to share out drifting load.
 
     With ``peak_threads`` each repetition also times a large matmul at those thread counts, so that
@@ -561,7 +701,9 @@ def interleaved(paths: list[Any], steps: int, reps: int, warmup: int, peak_threa
             sync(device)
             after = cpu_snapshot()
             seconds = after[0] - before[0]
-            runs[path.name].append((path.batch * steps / seconds, data / seconds, others_cores(before, after)))
+            runs[path.name].append(
+                (path.batch * steps / seconds, data / seconds, others_cores(before, after))
+            )
         for t in peak_threads:
             peaks[t].append(matmul_gflops(t))
     results = {name: PathResult(*(list(column) for column in zip(*rs))) for name, rs in runs.items()}
@@ -621,8 +763,15 @@ def flops_per_image(task: str, model: ModelConfig, labels: int) -> float:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, float] | None = None, device: str = "cpu",
-             gpu_peak_tflops: float | None = None, without_prefetch: bool = False) -> dict[str, Any]:
+def run_case(
+    case: Case,
+    images: ImageSet,
+    work: Path,
+    best_peak: dict[int, float] | None = None,
+    device: str = "cpu",
+    gpu_peak_tflops: float | None = None,
+    without_prefetch: bool = False,
+) -> dict[str, Any]:
     """Measure one case on both paths (on CPUs at the default thread count, and at 1 thread where asked; with
     ``without_prefetch`` also leanmae preparing each batch inline); returns (and prints) its JSON record.
 
@@ -632,12 +781,21 @@ def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, floa
     """
     cfg = leanmae_config(case.task, case.model, device)
     cache, _ = decode_once(images, cache_size(cfg), work)
-    lean, reference = LeanmaePath(case.task, cfg, images, cache, case.batch, device), ReferencePath(case.task, cfg, images, case.batch, device)
+    lean, reference = (
+        LeanmaePath(case.task, cfg, images, cache, case.batch, device),
+        ReferencePath(case.task, cfg, images, case.batch, device),
+    )
     bases: list[Any] = [lean, reference]
     if without_prefetch:
         inline = replace(cfg, run=replace(cfg.run, prefetch=False))
-        bases.append(LeanmaePath(case.task, inline, images, cache, case.batch, device, name="leanmae_no_prefetch"))
-    one_thread = [Variant(lean, "leanmae_1thread", 1), Variant(reference, "reference_1thread", 1)] if case.one_thread and device == "cpu" else []
+        bases.append(
+            LeanmaePath(case.task, inline, images, cache, case.batch, device, name="leanmae_no_prefetch")
+        )
+    one_thread = (
+        [Variant(lean, "leanmae_1thread", 1), Variant(reference, "reference_1thread", 1)]
+        if case.one_thread and device == "cpu"
+        else []
+    )
     paths = bases + one_thread
     thread_counts = tuple(sorted({p.threads for p in paths})) if device == "cpu" else ()
     results, samples = interleaved(paths, case.steps, case.reps, case.warmup, thread_counts)
@@ -645,21 +803,41 @@ def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, floa
         best_peak[t] = max([best_peak.get(t, 0.0), *values])  # type: ignore[index]
     memory = {p.name: step_memory(p) for p in bases}
     flops = flops_per_image(case.task, cfg.model, len(images.names))
-    record: dict[str, Any] = {"case": case.name, "batch": case.batch, "steps_per_rep": case.steps, "reps": case.reps, "gflop_per_image": flops / 1e9}
+    record: dict[str, Any] = {
+        "case": case.name,
+        "batch": case.batch,
+        "steps_per_rep": case.steps,
+        "reps": case.reps,
+        "gflop_per_image": flops / 1e9,
+    }
     for path in paths:
         r = results[path.name]
         achieved = flops * r.median / 1e9
         if device == "cpu":
-            peak, peak_of = statistics.median(samples[path.threads]), f"fp32 matmul at {path.threads} thread(s), same repetitions"
-            best = {"best_peak_gflop_per_s": best_peak[path.threads], "share_of_best_peak": achieved / best_peak[path.threads]}  # type: ignore[index]
+            peak, peak_of = (
+                statistics.median(samples[path.threads]),
+                f"fp32 matmul at {path.threads} thread(s), same repetitions",
+            )
+            best = {
+                "best_peak_gflop_per_s": best_peak[path.threads],
+                "share_of_best_peak": achieved / best_peak[path.threads],
+            }  # type: ignore[index]
         else:
             peak, peak_of, best = gpu_peak_tflops * 1e3, "bf16 matmul peak", {}
         mem = memory[getattr(path, "path", path).name]
         record[path.name] = {
-            "images_per_s": r.median, "images_per_s_reps": r.images_per_s, "threads": path.threads if device == "cpu" else None,
+            "images_per_s": r.median,
+            "images_per_s_reps": r.images_per_s,
+            "threads": path.threads if device == "cpu" else None,
             "prefetch": path.prefetch,
-            "gflop_per_s": achieved, "peak_gflop_per_s": peak, "share_of_peak": achieved / peak, "peak": peak_of, **best,
-            "data_wait_share": statistics.median(r.data_share), "step_extra_mib": mem.extra_mib, "peak_mib": mem.peak_mib,
+            "gflop_per_s": achieved,
+            "peak_gflop_per_s": peak,
+            "share_of_peak": achieved / peak,
+            "peak": peak_of,
+            **best,
+            "data_wait_share": statistics.median(r.data_share),
+            "step_extra_mib": mem.extra_mib,
+            "peak_mib": mem.peak_mib,
             "others_cores_reps": r.others_cores,
         }
     record["others_load_cores"] = statistics.median(c for r in results.values() for c in r.others_cores)
@@ -674,7 +852,9 @@ def run_case(case: Case, images: ImageSet, work: Path, best_peak: dict[int, floa
     return record
 
 
-def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, device: str = "cpu") -> dict[str, Any]:
+def engine_epoch(
+    task: str, images: ImageSet, full_images: int, work: Path, device: str = "cpu"
+) -> dict[str, Any]:
     """One epoch through ``engine.fit`` itself (cpu preset, batch from the preset), from the decode-once cache.
 
     Returns fit's own epoch seconds and data seconds; when ``images`` is a subset of ``full_images``
@@ -693,16 +873,36 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
     shutil.rmtree(out, ignore_errors=True)
     before = cpu_snapshot()
     with contextlib.redirect_stdout(io.StringIO()):  # fit prints a line per epoch; keep stdout to JSON lines
-        result = fit(path.model, path.task, replace(cfg.optim, batch_size=batch), cfg.run, ctx, out, steps, path.layer_scale)
+        result = fit(
+            path.model,
+            path.task,
+            replace(cfg.optim, batch_size=batch),
+            cfg.run,
+            ctx,
+            out,
+            steps,
+            path.layer_scale,
+        )
     others = others_cores(before, cpu_snapshot())
     row = result.history[0]
     trained = steps * batch
     full_trained = (full_images // batch) * batch
     record = {
-        "case": f"epoch/{task}/cpu", "device": device, "images": len(cache), "batch": batch, "images_trained": trained, "seconds": row["seconds"], "data_seconds": row["data_seconds"],
-        "images_per_s": trained / row["seconds"], "data_wait_share": row["data_seconds"] / row["seconds"], "decode_once_seconds": decode_seconds,
-        "full_epoch_images": full_images, "extrapolated": len(cache) < full_images, "source": images.source,
-        "full_epoch_seconds": row["seconds"] * full_trained / trained, "others_load_cores": others,
+        "case": f"epoch/{task}/cpu",
+        "device": device,
+        "images": len(cache),
+        "batch": batch,
+        "images_trained": trained,
+        "seconds": row["seconds"],
+        "data_seconds": row["data_seconds"],
+        "images_per_s": trained / row["seconds"],
+        "data_wait_share": row["data_seconds"] / row["seconds"],
+        "decode_once_seconds": decode_seconds,
+        "full_epoch_images": full_images,
+        "extrapolated": len(cache) < full_images,
+        "source": images.source,
+        "full_epoch_seconds": row["seconds"] * full_trained / trained,
+        "others_load_cores": others,
     }
     emit(record)
     return record
@@ -711,7 +911,13 @@ def engine_epoch(task: str, images: ImageSet, full_images: int, work: Path, devi
 def gpu_driver() -> str | None:
     """The NVIDIA driver version as nvidia-smi reports it (None without nvidia-smi)."""
     try:
-        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=False)
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout.strip() else None
@@ -720,19 +926,32 @@ def gpu_driver() -> str | None:
 def machine_record(peak: dict[int, float] | None, device: str) -> dict[str, Any]:
     """The first JSON line: processor, cores, load, versions, thread default, matmul rates."""
     info: dict[str, Any] = {
-        "case": "machine", "device": device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
-        "default_threads": DEFAULT_THREADS, "leanmae_threads": cpu_threads(), "python": platform.python_version(),
+        "case": "machine",
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "default_threads": DEFAULT_THREADS,
+        "leanmae_threads": cpu_threads(),
+        "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     if peak:
         info["fp32_matmul_peak_gflops"] = {str(k): v for k, v in peak.items()}
     if device == "cuda":
-        info |= {"gpu": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "driver": gpu_driver()}
+        info |= {
+            "gpu": torch.cuda.get_device_name(),
+            "torch_cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "driver": gpu_driver(),
+        }
     import transformers
 
     info["transformers"] = transformers.__version__
@@ -743,21 +962,29 @@ def table(records: list[dict[str, Any]]) -> str:
     """The short human-readable table printed after the JSON lines."""
 
     def share(path: dict[str, Any]) -> str:
-        return f"{path['share_of_peak']:.0%}" + (f" / {path['share_of_best_peak']:.0%}" if "share_of_best_peak" in path else "")
+        return f"{path['share_of_peak']:.0%}" + (
+            f" / {path['share_of_best_peak']:.0%}" if "share_of_best_peak" in path else ""
+        )
 
     def rate(r: dict[str, Any], name: str, ratio: str) -> str:
         return f"{r[name]['images_per_s']:.1f} ({r[ratio]:.2f}x)" if name in r else "-"
 
     lines = [
-        ("| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
-         "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"),
+        (
+            "| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
+            "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"
+        ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
         if "ratio" not in r:
             continue
         lean, ref = r["leanmae"], r["reference"]
-        one = f"{r['leanmae_1thread']['images_per_s']:.1f} / {r['reference_1thread']['images_per_s']:.1f} ({r['ratio_1thread']:.2f}x)" if "ratio_1thread" in r else "-"
+        one = (
+            f"{r['leanmae_1thread']['images_per_s']:.1f} / {r['reference_1thread']['images_per_s']:.1f} ({r['ratio_1thread']:.2f}x)"
+            if "ratio_1thread" in r
+            else "-"
+        )
         lines.append(
             f"| {r['case']} | {r['batch']} | {lean['images_per_s']:.1f} | {ref['images_per_s']:.1f} | {r['ratio']:.2f}x | {one} | {rate(r, 'leanmae_no_prefetch', 'prefetch_gain')} "
             f"| {r['gflop_per_image']:.2f} | {lean['gflop_per_s']:.0f} ({share(lean)}) | {ref['gflop_per_s']:.0f} ({share(ref)}) "
@@ -765,10 +992,18 @@ def table(records: list[dict[str, Any]]) -> str:
         )
     epochs = [r for r in records if r["case"].startswith("epoch/")]
     if epochs:
-        lines += ["", "| engine.fit epoch | images | seconds | img/s | data wait | full epoch (s) | decode once (s) | others' load (cores) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| engine.fit epoch | images | seconds | img/s | data wait | full epoch (s) | decode once (s) | others' load (cores) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in epochs:
-            full = f"{r['full_epoch_seconds']:.0f}" + (f" (extrapolated from {r['images']} to {r['full_epoch_images']})" if r["extrapolated"] else "")
-            lines.append(f"| {r['case']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['data_wait_share']:.1%} | {full} | {r['decode_once_seconds']:.1f} | {r['others_load_cores']:.1f} |")
+            full = f"{r['full_epoch_seconds']:.0f}" + (
+                f" (extrapolated from {r['images']} to {r['full_epoch_images']})" if r["extrapolated"] else ""
+            )
+            lines.append(
+                f"| {r['case']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['data_wait_share']:.1%} | {full} | {r['decode_once_seconds']:.1f} | {r['others_load_cores']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -787,7 +1022,14 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         subset, full = wbc_train_split(args.pbc, 1000 if args.quick else None, work)
         for task in ("pretrain", "finetune"):
             records.append(engine_epoch(task, subset, full, work))
-    records.append({"case": "process", "best_fp32_matmul_gflops": {str(k): v for k, v in peak.items()}, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "load_average_end": os.getloadavg()})
+    records.append(
+        {
+            "case": "process",
+            "best_fp32_matmul_gflops": {str(k): v for k, v in peak.items()},
+            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_average_end": os.getloadavg(),
+        }
+    )
     emit(records[-1])
     return records
 
@@ -795,8 +1037,10 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def gpu_cases(args: argparse.Namespace) -> list[Case]:
     """The GPU plan: ViT-B/16 224 px MAE pretraining at ``--gpu-batch``, and the cpu preset's MAE at its own batch size."""
     cpu_batch = leanmae_config("pretrain", "cpu").optim.batch_size
-    return [Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3),
-            Case("pretrain", "cpu", min(cpu_batch, args.gpu_images), steps=args.gpu_steps, reps=3, warmup=3)]
+    return [
+        Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3),
+        Case("pretrain", "cpu", min(cpu_batch, args.gpu_images), steps=args.gpu_steps, reps=3, warmup=3),
+    ]
 
 
 def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -808,14 +1052,26 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         sys.exit("--device cuda: no CUDA device is visible to torch")
     gpu_peak = gpu_bf16_peak() if device == "cuda" else None
     cpu_peak = {} if device == "cuda" else matmul_peak(sorted({1, cpu_threads(), DEFAULT_THREADS}), reps=2)
-    records = [machine_record(cpu_peak or None, device) | ({"bf16_matmul_peak_tflops": gpu_peak} if gpu_peak else {})]
+    records = [
+        machine_record(cpu_peak or None, device) | ({"bf16_matmul_peak_tflops": gpu_peak} if gpu_peak else {})
+    ]
     emit(records[0])
     images = benchmark_images(args.gpu_images, work, args.pbc)
     emit({"case": "data", "source": images.source, "images": len(images.records)})
     for case in gpu_cases(args):
         if args.only and case.name not in args.only:
             continue
-        records.append(run_case(case, images, work, cpu_peak, device=device, gpu_peak_tflops=gpu_peak, without_prefetch=args.without_prefetch))
+        records.append(
+            run_case(
+                case,
+                images,
+                work,
+                cpu_peak,
+                device=device,
+                gpu_peak_tflops=gpu_peak,
+                without_prefetch=args.without_prefetch,
+            )
+        )
     if not args.no_epoch:
         subset, full = wbc_train_split(args.pbc, args.gpu_images, work)
         records.append(engine_epoch("pretrain", subset, full, work, device))
@@ -825,7 +1081,9 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- ablations (CPU)
 
 
-def data_ablation(images: ImageSet, work: Path, reps: int, model: str = "cpu", batch: int = 128) -> dict[str, Any]:
+def data_ablation(
+    images: ImageSet, work: Path, reps: int, model: str = "cpu", batch: int = 128
+) -> dict[str, Any]:
     """ms per batch of normalised, augmented training inputs of ``model`` made four ways, 1 thread, interleaved."""
     cfg = leanmae_config("pretrain", model)
     size, aug = cache_size(cfg), cfg.augment
@@ -837,13 +1095,31 @@ def data_ablation(images: ImageSet, work: Path, reps: int, model: str = "cpu", b
 
     def batched(uint8: np.ndarray) -> torch.Tensor:
         draws = uniform(0, 0, index, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        return normalize(random_resized_crop(to_float(uint8), cfg.model.image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws), IMAGENET_MEAN, IMAGENET_STD)
+        return normalize(
+            random_resized_crop(
+                to_float(uint8),
+                cfg.model.image_size,
+                aug.crop_scale,
+                aug.crop_ratio,
+                aug.hflip,
+                aug.vflip,
+                draws,
+            ),
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        )
 
     ways: dict[str, Callable[[], torch.Tensor]] = {
         "cache + batched tensor augmentation (leanmae)": lambda: batched(gather(cache.images, index)),
-        "decode files every epoch + batched tensor augmentation": lambda: batched(np.stack([square_resize(decode_rgb(p), size) for p in paths])),
-        "cache + per-image PIL augmentation": lambda: torch.stack([pil(Image.fromarray(row)) for row in gather(cache.images, index)]),
-        "decode files every epoch + per-image PIL augmentation (reference DataLoader)": lambda: next(iter(loader))["pixel_values"],
+        "decode files every epoch + batched tensor augmentation": lambda: batched(
+            np.stack([square_resize(decode_rgb(p), size) for p in paths])
+        ),
+        "cache + per-image PIL augmentation": lambda: torch.stack(
+            [pil(Image.fromarray(row)) for row in gather(cache.images, index)]
+        ),
+        "decode files every epoch + per-image PIL augmentation (reference DataLoader)": lambda: next(
+            iter(loader)
+        )["pixel_values"],
     }
     use_threads(1)
     times: dict[str, list[float]] = {k: [] for k in ways}
@@ -852,8 +1128,13 @@ def data_ablation(images: ImageSet, work: Path, reps: int, model: str = "cpu", b
             started = time.perf_counter()
             ways[name]()
             times[name].append(time.perf_counter() - started)
-    return {"ablation": "data", "case": f"{model} ({cfg.model.image_size} px from a {size} px cache)", "batch": len(index), "source": images.source,
-            "ms_per_batch": {k: 1e3 * statistics.median(v) for k, v in times.items()}}
+    return {
+        "ablation": "data",
+        "case": f"{model} ({cfg.model.image_size} px from a {size} px cache)",
+        "batch": len(index),
+        "source": images.source,
+        "ms_per_batch": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+    }
 
 
 def threads_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[str, Any]]:
@@ -862,16 +1143,35 @@ def threads_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[str
     The answer depends on what else runs: each repetition records the cores other processes used.
     """
     out = []
-    for task, model, batch, steps in (("pretrain", "cpu", 128, 2), ("finetune", "cpu", 64, 2), ("finetune", "vit-s16", 8, 1)):
+    for task, model, batch, steps in (
+        ("pretrain", "cpu", 128, 2),
+        ("finetune", "cpu", 64, 2),
+        ("finetune", "vit-s16", 8, 1),
+    ):
         cfg = leanmae_config(task, model)
         cache, _ = decode_once(images, cache_size(cfg), work)
         path = LeanmaePath(task, cfg, images, cache, batch)
-        variants = [Variant(path, "1 thread", 1), Variant(path, f"{DEFAULT_THREADS} threads", DEFAULT_THREADS)]
+        variants = [
+            Variant(path, "1 thread", 1),
+            Variant(path, f"{DEFAULT_THREADS} threads", DEFAULT_THREADS),
+        ]
         res, _ = interleaved(variants, steps if quick else 2 * steps, 4 if quick else 6, 1)
-        out.append({"ablation": "threads", "case": f"{task}/{model}", "batch": batch, "images_per_s": {k: v.median for k, v in res.items()},
-                    "ratio_1_over_n": pair_ratio(res["1 thread"], res[f"{DEFAULT_THREADS} threads"]),
-                    "reps": {k: [{"images_per_s": i, "others_cores": o} for i, o in zip(v.images_per_s, v.others_cores)] for k, v in res.items()},
-                    "others_load_cores": statistics.median(o for v in res.values() for o in v.others_cores)})
+        out.append(
+            {
+                "ablation": "threads",
+                "case": f"{task}/{model}",
+                "batch": batch,
+                "images_per_s": {k: v.median for k, v in res.items()},
+                "ratio_1_over_n": pair_ratio(res["1 thread"], res[f"{DEFAULT_THREADS} threads"]),
+                "reps": {
+                    k: [
+                        {"images_per_s": i, "others_cores": o} for i, o in zip(v.images_per_s, v.others_cores)
+                    ]
+                    for k, v in res.items()
+                },
+                "others_load_cores": statistics.median(o for v in res.values() for o in v.others_cores),
+            }
+        )
         del path, variants
         gc.collect()
     return out
@@ -883,10 +1183,20 @@ def attention_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[s
     for task, batch in (("pretrain", 128), ("finetune", 64)):
         cfg = leanmae_config(task, "cpu")
         cache, _ = decode_once(images, cache_size(cfg), work)
-        variants = [LeanmaePath(task, cfg, images, cache, batch, name="sdpa"), LeanmaePath(task, cfg, images, cache, batch, attention="eager", name="eager")]
+        variants = [
+            LeanmaePath(task, cfg, images, cache, batch, name="sdpa"),
+            LeanmaePath(task, cfg, images, cache, batch, attention="eager", name="eager"),
+        ]
         res, _ = interleaved(variants, 2 if quick else 4, 4 if quick else 6, 1)
-        out.append({"ablation": "attention", "case": f"{task}/cpu", "images_per_s": {k: v.median for k, v in res.items()}, "ratio_sdpa_over_eager": pair_ratio(res["sdpa"], res["eager"]),
-                    "others_load_cores": statistics.median(o for v in res.values() for o in v.others_cores)})
+        out.append(
+            {
+                "ablation": "attention",
+                "case": f"{task}/cpu",
+                "images_per_s": {k: v.median for k, v in res.items()},
+                "ratio_sdpa_over_eager": pair_ratio(res["sdpa"], res["eager"]),
+                "others_load_cores": statistics.median(o for v in res.values() for o in v.others_cores),
+            }
+        )
     return out
 
 
@@ -899,7 +1209,10 @@ def adamw_ablation(reps: int) -> list[dict[str, Any]]:
         net = build_mae(cfg.model)
         for p in net.parameters():
             p.grad = torch.randn_like(p) * 1e-3
-        optimizers = {v: engine_optimizer(net, cfg.optim, None, torch.device("cpu"), v) for v in ("for-loop", "foreach", "fused")}
+        optimizers = {
+            v: engine_optimizer(net, cfg.optim, None, torch.device("cpu"), v)
+            for v in ("for-loop", "foreach", "fused")
+        }
         times: dict[str, list[float]] = {v: [] for v in optimizers}
         for opt in optimizers.values():
             opt.step()
@@ -909,13 +1222,30 @@ def adamw_ablation(reps: int) -> list[dict[str, Any]]:
                 optimizers[name].step()
                 times[name].append(time.perf_counter() - started)
         params = sum(p.numel() for p in net.parameters())
-        out.append({"ablation": "adamw", "case": f"pretrain/{model}", "parameters": params, "ms_per_step": {k: 1e3 * statistics.median(v) for k, v in times.items()}})
+        out.append(
+            {
+                "ablation": "adamw",
+                "case": f"pretrain/{model}",
+                "parameters": params,
+                "ms_per_step": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+            }
+        )
         del net, optimizers
         gc.collect()
     return out
 
 
-def _ddp_worker(rank: int, world: int, rendezvous: str, images: ImageSet, work: str, batch: int, steps: int, reps: int, queue: Any) -> None:
+def _ddp_worker(
+    rank: int,
+    world: int,
+    rendezvous: str,
+    images: ImageSet,
+    work: str,
+    batch: int,
+    steps: int,
+    reps: int,
+    queue: Any,
+) -> None:
     """One of two 1-thread DDP (gloo) processes running the cpu preset's leanmae MAE step; reports its rates and CPU use."""
     import torch.distributed as dist
 
@@ -950,12 +1280,20 @@ def processes_ablation(images: ImageSet, work: Path, quick: bool) -> dict[str, A
     cfg = leanmae_config("pretrain", "cpu")
     cache, _ = decode_once(images, cache_size(cfg), work)
     path = LeanmaePath("pretrain", cfg, images, cache, 128)
-    variants = [Variant(path, "one process, 1 thread", 1), Variant(path, f"one process, {DEFAULT_THREADS} threads", DEFAULT_THREADS)]
+    variants = [
+        Variant(path, "one process, 1 thread", 1),
+        Variant(path, f"one process, {DEFAULT_THREADS} threads", DEFAULT_THREADS),
+    ]
     before, _ = interleaved(variants, steps, reps, 1)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     rendezvous = work / f"rendezvous-{time.time_ns()}"
-    workers = [ctx.Process(target=_ddp_worker, args=(r, 2, str(rendezvous), images, str(work), 64, steps, reps, queue)) for r in range(2)]
+    workers = [
+        ctx.Process(
+            target=_ddp_worker, args=(r, 2, str(rendezvous), images, str(work), 64, steps, reps, queue)
+        )
+        for r in range(2)
+    ]
     for w in workers:
         w.start()
     reports = sorted(queue.get(timeout=900) for _ in workers)
@@ -965,11 +1303,21 @@ def processes_ablation(images: ImageSet, work: Path, quick: bool) -> dict[str, A
     (_, two, start0, end0), (_, _, start1, end1) = reports
     wall = end0[0] - start0[0]
     two_others = max(0.0, (end0[1] - start0[1]) - (end0[2] - start0[2]) - (end1[2] - start1[2])) / wall
-    single = {v.name: statistics.median(before[v.name].images_per_s + after[v.name].images_per_s) for v in variants}
-    others = {v.name: statistics.median(before[v.name].others_cores + after[v.name].others_cores) for v in variants}
+    single = {
+        v.name: statistics.median(before[v.name].images_per_s + after[v.name].images_per_s) for v in variants
+    }
+    others = {
+        v.name: statistics.median(before[v.name].others_cores + after[v.name].others_cores) for v in variants
+    }
     name = "two DDP processes, 1 thread each (aggregate)"
-    return {"ablation": "processes", "case": "pretrain/cpu", "effective_batch": 128, "images_per_s": single | {name: statistics.median(two)},
-            "two_process_reps": two, "others_load_cores": others | {name: two_others}}
+    return {
+        "ablation": "processes",
+        "case": "pretrain/cpu",
+        "effective_batch": 128,
+        "images_per_s": single | {name: statistics.median(two)},
+        "two_process_reps": two,
+        "others_load_cores": others | {name: two_others},
+    }
 
 
 ABLATIONS = ("data", "threads", "attention", "adamw", "processes")
@@ -1004,7 +1352,10 @@ def run_ablations(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 def ablation_table(records: list[dict[str, Any]]) -> str:
     """The ablations as one table: a row per variant (others' load: cores other processes used meanwhile)."""
-    lines = ["| ablation | case | variant | value | others' load (cores) |", "| --- | --- | --- | ---: | ---: |"]
+    lines = [
+        "| ablation | case | variant | value | others' load (cores) |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
     for r in records:
         if "ablation" not in r:
             continue
@@ -1013,28 +1364,69 @@ def ablation_table(records: list[dict[str, Any]]) -> str:
         load = r.get("others_load_cores")
         for k, v in (values or r["images_per_s"]).items():
             others = load.get(k) if isinstance(load, dict) else load
-            lines.append(f"| {r['ablation']} | {r.get('case', '')} | {k} | {v:.1f} {unit} | {'' if others is None else f'{others:.1f}'} |")
+            lines.append(
+                f"| {r['ablation']} | {r.get('case', '')} | {k} | {v:.1f} {unit} | {'' if others is None else f'{others:.1f}'} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the options and run the CPU benchmark, the ablations or the GPU benchmark in a temporary folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions, no ViT-B/16, a 1,000-image epoch extrapolated to the whole set (<= 5 min on 2 cores)")
-    parser.add_argument("--ablate", nargs="*", choices=ABLATIONS, default=None, metavar="NAME",
-                        help=f"measure what each optimisation buys instead of the main table (CPU); names: {', '.join(ABLATIONS)} (default: all)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer, shorter repetitions, no ViT-B/16, a 1,000-image epoch extrapolated to the whole set (<= 5 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--ablate",
+        nargs="*",
+        choices=ABLATIONS,
+        default=None,
+        metavar="NAME",
+        help=f"measure what each optimisation buys instead of the main table (CPU); names: {', '.join(ABLATIONS)} (default: all)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--plan", choices=["cpu", "gpu"], default=None,
-                        help="which cases: the CPU plan or the GPU plan (ViT-B/16 and cpu-preset MAE, one cpu-preset epoch); default: the --device's own; "
-                             "'--plan gpu --device cpu' with tiny --gpu-* sizes checks the GPU plan end to end without a GPU")
-    parser.add_argument("--only", nargs="*", default=None, help="case names to run, e.g. pretrain/cpu finetune/vit-s16")
+    parser.add_argument(
+        "--plan",
+        choices=["cpu", "gpu"],
+        default=None,
+        help="which cases: the CPU plan or the GPU plan (ViT-B/16 and cpu-preset MAE, one cpu-preset epoch); default: the --device's own; "
+        "'--plan gpu --device cpu' with tiny --gpu-* sizes checks the GPU plan end to end without a GPU",
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="case names to run, e.g. pretrain/cpu finetune/vit-s16"
+    )
     parser.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch timing")
-    parser.add_argument("--without-prefetch", action="store_true", help="also time leanmae with run.prefetch=false (each batch prepared inline), interleaved with the others")
-    parser.add_argument("--jsonl", type=Path, default=None, help="also append every JSON line to this file (e.g. benchmarks/results/<device>-<date>.jsonl)")
-    parser.add_argument("--pbc", type=Path, default=PBC, help="PBC folder (default ../shared/data/pbc; synthetic images when absent)")
-    parser.add_argument("--gpu-batch", type=int, default=128, help="GPU plan: ViT-B/16 batch size (default 128)")
-    parser.add_argument("--gpu-steps", type=int, default=10, help="GPU plan: steps per timed repetition (default 10)")
-    parser.add_argument("--gpu-images", type=int, default=512, help="GPU plan: images in the benchmark set and the epoch (default 512)")
+    parser.add_argument(
+        "--without-prefetch",
+        action="store_true",
+        help="also time leanmae with run.prefetch=false (each batch prepared inline), interleaved with the others",
+    )
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="also append every JSON line to this file (e.g. benchmarks/results/<device>-<date>.jsonl)",
+    )
+    parser.add_argument(
+        "--pbc",
+        type=Path,
+        default=PBC,
+        help="PBC folder (default ../shared/data/pbc; synthetic images when absent)",
+    )
+    parser.add_argument(
+        "--gpu-batch", type=int, default=128, help="GPU plan: ViT-B/16 batch size (default 128)"
+    )
+    parser.add_argument(
+        "--gpu-steps", type=int, default=10, help="GPU plan: steps per timed repetition (default 10)"
+    )
+    parser.add_argument(
+        "--gpu-images",
+        type=int,
+        default=512,
+        help="GPU plan: images in the benchmark set and the epoch (default 512)",
+    )
     args = parser.parse_args(argv)
     if not args.pbc.is_dir():
         args.pbc = None

@@ -7,7 +7,6 @@ at a per-session temporary folder and every run writes under ``tmp_path``.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable
 from pathlib import Path
 

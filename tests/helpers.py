@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-
 # --------------------------------------------------------------------------- images
 
 
@@ -29,7 +28,9 @@ def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def write_images(folder: Path, n: int, size: int | tuple[int, int] = 48, seed: int = 0, suffix: str = ".png") -> list[Path]:
+def write_images(
+    folder: Path, n: int, size: int | tuple[int, int] = 48, seed: int = 0, suffix: str = ".png"
+) -> list[Path]:
     """Write ``n`` smooth RGB images (``size`` or (height, width)) into ``folder``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     height, width = (size, size) if isinstance(size, int) else size
@@ -40,7 +41,6 @@ def write_images(folder: Path, n: int, size: int | tuple[int, int] = 48, seed: i
         Image.fromarray(smooth_image(rng, height, width)).save(path)
         paths.append(path)
     return paths
-
 
 
 # --------------------------------------------------------------------------- real data

@@ -13,11 +13,10 @@ import PIL.Image
 import pytest
 from PIL import Image
 
+from helpers import smooth_image, tiny_pretrain, write_images
 from leanmae.data.cache import DecodeSpec, load_or_build
 from leanmae.data.decode import BadImageError, decode_rgb
 from leanmae.data.sources import scan
-
-from helpers import smooth_image, tiny_pretrain, write_images
 
 
 def _jpeg_bytes(size: int = 64) -> bytes:
@@ -101,11 +100,15 @@ def test_missing_file_is_a_bad_image_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pixels", [64 * 64, 40 * 40], ids=["over-twice-the-limit", "just-over-the-limit"])
-def test_image_over_the_decompression_bomb_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pixels: int) -> None:
+def test_image_over_the_decompression_bomb_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pixels: int
+) -> None:
     side = int(pixels**0.5)
     path = tmp_path / "bomb.png"
     Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(path)
-    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000 and errors above 2000 pixels
+    monkeypatch.setattr(
+        PIL.Image, "MAX_IMAGE_PIXELS", 1000
+    )  # PIL warns above 1000 and errors above 2000 pixels
     with pytest.raises(BadImageError, match="decompression bomb") as info:
         decode_rgb(path)
     assert info.value.path == str(path)
@@ -125,20 +128,28 @@ def folder_with_one_bad_file(tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.mark.parametrize("folder_with_one_bad_file", list(BAD_FILES), indirect=True)
-def test_cache_build_stops_at_a_bad_file_naming_it(folder_with_one_bad_file: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cache_build_stops_at_a_bad_file_naming_it(
+    folder_with_one_bad_file: tuple[Path, Path], tmp_path: Path
+) -> None:
     folder, bad = folder_with_one_bad_file
     with pytest.raises(BadImageError) as info:
         load_or_build(scan(folder), DecodeSpec(size=32), tmp_path / "cache", workers=1, progress=False)
     assert info.value.path == str(bad)
     assert "--skip-bad" in str(info.value)
-    assert not any(p.name.endswith("index.json") for p in (tmp_path / "cache").rglob("*")), "no cache is left that could be read as valid"
+    assert not any(p.name.endswith("index.json") for p in (tmp_path / "cache").rglob("*")), (
+        "no cache is left that could be read as valid"
+    )
 
 
 @pytest.mark.parametrize("folder_with_one_bad_file", list(BAD_FILES), indirect=True)
-def test_skip_bad_leaves_the_file_out_and_lists_it(folder_with_one_bad_file: tuple[Path, Path], tmp_path: Path) -> None:
+def test_skip_bad_leaves_the_file_out_and_lists_it(
+    folder_with_one_bad_file: tuple[Path, Path], tmp_path: Path
+) -> None:
     folder, bad = folder_with_one_bad_file
     records = scan(folder)
-    cache = load_or_build(records, DecodeSpec(size=32), tmp_path / "cache", skip_bad=True, workers=1, progress=False)
+    cache = load_or_build(
+        records, DecodeSpec(size=32), tmp_path / "cache", skip_bad=True, workers=1, progress=False
+    )
     assert len(cache) == 3
     assert len(cache.skipped) == 1
     assert cache.skipped[0].startswith(f"{bad}: ")
@@ -153,7 +164,9 @@ def test_a_cache_built_with_skip_bad_still_refuses_the_bad_file_without_it(tmp_p
     records = scan(folder)
     load_or_build(records, DecodeSpec(size=32), tmp_path / "cache", skip_bad=True, workers=1, progress=False)
     with pytest.raises(BadImageError, match="empty.png"):
-        load_or_build(records, DecodeSpec(size=32), tmp_path / "cache", skip_bad=False, workers=1, progress=False)
+        load_or_build(
+            records, DecodeSpec(size=32), tmp_path / "cache", skip_bad=False, workers=1, progress=False
+        )
 
 
 def test_pretraining_with_skip_bad_records_the_skipped_files_in_run_json(tmp_path: Path) -> None:
@@ -210,7 +223,9 @@ def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
 
 
 def test_cmyk_becomes_rgb(tmp_path: Path) -> None:
-    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.tif")  # no cyan, full magenta + yellow: red
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(
+        tmp_path / "cmyk.tif"
+    )  # no cyan, full magenta + yellow: red
     out = decode_rgb(tmp_path / "cmyk.tif")
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [255, 0, 0]
@@ -269,7 +284,9 @@ def test_odd_modes_go_through_the_cache_as_rgb(tmp_path: Path) -> None:
     folder = tmp_path / "modes"
     folder.mkdir()
     Image.fromarray(_rgb()[..., 0], mode="L").save(folder / "a_gray.png")
-    Image.fromarray(np.dstack([_rgb(), np.full((16, 16), 255, np.uint8)]), mode="RGBA").save(folder / "b_rgba.png")
+    Image.fromarray(np.dstack([_rgb(), np.full((16, 16), 255, np.uint8)]), mode="RGBA").save(
+        folder / "b_rgba.png"
+    )
     Image.new("CMYK", (16, 16), (10, 20, 30, 0)).save(folder / "c_cmyk.jpg")
     Image.fromarray(_rgb()).convert("P").save(folder / "d_palette.png")
     Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(folder / "e_deep.png")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from leanmae.cli import main
-
 from helpers import write_images
+from leanmae.cli import main
 
 
 @pytest.fixture
@@ -34,7 +33,17 @@ def test_top_level_help_exits_0_and_lists_the_commands(capsys: pytest.CaptureFix
 def test_pretrain_help_exits_0_and_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_code(["pretrain", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--data", "--out", "--preset", "--resume", "--overwrite", "--skip-bad", "--tile", "--grid", "--set"):
+    for option in (
+        "--data",
+        "--out",
+        "--preset",
+        "--resume",
+        "--overwrite",
+        "--skip-bad",
+        "--tile",
+        "--grid",
+        "--set",
+    ):
         assert option in out
 
 
@@ -53,12 +62,29 @@ def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().out.strip() == f"leanmae {leanmae.__version__}"
 
 
-def test_config_show_prints_the_resolved_yaml_with_preset_file_and_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_show_prints_the_resolved_yaml_with_preset_file_and_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import yaml
 
     override = tmp_path / "mine.yaml"
     override.write_text("optim:\n  weight_decay: 0.01\nfinetune:\n  classifier:\n    pooling: cls\n")
-    assert main(["config", "show", "finetune", "--preset", "test", "--config", str(override), "--set", "optim.base_lr=3e-3"]) == 0
+    assert (
+        main(
+            [
+                "config",
+                "show",
+                "finetune",
+                "--preset",
+                "test",
+                "--config",
+                str(override),
+                "--set",
+                "optim.base_lr=3e-3",
+            ]
+        )
+        == 0
+    )
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["model"]["image_size"] == 32  # the test preset
     assert shown["optim"]["weight_decay"] == 0.01 and shown["classifier"]["pooling"] == "cls"
@@ -74,7 +100,17 @@ def test_commands_are_listed_by_dir_and_document_their_options() -> None:
     import leanmae
 
     public = [name for name in dir(leanmae) if not name.startswith("_")]
-    assert {"pretrain", "finetune", "split", "predict", "evaluate", "export", "show_config", "study", "report"} <= set(public)
+    assert {
+        "pretrain",
+        "finetune",
+        "split",
+        "predict",
+        "evaluate",
+        "export",
+        "show_config",
+        "study",
+        "report",
+    } <= set(public)
     doc = leanmae.pretrain.__doc__
     assert "Options" in doc and "    lr: base learning rate" in doc and "    skip_bad:" in doc
     assert "    inputs:" in leanmae.predict.__doc__
@@ -96,29 +132,88 @@ def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
     assert not bar_disabled(True) and bar_disabled(False)
 
 
-def test_a_run_logged_to_a_file_has_one_plain_line_per_epoch(images: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_run_logged_to_a_file_has_one_plain_line_per_epoch(
+    images: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Under nohup / SLURM / CI stderr is no terminal: no carriage-return redraws, even with progress on."""
-    assert main(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--epochs", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(images),
+                "--out",
+                str(tmp_path / "run"),
+                "--preset",
+                "test",
+                "--epochs",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out, err = capfd.readouterr()
     assert "\r" not in out + err
-    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/2",
+        "epoch 2/2",
+    ]
 
 
-def test_unknown_preset_fails_cleanly_listing_the_choices(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "tset"]) == 2
+def test_unknown_preset_fails_cleanly_listing_the_choices(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _exit_code(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "tset"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "'tset'" in err and "test" in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
-def test_tile_and_grid_together_are_refused_by_the_parser(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--tile", "500", "--grid", "2x2"]) == 2
+def test_tile_and_grid_together_are_refused_by_the_parser(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        _exit_code(
+            [
+                "pretrain",
+                "--data",
+                str(images),
+                "--out",
+                str(tmp_path / "run"),
+                "--tile",
+                "500",
+                "--grid",
+                "2x2",
+            ]
+        )
+        == 2
+    )
     assert "not allowed with" in capsys.readouterr().err
 
 
-def test_unknown_key_in_set_returns_2_and_names_the_key(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--set", "optim.base_lrr=1e-3", "--no-progress"])
+def test_unknown_key_in_set_returns_2_and_names_the_key(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(images),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--set",
+            "optim.base_lrr=1e-3",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("leanmae pretrain: error: ")
@@ -127,21 +222,64 @@ def test_unknown_key_in_set_returns_2_and_names_the_key(images: Path, tmp_path: 
 
 
 def test_missing_data_folder_returns_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--preset", "test", "--no-progress"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_bad_grid_string_returns_2_with_a_one_line_error(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_grid_string_returns_2_with_a_one_line_error(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--grid 2by2`` is a user error like any other: exit code 2 and a message, not a traceback."""
-    code = main(["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--grid", "2by2", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(images),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--grid",
+            "2by2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "grid = '2by2'" in err and "ROWSxCOLS" in err and len(err.strip().splitlines()) == 1
 
 
-def test_second_run_into_the_same_out_returns_2(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["pretrain", "--data", str(images), "--out", str(tmp_path / "run"), "--preset", "test", "--epochs", "1", "--device", "cpu", "--no-progress"]
+def test_second_run_into_the_same_out_returns_2(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "pretrain",
+        "--data",
+        str(images),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "test",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv) == 2
@@ -150,10 +288,36 @@ def test_second_run_into_the_same_out_returns_2(images: Path, tmp_path: Path, ca
 
 def test_cli_options_reach_the_run_config(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = main(["pretrain", "--data", str(images), "--out", str(out), "--preset", "test", "--epochs", "1", "--seed", "4", "--device", "cpu",
-                 "--no-progress", "--set", "model.mask_ratio=0.5", "--lr", "2e-3", "--batch-size", "8"])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(images),
+            "--out",
+            str(out),
+            "--preset",
+            "test",
+            "--epochs",
+            "1",
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--set",
+            "model.mask_ratio=0.5",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 0
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["optim"]["epochs"] == 1 and config["run"]["seed"] == 4
-    assert config["model"]["mask_ratio"] == 0.5 and config["optim"]["base_lr"] == pytest.approx(2e-3) and config["optim"]["batch_size"] == 8
+    assert (
+        config["model"]["mask_ratio"] == 0.5
+        and config["optim"]["base_lr"] == pytest.approx(2e-3)
+        and config["optim"]["batch_size"] == 8
+    )
     assert config["run"]["progress"] is False

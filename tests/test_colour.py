@@ -32,7 +32,9 @@ def test_default_config_leaves_images_untouched() -> None:
 def test_an_image_gets_the_same_perturbation_in_any_batch_as_on_resume_or_under_ddp() -> None:
     images, ids = _batch(), np.arange(10, 16)
     whole = augment_colour(images, ALL_ON, seed=3, epoch=2, ids=ids)
-    halves = torch.cat([augment_colour(images[:3], ALL_ON, 3, 2, ids[:3]), augment_colour(images[3:], ALL_ON, 3, 2, ids[3:])])
+    halves = torch.cat(
+        [augment_colour(images[:3], ALL_ON, 3, 2, ids[:3]), augment_colour(images[3:], ALL_ON, 3, 2, ids[3:])]
+    )
     again = augment_colour(images, ALL_ON, seed=3, epoch=2, ids=ids)
     assert torch.allclose(whole, halves, atol=1e-6)
     assert torch.equal(whole, again)
@@ -51,7 +53,9 @@ def test_hed_scaling_matches_scikit_image_rgb2hed_and_hed2rgb() -> None:
     rgb = hed2rgb(stains)
     expected = hed2rgb(rgb2hed(rgb) * np.array([1.3, 0.8, 1.0]))
     tensor = torch.as_tensor(rgb, dtype=torch.float64).permute(2, 0, 1)[None]
-    ours = hed_perturb(tensor, torch.tensor([[1.3, 0.8, 1.0]], dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64))
+    ours = hed_perturb(
+        tensor, torch.tensor([[1.3, 0.8, 1.0]], dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)
+    )
     np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
 
 
@@ -64,7 +68,15 @@ def test_more_haematoxylin_turns_a_white_background_blue() -> None:
 
 def test_zero_hed_change_zero_hue_turn_and_zero_blur_are_identities() -> None:
     images = _batch(2).double()
-    assert torch.allclose(hed_perturb(images.clamp(min=0.01), torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)), images.clamp(min=0.01), atol=1e-9)
+    assert torch.allclose(
+        hed_perturb(
+            images.clamp(min=0.01),
+            torch.ones(2, 3, dtype=torch.float64),
+            torch.zeros(2, 3, dtype=torch.float64),
+        ),
+        images.clamp(min=0.01),
+        atol=1e-9,
+    )
     assert torch.allclose(rotate_hue(images, torch.zeros(2, dtype=torch.float64)), images, atol=1e-9)
     assert torch.allclose(gaussian_blur(images, torch.zeros(2, dtype=torch.float64), 2.0), images, atol=1e-6)
 

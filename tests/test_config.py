@@ -22,7 +22,12 @@ from leanmae.config import (
 )
 
 
-def pretrain_config(preset: str | None = "test", config_file: Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> PretrainConfig:
+def pretrain_config(
+    preset: str | None = "test",
+    config_file: Path | None = None,
+    flags: dict | None = None,
+    sets: list[str] = (),
+) -> PretrainConfig:
     return resolve(PretrainConfig, "pretrain", preset, config_file, flags or {}, sets)
 
 
@@ -44,7 +49,12 @@ def test_every_shipped_preset_resolves_to_a_pretrain_config(name: str) -> None:
 
 def test_the_test_preset_is_a_tiny_model() -> None:
     cfg = pretrain_config("test")
-    assert (cfg.model.image_size, cfg.model.patch_size, cfg.model.hidden_size, cfg.model.depth) == (32, 8, 32, 2)
+    assert (cfg.model.image_size, cfg.model.patch_size, cfg.model.hidden_size, cfg.model.depth) == (
+        32,
+        8,
+        32,
+        2,
+    )
     assert cfg.optim.epochs == 2  # from the preset's pretrain: section
 
 
@@ -68,7 +78,9 @@ def test_no_preset_gives_the_dataclass_defaults() -> None:
 
 def test_yaml_file_overrides_the_preset_and_keeps_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "my.yaml"
-    path.write_text("model: {hidden_size: 64}\npretrain:\n  optim: {epochs: 7}\nfinetune:\n  optim: {epochs: 99}\n")
+    path.write_text(
+        "model: {hidden_size: 64}\npretrain:\n  optim: {epochs: 7}\nfinetune:\n  optim: {epochs: 99}\n"
+    )
     cfg = pretrain_config("test", path)
     assert cfg.model.hidden_size == 64
     assert cfg.optim.epochs == 7, "the pretrain: section applies, the finetune: section is ignored"
@@ -79,7 +91,9 @@ def test_yaml_file_overrides_the_preset_and_keeps_the_rest(tmp_path: Path) -> No
 def test_set_overrides_yaml_file_and_flags(tmp_path: Path) -> None:
     path = tmp_path / "my.yaml"
     path.write_text("optim: {epochs: 7, base_lr: 0.5}\n")
-    cfg = pretrain_config("test", path, flags={"optim": {"epochs": 9}}, sets=["optim.epochs=11", "model.mask_ratio=0.5"])
+    cfg = pretrain_config(
+        "test", path, flags={"optim": {"epochs": 9}}, sets=["optim.epochs=11", "model.mask_ratio=0.5"]
+    )
     assert cfg.optim.epochs == 11
     assert cfg.optim.base_lr == pytest.approx(0.5)
     assert cfg.model.mask_ratio == pytest.approx(0.5)
@@ -95,7 +109,9 @@ def test_flags_override_yaml_and_none_flags_mean_not_given(tmp_path: Path) -> No
 
 def test_set_values_are_parsed_as_yaml_then_typed() -> None:
     assert parse_override("optim.warmup_epochs=0.5") == {"optim": {"warmup_epochs": 0.5}}
-    cfg = pretrain_config(sets=["optim.base_lr=1e-3", "augment.crop_scale=[0.5, 1.0]", "run.progress=false", "data.tile=256"])
+    cfg = pretrain_config(
+        sets=["optim.base_lr=1e-3", "augment.crop_scale=[0.5, 1.0]", "run.progress=false", "data.tile=256"]
+    )
     assert cfg.optim.base_lr == pytest.approx(1e-3), "YAML reads 1e-3 as a string; the float field coerces it"
     assert cfg.augment.crop_scale == (0.5, 1.0)
     assert cfg.run.progress is False
@@ -142,7 +158,9 @@ def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path: Path) -> None:
         pretrain_config("test", path)
 
 
-@pytest.mark.parametrize("override", ["optim.epochs=abc", "optim.epochs=2.5", "run.progress=maybe", "optim.betas=[0.9]"])
+@pytest.mark.parametrize(
+    "override", ["optim.epochs=abc", "optim.epochs=2.5", "run.progress=maybe", "optim.betas=[0.9]"]
+)
 def test_values_of_the_wrong_type_are_errors_naming_the_key(override: str) -> None:
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -166,7 +184,11 @@ def test_required_value_cannot_be_null() -> None:
 def test_model_size_expands_to_width_depth_and_heads(size: str) -> None:
     cfg = pretrain_config(sets=[f"model.size={size}"])
     expected = MODEL_SIZES[size]
-    assert (cfg.model.hidden_size, cfg.model.depth, cfg.model.heads) == (expected["hidden_size"], expected["depth"], expected["heads"])
+    assert (cfg.model.hidden_size, cfg.model.depth, cfg.model.heads) == (
+        expected["hidden_size"],
+        expected["depth"],
+        expected["heads"],
+    )
 
 
 def test_model_size_small_is_hidden_384() -> None:
@@ -199,9 +221,16 @@ def test_effective_batch_is_batch_times_accumulation_times_processes() -> None:
 
 @pytest.mark.parametrize(
     ("base_lr", "batch", "accum", "world", "expected"),
-    [(1.5e-4, 256, 1, 1, 1.5e-4), (1.5e-4, 64, 8, 4, 1.2e-3), (1e-3, 16, 1, 1, 6.25e-5), (5e-5, 48, 4, 2, 7.5e-5)],
+    [
+        (1.5e-4, 256, 1, 1, 1.5e-4),
+        (1.5e-4, 64, 8, 4, 1.2e-3),
+        (1e-3, 16, 1, 1, 6.25e-5),
+        (5e-5, 48, 4, 2, 7.5e-5),
+    ],
 )
-def test_absolute_lr_follows_the_mae_rule(base_lr: float, batch: int, accum: int, world: int, expected: float) -> None:
+def test_absolute_lr_follows_the_mae_rule(
+    base_lr: float, batch: int, accum: int, world: int, expected: float
+) -> None:
     optim = OptimConfig(base_lr=base_lr, batch_size=batch, accum_steps=accum)
     assert absolute_lr(optim, world) == pytest.approx(expected)
     assert absolute_lr(optim, world) == pytest.approx(base_lr * batch * accum * world / 256)

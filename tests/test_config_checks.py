@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from leanmae.config import CHECKS, ConfigError, FinetuneConfig, PretrainConfig, leaf_keys, resolve
 from leanmae.commands.study import STUDY_CHECKS, StudyConfig, study
+from leanmae.config import CHECKS, ConfigError, FinetuneConfig, PretrainConfig, leaf_keys, resolve
 
 # One wrong value per key (as a --set / YAML value); each has the right type where a type exists,
 # so that the value check, not the type coercion, must catch it.
@@ -138,7 +138,9 @@ def training_config(key: str) -> type:
 
 def test_every_config_key_has_a_wrong_value_in_this_walk() -> None:
     keys = set(leaf_keys(PretrainConfig())) | set(leaf_keys(FinetuneConfig()))
-    assert keys == set(WRONG), f"keys without a wrong value here: {sorted(keys - set(WRONG))}; stale: {sorted(set(WRONG) - keys)}"
+    assert keys == set(WRONG), (
+        f"keys without a wrong value here: {sorted(keys - set(WRONG))}; stale: {sorted(set(WRONG) - keys)}"
+    )
     assert keys <= set(CHECKS), f"keys without a value check: {sorted(keys - set(CHECKS))}"
     study_keys = set(leaf_keys(StudyConfig()))
     assert study_keys == set(STUDY_WRONG) == set(STUDY_CHECKS)

@@ -11,14 +11,13 @@ import torch
 from PIL import Image
 
 import leanmae.data.cache as cache_module
+from helpers import write_images
 from leanmae.data.augment import AUGMENT_DRAWS, random_resized_crop, to_float
-from leanmae.data.rand import uniform
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, load_or_build
 from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
+from leanmae.data.rand import uniform
 from leanmae.data.sources import DataError, collect, parse_source, scan
-
-from helpers import write_images
 
 # --------------------------------------------------------------------------- sources
 
@@ -115,7 +114,12 @@ def test_tiles_cover_the_image_without_overlap() -> None:
 
 
 def test_grid_2x2_cuts_four_equal_quadrants() -> None:
-    assert tile_boxes(2000, 2000, None, "2x2", 64) == [(0, 0, 1000, 1000), (1000, 0, 2000, 1000), (0, 1000, 1000, 2000), (1000, 1000, 2000, 2000)]
+    assert tile_boxes(2000, 2000, None, "2x2", 64) == [
+        (0, 0, 1000, 1000),
+        (1000, 0, 2000, 1000),
+        (0, 1000, 1000, 2000),
+        (1000, 1000, 2000, 2000),
+    ]
 
 
 def test_grid_is_rows_by_columns() -> None:
@@ -177,7 +181,9 @@ def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_cache_decodes_once_and_reuses_the_same_folder(image_folder: Path, tmp_path: Path, decode_counter: list[str]) -> None:
+def test_cache_decodes_once_and_reuses_the_same_folder(
+    image_folder: Path, tmp_path: Path, decode_counter: list[str]
+) -> None:
     records = scan(image_folder)
     spec = DecodeSpec(size=40)
     first = load_or_build(records, spec, tmp_path / "cache", workers=1, progress=False)
@@ -202,7 +208,9 @@ def test_cache_uses_leanmae_cache_env_by_default(image_folder: Path, _isolated_c
     assert (_isolated_cache / cache.key[:24] / "index.json").exists()
 
 
-def test_changed_file_invalidates_the_cache(image_folder: Path, tmp_path: Path, decode_counter: list[str]) -> None:
+def test_changed_file_invalidates_the_cache(
+    image_folder: Path, tmp_path: Path, decode_counter: list[str]
+) -> None:
     records = scan(image_folder)
     spec = DecodeSpec(size=40)
     before = load_or_build(records, spec, tmp_path / "cache", workers=1, progress=False)
@@ -211,7 +219,9 @@ def test_changed_file_invalidates_the_cache(image_folder: Path, tmp_path: Path, 
     changed = records[5].path
     stat = changed.stat()
     Image.fromarray(np.full((48, 48, 3), 17, dtype=np.uint8)).save(changed)
-    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # a later mtime, whatever the clock granularity
+    os.utime(
+        changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000)
+    )  # a later mtime, whatever the clock granularity
     decode_counter.clear()
 
     after = load_or_build(records, spec, tmp_path / "cache", workers=1, progress=False)
@@ -230,8 +240,17 @@ def test_touched_file_alone_invalidates_the_cache(image_folder: Path, tmp_path: 
     assert load_or_build(records, spec, tmp_path / "cache", workers=1, progress=False).key != before.key
 
 
-@pytest.mark.parametrize("other", [DecodeSpec(size=32), DecodeSpec(size=40, grid="2x2", min_tile_size=8), DecodeSpec(size=40, tile=24, min_tile_size=8)])
-def test_different_decoding_settings_make_a_different_cache(image_folder: Path, tmp_path: Path, other: DecodeSpec) -> None:
+@pytest.mark.parametrize(
+    "other",
+    [
+        DecodeSpec(size=32),
+        DecodeSpec(size=40, grid="2x2", min_tile_size=8),
+        DecodeSpec(size=40, tile=24, min_tile_size=8),
+    ],
+)
+def test_different_decoding_settings_make_a_different_cache(
+    image_folder: Path, tmp_path: Path, other: DecodeSpec
+) -> None:
     records = scan(image_folder)
     base = load_or_build(records, DecodeSpec(size=40), tmp_path / "cache", workers=1, progress=False)
     changed = load_or_build(records, other, tmp_path / "cache", workers=1, progress=False)
@@ -243,7 +262,9 @@ def test_different_decoding_settings_make_a_different_cache(image_folder: Path, 
 def test_tiles_are_recorded_with_source_index_and_box(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "slides", 2, (120, 200))  # height 120, width 200
     records = scan(tmp_path / "slides")
-    cache = load_or_build(records, DecodeSpec(size=32, tile=64, min_tile_size=64), tmp_path / "cache", workers=1, progress=False)
+    cache = load_or_build(
+        records, DecodeSpec(size=32, tile=64, min_tile_size=64), tmp_path / "cache", workers=1, progress=False
+    )
     # columns 0, 64, 128 are full; the 8 px column and the 56 px row are under the minimum and dropped
     boxes = [(0, 0, 64, 64), (64, 0, 128, 64), (128, 0, 192, 64)]
     assert len(cache) == 6
@@ -256,7 +277,13 @@ def test_tiles_are_recorded_with_source_index_and_box(tmp_path: Path) -> None:
 def test_image_too_small_for_any_tile_leaves_no_usable_images(tmp_path: Path) -> None:
     write_images(tmp_path / "small", 2, 40)
     with pytest.raises(DataError, match="no usable images"):
-        load_or_build(scan(tmp_path / "small"), DecodeSpec(size=32, tile=500, min_tile_size=64), tmp_path / "cache", workers=1, progress=False)
+        load_or_build(
+            scan(tmp_path / "small"),
+            DecodeSpec(size=32, tile=500, min_tile_size=64),
+            tmp_path / "cache",
+            workers=1,
+            progress=False,
+        )
     assert not list((tmp_path / "cache").glob("*")), "a failed build leaves no folder behind"
 
 
@@ -313,8 +340,19 @@ def test_weighted_order_draws_in_proportion_to_weights() -> None:
     assert order.tolist() == [2, 2, 2, 2]
 
 
-@pytest.mark.parametrize(("n", "batch", "drop_last", "sizes"), [(10, 4, True, [4, 4]), (10, 4, False, [4, 4, 2]), (3, 16, True, [3]), (3, 16, False, [3]), (16, 16, True, [16])])
-def test_split_batches_never_returns_zero_batches(n: int, batch: int, drop_last: bool, sizes: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("n", "batch", "drop_last", "sizes"),
+    [
+        (10, 4, True, [4, 4]),
+        (10, 4, False, [4, 4, 2]),
+        (3, 16, True, [3]),
+        (3, 16, False, [3]),
+        (16, 16, True, [16]),
+    ],
+)
+def test_split_batches_never_returns_zero_batches(
+    n: int, batch: int, drop_last: bool, sizes: list[int]
+) -> None:
     batches = split_batches(np.arange(n), batch, drop_last)
     assert [len(b) for b in batches] == sizes
     assert np.concatenate(batches).tolist() == list(range(sum(sizes)))
@@ -397,7 +435,12 @@ def test_both_flips_give_one_of_the_four_orientations() -> None:
     out = random_resized_crop(images, 40, (1.0, 1.0), (1.0, 1.0), True, True, _draws(len(images), 0))
     seen = set()
     for original, result in zip(images, out):
-        variants = {"none": original, "h": original.flip(-1), "v": original.flip(-2), "hv": original.flip(-1).flip(-2)}
+        variants = {
+            "none": original,
+            "h": original.flip(-1),
+            "v": original.flip(-2),
+            "hv": original.flip(-1).flip(-2),
+        }
         match = [name for name, v in variants.items() if torch.allclose(result, v, atol=1e-5)]
         assert len(match) == 1
         seen.add(match[0])

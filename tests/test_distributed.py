@@ -46,7 +46,12 @@ _PROBLEM = _gloo_problem()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"DDP tests need gloo: {_PROBLEM}")
 
 B = 4  # images per process and micro-batch in the two-process runs; the single process takes 2B
-PRETRAIN_SETS = ["optim.accum_steps=2", "optim.schedule=constant", "optim.base_lr=1e-2", "data.val_fraction=0.1"]
+PRETRAIN_SETS = [
+    "optim.accum_steps=2",
+    "optim.schedule=constant",
+    "optim.base_lr=1e-2",
+    "data.val_fraction=0.1",
+]
 FINETUNE_SETS = ["optim.base_lr=1e-2", "classifier.drop_path=0", "classifier.select=last"]
 
 
@@ -59,12 +64,22 @@ def _free_port() -> int:
 def torchrun(args: list[str], cwd: Path, cache: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
     """``python -m torch.distributed.run --nproc_per_node=2 -m leanmae ARGS`` on this machine, offline (127.0.0.1)."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "leanmae", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "leanmae",
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LEANMAE_CACHE": str(cache), "MASTER_ADDR": "127.0.0.1"}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"torchrun failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
     return result
 
 
@@ -78,7 +93,9 @@ def assert_same_curves(a: Path, b: Path, keys: tuple[str, ...]) -> None:
     assert len(rows_a) == len(rows_b) > 0
     for ra, rb in zip(rows_a, rows_b):
         for key in keys:
-            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), f"epoch {int(ra['epoch'])}: {key} {ra[key]} != {rb[key]}"
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (
+                f"epoch {int(ra['epoch'])}: {key} {ra[key]} != {rb[key]}"
+            )
 
 
 def assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -93,14 +110,32 @@ def assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def pretrain_args(runs: dict[str, Any], out: Path, epochs: int) -> list[str]:
     sets = [*runs["sets"], f"optim.batch_size={B}"]
-    return ["pretrain", "--preset", "test", "--data", str(runs["data"]), "--no-progress", "--epochs", str(epochs), "--out", str(out), *(a for s in sets for a in ("--set", s))]
+    return [
+        "pretrain",
+        "--preset",
+        "test",
+        "--data",
+        str(runs["data"]),
+        "--no-progress",
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        *(a for s in sets for a in ("--set", s)),
+    ]
 
 
 @pytest.fixture(scope="module")
 def pretrain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """2 epochs x 2 optimizer steps (2 micro-batches each): 2 processes x B against 1 process x 2B."""
     root = tmp_path_factory.mktemp("ddp-pretrain")
-    runs: dict[str, Any] = {"root": root, "data": root / "images", "cache": root / "cache", "two": root / "two", "one": root / "one"}
+    runs: dict[str, Any] = {
+        "root": root,
+        "data": root / "images",
+        "cache": root / "cache",
+        "two": root / "two",
+        "one": root / "one",
+    }
     runs["sets"] = [f"data.cache_dir={runs['cache']}", *PRETRAIN_SETS]
     write_images(runs["data"], 40, 48)  # 36 training images: 4 micro-batches of 2B = 8 per epoch, both ways
     runs["log"] = torchrun(pretrain_args(runs, runs["two"], 2), root, runs["cache"])
@@ -110,7 +145,9 @@ def pretrain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_two_processes_pretrain_like_one_process_with_twice_the_batch(pretrain_runs: dict[str, Any]) -> None:
     assert_same_curves(pretrain_runs["two"], pretrain_runs["one"], ("train_loss", "val_loss", "lr"))
-    assert_close_weights(load_weights(pretrain_runs["two"] / "model"), load_weights(pretrain_runs["one"] / "model"))
+    assert_close_weights(
+        load_weights(pretrain_runs["two"] / "model"), load_weights(pretrain_runs["one"] / "model")
+    )
 
 
 def test_the_lr_rule_counts_every_process(pretrain_runs: dict[str, Any]) -> None:
@@ -159,14 +196,36 @@ def test_two_processes_finetune_like_one_process_with_twice_the_batch(tmp_path: 
     split(tmp_path / "cells", "a,b", tmp_path / "split.csv")
     sets = [f"data.cache_dir={cache}", *FINETUNE_SETS]
     two = torchrun(
-        ["finetune", "--preset", "test", "--split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "two"), "--no-progress", "--epochs", "2",
-         *(a for s in [*sets, f"optim.batch_size={B}"] for a in ("--set", s))],
-        tmp_path, cache,
+        [
+            "finetune",
+            "--preset",
+            "test",
+            "--split",
+            str(tmp_path / "split.csv"),
+            "--out",
+            str(tmp_path / "two"),
+            "--no-progress",
+            "--epochs",
+            "2",
+            *(a for s in [*sets, f"optim.batch_size={B}"] for a in ("--set", s)),
+        ],
+        tmp_path,
+        cache,
     )
-    finetune(tmp_path / "split.csv", tmp_path / "one", preset="test", epochs=2, device="cpu", progress=False, set=[*sets, f"optim.batch_size={2 * B}"])
+    finetune(
+        tmp_path / "split.csv",
+        tmp_path / "one",
+        preset="test",
+        epochs=2,
+        device="cpu",
+        progress=False,
+        set=[*sets, f"optim.batch_size={2 * B}"],
+    )
 
     info = {n: json.loads((tmp_path / n / "run.json").read_text()) for n in ("two", "one")}
-    assert (info["two"]["batch_size"], info["one"]["batch_size"]) == (B, 2 * B), "the batch cap must leave both runs their batch"
+    assert (info["two"]["batch_size"], info["one"]["batch_size"]) == (B, 2 * B), (
+        "the batch cap must leave both runs their batch"
+    )
     assert info["two"]["absolute_lr"] == pytest.approx(info["one"]["absolute_lr"])
     assert_same_curves(tmp_path / "two", tmp_path / "one", ("train_loss", "val_loss", "val_accuracy", "lr"))
     assert len(history(tmp_path / "two")) == 2

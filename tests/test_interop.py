@@ -11,11 +11,10 @@ import pytest
 import yaml
 
 import leanmae
+from helpers import read_csv, tiny_finetune, tiny_pretrain
 from leanmae.config import ConfigError
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
 from leanmae.tracking import final_metrics, open_trackers
-
-from helpers import read_csv, tiny_finetune, tiny_pretrain
 
 FAST = ["optim.epochs=2", "classifier.min_steps=2"]
 
@@ -36,10 +35,14 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(cells: tuple[Path, Path], mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tracked_run(
+    cells: tuple[Path, Path], mlflow_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A fine-tuning run that reports to TensorBoard and to a local MLflow store."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp_path_factory.mktemp("cwd"))  # MLflow puts artifacts under ./mlruns of the working directory
+        mp.chdir(
+            tmp_path_factory.mktemp("cwd")
+        )  # MLflow puts artifacts under ./mlruns of the working directory
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_store)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "interop-test")
         out = tmp_path_factory.mktemp("runs") / "tracked"
@@ -79,36 +82,65 @@ def test_mlflow_run_holds_the_resolved_config_as_params(tracked_run: Path, mlflo
     assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
 
 
-def test_mlflow_has_every_epoch_of_history_and_the_final_test_metrics(tracked_run: Path, mlflow_store: str) -> None:
+def test_mlflow_has_every_epoch_of_history_and_the_final_test_metrics(
+    tracked_run: Path, mlflow_store: str
+) -> None:
     client, run = _mlflow_run(mlflow_store, tracked_run)
-    val_loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)]
+    val_loss = [
+        m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    ]
     history = [float(row["val_loss"]) for row in read_csv(tracked_run / "history.csv")]
     assert len(history) == 2 and val_loss == pytest.approx(history)
     metrics = json.loads((tracked_run / "metrics.json").read_text())
     assert run.data.metrics["final.test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
-    assert run.data.metrics["final.calibration.after.ece"] == pytest.approx(metrics["calibration"]["after"]["ece"])
+    assert run.data.metrics["final.calibration.after.ece"] == pytest.approx(
+        metrics["calibration"]["after"]["ece"]
+    )
 
 
-def test_mlflow_artifacts_hold_the_figures_results_and_model_folder(tracked_run: Path, mlflow_store: str) -> None:
+def test_mlflow_artifacts_hold_the_figures_results_and_model_folder(
+    tracked_run: Path, mlflow_store: str
+) -> None:
     client, run = _mlflow_run(mlflow_store, tracked_run)
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "run.json", "history.csv", "reliability.png", "confusion_matrix.png", "model"} <= top
+    assert {
+        "metrics.json",
+        "run.json",
+        "history.csv",
+        "reliability.png",
+        "confusion_matrix.png",
+        "model",
+    } <= top
     model = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model.safetensors", "config.json", "README.md", "preprocessor_config.json"} <= model
 
 
 def test_final_metrics_keep_finite_numbers_only() -> None:
-    assert final_metrics({"a": 1, "b": {"c": 0.5, "d": float("nan"), "e": "text", "f": True, "g": [1, 2]}}) == {"a": 1.0, "b.c": 0.5}
+    assert final_metrics(
+        {"a": 1, "b": {"c": 0.5, "d": float("nan"), "e": "text", "f": True, "g": [1, 2]}}
+    ) == {"a": 1.0, "b.c": 0.5}
 
 
 @pytest.mark.slow
-def test_a_study_is_one_parent_mlflow_run_with_a_child_per_run(cells: tuple[Path, Path], mlflow_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_study_is_one_parent_mlflow_run_with_a_child_per_run(
+    cells: tuple[Path, Path], mlflow_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns of the working directory
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "interop-study")
     out = tmp_path / "study"
-    leanmae.study(out=out, data=str(cells[0]), classes=list(WBC_CLASSES[:3]), arms="scratch", fractions=[0.5, 1.0], seeds=[0], preset="test", jobs=2,
-                  set=["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1", "run.report_to=[mlflow]"], progress=False)
+    leanmae.study(
+        out=out,
+        data=str(cells[0]),
+        classes=list(WBC_CLASSES[:3]),
+        arms="scratch",
+        fractions=[0.5, 1.0],
+        seeds=[0],
+        preset="test",
+        jobs=2,
+        set=["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1", "run.report_to=[mlflow]"],
+        progress=False,
+    )
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_store)
@@ -132,7 +164,11 @@ def _card(folder: Path) -> tuple[dict, str]:
 def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_run: Path) -> None:
     meta, body = _card(tracked_run / "model")
     metrics = json.loads((tracked_run / "metrics.json").read_text())
-    assert meta["library_name"] == "transformers" and "leanmae" in meta["tags"] and meta["pipeline_tag"] == "image-classification"
+    assert (
+        meta["library_name"] == "transformers"
+        and "leanmae" in meta["tags"]
+        and meta["pipeline_tag"] == "image-classification"
+    )
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert reported["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     assert reported["ece"] == pytest.approx(metrics["calibration"]["after"]["ece"], abs=1e-4)
@@ -140,9 +176,18 @@ def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_
     assert f"T = {metrics['calibration']['temperature']:.3f}" in body
 
 
-def test_classifier_card_states_data_fraction_pretraining_use_and_limits(tracked_run: Path, cells: tuple[Path, Path]) -> None:
+def test_classifier_card_states_data_fraction_pretraining_use_and_limits(
+    tracked_run: Path, cells: tuple[Path, Path]
+) -> None:
     _, body = _card(tracked_run / "model")
-    for heading in ("## Data", "## Pretraining", "## Evaluation", "## Preprocessing", "## Intended use", "## Limits"):
+    for heading in (
+        "## Data",
+        "## Pretraining",
+        "## Evaluation",
+        "## Preprocessing",
+        "## Intended use",
+        "## Limits",
+    ):
         assert heading in body
     assert "Label fraction: 1 of the train split" in body
     assert "initialised at random" in body
@@ -150,7 +195,9 @@ def test_classifier_card_states_data_fraction_pretraining_use_and_limits(tracked
     assert ", ".join(WBC_CLASSES[:3]) in body
 
 
-def test_mae_card_describes_its_pretraining_and_a_finetuned_card_cites_it(cells: tuple[Path, Path], tmp_path: Path) -> None:
+def test_mae_card_describes_its_pretraining_and_a_finetuned_card_cites_it(
+    cells: tuple[Path, Path], tmp_path: Path
+) -> None:
     mae = tmp_path / "mae"
     tiny_pretrain(cells[0], mae, epochs=1)
     meta, body = _card(mae / "model")
@@ -177,7 +224,9 @@ def _cell_images(cells: tuple[Path, Path], n: int = 6) -> list[Path]:
     return sorted(cells[0].rglob("*.png"))[:n]
 
 
-def test_predict_takes_pil_images_and_returns_rows_without_writing(classifier_run: Path, cells: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_takes_pil_images_and_returns_rows_without_writing(
+    classifier_run: Path, cells: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image
 
     files = _cell_images(cells)
@@ -190,7 +239,9 @@ def test_predict_takes_pil_images_and_returns_rows_without_writing(classifier_ru
     for memory, disk in zip(rows, from_files):
         assert memory["predicted_label"] == disk["predicted_label"]
         probs = [memory[f"p_{label}"] for label in WBC_CLASSES[:3]]
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5) and memory["confidence"] == pytest.approx(max(probs))
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5) and memory["confidence"] == pytest.approx(
+            max(probs)
+        )
         assert isinstance(memory["refer"], bool) and isinstance(memory["energy"], float)
 
 
@@ -213,14 +264,18 @@ def _pixel_values(folder: Path, files: list[Path]) -> np.ndarray:
     return normalize(resize(to_float(batch), size), mean, std).numpy()
 
 
-def test_onnx_export_matches_leanmae_probabilities_in_onnxruntime(classifier_run: Path, cells: tuple[Path, Path], tmp_path: Path) -> None:
+def test_onnx_export_matches_leanmae_probabilities_in_onnxruntime(
+    classifier_run: Path, cells: tuple[Path, Path], tmp_path: Path
+) -> None:
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[test]')")
     onnx_file = tmp_path / "model.onnx"
     info = leanmae.export(classifier_run, onnx=onnx_file)
     assert info["max_abs_diff"] <= 1e-4
     files = _cell_images(cells, 7)  # a batch size the export never saw
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    probabilities = session.run(["probabilities"], {"pixel_values": _pixel_values(classifier_run / "model", files)})[0]
+    probabilities = session.run(
+        ["probabilities"], {"pixel_values": _pixel_values(classifier_run / "model", files)}
+    )[0]
     rows = leanmae.predict(classifier_run, files, device="cpu", progress=False)
     expected = np.array([[row[f"p_{label}"] for label in WBC_CLASSES[:3]] for row in rows])
     assert np.abs(probabilities - expected).max() <= 1e-4

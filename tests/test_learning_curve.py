@@ -53,12 +53,17 @@ def test_labels_needed_and_savings_on_constructed_curves() -> None:
     assert curves.labels_needed("scratch", 0.9).value == pytest.approx(1600, rel=1e-3)
     savings = curves.savings("mae", 0.9)
     assert savings.value == pytest.approx(4.0, rel=1e-3)
-    assert savings.low == pytest.approx(4.0, rel=1e-3) and savings.high == pytest.approx(4.0, rel=1e-3)  # no noise: every resample agrees
+    assert savings.low == pytest.approx(4.0, rel=1e-3) and savings.high == pytest.approx(
+        4.0, rel=1e-3
+    )  # no noise: every resample agrees
 
 
 def test_bootstrap_intervals_contain_the_truth_and_mark_extrapolation() -> None:
     scratch, mae = PowerLaw(0.95, 2.0, 0.5), PowerLaw(0.95, 1.0, 0.5)
-    curves = fit_arms({"scratch": _points(scratch, 0.004, rng_seed=1), "mae": _points(mae, 0.004, rng_seed=2)}, resamples=100)
+    curves = fit_arms(
+        {"scratch": _points(scratch, 0.004, rng_seed=1), "mae": _points(mae, 0.004, rng_seed=2)},
+        resamples=100,
+    )
     needed = curves.labels_needed("mae", 0.9)
     assert needed.low <= 400 <= needed.high
     savings = curves.savings("mae", 0.9)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from leanmae.config import PretrainConfig, resolve
@@ -24,7 +24,9 @@ def test_test_preset_model_has_16_patches(test_model_config) -> None:
 
 
 @pytest.mark.parametrize("ratio", [0.75, 0.5, 0.6, 0.3, 0.9])
-def test_mask_keeps_round_down_of_L_times_one_minus_ratio_visible_patches(test_model_config, ratio: float) -> None:
+def test_mask_keeps_round_down_of_L_times_one_minus_ratio_visible_patches(
+    test_model_config, ratio: float
+) -> None:
     torch.manual_seed(0)
     model = build_mae(dataclasses.replace(test_model_config, mask_ratio=ratio)).eval()
     batch, length = 5, num_patches(model.config)
@@ -45,9 +47,13 @@ def test_masking_noise_is_keyed_by_seed_epoch_and_image(test_model_config) -> No
     a = masking_noise(3, 1, np.arange(4), config, "cpu")
     assert a.shape == (4, 16)
     assert torch.equal(a, masking_noise(3, 1, np.arange(4), config, "cpu"))
-    assert torch.equal(a[2:], masking_noise(3, 1, np.array([2, 3]), config, "cpu")), "an image's mask does not depend on its batch"
+    assert torch.equal(a[2:], masking_noise(3, 1, np.array([2, 3]), config, "cpu")), (
+        "an image's mask does not depend on its batch"
+    )
     assert not torch.equal(a, masking_noise(3, 2, np.arange(4), config, "cpu")), "a new epoch draws new masks"
-    assert not torch.equal(a, masking_noise(4, 1, np.arange(4), config, "cpu")), "another seed draws other masks"
+    assert not torch.equal(a, masking_noise(4, 1, np.arange(4), config, "cpu")), (
+        "another seed draws other masks"
+    )
 
 
 def test_same_noise_gives_the_same_mask(test_model_config) -> None:
@@ -71,14 +77,20 @@ def test_width_not_divisible_by_heads_is_an_error(test_model_config) -> None:
         mae_config(dataclasses.replace(test_model_config, heads=3))
 
 
-def test_position_embeddings_are_the_fixed_sine_cosine_table_in_encoder_and_decoder(test_model_config, tmp_path) -> None:
+def test_position_embeddings_are_the_fixed_sine_cosine_table_in_encoder_and_decoder(
+    test_model_config, tmp_path
+) -> None:
     """transformers 5 leaves them at zero on a fresh ViTMAE; without them the decoder paints every masked patch alike."""
     from leanmae.models.mae import load_mae, sincos_positions
 
     model = build_mae(test_model_config)
     grid = test_model_config.image_size // test_model_config.patch_size
-    assert torch.equal(model.vit.embeddings.position_embeddings, sincos_positions(grid, test_model_config.hidden_size))
-    assert torch.equal(model.decoder.decoder_pos_embed, sincos_positions(grid, test_model_config.decoder_hidden_size))
+    assert torch.equal(
+        model.vit.embeddings.position_embeddings, sincos_positions(grid, test_model_config.hidden_size)
+    )
+    assert torch.equal(
+        model.decoder.decoder_pos_embed, sincos_positions(grid, test_model_config.decoder_hidden_size)
+    )
     assert model.decoder.decoder_pos_embed[0, 1:].abs().sum() > 0
     model.save_pretrained(tmp_path)
     assert torch.equal(load_mae(tmp_path).decoder.decoder_pos_embed, model.decoder.decoder_pos_embed)
@@ -96,7 +108,9 @@ def test_trivial_predictor_errors_on_a_constructed_image() -> None:
     visible_mean = (0 + 1 + 0 + 2 + 4 + 0 + 3 + 0) / 8  # 1.25
     assert masked == 1.0
     assert image_mean == pytest.approx((5 - visible_mean) ** 2)
-    assert neighbour == pytest.approx((5 - (1 + 2 + 4 + 3) / 4) ** 2), "mean of the four visible neighbours, 2.5"
+    assert neighbour == pytest.approx((5 - (1 + 2 + 4 + 3) / 4) ** 2), (
+        "mean of the four visible neighbours, 2.5"
+    )
 
 
 def test_a_masked_patch_without_visible_neighbours_falls_back_to_the_image_mean() -> None:
@@ -107,13 +121,17 @@ def test_a_masked_patch_without_visible_neighbours_falls_back_to_the_image_mean(
     mask[0, 8] = 0.0  # only the corner patch (8) is visible; patch 0 has no visible neighbour
     image_mean, neighbour, masked = trivial_errors(target, mask, grid=3)
     assert masked == 8.0
-    expected = sum((v - 8.0) ** 2 for v in range(8))  # every masked patch predicted as 8, the only visible colour
+    expected = sum(
+        (v - 8.0) ** 2 for v in range(8)
+    )  # every masked patch predicted as 8, the only visible colour
     assert image_mean == pytest.approx(expected) and neighbour == pytest.approx(expected)
 
 
 def test_a_fresh_mae_has_the_papers_initialisation(test_model_config) -> None:
     """Xavier-uniform linear layers and patch projection, N(0, 0.02) CLS and mask tokens, LayerNorm 1 / 0."""
-    cfg = dataclasses.replace(test_model_config, hidden_size=64, decoder_hidden_size=64, heads=2, decoder_heads=2)
+    cfg = dataclasses.replace(
+        test_model_config, hidden_size=64, decoder_hidden_size=64, heads=2, decoder_heads=2
+    )
     torch.manual_seed(0)
     mae = build_mae(cfg)
 
@@ -122,7 +140,9 @@ def test_a_fresh_mae_has_the_papers_initialisation(test_model_config) -> None:
         return (6 / (fan_in + fan_out)) ** 0.5
 
     projection = mae.vit.embeddings.patch_embeddings.projection.weight
-    for name, weight in [("patch projection", projection)] + [(n, m.weight) for n, m in mae.named_modules() if isinstance(m, torch.nn.Linear)]:
+    for name, weight in [("patch projection", projection)] + [
+        (n, m.weight) for n, m in mae.named_modules() if isinstance(m, torch.nn.Linear)
+    ]:
         bound = xavier_bound(weight)
         assert weight.abs().max() <= bound + 1e-6, name
         assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.25), f"{name}: not Xavier-uniform"

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import leanmae
+from helpers import tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
 from leanmae.config import ModelConfig
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
@@ -31,8 +32,6 @@ from leanmae.models.mae import build_mae
 from leanmae.reporting.runinfo import LOCK_FILE
 from leanmae.reporting.safe_csv import csv_text, escape, unescape
 from leanmae.training.checkpoint import CheckpointError
-
-from helpers import tiny_finetune, tiny_pretrain, write_images
 
 LABELS = list(WBC_CLASSES)
 QUIET = ["--preset", "test", "--device", "cpu", "--no-progress"]
@@ -66,7 +65,9 @@ def sample_images(runs: dict[str, Path]) -> list[str]:
 # =========================================================================== results are never lost
 
 
-def test_a_second_command_into_a_folder_another_command_writes_is_refused(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_command_into_a_folder_another_command_writes_is_refused(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two pretrain runs into one --out used to both exit 0 "model in X" while X held one model."""
     out = tmp_path / "run"
     out.mkdir()
@@ -74,7 +75,9 @@ def test_a_second_command_into_a_folder_another_command_writes_is_refused(image_
     fcntl.flock(fd, fcntl.LOCK_EX)  # what the first command holds while it writes
     os.write(fd, b"4242")
     try:
-        assert main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET, "--epochs", "1"]) == 2
+        assert (
+            main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET, "--epochs", "1"]) == 2
+        )
     finally:
         os.close(fd)
     one_line_error(capsys, "another leanmae command (process 4242) is writing into this folder")
@@ -91,16 +94,43 @@ def test_the_lock_is_released_and_removed_when_a_command_ends(runs: dict[str, Pa
         (runs["mae"] / LOCK_FILE).unlink()
 
 
-def test_evaluate_into_the_run_folder_is_refused(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_into_the_run_folder_is_refused(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``evaluate RUN --out RUN`` replaced the run's metrics.json, and then `leanmae report` failed."""
     before = (runs["clf"] / "metrics.json").read_bytes()
-    assert main(["evaluate", str(runs["clf"]), "--split", str(runs["split"]), "--out", str(runs["clf"]), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(runs["clf"]),
+                "--split",
+                str(runs["split"]),
+                "--out",
+                str(runs["clf"]),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "holds a leanmae run")
     assert (runs["clf"] / "metrics.json").read_bytes() == before
 
 
-def test_evaluate_replaces_its_earlier_results_only_with_overwrite(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["evaluate", str(runs["clf"]), "--split", str(runs["split"]), "--out", str(tmp_path / "eval"), "--device", "cpu"]
+def test_evaluate_replaces_its_earlier_results_only_with_overwrite(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "evaluate",
+        str(runs["clf"]),
+        "--split",
+        str(runs["split"]),
+        "--out",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2
@@ -108,7 +138,9 @@ def test_evaluate_replaces_its_earlier_results_only_with_overwrite(runs: dict[st
     assert main([*args, "--overwrite"]) == 0
 
 
-def test_predict_never_replaces_an_existing_file_without_overwrite(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_never_replaces_an_existing_file_without_overwrite(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "mine.csv"
     out.write_text("my own table\n")
     args = ["predict", str(runs["clf"]), *sample_images(runs), "--out", str(out), "--device", "cpu"]
@@ -119,37 +151,96 @@ def test_predict_never_replaces_an_existing_file_without_overwrite(runs: dict[st
     assert out.read_text().startswith("path,predicted_label")
 
 
-def test_predict_out_that_is_a_folder_returns_2(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(runs["clf"]), *sample_images(runs), "--out", str(tmp_path), "--device", "cpu"]) == 2
+def test_predict_out_that_is_a_folder_returns_2(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["predict", str(runs["clf"]), *sample_images(runs), "--out", str(tmp_path), "--device", "cpu"])
+        == 2
+    )
     one_line_error(capsys, "is a folder")
 
 
-def test_reconstruct_into_the_pretraining_run_folder_is_refused(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_reconstruct_into_the_pretraining_run_folder_is_refused(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     before = (runs["mae"] / "recon_metrics.json").read_bytes()
-    assert main(["reconstruct", str(runs["mae"]), *sample_images(runs), "--out", str(runs["mae"]), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(runs["mae"]),
+                *sample_images(runs),
+                "--out",
+                str(runs["mae"]),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "holds a leanmae run")
     assert (runs["mae"] / "recon_metrics.json").read_bytes() == before
 
 
-def test_overwrite_never_deletes_an_input_of_the_same_command(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_overwrite_never_deletes_an_input_of_the_same_command(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``finetune --init X --out X --overwrite`` deleted the MAE it was to start from."""
-    assert main(["finetune", "--split", str(runs["split"]), "--init", str(runs["mae"]), "--out", str(runs["mae"]), "--overwrite", *QUIET]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--split",
+                str(runs["split"]),
+                "--init",
+                str(runs["mae"]),
+                "--out",
+                str(runs["mae"]),
+                "--overwrite",
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "--overwrite would delete", "an input of this command")
     assert (runs["mae"] / "model" / "model.safetensors").exists()
 
 
-def test_a_failed_start_leaves_no_running_marker_and_the_fixed_command_starts_afresh(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_start_leaves_no_running_marker_and_the_fixed_command_starts_afresh(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A typo in --probe is found after run.json says "running"; the corrected command used to be refused."""
     out = tmp_path / "run"
-    assert main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET, "--epochs", "1", "--probe", str(tmp_path / "splt.csv")]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(image_folder),
+                "--out",
+                str(out),
+                *QUIET,
+                "--epochs",
+                "1",
+                "--probe",
+                str(tmp_path / "splt.csv"),
+            ]
+        )
+        == 2
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "splt.csv" in info["error"]
     capsys.readouterr()
-    assert main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET, "--epochs", "1"]) == 0, capsys.readouterr().err
+    assert main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET, "--epochs", "1"]) == 0, (
+        capsys.readouterr().err
+    )
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
-def test_out_that_is_a_file_returns_2(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_that_is_a_file_returns_2(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "file"
     out.write_text("x")
     assert main(["pretrain", "--data", str(image_folder), "--out", str(out), *QUIET]) == 2
@@ -157,7 +248,10 @@ def test_out_that_is_a_file_returns_2(image_folder: Path, tmp_path: Path, capsys
 
 
 def test_out_that_cannot_be_created_returns_2(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["pretrain", "--data", str(image_folder), "--out", "/proc/leanmae-cannot-write-here", *QUIET]) == 2
+    assert (
+        main(["pretrain", "--data", str(image_folder), "--out", "/proc/leanmae-cannot-write-here", *QUIET])
+        == 2
+    )
     one_line_error(capsys, "leanmae pretrain: error:", "/proc/leanmae-cannot-write-here")
 
 
@@ -166,7 +260,11 @@ def test_model_files_are_readable_by_the_group_as_the_umask_allows(runs: dict[st
     mask = os.umask(0)
     os.umask(mask)
     wanted = 0o666 & ~mask
-    files = [runs["mae"] / "model" / "model.safetensors", runs["clf"] / "model" / "model.safetensors", *runs["mae"].glob("checkpoints/*/*.safetensors")]
+    files = [
+        runs["mae"] / "model" / "model.safetensors",
+        runs["clf"] / "model" / "model.safetensors",
+        *runs["mae"].glob("checkpoints/*/*.safetensors"),
+    ]
     assert len(files) >= 4
     for file in files:
         assert file.stat().st_mode & 0o777 == wanted, f"{file}: {oct(file.stat().st_mode & 0o777)}"
@@ -181,27 +279,74 @@ def test_a_model_folder_records_its_kind(runs: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_predict_and_evaluate_refuse_an_mae(command: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_and_evaluate_refuse_an_mae(
+    command: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """predict on an MAE folder wrote LABEL_0/LABEL_1 predictions from a random head."""
-    args = [*sample_images(runs), "--out", str(tmp_path / "p.csv")] if command == "predict" else ["--split", str(runs["split"]), "--out", str(tmp_path / "e")]
+    args = (
+        [*sample_images(runs), "--out", str(tmp_path / "p.csv")]
+        if command == "predict"
+        else ["--split", str(runs["split"]), "--out", str(tmp_path / "e")]
+    )
     assert main([command, str(runs["mae"]), *args, "--device", "cpu"]) == 2
     one_line_error(capsys, "is an MAE", "need a classifier")
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "e").exists()
 
 
-def test_reconstruct_refuses_a_classifier(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reconstruct_refuses_a_classifier(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """reconstruct on a classifier used a random decoder."""
-    assert main(["reconstruct", str(runs["clf"]), *sample_images(runs), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(runs["clf"]),
+                *sample_images(runs),
+                "--out",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "is a classifier", "reconstruct needs an MAE")
 
 
-def test_pretrain_init_refuses_a_classifier(runs: dict[str, Path], image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["pretrain", "--data", str(image_folder), "--init", str(runs["clf"] / "model"), "--out", str(tmp_path / "p"), *QUIET]) == 2
+def test_pretrain_init_refuses_a_classifier(
+    runs: dict[str, Path], image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(image_folder),
+                "--init",
+                str(runs["clf"] / "model"),
+                "--out",
+                str(tmp_path / "p"),
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "is a classifier", "needs an MAE folder")
 
 
 def _test_model() -> ModelConfig:
-    return ModelConfig(image_size=32, patch_size=8, hidden_size=32, depth=2, heads=2, mlp_ratio=2.0, decoder_hidden_size=32, decoder_depth=1, decoder_heads=2)
+    return ModelConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        depth=2,
+        heads=2,
+        mlp_ratio=2.0,
+        decoder_hidden_size=32,
+        decoder_depth=1,
+        decoder_heads=2,
+    )
 
 
 def _damaged_copy(runs: dict[str, Path], tmp_path: Path, damage: str) -> Path:
@@ -211,7 +356,9 @@ def _damaged_copy(runs: dict[str, Path], tmp_path: Path, damage: str) -> Path:
     if damage == "renamed-keys":
         save_file({f"backbone.{k}": v for k, v in weights.items()}, folder / "model.safetensors")
     elif damage == "no-encoder-keys":
-        save_file({k: v for k, v in weights.items() if not k.startswith("vit.")}, folder / "model.safetensors")
+        save_file(
+            {k: v for k, v in weights.items() if not k.startswith("vit.")}, folder / "model.safetensors"
+        )
     elif damage == "wrong-shape":
         key = next(k for k in weights if k.endswith("layernorm_before.bias"))
         save_file({**weights, key: torch.zeros(5)}, folder / "model.safetensors")
@@ -226,7 +373,9 @@ DAMAGES = ["renamed-keys", "no-encoder-keys", "wrong-shape", "damaged-safetensor
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_init_weights_that_do_not_cover_the_encoder_are_an_error(damage: str, runs: dict[str, Path], tmp_path: Path) -> None:
+def test_init_weights_that_do_not_cover_the_encoder_are_an_error(
+    damage: str, runs: dict[str, Path], tmp_path: Path
+) -> None:
     """--init with no encoder keys (or renamed ones) trained from random weights with only a warning."""
     folder = _damaged_copy(runs, tmp_path, damage)
     with pytest.raises(CheckpointError, match=str(folder)):
@@ -235,18 +384,51 @@ def test_init_weights_that_do_not_cover_the_encoder_are_an_error(damage: str, ru
         build_mae(_test_model(), folder)
 
 
-def test_cli_finetune_with_init_weights_of_the_wrong_shape_returns_2(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_finetune_with_init_weights_of_the_wrong_shape_returns_2(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = _damaged_copy(runs, tmp_path, "wrong-shape")
-    assert main(["finetune", "--split", str(runs["split"]), "--init", str(folder), "--out", str(tmp_path / "ft"), *QUIET]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--split",
+                str(runs["split"]),
+                "--init",
+                str(folder),
+                "--out",
+                str(tmp_path / "ft"),
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, str(folder), "cannot be loaded")
 
 
-def test_reconstruct_images_0_returns_2(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reconstruct", str(runs["mae"]), *sample_images(runs), "--out", str(tmp_path / "r"), "--images", "0"]) == 2
+def test_reconstruct_images_0_returns_2(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(runs["mae"]),
+                *sample_images(runs),
+                "--out",
+                str(tmp_path / "r"),
+                "--images",
+                "0",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "--images 0")
 
 
-def test_predict_skips_hidden_files_and_notebook_checkpoints_as_training_does(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_predict_skips_hidden_files_and_notebook_checkpoints_as_training_does(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
     folder = tmp_path / "new"
     write_images(folder, 2, 40)
     write_images(folder / ".ipynb_checkpoints", 1, 40)
@@ -261,14 +443,25 @@ def test_predict_skips_hidden_files_and_notebook_checkpoints_as_training_does(ru
 
 def test_names_that_a_spreadsheet_would_run_are_escaped_in_predictions(tmp_path: Path) -> None:
     labels = ["=1+1", "@SUM(A1)"]
-    paths = ["=HYPERLINK(\"http://x\")/a.png", "+cmd|' /C calc'!A0", "-2+3", "normal.png"]
+    paths = ['=HYPERLINK("http://x")/a.png', "+cmd|' /C calc'!A0", "-2+3", "normal.png"]
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.6, 0.4]])
-    write_predictions(tmp_path / "p.csv", paths, probs, labels, np.array([0, 1, 0, 1]), extra={"energy": ["-1.5000", "-2.0000", "-0.1000", "3.0"]})
+    write_predictions(
+        tmp_path / "p.csv",
+        paths,
+        probs,
+        labels,
+        np.array([0, 1, 0, 1]),
+        extra={"energy": ["-1.5000", "-2.0000", "-0.1000", "3.0"]},
+    )
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
     cells = [c for row in rows for c in row]
-    assert not [c for c in cells if c[:1] in "=+@" or (c.startswith("-") and not c.replace(".", "").lstrip("-").isdigit())], cells
-    assert rows[1][0] == "'=HYPERLINK(\"http://x\")/a.png" and rows[1][1] == "'=1+1"
+    assert not [
+        c
+        for c in cells
+        if c[:1] in "=+@" or (c.startswith("-") and not c.replace(".", "").lstrip("-").isdigit())
+    ], cells
+    assert rows[1][0] == '\'=HYPERLINK("http://x")/a.png' and rows[1][1] == "'=1+1"
     assert rows[1][4] == "-1.5000", "negative numbers stay numbers"
     assert rows[0][-2:] == ["p_=1+1", "p_@SUM(A1)"]
 
@@ -296,21 +489,73 @@ def test_results_tables_escape_formulas_and_the_report_reads_them_back() -> None
         (["--set", "optim.betas=[0.9, 0.95"], "optim.betas"),
     ],
 )
-def test_a_bad_config_value_on_the_command_line_returns_2_before_anything_is_written(option: list[str], key: str, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), *QUIET, *option]) == 2
+def test_a_bad_config_value_on_the_command_line_returns_2_before_anything_is_written(
+    option: list[str], key: str, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), *QUIET, *option]) == 2
+    )
     one_line_error(capsys, key)
     assert not (tmp_path / "run").exists()
 
 
-def test_device_cuda_without_a_gpu_returns_2(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_device_cuda_without_a_gpu_returns_2(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    assert main(["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--preset", "test", "--device", "cuda", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+                "--preset",
+                "test",
+                "--device",
+                "cuda",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "device cuda", "no such CUDA GPU")
 
 
-@pytest.mark.parametrize(("option", "expected"), [(["--fractions", "abc"], "--fractions 'abc'"), (["--jobs", "0"], "jobs = 0"), (["--fractions", "1,1.0"], "values repeat")])
-def test_a_bad_study_option_returns_2_before_anything_is_written(option: list[str], expected: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["study", "--out", str(tmp_path / "s"), "--data", str(runs["data"]), "--classes", ",".join(LABELS), "--arms", "scratch", *option, "--no-progress"]) == 2
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--fractions", "abc"], "--fractions 'abc'"),
+        (["--jobs", "0"], "jobs = 0"),
+        (["--fractions", "1,1.0"], "values repeat"),
+    ],
+)
+def test_a_bad_study_option_returns_2_before_anything_is_written(
+    option: list[str],
+    expected: str,
+    runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        main(
+            [
+                "study",
+                "--out",
+                str(tmp_path / "s"),
+                "--data",
+                str(runs["data"]),
+                "--classes",
+                ",".join(LABELS),
+                "--arms",
+                "scratch",
+                *option,
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, expected)
     assert not (tmp_path / "s").exists()

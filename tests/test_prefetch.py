@@ -22,7 +22,9 @@ from leanmae.training.engine import NonFiniteLossError, Task, fit
 from leanmae.training.prefetch import Inputs
 
 BATCHES = 6  # per epoch
-PREPARE_SECONDS = 0.05  # each prepare sleeps this long: without prefetching an epoch waits >= BATCHES x this for data
+PREPARE_SECONDS = (
+    0.05  # each prepare sleeps this long: without prefetching an epoch waits >= BATCHES x this for data
+)
 STEP_SECONDS = 0.1  # each loss sleeps at least this long: a slow step
 
 
@@ -57,9 +59,15 @@ class SlowTask:
         x, y, epoch, k = inputs
         time.sleep(STEP_SECONDS)
         if self.wait_for_next and k + 1 < BATCHES:
-            assert self._ready(epoch, k + 1).wait(timeout=30), f"batch {k + 1} was not prepared while step {k} ran"
+            assert self._ready(epoch, k + 1).wait(timeout=30), (
+                f"batch {k + 1} was not prepared while step {k} ran"
+            )
         value = nn.functional.mse_loss(model(x), y)
-        return value * float("nan") if self.poison_from_epoch is not None and epoch >= self.poison_from_epoch else value
+        return (
+            value * float("nan")
+            if self.poison_from_epoch is not None and epoch >= self.poison_from_epoch
+            else value
+        )
 
     def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         x = torch.linspace(-1, 1, 32).view(8, 4)
@@ -69,12 +77,21 @@ class SlowTask:
         return Task(batches=self.batches, prepare=self.prepare, loss=self.loss, validate=self.validate)
 
 
-def train(task: SlowTask, out: Path, prefetch: bool, accum_steps: int = 1, epochs: int = 2) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+def train(
+    task: SlowTask, out: Path, prefetch: bool, accum_steps: int = 1, epochs: int = 2
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """``engine.fit`` on the toy task (dropout included, so the main thread's torch generator is in play);
     a constant schedule, so that a 1-epoch run is the first epoch of a longer one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.Linear(16, 1))
-    optim = OptimConfig(epochs=epochs, batch_size=8, accum_steps=accum_steps, base_lr=0.05, warmup_epochs=0.5, schedule="constant")
+    optim = OptimConfig(
+        epochs=epochs,
+        batch_size=8,
+        accum_steps=accum_steps,
+        base_lr=0.05,
+        warmup_epochs=0.5,
+        schedule="constant",
+    )
     run = RunConfig(seed=0, device="cpu", progress=False, prefetch=prefetch)
     steps = -(-BATCHES // accum_steps)
     result = fit(model, task.as_task(), optim, run, Context(device=torch.device("cpu")), out, steps)
@@ -87,18 +104,26 @@ def test_with_prefetch_the_next_batch_is_ready_when_a_slow_step_ends(tmp_path: P
     for row, slow in zip(history, inline):
         # Inline, every prepare is waited for; ahead, only the epoch's first (nothing runs before it) and the hand-overs.
         assert slow["data_seconds"] >= BATCHES * PREPARE_SECONDS
-        assert row["data_seconds"] < 2 * PREPARE_SECONDS, f"a step waited {row['data_seconds']:.3f} s for data in epoch {row['epoch']}"
+        assert row["data_seconds"] < 2 * PREPARE_SECONDS, (
+            f"a step waited {row['data_seconds']:.3f} s for data in epoch {row['epoch']}"
+        )
         assert row["data_seconds"] < 0.1 * row["seconds"]
 
 
 @pytest.mark.parametrize("accum_steps", [1, 4])
-def test_training_with_and_without_prefetch_ends_with_identical_weights_and_history(tmp_path: Path, accum_steps: int) -> None:
+def test_training_with_and_without_prefetch_ends_with_identical_weights_and_history(
+    tmp_path: Path, accum_steps: int
+) -> None:
     weights, history = train(SlowTask(), tmp_path / "ahead", prefetch=True, accum_steps=accum_steps)
-    inline_weights, inline_history = train(SlowTask(), tmp_path / "inline", prefetch=False, accum_steps=accum_steps)
+    inline_weights, inline_history = train(
+        SlowTask(), tmp_path / "inline", prefetch=False, accum_steps=accum_steps
+    )
     for key, value in weights.items():
         assert torch.equal(value, inline_weights[key]), key
     timeless = [{k: v for k, v in row.items() if k not in ("seconds", "data_seconds")} for row in history]
-    assert timeless == [{k: v for k, v in row.items() if k not in ("seconds", "data_seconds")} for row in inline_history]
+    assert timeless == [
+        {k: v for k, v in row.items() if k not in ("seconds", "data_seconds")} for row in inline_history
+    ]
 
 
 def test_a_resumed_run_with_prefetch_equals_an_uninterrupted_one(tmp_path: Path) -> None:
@@ -113,7 +138,9 @@ def test_a_resumed_run_with_prefetch_equals_an_uninterrupted_one(tmp_path: Path)
 def test_a_non_finite_loss_still_stops_the_run_and_the_prefetch_thread(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match=r"^loss is nan at epoch 2, step 6"):
         train(SlowTask(poison_from_epoch=1), tmp_path / "run", prefetch=True)
-    assert not [t for t in threading.enumerate() if t.name == "leanmae-prefetch"], "the prefetch thread outlived the run"
+    assert not [t for t in threading.enumerate() if t.name == "leanmae-prefetch"], (
+        "the prefetch thread outlived the run"
+    )
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001"]
 
 

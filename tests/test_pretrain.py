@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 from transformers import ViTMAEForPreTraining
 
 import leanmae.training.engine as engine
-from leanmae.reporting.runinfo import OutputFolderError
-
 from helpers import assert_same_weights, load_weights, tiny_pretrain, write_images
+from leanmae.reporting.runinfo import OutputFolderError
 
 # --------------------------------------------------------------------------- one finished run
 
@@ -32,13 +31,26 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = root / "images"
     write_images(data, 24, 48)
     out = root / "run"
-    summary = tiny_pretrain(data, out, seed=3, sets=[f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6"])
+    summary = tiny_pretrain(
+        data,
+        out,
+        seed=3,
+        sets=[f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6"],
+    )
     return {"out": out, "data": data, "summary": summary}
 
 
 def test_run_writes_every_documented_output(finished_run: dict[str, Any]) -> None:
     out: Path = finished_run["out"]
-    for name in ("run.json", "history.csv", "loss.png", "reconstructions.png", "recon_metrics.json", "model/config.json", "model/model.safetensors"):
+    for name in (
+        "run.json",
+        "history.csv",
+        "loss.png",
+        "reconstructions.png",
+        "recon_metrics.json",
+        "model/config.json",
+        "model/model.safetensors",
+    ):
         assert (out / name).is_file(), f"{name} missing"
         assert (out / name).stat().st_size > 0
     assert (out / "checkpoints" / "epoch-0002" / "model.safetensors").is_file()
@@ -107,7 +119,9 @@ def test_recon_metrics_has_masked_and_visible_error_at_each_ratio(finished_run: 
     assert metrics["images"] == json.loads((finished_run["out"] / "run.json").read_text())["images"]["val"]
 
 
-def test_saved_model_loads_with_transformers_and_equals_the_trained_weights(finished_run: dict[str, Any]) -> None:
+def test_saved_model_loads_with_transformers_and_equals_the_trained_weights(
+    finished_run: dict[str, Any],
+) -> None:
     out: Path = finished_run["out"]
     model = ViTMAEForPreTraining.from_pretrained(out / "model")
     assert model.config.image_size == 32 and model.config.patch_size == 8 and model.config.mask_ratio == 0.6
@@ -126,18 +140,36 @@ def test_saved_model_records_the_preprocessing(finished_run: dict[str, Any]) -> 
 
 def test_the_same_seed_gives_the_same_weights(finished_run: dict[str, Any], tmp_path: Path) -> None:
     root = finished_run["out"].parent
-    tiny_pretrain(finished_run["data"], tmp_path / "again", seed=3, sets=[f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6"])
-    assert_same_weights(load_weights(tmp_path / "again" / "model"), load_weights(finished_run["out"] / "model"))
+    tiny_pretrain(
+        finished_run["data"],
+        tmp_path / "again",
+        seed=3,
+        sets=[f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6"],
+    )
+    assert_same_weights(
+        load_weights(tmp_path / "again" / "model"), load_weights(finished_run["out"] / "model")
+    )
 
 
-def test_pretraining_with_prefetch_gives_the_same_weights_and_losses(finished_run: dict[str, Any], tmp_path: Path) -> None:
+def test_pretraining_with_prefetch_gives_the_same_weights_and_losses(
+    finished_run: dict[str, Any], tmp_path: Path
+) -> None:
     """The finished run prepared its batches inline (the CPU default); on the prefetch thread no number changes."""
     root = finished_run["out"].parent
-    sets = [f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.2", "model.mask_ratio=0.6", "run.prefetch=true"]
+    sets = [
+        f"data.cache_dir={root / 'cache'}",
+        "data.val_fraction=0.2",
+        "model.mask_ratio=0.6",
+        "run.prefetch=true",
+    ]
     tiny_pretrain(finished_run["data"], tmp_path / "inline", seed=3, sets=sets)
-    assert_same_weights(load_weights(tmp_path / "inline" / "model"), load_weights(finished_run["out"] / "model"))
+    assert_same_weights(
+        load_weights(tmp_path / "inline" / "model"), load_weights(finished_run["out"] / "model")
+    )
     with open(tmp_path / "inline" / "history.csv") as fa, open(finished_run["out"] / "history.csv") as fb:
-        assert [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fa)] == [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fb)]
+        assert [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fa)] == [
+            (r["train_loss"], r["val_loss"]) for r in csv.DictReader(fb)
+        ]
 
 
 def test_pretraining_on_tiles_uses_every_tile(tmp_path: Path) -> None:
@@ -148,12 +180,12 @@ def test_pretraining_on_tiles_uses_every_tile(tmp_path: Path) -> None:
     assert info["images"]["val"] % 4 == 0, "tiles of one source image stay on the same side of the split"
 
 
-
 def test_a_data_set_smaller_than_one_batch_still_trains(tmp_path: Path) -> None:
     write_images(tmp_path / "few", 5, 40)
     summary = tiny_pretrain(tmp_path / "few", tmp_path / "run", epochs=2)  # the test preset's batch is 16
     assert summary["epochs"] == 2
     assert math.isfinite(summary["val_loss_last"])
+
 
 # --------------------------------------------------------------------------- output-folder rules
 
@@ -185,7 +217,9 @@ def test_overwrite_replaces_the_earlier_run(data_folder: Path, tmp_path: Path) -
     assert json.loads((out / "run.json").read_text())["config"]["optim"]["epochs"] == 1
 
 
-def test_a_non_empty_folder_without_run_json_is_refused_even_with_overwrite(data_folder: Path, tmp_path: Path) -> None:
+def test_a_non_empty_folder_without_run_json_is_refused_even_with_overwrite(
+    data_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "someone-elses"
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
@@ -221,14 +255,16 @@ def test_resume_with_more_epochs_is_allowed_and_continues(data_folder: Path, tmp
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
 
 
-
-def test_resuming_a_finished_run_with_the_same_epochs_keeps_its_weights(data_folder: Path, tmp_path: Path) -> None:
+def test_resuming_a_finished_run_with_the_same_epochs_keeps_its_weights(
+    data_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     tiny_pretrain(data_folder, out, epochs=2)
     before = load_weights(out / "model")
     summary = tiny_pretrain(data_folder, out, epochs=2, resume=True)
     assert summary["epochs"] == 2 and summary["resumed_from_epoch"] == 2
     assert_same_weights(load_weights(out / "model"), before)
+
 
 def test_resume_and_overwrite_together_are_refused(data_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -240,7 +276,9 @@ def test_resume_and_overwrite_together_are_refused(data_folder: Path, tmp_path: 
 # --------------------------------------------------------------------------- exact resumption
 
 
-def test_resuming_a_constant_schedule_run_for_more_epochs_equals_an_uninterrupted_run(data_folder: Path, tmp_path: Path) -> None:
+def test_resuming_a_constant_schedule_run_for_more_epochs_equals_an_uninterrupted_run(
+    data_folder: Path, tmp_path: Path
+) -> None:
     """2 epochs, then --resume --epochs 3 == 3 epochs straight (the constant schedule does not depend on the epoch count)."""
     sets = ["optim.schedule=constant"]
     tiny_pretrain(data_folder, tmp_path / "a", epochs=3, sets=sets)
@@ -250,10 +288,14 @@ def test_resuming_a_constant_schedule_run_for_more_epochs_equals_an_uninterrupte
     assert_same_weights(load_weights(tmp_path / "b" / "model"), load_weights(tmp_path / "a" / "model"))
     with open(tmp_path / "a" / "history.csv") as fa, open(tmp_path / "b" / "history.csv") as fb:
         rows_a, rows_b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
-    assert [(r["train_loss"], r["val_loss"]) for r in rows_a] == [(r["train_loss"], r["val_loss"]) for r in rows_b]
+    assert [(r["train_loss"], r["val_loss"]) for r in rows_a] == [
+        (r["train_loss"], r["val_loss"]) for r in rows_b
+    ]
 
 
-def test_a_run_interrupted_after_epoch_2_and_resumed_equals_an_uninterrupted_run(data_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_interrupted_after_epoch_2_and_resumed_equals_an_uninterrupted_run(
+    data_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The default cosine schedule: interrupt a 3-epoch run just after its epoch-2 checkpoint, resume, compare."""
     tiny_pretrain(data_folder, tmp_path / "a", epochs=3)
 
@@ -285,11 +327,30 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path: Path) 
     data = tmp_path / "images"
     write_images(data, 64, 40)
     epochs = 15
-    common = ["--data", str(data), "--preset", "test", "--epochs", str(epochs), "--device", "cpu", "--no-progress",
-              "--set", "optim.batch_size=8", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    common = [
+        "--data",
+        str(data),
+        "--preset",
+        "test",
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "optim.batch_size=8",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cli(["pretrain", *common, "--out", str(out)]), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(["pretrain", *common, "--out", str(out)]),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         first = out / "checkpoints" / "epoch-0001"
         while proc.poll() is None and not first.exists():
@@ -297,7 +358,9 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path: Path) 
                 proc.wait(timeout=0.02)
             except subprocess.TimeoutExpired:
                 pass
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, (
+            f"the run ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -310,11 +373,23 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path: Path) 
     assert 1 <= done < epochs, "killed mid-run"
     assert not (out / "model").exists()
 
-    resumed = subprocess.run(_cli(["pretrain", *common, "--out", str(out), "--resume"]), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cli(["pretrain", *common, "--out", str(out), "--resume"]),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
 
-    tiny_pretrain(data, tmp_path / "straight", epochs=epochs, sets=["optim.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}"])
+    tiny_pretrain(
+        data,
+        tmp_path / "straight",
+        epochs=epochs,
+        sets=["optim.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}"],
+    )
     assert_same_weights(load_weights(out / "model"), load_weights(tmp_path / "straight" / "model"))
     assert json.loads((out / "run.json").read_text())["resumed_from_epoch"] == done
 
@@ -325,19 +400,34 @@ def test_a_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path: Path) 
 def test_pretraining_on_real_platelet_and_erythroblast_images_lowers_the_validation_loss(pbc_subset) -> None:
     data = pbc_subset(["platelet", "erythroblast"], 20)
     out = data.parent / "run"
-    summary = tiny_pretrain(f"{data}:platelet,erythroblast", out, epochs=5, sets=["optim.base_lr=1e-2", "optim.batch_size=8", "data.val_fraction=0.2"])
+    summary = tiny_pretrain(
+        f"{data}:platelet,erythroblast",
+        out,
+        epochs=5,
+        sets=["optim.base_lr=1e-2", "optim.batch_size=8", "data.val_fraction=0.2"],
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["images"] == {"train": 32, "val": 8}
-    assert summary["val_loss_last"] < 0.98 * summary["val_loss_first"], f"val loss {summary['val_loss_first']:.4f} -> {summary['val_loss_last']:.4f}"
+    assert summary["val_loss_last"] < 0.98 * summary["val_loss_first"], (
+        f"val loss {summary['val_loss_first']:.4f} -> {summary['val_loss_last']:.4f}"
+    )
 
 
-def test_grid_tiles_of_real_lung_images_are_cached_with_their_boxes(lc25000_dir: Path, tmp_path: Path) -> None:
+def test_grid_tiles_of_real_lung_images_are_cached_with_their_boxes(
+    lc25000_dir: Path, tmp_path: Path
+) -> None:
     from leanmae.data.cache import DecodeSpec, load_or_build
     from leanmae.data.sources import scan
 
     records = scan(lc25000_dir, ["lung_n"])[:3]
-    cache = load_or_build(records, DecodeSpec(size=40, grid="2x2"), tmp_path / "cache", workers=1, progress=False)
+    cache = load_or_build(
+        records, DecodeSpec(size=40, grid="2x2"), tmp_path / "cache", workers=1, progress=False
+    )
     assert len(cache) == 12
     assert cache.sources.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert [tuple(b) for b in cache.boxes[:4].tolist()] == [(0, 0, 112, 112), (112, 0, 224, 112), (0, 112, 112, 224), (112, 112, 224, 224)]
-
+    assert [tuple(b) for b in cache.boxes[:4].tolist()] == [
+        (0, 0, 112, 112),
+        (112, 0, 224, 112),
+        (0, 112, 112, 224),
+        (112, 112, 224, 224),
+    ]

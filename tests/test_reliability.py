@@ -48,6 +48,7 @@ import leanmae.commands.study as study_command
 import leanmae.reporting.study_report as study_report
 import leanmae.training.checkpoint as checkpoint
 import leanmae.training.engine as engine
+from helpers import assert_same_weights, load_weights, read_csv, tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
 from leanmae.config import ConfigError, FinetuneConfig, resolve
 from leanmae.data.cache import DecodeSpec, load_or_build, manifest_hash
@@ -59,8 +60,6 @@ from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae
 from leanmae.training.checkpoint import CheckpointError, list_checkpoints, write_atomic
 
-from helpers import assert_same_weights, load_weights, read_csv, tiny_finetune, tiny_pretrain, write_images
-
 SRC = Path(leanmae.__file__).resolve().parent
 CLASSES = ["basophil", "eosinophil"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -69,7 +68,19 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # so that a resumed run must replay the random draws of the epochs it redoes).
 EPOCHS = 16
 RUN = {"epochs": EPOCHS, "seed": 0, "sets": ["classifier.drop_path=0.1"]}
-RUN_FLAGS = ["--preset", "test", "--device", "cpu", "--no-progress", "--epochs", str(EPOCHS), "--seed", "0", "--set", "classifier.drop_path=0.1"]
+RUN_FLAGS = [
+    "--preset",
+    "test",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--epochs",
+    str(EPOCHS),
+    "--seed",
+    "0",
+    "--set",
+    "classifier.drop_path=0.1",
+]
 
 # Runs ``leanmae.cli.main`` like ``python -m leanmae``, but pauses for a minute inside one write,
 # named by LEANMAE_TEST_PAUSE: "epoch-NNNN" pauses after that checkpoint's model.safetensors is
@@ -127,12 +138,18 @@ def _plant_remote_code(folder: Path, marker: Path) -> None:
     """config.json pointing at Python code in the folder (what ``trust_remote_code=True`` would import)."""
     (folder / "evil_model.py").write_text(f"import os\nos.mkdir({str(marker)!r})\n")
     config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil_model.EvilConfig", "AutoModel": "evil_model.EvilModel", "AutoModelForImageClassification": "evil_model.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "evil_model.EvilConfig",
+        "AutoModel": "evil_model.EvilModel",
+        "AutoModelForImageClassification": "evil_model.EvilModel",
+    }
     (folder / "config.json").write_text(json.dumps(config))
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 def _without_timing(row: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +161,9 @@ def assert_same_result(run: Path, reference: Path) -> None:
     assert_same_weights(load_weights(run / "model"), load_weights(reference / "model"))
     metrics, expected = (json.loads((p / "metrics.json").read_text()) for p in (run, reference))
     assert _without_timing(metrics) == _without_timing(expected)
-    assert [_without_timing(r) for r in read_csv(run / "history.csv")] == [_without_timing(r) for r in read_csv(reference / "history.csv")]
+    assert [_without_timing(r) for r in read_csv(run / "history.csv")] == [
+        _without_timing(r) for r in read_csv(reference / "history.csv")
+    ]
     assert (run / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
 
 
@@ -168,9 +187,13 @@ def _wait_for(proc: subprocess.Popen, cwd: Path, condition: Callable[[], Any], t
         if found:
             return found
         if proc.poll() is not None:
-            pytest.fail(f"the process ended (code {proc.returncode}) before the moment to kill it: {(cwd / 'stderr.txt').read_text()[-3000:]}")
+            pytest.fail(
+                f"the process ended (code {proc.returncode}) before the moment to kill it: {(cwd / 'stderr.txt').read_text()[-3000:]}"
+            )
         time.sleep(0.005)
-    pytest.fail(f"timed out waiting for the moment to kill the process: {(cwd / 'stderr.txt').read_text()[-3000:]}")
+    pytest.fail(
+        f"timed out waiting for the moment to kill the process: {(cwd / 'stderr.txt').read_text()[-3000:]}"
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -224,7 +247,13 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     mae = save_model(build_mae(_test_model()), root / "mae", MEAN, STD, {"kind": "mae", "cache_size": 40})
-    classifier = save_model(build_classifier(_test_model(), CLASSES), root / "classifier", MEAN, STD, {"kind": "classifier", "labels": CLASSES, "cache_size": 40})
+    classifier = save_model(
+        build_classifier(_test_model(), CLASSES),
+        root / "classifier",
+        MEAN,
+        STD,
+        {"kind": "classifier", "labels": CLASSES, "cache_size": 40},
+    )
     return {"mae": mae, "classifier": classifier}
 
 
@@ -239,20 +268,34 @@ KILL_MOMENTS = ["during-an-epoch", "while-writing-a-checkpoint", "while-writing-
 
 
 @pytest.mark.parametrize("moment", KILL_MOMENTS)
-def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupted_run(cells: dict[str, Any], reference: Path, tmp_path: Path, moment: str) -> None:
+def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupted_run(
+    cells: dict[str, Any], reference: Path, tmp_path: Path, moment: str
+) -> None:
     """SIGKILL ``leanmae finetune`` at a seeded moment, ``--resume`` it: same weights, metrics and predictions."""
     rng = random.Random(f"kill-{moment}")
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     epoch = rng.randint(2, EPOCHS - 1)
-    pause = {"during-an-epoch": None, "while-writing-a-checkpoint": f"epoch-{epoch:04d}", "while-writing-the-model": "model"}[moment]
+    pause = {
+        "during-an-epoch": None,
+        "while-writing-a-checkpoint": f"epoch-{epoch:04d}",
+        "while-writing-the-model": "model",
+    }[moment]
     proc = _start(_finetune_args(cells, out), tmp_path / "proc", pause=pause)
     try:
         if moment == "during-an-epoch":
             _wait_for(proc, tmp_path / "proc", lambda: list_checkpoints(checkpoints))
             time.sleep(rng.uniform(0.0, 0.3))
         elif moment == "while-writing-a-checkpoint":
-            _wait_for(proc, tmp_path / "proc", lambda: [p for p in _tmp_entries(checkpoints, f"epoch-{epoch:04d}") if (p / "model.safetensors").exists()])
+            _wait_for(
+                proc,
+                tmp_path / "proc",
+                lambda: [
+                    p
+                    for p in _tmp_entries(checkpoints, f"epoch-{epoch:04d}")
+                    if (p / "model.safetensors").exists()
+                ],
+            )
         else:
             _wait_for(proc, tmp_path / "proc", lambda: _tmp_entries(out, "model"))
         assert proc.poll() is None, "the run finished before it could be killed"
@@ -267,10 +310,16 @@ def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupte
     done = list_checkpoints(checkpoints)
     if moment == "while-writing-a-checkpoint":
         half = _tmp_entries(checkpoints, f"epoch-{epoch:04d}")
-        assert half and not (half[0] / "trainer_state.json").exists(), "the checkpoint was half written when killed"
-        assert [p.name for p in done] == [f"epoch-{epoch - 1:04d}"], "the half-written checkpoint is not listed; the one before it is"
+        assert half and not (half[0] / "trainer_state.json").exists(), (
+            "the checkpoint was half written when killed"
+        )
+        assert [p.name for p in done] == [f"epoch-{epoch - 1:04d}"], (
+            "the half-written checkpoint is not listed; the one before it is"
+        )
     elif moment == "while-writing-the-model":
-        assert _tmp_entries(out, "model") and not (out / "model").exists(), "the model folder appears only when complete"
+        assert _tmp_entries(out, "model") and not (out / "model").exists(), (
+            "the model folder appears only when complete"
+        )
         assert [p.name for p in done] == [f"epoch-{EPOCHS:04d}"]
     else:
         assert done, "killed after the first checkpoint"
@@ -281,14 +330,37 @@ def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupte
     assert info["status"] == "finished" and info["resumed_from_epoch"] == int(done[-1].name.split("-")[1])
 
 
-def test_a_pretrain_killed_while_writing_a_checkpoint_resumes_to_identical_weights(images: Path, tmp_path: Path) -> None:
+def test_a_pretrain_killed_while_writing_a_checkpoint_resumes_to_identical_weights(
+    images: Path, tmp_path: Path
+) -> None:
     """(A pretraining run killed during an epoch is tests/test_pretrain.py's SIGKILL test.)"""
     epochs, epoch = 6, random.Random("kill-pretrain").randint(2, 5)
     out = tmp_path / "run"
-    args = ["pretrain", "--data", str(images), "--out", str(out), "--preset", "test", "--device", "cpu", "--no-progress", "--epochs", str(epochs)]
+    args = [
+        "pretrain",
+        "--data",
+        str(images),
+        "--out",
+        str(out),
+        "--preset",
+        "test",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--epochs",
+        str(epochs),
+    ]
     proc = _start(args, tmp_path / "proc", pause=f"epoch-{epoch:04d}")
     try:
-        _wait_for(proc, tmp_path / "proc", lambda: [p for p in _tmp_entries(out / "checkpoints", f"epoch-{epoch:04d}") if (p / "model.safetensors").exists()])
+        _wait_for(
+            proc,
+            tmp_path / "proc",
+            lambda: [
+                p
+                for p in _tmp_entries(out / "checkpoints", f"epoch-{epoch:04d}")
+                if (p / "model.safetensors").exists()
+            ],
+        )
         _kill_group(proc)
     finally:
         if proc.poll() is None:
@@ -299,7 +371,9 @@ def test_a_pretrain_killed_while_writing_a_checkpoint_resumes_to_identical_weigh
     assert main([*args, "--resume"]) == 0
     tiny_pretrain(images, tmp_path / "straight", epochs=epochs)
     assert_same_weights(load_weights(out / "model"), load_weights(tmp_path / "straight" / "model"))
-    history = [[_without_timing(r) for r in read_csv(p / "history.csv")] for p in (out, tmp_path / "straight")]
+    history = [
+        [_without_timing(r) for r in read_csv(p / "history.csv")] for p in (out, tmp_path / "straight")
+    ]
     assert history[0] == history[1]
     assert json.loads((out / "run.json").read_text())["resumed_from_epoch"] == epoch - 1
 
@@ -310,14 +384,45 @@ EVIL_DIR = "<img src=x onerror=alert(1)>"
 
 
 def _study_kwargs(cells: Path, **extra: Any) -> dict[str, Any]:
-    settings = {"data": str(cells), "classes": ["basophil", EVIL_CLASS], "arms": ["scratch"], "fractions": [1.0], "seeds": [0, 1], "preset": "test",
-                "finetune_epochs": STUDY_EPOCHS, "set": ["run.device=cpu"], "progress": False}
+    settings = {
+        "data": str(cells),
+        "classes": ["basophil", EVIL_CLASS],
+        "arms": ["scratch"],
+        "fractions": [1.0],
+        "seeds": [0, 1],
+        "preset": "test",
+        "finetune_epochs": STUDY_EPOCHS,
+        "set": ["run.device=cpu"],
+        "progress": False,
+    }
     return {**settings, **extra}
 
 
 def _study_args(cells: Path, out: Path, epochs: int = STUDY_EPOCHS, seeds: str = "0,1") -> list[str]:
-    return ["study", "--out", str(out), "--data", str(cells), "--classes", f"basophil,{EVIL_CLASS}", "--arms", "scratch", "--fractions", "1",
-            "--seeds", seeds, "--preset", "test", "--finetune-epochs", str(epochs), "--jobs", "1", "--set", "run.device=cpu", "--no-progress"]
+    return [
+        "study",
+        "--out",
+        str(out),
+        "--data",
+        str(cells),
+        "--classes",
+        f"basophil,{EVIL_CLASS}",
+        "--arms",
+        "scratch",
+        "--fractions",
+        "1",
+        "--seeds",
+        seeds,
+        "--preset",
+        "test",
+        "--finetune-epochs",
+        str(epochs),
+        "--jobs",
+        "1",
+        "--set",
+        "run.device=cpu",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -365,21 +470,33 @@ def _results(study: Path) -> dict[str, Any]:
     return found
 
 
-def test_a_study_killed_mid_way_reports_only_finished_runs_and_resumes_to_the_same_tables(study_data: Path, reference_study: Path, tmp_path: Path) -> None:
+def test_a_study_killed_mid_way_reports_only_finished_runs_and_resumes_to_the_same_tables(
+    study_data: Path, reference_study: Path, tmp_path: Path
+) -> None:
     """Kill ``leanmae study`` (and its run) while its second run trains; the report lists the finished run only; rerunning completes it identically."""
     out = tmp_path / "study"
     second = out / "runs" / "scratch_f1_s1"
     epoch = random.Random("kill-study").randint(1, STUDY_EPOCHS - 2)
     proc = _start(_study_args(study_data, out), tmp_path / "proc")
     try:
-        _wait_for(proc, tmp_path / "proc", lambda: [p for p in list_checkpoints(second / "checkpoints") if int(p.name.split("-")[1]) >= epoch], timeout=180)
+        _wait_for(
+            proc,
+            tmp_path / "proc",
+            lambda: [
+                p for p in list_checkpoints(second / "checkpoints") if int(p.name.split("-")[1]) >= epoch
+            ],
+            timeout=180,
+        )
         _kill_group(proc)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
     assert proc.returncode == -signal.SIGKILL
     assert json.loads((out / "runs" / "scratch_f1_s0" / "run.json").read_text())["status"] == "finished"
-    assert json.loads((second / "run.json").read_text())["status"] == "running" and not (second / "metrics.json").exists()
+    assert (
+        json.loads((second / "run.json").read_text())["status"] == "running"
+        and not (second / "metrics.json").exists()
+    )
 
     leanmae.report(out)  # what `leanmae report` shows of the interrupted study
     assert [(r["arm"], r["seed"]) for r in read_csv(out / "results" / "runs.csv")] == [("scratch", "0")]
@@ -390,7 +507,9 @@ def test_a_study_killed_mid_way_reports_only_finished_runs_and_resumes_to_the_sa
     assert set(states.values()) == {"done"}
     assert "resuming from" in (out / "runs" / "scratch_f1_s1.log").read_text()
     assert _results(out) == _results(reference_study)
-    assert_same_weights(load_weights(second / "model"), load_weights(reference_study / "runs" / "scratch_f1_s1" / "model"))
+    assert_same_weights(
+        load_weights(second / "model"), load_weights(reference_study / "runs" / "scratch_f1_s1" / "model")
+    )
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
 
 
@@ -413,25 +532,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the study's child processes")
-def test_killing_the_study_process_alone_also_stops_the_run_it_launched(study_data: Path, tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="needs /proc to find the study's child processes"
+)
+def test_killing_the_study_process_alone_also_stops_the_run_it_launched(
+    study_data: Path, tmp_path: Path
+) -> None:
     """``kill -9 <study pid>`` must not leave its run training on: rerunning the study would put a second writer into the same run folder."""
     out = tmp_path / "study"
     proc = _start(_study_args(study_data, out, epochs=2000, seeds="0"), tmp_path / "proc")
     try:
-        children = _wait_for(proc, tmp_path / "proc", lambda: _children(proc.pid), timeout=180)  # the run's process has started
+        children = _wait_for(
+            proc, tmp_path / "proc", lambda: _children(proc.pid), timeout=180
+        )  # the run's process has started
         os.kill(proc.pid, signal.SIGKILL)  # the study process only, as `kill -9 PID` does
         proc.wait(timeout=60)
         deadline = time.monotonic() + 5
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         orphans = [c for c in children if _alive(c)]
-        assert not orphans, f"process(es) {orphans} of the study's run kept running after the study was killed; they go on training into {out / 'runs' / 'scratch_f1_s0'}"
+        assert not orphans, (
+            f"process(es) {orphans} of the study's run kept running after the study was killed; they go on training into {out / 'runs' / 'scratch_f1_s0'}"
+        )
     finally:
         _kill_group(proc)  # the run is still in the study's process group
 
 
-def test_a_study_killed_while_writing_its_report_keeps_the_old_report_and_rebuilds_it(reference_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_study_killed_while_writing_its_report_keeps_the_old_report_and_rebuilds_it(
+    reference_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A kill inside the report.html write leaves the previous report (and a dotted temp file); `leanmae report` rebuilds the same one."""
     study = tmp_path / "study"
     shutil.copytree(reference_study, study)
@@ -442,7 +571,9 @@ def test_a_study_killed_while_writing_its_report_keeps_the_old_report_and_rebuil
 
     def killed_while_writing_the_report(path: Path | str, data: str | bytes) -> None:
         if Path(path).name == "report.html":
-            Path(path).with_name(".report.html.tmp-999").write_text(str(data)[: len(data) // 2])  # what SIGKILL leaves behind
+            Path(path).with_name(".report.html.tmp-999").write_text(
+                str(data)[: len(data) // 2]
+            )  # what SIGKILL leaves behind
             raise KeyboardInterrupt
         real(path, data)
 
@@ -472,7 +603,9 @@ def _interrupt_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Calla
     return lambda: monkeypatch.setattr(engine, "write_history", original)
 
 
-def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(
+    cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A killed writer leaves dotted ``.NAME.tmp-PID`` files and folders; resuming ignores every one of them."""
     out = tmp_path / "run"
     restore = _interrupt_after_epoch(monkeypatch, 1)
@@ -509,16 +642,30 @@ def test_a_half_built_decode_cache_is_never_used(images: Path, tmp_path: Path) -
     half = tmp_path / "cache" / f"{key[:24]}.tmp-999"
     half.mkdir(parents=True)
     (half / "images.u8").write_bytes(b"\xff" * (len(records) * 24 * 24 * 3))
-    (half / "index.json").write_text(json.dumps({"count": len(records), "size": 24, "sources": list(range(len(records))), "boxes": [[0, 0, 1, 1]] * len(records), "skipped": []}))
+    (half / "index.json").write_text(
+        json.dumps(
+            {
+                "count": len(records),
+                "size": 24,
+                "sources": list(range(len(records))),
+                "boxes": [[0, 0, 1, 1]] * len(records),
+                "skipped": [],
+            }
+        )
+    )
     cache = load_or_build(records, spec, cache_dir=tmp_path / "cache", workers=1, progress=False)
     assert not (cache.images == 255).all(), "the garbage of the half-built cache was read"
 
 
-def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_stops(cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_stops(
+    cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ENOSPC while writing checkpoint 2: the OSError propagates, no temp folder is left, checkpoint 1 loads and resumes."""
     real = checkpoint.save_file
 
-    def disk_full_at_epoch_2(tensors: dict[str, torch.Tensor], path: str | Path, *args: Any, **kwargs: Any) -> None:
+    def disk_full_at_epoch_2(
+        tensors: dict[str, torch.Tensor], path: str | Path, *args: Any, **kwargs: Any
+    ) -> None:
         if Path(path).parent.name.startswith(".epoch-0002.tmp-"):
             real(tensors, path, *args, **kwargs)  # a partial file is on disk...
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))  # ...when the disk fills up
@@ -529,7 +676,9 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint_and
     with pytest.raises(OSError) as info:
         tiny_finetune(cells["split"], out, **RUN)
     assert info.value.errno == errno.ENOSPC
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001"], "the previous checkpoint stays, no temp folder"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001"], (
+        "the previous checkpoint stays, no temp folder"
+    )
     assert not (out / "model").exists() and json.loads((out / "run.json").read_text())["status"] == "running"
     state = json.loads((out / "checkpoints" / "epoch-0001" / "trainer_state.json").read_text())
     assert state["epoch"] == 1 and len(state["history"]) == 1
@@ -540,7 +689,9 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint_and
     assert_same_result(out, reference)
 
 
-def test_a_full_disk_while_rewriting_a_file_keeps_its_previous_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_while_rewriting_a_file_keeps_its_previous_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """history.csv, run.json, metrics.json, results and report.html all go through write_atomic."""
     path = tmp_path / "history.csv"
     write_atomic(path, "epoch,loss\n1,0.5\n")
@@ -555,13 +706,17 @@ def test_a_full_disk_while_rewriting_a_file_keeps_its_previous_content(tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["history.csv"], "no temp file is left behind"
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_keeps_the_last_checkpoint(cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_keeps_the_last_checkpoint(
+    cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The loss turns NaN in epoch 2: exit code 2 with a one-line message naming epoch 2; checkpoint 1 is untouched and resumable."""
     out = tmp_path / "run"
     real_fit, real_history = finetune_command.fit, engine.write_history
     snapshot: dict[str, str] = {}
 
-    def diverging_fit(model: torch.nn.Module, task: engine.Task, *args: Any, **kwargs: Any) -> engine.TrainResult:
+    def diverging_fit(
+        model: torch.nn.Module, task: engine.Task, *args: Any, **kwargs: Any
+    ) -> engine.TrainResult:
         current: dict[str, int] = {}
         prepare, loss = task.prepare, task.loss
 
@@ -583,7 +738,20 @@ def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_keeps_the_last_che
 
     monkeypatch.setattr(finetune_command, "fit", diverging_fit)
     monkeypatch.setattr(engine, "write_history", history_noting_checkpoint_1)
-    args = ["finetune", "--split", str(cells["split"]), "--out", str(out), "--preset", "test", "--device", "cpu", "--no-progress", "--epochs", "3"]
+    args = [
+        "finetune",
+        "--split",
+        str(cells["split"]),
+        "--out",
+        str(out),
+        "--preset",
+        "test",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--epochs",
+        "3",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("leanmae finetune: error: loss is nan at epoch 2"), err
@@ -599,9 +767,27 @@ def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_keeps_the_last_che
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
-def test_an_absurd_learning_rate_returns_2_with_a_clear_message(command: str, cells: dict[str, Any], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_absurd_learning_rate_returns_2_with_a_clear_message(
+    command: str, cells: dict[str, Any], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = ["--data", str(images)] if command == "pretrain" else ["--split", str(cells["split"])]
-    code = main([command, *source, "--out", str(tmp_path / "run"), "--preset", "test", "--device", "cpu", "--no-progress", "--epochs", "2", "--set", "optim.base_lr=1e30"])
+    code = main(
+        [
+            command,
+            *source,
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--epochs",
+            "2",
+            "--set",
+            "optim.base_lr=1e30",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert re.match(rf"leanmae {command}: error: loss is -?(nan|inf) at epoch \d", err), err
@@ -612,10 +798,27 @@ def test_an_absurd_learning_rate_returns_2_with_a_clear_message(command: str, ce
 # =========================================================================== bad input never silently changes a study
 
 
-def test_an_unknown_key_in_a_yaml_config_is_refused_suggesting_the_nearest(cells: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_key_in_a_yaml_config_is_refused_suggesting_the_nearest(
+    cells: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "my.yaml"
     path.write_text("optim:\n  base_lrr: 1.0e-3\n")
-    code = main(["finetune", "--split", str(cells["split"]), "--config", str(path), "--out", str(tmp_path / "run"), "--preset", "test", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "finetune",
+            "--split",
+            str(cells["split"]),
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "'optim.base_lrr'" in err and "did you mean 'optim.base_lr'?" in err
@@ -630,7 +833,9 @@ def test_an_unknown_key_in_a_study_yaml_is_refused_suggesting_the_nearest(tmp_pa
     assert not (tmp_path / "s").exists()
 
 
-def test_a_manifest_of_a_single_class_is_refused_before_training(cells: dict[str, Any], tmp_path: Path) -> None:
+def test_a_manifest_of_a_single_class_is_refused_before_training(
+    cells: dict[str, Any], tmp_path: Path
+) -> None:
     """A split hand-edited (or filtered) down to one class would train a model that is 'always right'."""
     lines = cells["split"].read_text().splitlines()
     one = tmp_path / "one-class.csv"
@@ -642,7 +847,14 @@ def test_a_manifest_of_a_single_class_is_refused_before_training(cells: dict[str
 
 def test_a_study_naming_a_missing_class_suggests_the_nearest(cells: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no class folder 'eosinophl'; did you mean 'eosinophil'"):
-        leanmae.study(out=tmp_path / "s", data=str(cells["data"]), classes=["basophil", "eosinophl"], arms=["scratch"], preset="test", progress=False)
+        leanmae.study(
+            out=tmp_path / "s",
+            data=str(cells["data"]),
+            classes=["basophil", "eosinophl"],
+            arms=["scratch"],
+            preset="test",
+            progress=False,
+        )
     assert not (tmp_path / "s" / "runs").exists()
 
 
@@ -653,7 +865,9 @@ def _small_split(tmp_path: Path) -> tuple[Path, Path, list]:
     return data, split, read_manifest(split)[1]
 
 
-def test_evaluate_refuses_a_test_file_changed_after_the_split(model_folders: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_refuses_a_test_file_changed_after_the_split(
+    model_folders: dict[str, Path], tmp_path: Path
+) -> None:
     data, split, items = _small_split(tmp_path)
     changed = next(it for it in items if it.split == "test")
     other = next(it for it in items if it.relpath != changed.relpath)
@@ -674,11 +888,36 @@ def test_in_domain_pretraining_refuses_a_train_file_changed_after_the_split(tmp_
     assert not (tmp_path / "mae" / "model").exists()
 
 
-def test_pretrain_init_from_a_checkpoint_of_another_patch_size_is_refused(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pretrain_init_from_a_checkpoint_of_another_patch_size_is_refused(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import dataclasses
 
-    other = save_model(build_mae(dataclasses.replace(_test_model(), patch_size=4)), tmp_path / "patch4", MEAN, STD, {"kind": "mae"})
-    code = main(["pretrain", "--data", str(images), "--init", str(other), "--out", str(tmp_path / "run"), "--preset", "test", "--device", "cpu", "--no-progress", "--epochs", "1"])
+    other = save_model(
+        build_mae(dataclasses.replace(_test_model(), patch_size=4)),
+        tmp_path / "patch4",
+        MEAN,
+        STD,
+        {"kind": "mae"},
+    )
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            str(images),
+            "--init",
+            str(other),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "test",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--epochs",
+            "1",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "patch_size is 4" in err and "8" in err and "Traceback" not in err
@@ -701,25 +940,61 @@ def _command(entry: str, folder: Path, cells: dict[str, Any], images: Path, out:
     cpu = ["--device", "cpu"]
     train = ["--preset", "test", "--no-progress", "--epochs", "1", *cpu]
     return {
-        "pretrain --init": ["pretrain", "--data", str(images), "--init", str(folder), "--out", str(out), *train],
-        "finetune --init": ["finetune", "--split", str(cells["split"]), "--init", str(folder), "--out", str(out), *train],
+        "pretrain --init": [
+            "pretrain",
+            "--data",
+            str(images),
+            "--init",
+            str(folder),
+            "--out",
+            str(out),
+            *train,
+        ],
+        "finetune --init": [
+            "finetune",
+            "--split",
+            str(cells["split"]),
+            "--init",
+            str(folder),
+            "--out",
+            str(out),
+            *train,
+        ],
         "reconstruct": ["reconstruct", str(folder), str(images), "--out", str(out), *cpu],
         "evaluate": ["evaluate", str(folder), "--split", str(cells["split"]), "--out", str(out), *cpu],
         "predict": ["predict", str(folder), str(images), "--out", str(out / "predictions.csv"), *cpu],
     }[entry]
 
 
-ENTRIES = {"pretrain --init": "mae", "finetune --init": "mae", "reconstruct": "mae", "evaluate": "classifier", "predict": "classifier"}
+ENTRIES = {
+    "pretrain --init": "mae",
+    "finetune --init": "mae",
+    "reconstruct": "mae",
+    "evaluate": "classifier",
+    "predict": "classifier",
+}
 BROKEN = {  # folder kind: (files kept from a good folder, whether pickles are planted, the missing file named in the error)
     "pickle-only": (["config.json"], True, "model.safetensors"),
-    "config-without-weights": (["config.json", "preprocessor_config.json", "leanmae.json"], False, "model.safetensors"),
+    "config-without-weights": (
+        ["config.json", "preprocessor_config.json", "leanmae.json"],
+        False,
+        "model.safetensors",
+    ),
     "weights-without-config": (["model.safetensors"], False, "config.json"),
 }
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
 @pytest.mark.parametrize("entry", list(ENTRIES))
-def test_an_incomplete_or_pickled_model_folder_is_refused_without_running_code(entry: str, kind: str, model_folders: dict[str, Path], cells: dict[str, Any], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_incomplete_or_pickled_model_folder_is_refused_without_running_code(
+    entry: str,
+    kind: str,
+    model_folders: dict[str, Path],
+    cells: dict[str, Any],
+    images: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Every command that takes a model folder: exit code 2 naming the missing file, no pickle loaded, nothing written."""
     keep, pickles, missing = BROKEN[kind]
     folder = tmp_path / "downloaded"
@@ -737,11 +1012,17 @@ def test_an_incomplete_or_pickled_model_folder_is_refused_without_running_code(e
     if pickles:
         assert "pytorch_model.bin" in err and "pickle" in err
     assert not marker.exists(), "a pickle was loaded"
-    assert not (out / "model").exists() and not (out / "metrics.json").exists() and not (out / "predictions.csv").exists()
+    assert (
+        not (out / "model").exists()
+        and not (out / "metrics.json").exists()
+        and not (out / "predictions.csv").exists()
+    )
 
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
-def test_pickles_and_remote_code_beside_safetensors_weights_are_never_loaded(entry: str, model_folders: dict[str, Path], cells: dict[str, Any], images: Path, tmp_path: Path) -> None:
+def test_pickles_and_remote_code_beside_safetensors_weights_are_never_loaded(
+    entry: str, model_folders: dict[str, Path], cells: dict[str, Any], images: Path, tmp_path: Path
+) -> None:
     """A usable folder that also carries pickles and code named in config.json's auto_map: the command works from the safetensors alone."""
     folder = tmp_path / "downloaded"
     shutil.copytree(model_folders[ENTRIES[entry]], folder)
@@ -752,7 +1033,9 @@ def test_pickles_and_remote_code_beside_safetensors_weights_are_never_loaded(ent
     assert not marker.exists(), "a pickle was unpickled or remote code imported"
 
 
-def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled_on_resume(cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled_on_resume(
+    cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "run"
     restore = _interrupt_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
@@ -768,7 +1051,9 @@ def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled_on_resume(cells: 
     assert not (out / "model").exists()
 
 
-def test_a_corrupt_checkpoint_on_resume_returns_2_naming_the_file(cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_checkpoint_on_resume_returns_2_naming_the_file(
+    cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A checkpoint damaged on disk (or replaced by a pickle) is a one-line CheckpointError naming it, not a traceback."""
     out = tmp_path / "run"
     restore = _interrupt_after_epoch(monkeypatch, 1)
@@ -776,7 +1061,21 @@ def test_a_corrupt_checkpoint_on_resume_returns_2_naming_the_file(cells: dict[st
         tiny_finetune(cells["split"], out, epochs=3)
     restore()
     (out / "checkpoints" / "epoch-0001" / "model.safetensors").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
-    args = ["finetune", "--split", str(cells["split"]), "--out", str(out), "--preset", "test", "--device", "cpu", "--no-progress", "--epochs", "3", "--resume"]
+    args = [
+        "finetune",
+        "--split",
+        str(cells["split"]),
+        "--out",
+        str(out),
+        "--preset",
+        "test",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--epochs",
+        "3",
+        "--resume",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "epoch-0001" in err and "model.safetensors" in err and "Traceback" not in err
@@ -798,8 +1097,14 @@ def unsafe_loads(source: str, where: str = "<source>") -> tuple[list[str], int]:
     torch_modules, torch_loads = {"torch"}, set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-            if any(n.split(".")[0] in ("pickle", "_pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal") for n in names):
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
+            if any(
+                n.split(".")[0]
+                in ("pickle", "_pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal")
+                for n in names
+            ):
                 problems.append(f"{where}:{node.lineno}: imports a pickle library")
         if isinstance(node, ast.Import):
             torch_modules |= {a.asname for a in node.names if a.name == "torch" and a.asname}
@@ -808,13 +1113,19 @@ def unsafe_loads(source: str, where: str = "<source>") -> tuple[list[str], int]:
     for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
         func = ast.unparse(call.func)
         keywords = {k.arg: k.value for k in call.keywords if k.arg}
-        if func in torch_loads or func in {f"{m}.load" for m in torch_modules} or func.endswith("serialization.load"):
+        if (
+            func in torch_loads
+            or func in {f"{m}.load" for m in torch_modules}
+            or func.endswith("serialization.load")
+        ):
             if not _constant(keywords.get("weights_only"), True):
                 problems.append(f"{where}:{call.lineno}: {func}(...) without weights_only=True")
         for unsafe in ("allow_pickle", "trust_remote_code"):
             if unsafe in keywords and not _constant(keywords[unsafe], False):
                 problems.append(f"{where}:{call.lineno}: {func}(..., {unsafe}=...)")
-        if func.endswith(".from_pretrained") and not re.search(r"(Config|Processor|Tokenizer)$", func.rsplit(".", 1)[0]):
+        if func.endswith(".from_pretrained") and not re.search(
+            r"(Config|Processor|Tokenizer)$", func.rsplit(".", 1)[0]
+        ):
             model_loads += 1
             if not _constant(keywords.get("use_safetensors"), True):
                 problems.append(f"{where}:{call.lineno}: {func}(...) without use_safetensors=True")
@@ -842,7 +1153,9 @@ ViTConfig.from_pretrained("x")
 def test_the_source_scan_finds_every_kind_of_unsafe_load() -> None:
     problems, model_loads = unsafe_loads(UNSAFE_EXAMPLE)
     assert model_loads == 2
-    assert len(problems) == 7, "\n".join(problems)  # pickle import, 3 torch.load, allow_pickle, trust_remote_code, no use_safetensors
+    assert len(problems) == 7, "\n".join(
+        problems
+    )  # pickle import, 3 torch.load, allow_pickle, trust_remote_code, no use_safetensors
 
 
 def test_the_source_never_unpickles_and_loads_weights_from_safetensors_only() -> None:
@@ -856,7 +1169,9 @@ def test_the_source_never_unpickles_and_loads_weights_from_safetensors_only() ->
         problems += found
         model_loads += loads
     assert not problems, "\n".join(problems)
-    assert model_loads >= 1, "the scan saw the from_pretrained call that loads weights (every load goes through models.io.load_pretrained)"
+    assert model_loads >= 1, (
+        "the scan saw the from_pretrained call that loads weights (every load goes through models.io.load_pretrained)"
+    )
 
 
 # =========================================================================== names from the data, paths outside the root

@@ -22,20 +22,66 @@ FRACTIONS = {0.01: 10, 0.1: 100, 0.5: 500, 1.0: 1000}  # fraction -> training la
 LAWS = {"scratch": PowerLaw(0.95, 2.0, 0.5), "mae-in-domain": PowerLaw(0.95, 1.0, 0.5)}
 
 
-def _write_run(study: Path, arm: str, fraction: float, seed: int, f1: float, collapsed: bool = False, labels_used: bool = True) -> None:
+def _write_run(
+    study: Path,
+    arm: str,
+    fraction: float,
+    seed: int,
+    f1: float,
+    collapsed: bool = False,
+    labels_used: bool = True,
+) -> None:
     folder = study / "runs" / f"{arm}_f{fraction:g}_s{seed}"
     folder.mkdir(parents=True)
-    per_class = {c: {"precision": f1, "recall": 0.0 if collapsed and c == "b" else f1, "f1": f1, "support": 10} for c in CLASSES}
+    per_class = {
+        c: {"precision": f1, "recall": 0.0 if collapsed and c == "b" else f1, "f1": f1, "support": 10}
+        for c in CLASSES
+    }
     confidence = {c: {o: {"median": 0.7} for o in ("correct", "wrong")} for c in ["all", *CLASSES]}
-    test = {"accuracy": f1, "balanced_accuracy": f1, "macro_precision": f1, "macro_recall": f1, "macro_f1": f1, "per_class": per_class, "confidence": confidence}
+    test = {
+        "accuracy": f1,
+        "balanced_accuracy": f1,
+        "macro_precision": f1,
+        "macro_recall": f1,
+        "macro_f1": f1,
+        "per_class": per_class,
+        "confidence": confidence,
+    }
     n = FRACTIONS[fraction]
-    metrics = {"test": test, "fraction": fraction, "seed": seed, "train_images": n, "wall_seconds": 60.0, "selected_epoch": 1}
+    metrics = {
+        "test": test,
+        "fraction": fraction,
+        "seed": seed,
+        "train_images": n,
+        "wall_seconds": 60.0,
+        "selected_epoch": 1,
+    }
     if labels_used:
-        metrics["labels_used"] = {"train": {c: n // 2 for c in CLASSES}, "val": {c: 1 for c in CLASSES}, "total": n + 2, "val_mode": "honest"}
+        metrics["labels_used"] = {
+            "train": {c: n // 2 for c in CLASSES},
+            "val": {c: 1 for c in CLASSES},
+            "total": n + 2,
+            "val_mode": "honest",
+        }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,1.0,1.1,0.5\n")
-    (folder / "run.json").write_text(json.dumps({"status": "finished", "device": "cpu", "world_size": 1, "started": "2026-11-26T05:05:02+0000", "versions": {"leanmae": "0.1.0", "torch": "2.13.0"}}))
-    rows = ["path,true_label,pred_label,confidence,p_a,p_b", "x.png,a,a,0.9,0.9,0.1", "y.png,b,a,0.6,0.6,0.4", "z.png,b,b,0.8,0.2,0.8"]
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "device": "cpu",
+                "world_size": 1,
+                "started": "2026-11-26T05:05:02+0000",
+                "versions": {"leanmae": "0.1.0", "torch": "2.13.0"},
+            }
+        )
+    )
+    rows = [
+        "path,true_label,pred_label,confidence,p_a,p_b",
+        "x.png,a,a,0.9,0.9,0.1",
+        "y.png,b,a,0.6,0.6,0.4",
+        "z.png,b,b,0.8,0.2,0.8",
+    ]
     (folder / "predictions.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -51,9 +97,17 @@ def make_study(root: Path, collapse: str = "none") -> Path:
         for fraction, n in FRACTIONS.items():
             for seed in seeds[fraction]:
                 wobble = 0.004 * (seed - 1)
-                broken = collapse == "all" or (collapse == "one" and arm == "scratch" and fraction == 0.01 and seed == 0)
+                broken = collapse == "all" or (
+                    collapse == "one" and arm == "scratch" and fraction == 0.01 and seed == 0
+                )
                 _write_run(study, arm, fraction, seed, float(law(n + 2)) + wobble, collapsed=broken)
-    settings = {"fractions": list(FRACTIONS), "seeds": [0, 1, 2], "arms": list(LAWS), "data": "cells", "preset": "cpu"}
+    settings = {
+        "fractions": list(FRACTIONS),
+        "seeds": [0, 1, 2],
+        "arms": list(LAWS),
+        "data": "cells",
+        "preset": "cpu",
+    }
     (study / "study.json").write_text(json.dumps(settings))
     return study
 
@@ -62,9 +116,18 @@ def test_the_report_leads_with_labels_needed_and_savings(tmp_path: Path) -> None
     study = make_study(tmp_path)
     page = leanmae.report(study).read_text()
     answer = re.search(r"<div class='answer' id='headline'>(.*?)</div>", page, re.S).group(1)
-    assert "With mae-in-domain" in answer and "labelled images" in answer and "times as many" in answer and "95 % interval" in answer
+    assert (
+        "With mae-in-domain" in answer
+        and "labelled images" in answer
+        and "times as many" in answer
+        and "95 % interval" in answer
+    )
     assert page.index("id='headline'") < page.index("Learning curves: every run")
-    assert page.index("id='headline'") < page.index("Test metrics per label fraction") < page.index("<h2>Findings</h2>")
+    assert (
+        page.index("id='headline'")
+        < page.index("Test metrics per label fraction")
+        < page.index("<h2>Findings</h2>")
+    )
     assert "label savings vs scratch" in page
     for key in ("report built by", "runs started", "device", "study command", "report command"):
         assert key in page
@@ -94,7 +157,9 @@ def test_every_interval_in_every_table_lies_inside_the_range(tmp_path: Path) -> 
     study = make_study(tmp_path)
     leanmae.report(study)
     for name in ("summary", "per_class_f1", "confidence"):
-        for low, high in re.findall(r"\[(-?\d\.\d+), (-?\d\.\d+)\]", (study / "results" / f"{name}.csv").read_text()):
+        for low, high in re.findall(
+            r"\[(-?\d\.\d+), (-?\d\.\d+)\]", (study / "results" / f"{name}.csv").read_text()
+        ):
             assert -1 <= float(low) <= float(high) <= 1, name
 
 
@@ -124,7 +189,11 @@ def test_old_runs_take_their_labels_from_the_split_manifest(tmp_path: Path) -> N
     from leanmae.data.split import label_fraction, read_manifest
 
     study = tmp_path / "study"
-    rows = ["path,label,split,sha256"] + [f"{c}/{i}.png,{c},train,0" for c in CLASSES for i in range(50)] + [f"{c}/v{i}.png,{c},val,0" for c in CLASSES for i in range(5)]
+    rows = (
+        ["path,label,split,sha256"]
+        + [f"{c}/{i}.png,{c},train,0" for c in CLASSES for i in range(50)]
+        + [f"{c}/v{i}.png,{c},val,0" for c in CLASSES for i in range(5)]
+    )
     study.mkdir()
     (study / "split.csv").write_text("\n".join(rows) + "\n")
     FRACTIONS[0.1] = 10
@@ -145,7 +214,11 @@ def test_pretraining_folders_old_new_and_given_are_all_found(tmp_path: Path) -> 
     other = tmp_path / "elsewhere"
     other.mkdir()
     found = pretrain_folders(tmp_path, {"mae": [f"other={other}", "missing=/nowhere"]})
-    assert found == {"other": other, "pretrain": tmp_path / "pretrain", "in-domain": tmp_path / "pretrain-in-domain"}
+    assert found == {
+        "other": other,
+        "pretrain": tmp_path / "pretrain",
+        "in-domain": tmp_path / "pretrain-in-domain",
+    }
     assert pretrain_folders(tmp_path / "pretrain", {"mae": None}) == {}
 
 
@@ -154,15 +227,23 @@ def test_the_mae_warning_and_trivial_errors_are_shown(tmp_path: Path) -> None:
     folder = study / "pretrain-other"
     folder.mkdir()
     (folder / "run.json").write_text(json.dumps({"status": "finished", "wall_seconds": 600}))
-    recon = {"space": "normalised pixels", "training_mask_ratio": 0.75, "warning": "masked error is no better than a trivial predictor",
-             "by_mask_ratio": {"0.75": {"masked_mse": 0.3, "visible_mse": 0.5, "visible_mean_mse": 0.31, "neighbour_mse": 0.29}}}
+    recon = {
+        "space": "normalised pixels",
+        "training_mask_ratio": 0.75,
+        "warning": "masked error is no better than a trivial predictor",
+        "by_mask_ratio": {
+            "0.75": {"masked_mse": 0.3, "visible_mse": 0.5, "visible_mean_mse": 0.31, "neighbour_mse": 0.29}
+        },
+    }
     (folder / "recon_metrics.json").write_text(json.dumps(recon))
     page = leanmae.report(study).read_text()
     assert page.index("masked error is no better") < page.index("id='headline'")
     assert "trivial: nearest visible" in page and "0.2900" in page
 
 
-def test_a_target_outside_0_and_1_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_target_outside_0_and_1_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     study = make_study(tmp_path)
     assert main(["report", str(study), "--target", "1.5"]) == 2
     assert "--target 1.5" in capsys.readouterr().err
@@ -193,19 +274,34 @@ window.addEventListener("load", () => {
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it): the browser test is skipped")
+        pytest.skip(
+            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it): the browser test is skipped"
+        )
     return found
 
 
-def test_the_report_renders_in_a_headless_browser_with_every_image_and_nothing_fetched(tmp_path: Path) -> None:
+def test_the_report_renders_in_a_headless_browser_with_every_image_and_nothing_fetched(
+    tmp_path: Path,
+) -> None:
     chromium = _chromium()
     study = make_study(tmp_path)
     page = leanmae.report(study).read_text()
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK + "</body>"))
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     found = re.search(r'<pre id="verdict">(.*?)</pre>', result.stdout, re.S)
     assert found, f"no verdict from the page; chromium said: {result.stderr[-2000:]}"
@@ -232,7 +328,14 @@ def test_an_arm_with_too_few_label_counts_is_withheld_not_a_crash(tmp_path: Path
     from leanmae.reporting.runs import load_runs
 
     study = make_study(tmp_path)
-    for name in ("scratch_f1_s0", "scratch_f1_s1", "mae-in-domain_f0.5_s0", "mae-in-domain_f0.5_s1", "mae-in-domain_f1_s0", "mae-in-domain_f1_s1"):
+    for name in (
+        "scratch_f1_s0",
+        "scratch_f1_s1",
+        "mae-in-domain_f0.5_s0",
+        "mae-in-domain_f0.5_s1",
+        "mae-in-domain_f1_s0",
+        "mae-in-domain_f1_s1",
+    ):
         shutil.rmtree(study / "runs" / name)
     runs = load_runs(study)
     a = answer(runs)

@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 
 import leanmae
+from helpers import write_images
 from leanmae.cli import main
 from leanmae.data.sources import DataError
-from leanmae.data.split import SPLITS, Item, counts, label_fraction, make_split, read_manifest, verify, write_manifest
-
-from helpers import write_images
+from leanmae.data.split import (
+    SPLITS,
+    Item,
+    counts,
+    label_fraction,
+    make_split,
+    read_manifest,
+    verify,
+    write_manifest,
+)
 
 # --------------------------------------------------------------------------- data
 
@@ -45,7 +53,9 @@ def test_every_class_is_divided_70_10_20(labelled: Path) -> None:
     for label, n in SIZES.items():
         for split, share in zip(SPLITS, (0.7, 0.1, 0.2)):
             got = len(_by(items, split, label))
-            assert abs(got - share * n) <= 1, f"{label}: {got} of {n} in {split}, expected about {share * n:g}"
+            assert abs(got - share * n) <= 1, (
+                f"{label}: {got} of {n} in {split}, expected about {share * n:g}"
+            )
 
 
 def test_every_image_is_listed_exactly_once(labelled: Path) -> None:
@@ -66,12 +76,17 @@ def test_the_split_is_deterministic_for_a_seed_and_changes_with_it(labelled: Pat
 
 def test_a_class_split_does_not_depend_on_the_other_classes(labelled: Path) -> None:
     """Naming the classes in another order, or adding one, leaves each class's test images unchanged (as for label fractions)."""
+
     def test_images(classes: list[str]) -> dict[str, set[str]]:
-        return {c: {it.relpath for it in _by(make_split(labelled, classes, seed=0), "test", c)} for c in classes}
+        return {
+            c: {it.relpath for it in _by(make_split(labelled, classes, seed=0), "test", c)} for c in classes
+        }
 
     reference = test_images(["basophil", "lymphocyte", "neutrophil"])
     assert test_images(["neutrophil", "lymphocyte", "basophil"]) == reference
-    assert test_images(["lymphocyte", "neutrophil"]) == {c: reference[c] for c in ("lymphocyte", "neutrophil")}
+    assert test_images(["lymphocyte", "neutrophil"]) == {
+        c: reference[c] for c in ("lymphocyte", "neutrophil")
+    }
 
 
 def test_a_class_of_three_images_appears_in_every_split(tmp_path: Path) -> None:
@@ -82,7 +97,9 @@ def test_a_class_of_three_images_appears_in_every_split(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ratios", [(0.2, 0.4, 0.4), (0.1, 0.45, 0.45)])
-def test_unusual_ratios_never_leave_a_class_out_of_a_split(tmp_path: Path, ratios: tuple[float, float, float]) -> None:
+def test_unusual_ratios_never_leave_a_class_out_of_a_split(
+    tmp_path: Path, ratios: tuple[float, float, float]
+) -> None:
     """Four images per class and a small train share: either every class is in every split, or a clear error.
 
     A split without training images for a class would only fail later, at fine-tuning time.
@@ -116,15 +133,47 @@ def test_ratios_that_do_not_sum_to_one_are_refused(labelled: Path) -> None:
 
 
 @pytest.mark.parametrize("ratios", ["nan,0.1,0.2", "0.7,0.3,0", "abc", "0.7,0.1"])
-def test_ratios_that_are_not_three_shares_above_0_return_2(labelled: Path, tmp_path: Path, ratios: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path / "s.csv"), "--ratios", ratios]) == 2
+def test_ratios_that_are_not_three_shares_above_0_return_2(
+    labelled: Path, tmp_path: Path, ratios: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "split",
+                str(labelled),
+                "--classes",
+                "basophil,lymphocyte",
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--ratios",
+                ratios,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "ratios" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_a_negative_split_seed_returns_2(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path / "s.csv"), "--seed", "-1"]) == 2
+def test_a_negative_split_seed_returns_2(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "split",
+                str(labelled),
+                "--classes",
+                "basophil,lymphocyte",
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--seed",
+                "-1",
+            ]
+        )
+        == 2
+    )
     assert "seed -1" in capsys.readouterr().err
 
 
@@ -153,7 +202,9 @@ def test_the_manifest_round_trips_items_and_root(labelled: Path, tmp_path: Path)
     verify(back, root)  # the files on disk are the ones listed
 
 
-def test_the_manifest_is_a_plain_csv_that_dictreader_reads_with_its_root_as_a_column(labelled: Path, tmp_path: Path) -> None:
+def test_the_manifest_is_a_plain_csv_that_dictreader_reads_with_its_root_as_a_column(
+    labelled: Path, tmp_path: Path
+) -> None:
     """The old first line ``# root: ...`` broke csv.DictReader and pandas; the root is a column now."""
     import csv
 
@@ -169,7 +220,10 @@ def test_the_manifest_is_a_plain_csv_that_dictreader_reads_with_its_root_as_a_co
 def test_an_old_manifest_with_a_root_comment_line_still_reads(labelled: Path, tmp_path: Path) -> None:
     items = make_split(labelled, list(SIZES))
     manifest = tmp_path / "old.csv"
-    manifest.write_text(f"# root: {labelled.resolve()}\npath,label,split,sha256\n" + "".join(f"{it.relpath},{it.label},{it.split},{it.sha256}\n" for it in items))
+    manifest.write_text(
+        f"# root: {labelled.resolve()}\npath,label,split,sha256\n"
+        + "".join(f"{it.relpath},{it.label},{it.split},{it.sha256}\n" for it in items)
+    )
     root, back = read_manifest(manifest)
     assert (root, back) == (labelled.resolve(), items)
 
@@ -179,7 +233,10 @@ def test_a_hand_written_manifest_without_hashes_simply_works(tmp_path: Path) -> 
     for seed, name in enumerate(("a", "b")):
         write_images(tmp_path / name, 3, 16, seed=seed)
     manifest = tmp_path / "mine.csv"
-    manifest.write_text("path,label,split\n" + "".join(f"{c}/img_{i:04d}.png,{c},{s}\n" for c in "ab" for i, s in enumerate(SPLITS)))
+    manifest.write_text(
+        "path,label,split\n"
+        + "".join(f"{c}/img_{i:04d}.png,{c},{s}\n" for c in "ab" for i, s in enumerate(SPLITS))
+    )
     root, items = read_manifest(manifest)
     assert root == tmp_path and len(items) == 6 and all(it.sha256 == "" for it in items)
     verify(items, root)
@@ -203,7 +260,9 @@ def test_a_class_folder_starting_with_a_hash_sign_is_kept(tmp_path: Path) -> Non
     ],
     ids=["duplicated-row", "two-labels", "two-splits"],
 )
-def test_a_hand_edited_manifest_listing_a_path_twice_is_refused(tmp_path: Path, rows: str, message: str) -> None:
+def test_a_hand_edited_manifest_listing_a_path_twice_is_refused(
+    tmp_path: Path, rows: str, message: str
+) -> None:
     manifest = tmp_path / "split.csv"
     manifest.write_text("path,label,split\nb/y.png,b,train\n" + rows)
     with pytest.raises(DataError, match=message):
@@ -221,11 +280,15 @@ def test_the_same_image_in_two_classes_is_refused_by_split(tmp_path: Path) -> No
     for seed, name in enumerate(("a", "b")):
         write_images(tmp_path / name, 4, 16, seed=seed)
     (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img_0001.png").read_bytes())
-    with pytest.raises(DataError, match=r"a/img_0001.png \(a\) and .*b/copy.png \(b\) are the same image in two classes"):
+    with pytest.raises(
+        DataError, match=r"a/img_0001.png \(a\) and .*b/copy.png \(b\) are the same image in two classes"
+    ):
         make_split(tmp_path, ["a", "b"])
 
 
-def test_the_same_image_in_two_classes_of_a_manifest_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_same_image_in_two_classes_of_a_manifest_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_images(tmp_path / "a", 1, 16)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img_0000.png").read_bytes())
@@ -272,7 +335,9 @@ def test_a_missing_file_is_detected(tmp_path: Path) -> None:
 
 
 def _manifest_with_path(path: Path, relpath: str) -> Path:
-    path.write_text("# root: /data\npath,label,split,sha256\n" f"a/ok.png,a,train,{'0' * 64}\n" f"{relpath},a,test,{'0' * 64}\n")
+    path.write_text(
+        f"# root: /data\npath,label,split,sha256\na/ok.png,a,train,{'0' * 64}\n{relpath},a,test,{'0' * 64}\n"
+    )
     return path
 
 
@@ -321,30 +386,60 @@ def test_leanmae_split_wants_three_ratios(labelled: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "split.csv").exists()
 
 
-def test_cli_split_writes_the_manifest(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_split_writes_the_manifest(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "split.csv"
-    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte,neutrophil", "--out", str(out), "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                str(labelled),
+                "--classes",
+                "basophil,lymphocyte,neutrophil",
+                "--out",
+                str(out),
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "train 70; val 10; test 20" in capsys.readouterr().out
     _, items = read_manifest(out)
     assert items == make_split(labelled, list(SIZES), seed=2)
 
 
-def test_split_never_overwrites_an_existing_manifest_without_overwrite(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_split_never_overwrites_an_existing_manifest_without_overwrite(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "split.csv"
     out.write_text("my notes\n")
     assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_text() == "my notes\n"
-    assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(out), "--overwrite"])
+        == 0
+    )
     assert read_manifest(out)[1]
 
 
-def test_split_out_that_is_a_folder_returns_2(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_split_out_that_is_a_folder_returns_2(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["split", str(labelled), "--classes", "basophil,lymphocyte", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_cli_split_with_a_misspelt_class_returns_2_and_suggests_the_folder(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["split", str(labelled), "--classes", "basophil,lymfocyte", "--out", str(tmp_path / "split.csv")]) == 2
+def test_cli_split_with_a_misspelt_class_returns_2_and_suggests_the_folder(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            ["split", str(labelled), "--classes", "basophil,lymfocyte", "--out", str(tmp_path / "split.csv")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("leanmae split: error: ")
     assert "did you mean 'lymphocyte'?" in err and "Traceback" not in err
@@ -354,7 +449,14 @@ def test_cli_split_with_a_misspelt_class_returns_2_and_suggests_the_folder(label
 # --------------------------------------------------------------------------- label fractions
 
 # Train images per class of roughly the PBC data set's five WBC classes, plus a rare class.
-PBC_TRAIN = {"basophil": 852, "eosinophil": 2182, "lymphocyte": 850, "monocyte": 994, "neutrophil": 2330, "rare": 5}
+PBC_TRAIN = {
+    "basophil": 852,
+    "eosinophil": 2182,
+    "lymphocyte": 850,
+    "monocyte": 994,
+    "neutrophil": 2330,
+    "rare": 5,
+}
 FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 
 
@@ -379,7 +481,9 @@ def test_a_fraction_takes_that_share_of_every_class(pbc_like: list[Item]) -> Non
         per_class = Counter(it.label for it in label_fraction(pbc_like, fraction, seed=0))
         for label, n in PBC_TRAIN.items():
             expected = max(2, fraction * n)
-            assert abs(per_class[label] - expected) <= 1, f"{fraction:g}: {label} has {per_class[label]} of {n}, expected about {expected:g}"
+            assert abs(per_class[label] - expected) <= 1, (
+                f"{fraction:g}: {label} has {per_class[label]} of {n}, expected about {expected:g}"
+            )
 
 
 def test_one_percent_keeps_every_class_with_at_least_two_images(pbc_like: list[Item]) -> None:
@@ -445,7 +549,9 @@ def test_label_honest_val_draws_are_nested_stratified_and_keep_two_per_class(pbc
         per_class = Counter(it.label for it in chosen)
         for label, n in val_sizes.items():
             assert per_class[label] == min(n, max(2, round(fraction * n))), f"{fraction:g}: {label}"
-    assert len(sets[0]) == 2 + 3 + 2 + 2 + 3 + 1, "at 1 %: two per class (three of 311 eosinophils and of 332 neutrophils; the rare class has one)"
+    assert len(sets[0]) == 2 + 3 + 2 + 2 + 3 + 1, (
+        "at 1 %: two per class (three of 311 eosinophils and of 332 neutrophils; the rare class has one)"
+    )
 
 
 def test_label_fractions_never_draw_from_the_test_split(pbc_like: list[Item]) -> None:

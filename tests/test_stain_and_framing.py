@@ -11,15 +11,23 @@ import numpy as np
 import pytest
 
 import leanmae
-from leanmae.data.cache import CACHE_VERSION, DecodeSpec, finish_image, load_or_build, manifest_hash, spec_extras, spec_from_extras, stain_spec
+from helpers import read_csv, smooth_image, tiny_finetune, write_images
+from leanmae.data.cache import (
+    CACHE_VERSION,
+    DecodeSpec,
+    finish_image,
+    load_or_build,
+    manifest_hash,
+    spec_extras,
+    spec_from_extras,
+    stain_spec,
+)
 from leanmae.data.cellcrop import cell_centred_crop, find_nucleus
 from leanmae.data.decode import decode_rgb, square_resize
 from leanmae.data.sources import scan
 from leanmae.data.split import read_manifest
 from leanmae.data.stain import lab_stats, reinhard, reinhard_reference
 from leanmae.data.synthetic import make_synthetic_wbc
-
-from helpers import read_csv, smooth_image, tiny_finetune, write_images
 
 BACKGROUND = (238, 222, 226)  # pale pink, as a blood smear's plasma
 NUCLEUS = (92, 52, 140)  # haematoxylin purple
@@ -105,13 +113,17 @@ def test_two_stain_batches_of_one_image_normalise_to_nearly_the_same_image() -> 
 
 def test_unset_options_keep_the_cache_key_of_caches_built_before_them(tmp_path: Path) -> None:
     records = scan(tmp_path) if write_images(tmp_path / "a", 2, 24) else []
-    old_style = hashlib.sha256(json.dumps([CACHE_VERSION, {"size": 24, "tile": None, "grid": None, "min_tile_size": 64}]).encode())
+    old_style = hashlib.sha256(
+        json.dumps([CACHE_VERSION, {"size": 24, "tile": None, "grid": None, "min_tile_size": 64}]).encode()
+    )
     for rec in records:
         st = rec.path.stat()
         old_style.update(f"{rec.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     assert manifest_hash(records, DecodeSpec(size=24)) == old_style.hexdigest()
     assert manifest_hash(records, DecodeSpec(size=24, cell_crop=2.0)) != old_style.hexdigest()
-    assert manifest_hash(records, stain_spec(DecodeSpec(size=24), "reinhard", records)) != old_style.hexdigest()
+    assert (
+        manifest_hash(records, stain_spec(DecodeSpec(size=24), "reinhard", records)) != old_style.hexdigest()
+    )
 
 
 def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(tmp_path: Path) -> None:
@@ -125,15 +137,32 @@ def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(tmp_
         np.testing.assert_array_equal(cache.images[i], finish_image(decode_rgb(rec.path), restored))
 
 
-def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_images_as_its_run_did(tmp_path: Path) -> None:
+def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_images_as_its_run_did(
+    tmp_path: Path,
+) -> None:
     data = make_synthetic_wbc(tmp_path / "cells", n_per_class=10, size=40)
     split = tmp_path / "split.csv"
     classes = sorted(p.name for p in data.iterdir() if p.is_dir())
     leanmae.split(data, classes=classes, out=split, ratios="0.6,0.2,0.2")
     out = tmp_path / "run"
-    tiny_finetune(split, out, epochs=1, sets=["data.stain_norm=reinhard", "data.cell_crop=2.0", "augment.hed=0.05", "augment.brightness=0.1", "augment.blur=0.5"])
+    tiny_finetune(
+        split,
+        out,
+        epochs=1,
+        sets=[
+            "data.stain_norm=reinhard",
+            "data.cell_crop=2.0",
+            "augment.hed=0.05",
+            "augment.brightness=0.1",
+            "augment.blur=0.5",
+        ],
+    )
     saved = json.loads((out / "model" / "leanmae.json").read_text())
-    assert saved["cell_crop"] == 2.0 and saved["stain_norm"]["method"] == "reinhard" and len(saved["stain_norm"]["reference"]) == 6
+    assert (
+        saved["cell_crop"] == 2.0
+        and saved["stain_norm"]["method"] == "reinhard"
+        and len(saved["stain_norm"]["reference"]) == 6
+    )
     _, items = read_manifest(split)
     files = [data / it.relpath for it in items if it.split == "test"]
     rows = leanmae.predict(out, files, device="cpu", progress=False)

@@ -14,10 +14,24 @@ def test_estimate_gives_mean_sample_sd_and_an_interval_around_it() -> None:
     assert e.mean == pytest.approx(0.85) and e.std == pytest.approx(0.05) and e.n == 3
     assert e.low < 0.80 and 0.90 < e.high < 1.0
     raw_half = 4.302652729911275 * 0.05 / math.sqrt(3)  # the raw t-interval's half width
-    assert e.high - e.low == pytest.approx(2 * raw_half, rel=0.1)  # near 0.85 the logit scale changes the width little
+    assert e.high - e.low == pytest.approx(
+        2 * raw_half, rel=0.1
+    )  # near 0.85 the logit scale changes the width little
 
 
-@pytest.mark.parametrize("values", [[1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0], [1.0, 0.99], [0.0, 0.02], [0.5, 1.0], [0.0, 1.0], [0.94, 0.99, 0.999]])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.0, 1.0],
+        [1.0, 1.0, 1.0],
+        [0.0, 0.0],
+        [1.0, 0.99],
+        [0.0, 0.02],
+        [0.5, 1.0],
+        [0.0, 1.0],
+        [0.94, 0.99, 0.999],
+    ],
+)
 def test_intervals_stay_inside_0_and_1_on_extreme_inputs(values: list[float]) -> None:
     e = estimate(values)
     assert 0.0 <= e.low <= e.high <= 1.0

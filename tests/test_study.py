@@ -30,12 +30,24 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def finished_study(synthetic: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     cells, tiles = synthetic
     out = tmp_path_factory.mktemp("study") / "s"
-    leanmae.study(out=out, data=str(cells), pretrain_data=[str(tiles)], preset="test", fractions=[0.5, 1.0], seeds=[0, 1], jobs=2, set=FAST, progress=False)
+    leanmae.study(
+        out=out,
+        data=str(cells),
+        pretrain_data=[str(tiles)],
+        preset="test",
+        fractions=[0.5, 1.0],
+        seeds=[0, 1],
+        jobs=2,
+        set=FAST,
+        progress=False,
+    )
     return out
 
 
 def test_plan_pretrains_once_and_runs_fractions_times_arms_times_seeds(tmp_path: Path) -> None:
-    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.01, 0.1], seeds=[0, 1, 2], arms=["scratch", "mae"])
+    cfg = StudyConfig(
+        data="x", pretrain_data=["pool"], fractions=[0.01, 0.1], seeds=[0, 1, 2], arms=["scratch", "mae"]
+    )
     jobs = plan(cfg, tmp_path)
     assert [j.name for j in jobs].count("pretrain") == 1
     finetunes = [j for j in jobs if j.command == "finetune"]
@@ -45,7 +57,9 @@ def test_plan_pretrains_once_and_runs_fractions_times_arms_times_seeds(tmp_path:
 
 
 def test_plan_runs_seed_by_seed_so_an_interrupted_study_has_whole_seeds(tmp_path: Path) -> None:
-    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.01, 1.0], seeds=[0, 1], arms=["scratch", "mae"])
+    cfg = StudyConfig(
+        data="x", pretrain_data=["pool"], fractions=[0.01, 1.0], seeds=[0, 1], arms=["scratch", "mae"]
+    )
     names = [j.name for j in plan(cfg, tmp_path) if j.command == "finetune"]
     assert names[:4] == ["scratch_f0.01_s0", "mae_f0.01_s0", "scratch_f1_s0", "mae_f1_s0"]
     assert all(name.endswith("_s1") for name in names[4:])
@@ -54,12 +68,24 @@ def test_plan_runs_seed_by_seed_so_an_interrupted_study_has_whole_seeds(tmp_path
 def test_in_domain_pool_adds_the_train_split_and_never_val_or_test(tmp_path: Path) -> None:
     cfg = StudyConfig(data="x", pretrain_data=["pool"], pool="in-domain")
     pretrain = plan(cfg, tmp_path)[0]
-    assert pretrain.kwargs["data"] == ["pool", str(tmp_path / "split.csv")]  # a manifest source contributes train images only
+    assert pretrain.kwargs["data"] == [
+        "pool",
+        str(tmp_path / "split.csv"),
+    ]  # a manifest source contributes train images only
 
 
 def test_each_pool_arm_gets_its_own_pretraining_with_the_split_as_probe(tmp_path: Path) -> None:
     """mae-in-domain and mae-other pretrain on their own pools; in-domain adds the split's train images."""
-    jobs = plan(StudyConfig(data="x", pretrain_data=["pool"], fractions=[0.1], seeds=[0], arms=["scratch", "mae-in-domain", "mae-other"]), tmp_path)
+    jobs = plan(
+        StudyConfig(
+            data="x",
+            pretrain_data=["pool"],
+            fractions=[0.1],
+            seeds=[0],
+            arms=["scratch", "mae-in-domain", "mae-other"],
+        ),
+        tmp_path,
+    )
     pretrains = {j.name: j for j in jobs if j.command == "pretrain"}
     assert set(pretrains) == {"pretrain", "pretrain-in-domain"}  # the study's --pool (other) keeps pretrain/
     assert pretrains["pretrain"].kwargs["data"] == ["pool"]
@@ -72,16 +98,28 @@ def test_each_pool_arm_gets_its_own_pretraining_with_the_split_as_probe(tmp_path
 
 
 def test_given_maes_per_pool_skip_their_pretraining(tmp_path: Path) -> None:
-    cfg = StudyConfig(data="x", pretrain_data=["pool"], fractions=[1.0], seeds=[0], arms=["mae-in-domain", "mae-other"], mae=["in-domain=a/mae", "other=b/mae"])
+    cfg = StudyConfig(
+        data="x",
+        pretrain_data=["pool"],
+        fractions=[1.0],
+        seeds=[0],
+        arms=["mae-in-domain", "mae-other"],
+        mae=["in-domain=a/mae", "other=b/mae"],
+    )
     jobs = plan(cfg, tmp_path)
     assert [j.command for j in jobs] == ["finetune", "finetune"]
-    assert {j.name: j.kwargs["init"] for j in jobs} == {"mae-in-domain_f1_s0": "a/mae", "mae-other_f1_s0": "b/mae"}
+    assert {j.name: j.kwargs["init"] for j in jobs} == {
+        "mae-in-domain_f1_s0": "a/mae",
+        "mae-other_f1_s0": "b/mae",
+    }
     with pytest.raises(ConfigError, match="pool before"):
         plan(StudyConfig(data="x", arms=["mae"], mae=["lung=c/mae"]), tmp_path)
 
 
 def test_extra_seeds_run_only_at_the_small_fractions_after_the_main_seeds(tmp_path: Path) -> None:
-    cfg = StudyConfig(data="x", fractions=[0.01, 0.1, 1.0], seeds=[0, 1, 2], extra_seeds=[3, 4], arms=["scratch"])
+    cfg = StudyConfig(
+        data="x", fractions=[0.01, 0.1, 1.0], seeds=[0, 1, 2], extra_seeds=[3, 4], arms=["scratch"]
+    )
     names = [j.name for j in plan(cfg, tmp_path)]
     assert len(names) == 3 * 3 + 2 * 2
     assert names[-4:] == ["scratch_f0.01_s3", "scratch_f0.1_s3", "scratch_f0.01_s4", "scratch_f0.1_s4"]
@@ -89,9 +127,20 @@ def test_extra_seeds_run_only_at_the_small_fractions_after_the_main_seeds(tmp_pa
 
 def test_arm_set_gives_one_arm_its_own_recipe(tmp_path: Path) -> None:
     """Each arm its own best recipe: an ARM:KEY=VALUE override reaches that arm's runs only, after the common --set."""
-    cfg = StudyConfig(data="x", fractions=[0.01], seeds=[0], arms=["scratch", "mae"], mae=["m"], set=["optim.epochs=3"], arm_set=["scratch:classifier.min_steps=600"])
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.01],
+        seeds=[0],
+        arms=["scratch", "mae"],
+        mae=["m"],
+        set=["optim.epochs=3"],
+        arm_set=["scratch:classifier.min_steps=600"],
+    )
     runs = {j.name: j.kwargs["set"] for j in plan(cfg, tmp_path)}
-    assert runs == {"scratch_f0.01_s0": ["optim.epochs=3", "classifier.min_steps=600"], "mae_f0.01_s0": ["optim.epochs=3"]}
+    assert runs == {
+        "scratch_f0.01_s0": ["optim.epochs=3", "classifier.min_steps=600"],
+        "mae_f0.01_s0": ["optim.epochs=3"],
+    }
 
 
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
@@ -107,16 +156,26 @@ def test_pretraining_without_a_pool_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unknown_arm_is_rejected(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown arm"):
-        leanmae.study(out=tmp_path / "s", data=str(synthetic[0]), arms=["scratch", "imagenet"], progress=False)
+        leanmae.study(
+            out=tmp_path / "s", data=str(synthetic[0]), arms=["scratch", "imagenet"], progress=False
+        )
 
 
 def test_a_tiny_study_runs_end_to_end(finished_study: Path) -> None:
     runs = load_runs(finished_study)
-    assert {(r.arm, r.fraction, r.seed) for r in runs} == {(a, f, s) for a in ("scratch", "mae") for f in (0.5, 1.0) for s in (0, 1)}
+    assert {(r.arm, r.fraction, r.seed) for r in runs} == {
+        (a, f, s) for a in ("scratch", "mae") for f in (0.5, 1.0) for s in (0, 1)
+    }
     assert (finished_study / "pretrain" / "model" / "model.safetensors").exists()
     for name in ("summary", "paired", "per_class_f1", "confidence", "runs"):
         assert (finished_study / "results" / f"{name}.csv").exists()
-    for figure in ("label_efficiency.png", "training_curves.png", "confidence_f0.5.png", "confidence_f1.png", "mae_recon_errors.png"):
+    for figure in (
+        "label_efficiency.png",
+        "training_curves.png",
+        "confidence_f0.5.png",
+        "confidence_f1.png",
+        "mae_recon_errors.png",
+    ):
         assert (finished_study / "results" / figure).exists(), figure
     assert "| labels |" in (finished_study / "results" / "tables.md").read_text()
 
@@ -138,7 +197,16 @@ def test_report_is_self_contained(finished_study: Path) -> None:
 
 def test_rerunning_a_finished_study_redoes_nothing(finished_study: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in (finished_study / "runs").glob("*/metrics.json")}
-    states = leanmae.study(out=finished_study, data=str(json.loads((finished_study / "study.json").read_text())["data"]), pretrain_data=json.loads((finished_study / "study.json").read_text())["pretrain_data"], preset="test", fractions=[0.5, 1.0], seeds=[0, 1], set=FAST, progress=False)
+    states = leanmae.study(
+        out=finished_study,
+        data=str(json.loads((finished_study / "study.json").read_text())["data"]),
+        pretrain_data=json.loads((finished_study / "study.json").read_text())["pretrain_data"],
+        preset="test",
+        fractions=[0.5, 1.0],
+        seeds=[0, 1],
+        set=FAST,
+        progress=False,
+    )
     assert set(states.values()) == {"done"}
     assert stamps == {p: p.stat().st_mtime_ns for p in (finished_study / "runs").glob("*/metrics.json")}
 
@@ -146,13 +214,33 @@ def test_rerunning_a_finished_study_redoes_nothing(finished_study: Path) -> None
 def test_a_study_folder_refuses_other_settings(finished_study: Path) -> None:
     settings = json.loads((finished_study / "study.json").read_text())
     with pytest.raises(OutputFolderError, match="other settings"):
-        leanmae.study(out=finished_study, data=settings["data"], pretrain_data=settings["pretrain_data"], preset="cpu", fractions=[0.5, 1.0], seeds=[0, 1], set=FAST, progress=False)
+        leanmae.study(
+            out=finished_study,
+            data=settings["data"],
+            pretrain_data=settings["pretrain_data"],
+            preset="cpu",
+            fractions=[0.5, 1.0],
+            seeds=[0, 1],
+            set=FAST,
+            progress=False,
+        )
 
 
-def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
     cells, _ = synthetic
     out = tmp_path / "s"
-    leanmae.study(out=out, data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST, progress=False)
+    leanmae.study(
+        out=out,
+        data=str(cells),
+        arms=["scratch"],
+        fractions=[1.0],
+        seeds=[0, 1],
+        preset="test",
+        set=FAST,
+        progress=False,
+    )
     # Pretend seed 1 was killed: its run.json says running, its metrics are gone.
     killed = out / "runs" / run_name("scratch", 1.0, 1)
     info = json.loads((killed / "run.json").read_text())
@@ -160,7 +248,16 @@ def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only
     (killed / "metrics.json").unlink()
     leanmae.report(out)
     assert "1 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
-    leanmae.study(out=out, data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST, progress=False)
+    leanmae.study(
+        out=out,
+        data=str(cells),
+        arms=["scratch"],
+        fractions=[1.0],
+        seeds=[0, 1],
+        preset="test",
+        set=FAST,
+        progress=False,
+    )
     assert json.loads((killed / "run.json").read_text())["status"] == "finished"
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
 
@@ -172,12 +269,16 @@ def test_run_times_cover_pretraining_every_cell_and_the_total(finished_study: Pa
     assert {key for key in rows if key[1]} == {(a, f) for a in ("scratch", "mae") for f in ("50 %", "100 %")}
     cells = [float(r[5]) for key, r in rows.items() if key[1]]
     total = rows[("all runs", "")]
-    assert total[2] == 9 and float(total[5]) == pytest.approx(sum(cells) + float(rows[("MAE pretraining", "")][5]), abs=0.2)
+    assert total[2] == 9 and float(total[5]) == pytest.approx(
+        sum(cells) + float(rows[("MAE pretraining", "")][5]), abs=0.2
+    )
     assert float(rows[("elapsed, first start to last finish", "")][5]) > 0
     assert "Run times" in (finished_study / "report.html").read_text()
 
 
-def test_findings_state_gains_with_intervals_or_withhold_them_where_runs_collapsed(finished_study: Path) -> None:
+def test_findings_state_gains_with_intervals_or_withhold_them_where_runs_collapsed(
+    finished_study: Path,
+) -> None:
     """The tiny study's runs may collapse to one class: a gain at such a fraction is withheld, never stated."""
     runs = load_runs(finished_study)
     lines = findings(runs)
@@ -194,18 +295,30 @@ def test_findings_state_gains_with_intervals_or_withhold_them_where_runs_collaps
 def test_file_and_class_names_are_escaped_in_the_report(tmp_path: Path) -> None:
     from leanmae.reporting.study_report import Table
 
-    html = Table("x", "<b>title</b>", ["<script>alert(1)</script>.png"], [["<img src=x onerror=alert(1)>"]]).html()
+    html = Table(
+        "x", "<b>title</b>", ["<script>alert(1)</script>.png"], [["<img src=x onerror=alert(1)>"]]
+    ).html()
     assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html
 
 
-def test_the_slurm_launcher_runs_the_grid_through_submitit(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_slurm_launcher_runs_the_grid_through_submitit(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
     """submitit's local executor runs the same jobs a SLURM cluster would, into the same folders."""
     pytest.importorskip("submitit")
     cells, tiles = synthetic
     out = tmp_path / "s"
     states = leanmae.study(
-        out=out, data=str(cells), pretrain_data=[str(tiles)], preset="test", fractions=[1.0], seeds=[0], launcher="slurm",
-        slurm={"cluster": "local", "time_min": 10}, set=FAST, progress=False,
+        out=out,
+        data=str(cells),
+        pretrain_data=[str(tiles)],
+        preset="test",
+        fractions=[1.0],
+        seeds=[0],
+        launcher="slurm",
+        slurm={"cluster": "local", "time_min": 10},
+        set=FAST,
+        progress=False,
     )
     assert states == {"pretrain": "done", "scratch_f1_s0": "done", "mae_f1_s0": "done"}
     assert any((out / "slurm").iterdir()), "submitit's job logs"

@@ -30,12 +30,22 @@ def test_pretraining_costs_epochs_times_pool_images() -> None:
 
 
 def test_a_large_fraction_costs_epochs_times_its_labelled_images() -> None:
-    assert finetune_cost(epochs=20, train_images=7000, fraction=1.0, batch_size=64, min_steps=300, split_images=0) == 20 * 7000
+    assert (
+        finetune_cost(
+            epochs=20, train_images=7000, fraction=1.0, batch_size=64, min_steps=300, split_images=0
+        )
+        == 20 * 7000
+    )
 
 
 def test_a_small_fraction_costs_min_steps_of_its_shrunken_batch() -> None:
     # 1 % of 7000 = 70 images: batch min(64, 70 // 4) = 17, and passes repeat up to 300 steps.
-    assert finetune_cost(epochs=20, train_images=7000, fraction=0.01, batch_size=64, min_steps=300, split_images=0) == 300 * 17
+    assert (
+        finetune_cost(
+            epochs=20, train_images=7000, fraction=0.01, batch_size=64, min_steps=300, split_images=0
+        )
+        == 300 * 17
+    )
 
 
 def test_fine_tuning_cost_grows_with_the_label_fraction() -> None:
@@ -102,21 +112,28 @@ def test_the_progress_line_counts_runs_by_kind_and_states_the_time_left() -> Non
 
 
 def test_the_progress_line_names_failures_and_omits_an_unknown_estimate() -> None:
-    assert progress_line([FINE], total=3, failed=1, eta=None) == "study: 1 of 3 runs done (1 fine-tuning), 1 failed"
+    assert (
+        progress_line([FINE], total=3, failed=1, eta=None)
+        == "study: 1 of 3 runs done (1 fine-tuning), 1 failed"
+    )
 
 
 def test_job_costs_follow_the_preset_the_pool_and_the_split(tmp_path: Path) -> None:
     pool = make_synthetic_tiles(tmp_path / "tiles", n=6, size=16, seed=0)
     rows = [f"c{i % 2}/{i}.png,c{i % 2},{'train' if i < 80 else 'test'}" for i in range(100)]
     (tmp_path / "split.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    cfg = StudyConfig(data="x", pretrain_data=[str(pool)], preset="test", fractions=[0.1, 1.0], seeds=[0], arms=["mae"])
+    cfg = StudyConfig(
+        data="x", pretrain_data=[str(pool)], preset="test", fractions=[0.1, 1.0], seeds=[0], arms=["mae"]
+    )
     costs = job_costs(plan(cfg, tmp_path), tmp_path)
     # The test preset: 2 epochs for both, fine-tuning batch 16 and min_steps 4 (8 labelled images: batch 2);
     # every fine-tune also handles the split's 100 images once.
     assert costs == {"pretrain": 2 * 6, "mae_f0.1_s0": 2 * 8 + 100, "mae_f1_s0": 2 * 80 + 100}
 
 
-def test_without_a_terminal_each_finished_run_prints_one_progress_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_terminal_each_finished_run_prints_one_progress_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     clock = SimpleNamespace(now=0.0)
     took = {"pretrain": 3600.0, "a": 60.0, "b": 60.0}
 
@@ -128,11 +145,18 @@ def test_without_a_terminal_each_finished_run_prints_one_progress_line(tmp_path:
 
     monkeypatch.setattr(study_module, "_launch_local", fake_launch)
     monkeypatch.setattr(study_module, "time", SimpleNamespace(time=lambda: clock.now))
-    jobs = [Job("pretrain", PRE, {}, tmp_path / "pretrain"), Job("a", FINE, {}, tmp_path / "a", ["pretrain"]), Job("b", FINE, {}, tmp_path / "b", ["pretrain"])]
+    jobs = [
+        Job("pretrain", PRE, {}, tmp_path / "pretrain"),
+        Job("a", FINE, {}, tmp_path / "a", ["pretrain"]),
+        Job("b", FINE, {}, tmp_path / "b", ["pretrain"]),
+    ]
     run_local(jobs, workers=1, progress=False, costs={"pretrain": 100.0, "a": 10.0, "b": 10.0})
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [
-        "study: 1 of 3 runs done (1 pretraining), ~12 min left",  # the fine-tunes borrow pretraining's 36 s per image
-        "study: 2 of 3 runs done (1 pretraining, 1 fine-tuning), ~1 min left",  # now their own 6 s per image
-        "study: 3 of 3 runs done (1 pretraining, 2 fine-tuning)",
-    ]
+    assert (
+        lines
+        == [
+            "study: 1 of 3 runs done (1 pretraining), ~12 min left",  # the fine-tunes borrow pretraining's 36 s per image
+            "study: 2 of 3 runs done (1 pretraining, 1 fine-tuning), ~1 min left",  # now their own 6 s per image
+            "study: 3 of 3 runs done (1 pretraining, 2 fine-tuning)",
+        ]
+    )

@@ -190,4 +190,3 @@ def test_stain_jitter_varies_between_images_of_a_class(wbc_set: Path) -> None:
     imgs = _class_images(wbc_set, "lymphocyte")
     background = np.median(imgs.reshape(len(imgs), -1, 3), axis=1)  # mostly plasma/glass
     assert background.std(axis=0).min() > 3.0
-

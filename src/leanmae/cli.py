@@ -20,43 +20,96 @@ EPILOG = "Any config key can also be set with --set KEY=VALUE (repeatable), e.g.
 
 def _training_options(parser: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
     """Options shared by the training commands."""
-    parser.add_argument("--out", required=True, help="output folder for this run (refused if it holds another run, see --resume/--overwrite)")
-    parser.add_argument("--preset", default=default_preset, choices=preset_names(), help=f"shipped settings (default: {default_preset}); see README 'Presets'")
-    parser.add_argument("--config", help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, finetune)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder for this run (refused if it holds another run, see --resume/--overwrite)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        choices=preset_names(),
+        help=f"shipped settings (default: {default_preset}); see README 'Presets'",
+    )
+    parser.add_argument(
+        "--config",
+        help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, finetune)",
+    )
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the preset)")
-    parser.add_argument("--lr", type=float, help="base learning rate, optim.base_lr (scaled by the effective batch as printed at start)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help="base learning rate, optim.base_lr (scaled by the effective batch as printed at start)",
+    )
     parser.add_argument("--batch-size", type=int, help="images per batch and process, optim.batch_size")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    group.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     group.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (for logs)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars (for logs)"
+    )
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning (listed in run.json) instead of stopping")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images with a warning (listed in run.json) instead of stopping",
+    )
     tiling = parser.add_mutually_exclusive_group()
-    tiling.add_argument("--tile", type=int, help="cut large images into TILE x TILE pixel tiles before training")
-    tiling.add_argument("--grid", help="cut each image into ROWSxCOLS equal tiles, e.g. 2x2 (the seed's quadrants)")
+    tiling.add_argument(
+        "--tile", type=int, help="cut large images into TILE x TILE pixel tiles before training"
+    )
+    tiling.add_argument(
+        "--grid", help="cut each image into ROWSxCOLS equal tiles, e.g. 2x2 (the seed's quadrants)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leanmae", description="MAE pretraining and label-efficiency studies for pathology images.", epilog=EPILOG)
+    parser = argparse.ArgumentParser(
+        prog="leanmae",
+        description="MAE pretraining and label-efficiency studies for pathology images.",
+        epilog=EPILOG,
+    )
     parser.add_argument("--version", action="version", version=f"leanmae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="pretrain a ViT as a masked autoencoder on unlabelled images", epilog=EPILOG)
-    p.add_argument("--data", action="append", required=True, metavar="DIR[:CLASSES]", help="image folder, searched recursively, or a MedMNIST PATH.npz (its train images); repeatable; DIR:a,b keeps only classes a and b")
-    p.add_argument("--init", help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights")
-    p.add_argument("--probe", metavar="SPLIT.csv", help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images while pretraining")
+    p = sub.add_parser(
+        "pretrain", help="pretrain a ViT as a masked autoencoder on unlabelled images", epilog=EPILOG
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR[:CLASSES]",
+        help="image folder, searched recursively, or a MedMNIST PATH.npz (its train images); repeatable; DIR:a,b keeps only classes a and b",
+    )
+    p.add_argument(
+        "--init",
+        help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights",
+    )
+    p.add_argument(
+        "--probe",
+        metavar="SPLIT.csv",
+        help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images while pretraining",
+    )
     _data_options(p)
     _training_options(p)
     p.set_defaults(func="pretrain")
 
-    p = sub.add_parser("reconstruct", help="reconstruction figure and masked/visible errors of an MAE checkpoint")
-    p.add_argument("checkpoint", help="MAE model folder (a pretraining run's model/ or the run folder itself)")
+    p = sub.add_parser(
+        "reconstruct", help="reconstruction figure and masked/visible errors of an MAE checkpoint"
+    )
+    p.add_argument(
+        "checkpoint", help="MAE model folder (a pretraining run's model/ or the run folder itself)"
+    )
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for reconstructions.png and recon_metrics.json")
     p.add_argument("--images", type=int, default=8, help="images shown in the figure (default 8)")
@@ -65,34 +118,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="reconstruct")
 
-    p = sub.add_parser("split", help="make the fixed stratified train/val/test split manifest of a labelled folder")
-    p.add_argument("data", help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test split is kept)")
-    p.add_argument("--classes", help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required for a folder; default for .npz: all)")
+    p = sub.add_parser(
+        "split", help="make the fixed stratified train/val/test split manifest of a labelled folder"
+    )
+    p.add_argument(
+        "data",
+        help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test split is kept)",
+    )
+    p.add_argument(
+        "--classes",
+        help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required for a folder; default for .npz: all)",
+    )
     p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256, root)")
     p.add_argument("--ratios", default="0.7,0.1,0.2", help="train,val,test shares (default 0.7,0.1,0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="split")
 
-    p = sub.add_parser("finetune", help="fine-tune a ViT classifier from scratch or from an MAE at a fraction of the labels", epilog=EPILOG)
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a ViT classifier from scratch or from an MAE at a fraction of the labels",
+        epilog=EPILOG,
+    )
     p.add_argument("--split", required=True, help="split manifest from `leanmae split`")
-    p.add_argument("--fraction", type=float, default=1.0, help="share of the train split's labels to use, stratified and nested (default 1.0)")
-    p.add_argument("--init", default="scratch", help="scratch (default), a pretraining run folder, an MAE model folder, or a local transformers ViT/ViT-MAE folder")
-    p.add_argument("--linear-probe", action="store_true", help="train only a linear head on frozen encoder features (computed once)")
-    p.add_argument("--pooling", choices=["cls", "mean"], help="head input: CLS token (default) or mean of patch tokens")
-    p.add_argument("--ood", action="append", metavar="DIR[:CLASSES]", help="images of classes never trained on (e.g. pbc:erythroblast,ig,platelet) for the out-of-distribution report and flag; repeatable")
-    p.add_argument("--data-root", help="image folder the manifest's paths are relative to (default: the one recorded in it)")
-    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed in run.json) instead of stopping")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="share of the train split's labels to use, stratified and nested (default 1.0)",
+    )
+    p.add_argument(
+        "--init",
+        default="scratch",
+        help="scratch (default), a pretraining run folder, an MAE model folder, or a local transformers ViT/ViT-MAE folder",
+    )
+    p.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="train only a linear head on frozen encoder features (computed once)",
+    )
+    p.add_argument(
+        "--pooling", choices=["cls", "mean"], help="head input: CLS token (default) or mean of patch tokens"
+    )
+    p.add_argument(
+        "--ood",
+        action="append",
+        metavar="DIR[:CLASSES]",
+        help="images of classes never trained on (e.g. pbc:erythroblast,ig,platelet) for the out-of-distribution report and flag; repeatable",
+    )
+    p.add_argument(
+        "--data-root",
+        help="image folder the manifest's paths are relative to (default: the one recorded in it)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable images (listed in run.json) instead of stopping",
+    )
     _training_options(p)
     p.set_defaults(func="finetune")
 
-    p = sub.add_parser("evaluate", help="score a trained classifier on a subset of a split or on any labelled image folder (e.g. another lab's)")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained classifier on a subset of a split or on any labelled image folder (e.g. another lab's)",
+    )
     p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", help="split manifest")
-    source.add_argument("--data", help="labelled image folder: one subfolder per class, named as the model's classes (case ignored; a subset of them is fine)")
-    p.add_argument("--subset", default="test", choices=["train", "val", "test"], help="which split to score with --split (default test)")
-    p.add_argument("--out", help="folder for metrics.json, predictions.csv and confusion_matrix.png (default: RUN/evaluate-SUBSET or RUN/evaluate-FOLDERNAME)")
+    source.add_argument(
+        "--data",
+        help="labelled image folder: one subfolder per class, named as the model's classes (case ignored; a subset of them is fine)",
+    )
+    p.add_argument(
+        "--subset",
+        default="test",
+        choices=["train", "val", "test"],
+        help="which split to score with --split (default test)",
+    )
+    p.add_argument(
+        "--out",
+        help="folder for metrics.json, predictions.csv and confusion_matrix.png (default: RUN/evaluate-SUBSET or RUN/evaluate-FOLDERNAME)",
+    )
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -103,61 +211,147 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--skip-bad", action="store_true", help="write unreadable files as error rows instead of stopping")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="write unreadable files as error rows instead of stopping"
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func="predict")
 
-    p = sub.add_parser("export", help="export a trained classifier to ONNX (checked against PyTorch with onnxruntime)")
+    p = sub.add_parser(
+        "export", help="export a trained classifier to ONNX (checked against PyTorch with onnxruntime)"
+    )
     p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
-    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write; input pixel_values as in the model card's Preprocessing")
+    p.add_argument(
+        "--onnx",
+        required=True,
+        metavar="FILE",
+        help="the .onnx file to write; input pixel_values as in the model card's Preprocessing",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     p.set_defaults(func="export")
 
-    p = sub.add_parser("config", help="print the resolved configuration of a command (defaults <- preset <- --config <- --set)")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration of a command (defaults <- preset <- --config <- --set)",
+    )
     p.add_argument("action", choices=["show"], help="show: print the resolved config as YAML")
-    p.add_argument("for_command", metavar="COMMAND", choices=["pretrain", "finetune", "study"], help="pretrain, finetune or study")
+    p.add_argument(
+        "for_command",
+        metavar="COMMAND",
+        choices=["pretrain", "finetune", "study"],
+        help="pretrain, finetune or study",
+    )
     p.add_argument("--preset", choices=preset_names(), help="preset (default: cpu for pretrain and finetune)")
     p.add_argument("--config", help="YAML file as given to the command")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.set_defaults(func="show_config")
 
-    p = sub.add_parser("study", help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report")
-    p.add_argument("--out", required=True, help="study folder (rerun the same command to continue an interrupted study)")
+    p = sub.add_parser(
+        "study",
+        help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report",
+    )
+    p.add_argument(
+        "--out", required=True, help="study folder (rerun the same command to continue an interrupted study)"
+    )
     p.add_argument("--config", help="YAML file with any of the keys below (flags win)")
     p.add_argument("--data", help="labelled folder with one subfolder per class")
-    p.add_argument("--classes", help="comma-separated classes (default: basophil,eosinophil,lymphocyte,monocyte,neutrophil)")
-    p.add_argument("--pretrain-data", action="append", metavar="DIR[:CLASSES]", help="unlabelled pretraining pool; repeatable")
-    p.add_argument("--ood-data", action="append", metavar="DIR[:CLASSES]", help="images of classes never trained on, for out-of-distribution AUROC (e.g. pbc:erythroblast,ig,platelet); repeatable")
-    p.add_argument("--pool", choices=["other", "in-domain"], help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled")
+    p.add_argument(
+        "--classes",
+        help="comma-separated classes (default: basophil,eosinophil,lymphocyte,monocyte,neutrophil)",
+    )
+    p.add_argument(
+        "--pretrain-data",
+        action="append",
+        metavar="DIR[:CLASSES]",
+        help="unlabelled pretraining pool; repeatable",
+    )
+    p.add_argument(
+        "--ood-data",
+        action="append",
+        metavar="DIR[:CLASSES]",
+        help="images of classes never trained on, for out-of-distribution AUROC (e.g. pbc:erythroblast,ig,platelet); repeatable",
+    )
+    p.add_argument(
+        "--pool",
+        choices=["other", "in-domain"],
+        help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled",
+    )
     p.add_argument("--preset", choices=preset_names(), help="preset of every run (default cpu)")
     p.add_argument("--fractions", help="label fractions, comma-separated (default 0.01,0.1,0.5,1.0)")
     p.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")
-    p.add_argument("--extra-seeds", help="more seeds for the small fractions (<= extra_seeds_up_to, default 0.1), e.g. 3,4")
-    p.add_argument("--arms", help="comma-separated: scratch, mae (the --pool's MAE), mae-in-domain, mae-other, mae-linear, hf:FOLDER (default scratch,mae)")
-    p.add_argument("--mae", action="append", metavar="[POOL=]FOLDER", help="use this MAE instead of pretraining one: FOLDER for the --pool's, in-domain=FOLDER or other=FOLDER; repeatable")
+    p.add_argument(
+        "--extra-seeds",
+        help="more seeds for the small fractions (<= extra_seeds_up_to, default 0.1), e.g. 3,4",
+    )
+    p.add_argument(
+        "--arms",
+        help="comma-separated: scratch, mae (the --pool's MAE), mae-in-domain, mae-other, mae-linear, hf:FOLDER (default scratch,mae)",
+    )
+    p.add_argument(
+        "--mae",
+        action="append",
+        metavar="[POOL=]FOLDER",
+        help="use this MAE instead of pretraining one: FOLDER for the --pool's, in-domain=FOLDER or other=FOLDER; repeatable",
+    )
     p.add_argument("--pretrain-epochs", type=int, help="MAE epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default: the preset's)")
-    p.add_argument("--jobs", type=int, help="runs at once with the local launcher (default 2: one per core on a 2-core CPU)")
-    p.add_argument("--launcher", choices=["local", "slurm"], help="local processes (default) or SLURM jobs through submitit")
-    p.add_argument("--no-wait", dest="wait", action="store_false", default=None, help="with --launcher slurm: submit and return at once")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once with the local launcher (default 2: one per core on a 2-core CPU)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="local processes (default) or SLURM jobs through submitit",
+    )
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        default=None,
+        help="with --launcher slurm: submit and return at once",
+    )
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--account", help="SLURM account")
     p.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job (default 1)")
     p.add_argument("--time-min", type=int, help="SLURM time limit per job in minutes (default 240)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run, e.g. optim.base_lr=5e-4")
-    p.add_argument("--arm-set", action="append", metavar="ARM:KEY=VALUE", help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each arm its own recipe); repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. optim.base_lr=5e-4",
+    )
+    p.add_argument(
+        "--arm-set",
+        action="append",
+        metavar="ARM:KEY=VALUE",
+        help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each arm its own recipe); repeatable",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--target", type=float, help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
+    p.add_argument(
+        "--target",
+        type=float,
+        help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with all labels)",
+    )
     p.set_defaults(func="study")
 
-    p = sub.add_parser("report", help="rebuild a study's tables, figures and report.html from its finished runs")
+    p = sub.add_parser(
+        "report", help="rebuild a study's tables, figures and report.html from its finished runs"
+    )
     p.add_argument("study", help="study folder")
-    p.add_argument("--target", type=float, help="macro-F1 the labels-needed answer aims at (default: 95 %% of scratch's score with all labels)")
+    p.add_argument(
+        "--target",
+        type=float,
+        help="macro-F1 the labels-needed answer aims at (default: 95 %% of scratch's score with all labels)",
+    )
     p.set_defaults(func="report")
 
-    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on built-in synthetic data; no download, a few minutes on a laptop"
+    )
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -172,7 +366,11 @@ def options_doc(command: str, parameters: Sequence[str]) -> str:
     lines = []
     for action in sub.choices[command]._actions:
         if action.dest in parameters and action.help and action.help != argparse.SUPPRESS:
-            text = f"True by default; False: {action.help}" if isinstance(action, argparse._StoreFalseAction) else action.help
+            text = (
+                f"True by default; False: {action.help}"
+                if isinstance(action, argparse._StoreFalseAction)
+                else action.help
+            )
             lines.append(f"    {action.dest}: {text}")
     return "Options (as the command line's):\n" + "\n".join(lines) if lines else ""
 
@@ -206,7 +404,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         _call(name, args)
-    except (ConfigError, DataError, BadImageError, CheckpointError, OutputFolderError, NonFiniteLossError) as err:
+    except (
+        ConfigError,
+        DataError,
+        BadImageError,
+        CheckpointError,
+        OutputFolderError,
+        NonFiniteLossError,
+    ) as err:
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
@@ -214,11 +419,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # a read-only or full disk, a path that is a file: the system's own words, on one line
-        print(f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+    except (
+        OSError
+    ) as err:  # a read-only or full disk, a path that is a file: the system's own words, on one line
+        print(
+            f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""),
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
-        print(f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)", file=sys.stderr)
+        print(
+            f"leanmae {name}: interrupted; the last complete checkpoint is kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -68,7 +68,9 @@ class DataConfig:
     skip_bad: bool = False
     workers: int = 2  # decoding processes when the cache is built
     stain_norm: str = "none"  # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
-    cell_crop: float | None = None  # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
+    cell_crop: float | None = (
+        None  # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
+    )
 
 
 @dataclass
@@ -116,11 +118,17 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch threads per CPU process; default: OMP_NUM_THREADS, else cores / processes on the node
+    threads: int | None = (
+        None  # torch threads per CPU process; default: OMP_NUM_THREADS, else cores / processes on the node
+    )
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
-    prefetch: bool | None = None  # prepare the next batch on a background thread while a step trains (same results either way); None: on CUDA only
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
+    prefetch: bool | None = (
+        None  # prepare the next batch on a background thread while a step trains (same results either way); None: on CUDA only
+    )
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"]
+    )  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
 
 
 @dataclass
@@ -131,7 +139,9 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     recon_images: int = 8  # validation images shown in reconstructions.png
-    probe_split: str | None = None  # split manifest whose val images (with labels) score the frozen encoder (kNN, linear probe)
+    probe_split: str | None = (
+        None  # split manifest whose val images (with labels) score the frozen encoder (kNN, linear probe)
+    )
     probe_every: int = 5  # epochs between those scores (and always after the last epoch)
 
 
@@ -146,13 +156,19 @@ class ClassifierOptions:
     cutmix: float = 0.0
     layer_decay: float = 0.75
     balance: str = "sqrt"  # sqrt (loss weights 1/sqrt(class count)) | loss (1/count) | sampler (class-balanced sampling) | none
-    select: str = "last"  # keep the last epoch, or val_macro_f1 (the best epoch on the run's validation images)
+    select: str = (
+        "last"  # keep the last epoch, or val_macro_f1 (the best epoch on the run's validation images)
+    )
     val: str = "honest"  # honest: the run's share of the val split (as many as its label fraction, nested, >= 2 per class) | full: all of it (uses more labels than the budget)
-    temperature_prior: float | None = 0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
+    temperature_prior: float | None = (
+        0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
+    )
     linear_probe: bool = False  # frozen encoder, features computed once, linear head only
     min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
     eval_batch_size: int = 256
-    target_accuracy: float = 0.99  # refer-to-expert threshold: kept predictions reach this accuracy on validation
+    target_accuracy: float = (
+        0.99  # refer-to-expert threshold: kept predictions reach this accuracy on validation
+    )
     ood_data: list[str] = field(default_factory=list)  # DIR[:classes] of images from classes never trained on
 
 
@@ -161,7 +177,16 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.35, 1.0)))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=2, min_lr=1e-6, lr_scaling="sqrt"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            base_lr=1e-3,
+            weight_decay=0.05,
+            betas=(0.9, 0.999),
+            warmup_epochs=2,
+            min_lr=1e-6,
+            lr_scaling="sqrt",
+        )
+    )
     run: RunConfig = field(default_factory=RunConfig)
     classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
 
@@ -193,7 +218,9 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in names:
         hint = difflib.get_close_matches(name, names, n=1)
         raise ConfigError(
-            f"unknown preset {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" (available: {', '.join(names)})"
+            f"unknown preset {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (available: {', '.join(names)})"
         )
     return load_yaml(resources.files("leanmae") / "presets" / f"{name}.yaml")  # type: ignore[arg-type]
 
@@ -233,7 +260,9 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example {key}='...'") from None
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example {key}='...'"
+        ) from None
     nested: dict[str, Any] = {}
     cursor = nested
     parts = key.strip().split(".")
@@ -250,7 +279,9 @@ def _expand_model_size(layer: dict[str, Any]) -> dict[str, Any]:
     size = model["size"]
     if size not in MODEL_SIZES:
         hint = difflib.get_close_matches(str(size), list(MODEL_SIZES), n=1)
-        raise ConfigError(f"model.size: unknown size {size!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        raise ConfigError(
+            f"model.size: unknown size {size!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        )
     return {**layer, "model": {**MODEL_SIZES[size], **model}}
 
 
@@ -273,7 +304,9 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         path = f"{where}{key}"
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown config key {path!r}" + (f"; did you mean {(where + hint[0])!r}?" if hint else ""))
+            raise ConfigError(
+                f"unknown config key {path!r}" + (f"; did you mean {(where + hint[0])!r}?" if hint else "")
+            )
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -343,7 +376,14 @@ def lr_rule(optim: OptimConfig, world_size: int) -> str:
     return f"lr = {optim.base_lr:g} x {factor} = {absolute_lr(optim, world_size):.3g}"
 
 
-def resolve(cls: type, command: str, preset: str | None, config_file: str | Path | None, flags: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> Any:
+def resolve(
+    cls: type,
+    command: str,
+    preset: str | None,
+    config_file: str | Path | None,
+    flags: dict[str, Any],
+    sets: list[str] | tuple[str, ...] = (),
+) -> Any:
     """The config of one command: defaults <- preset <- YAML file <- flags <- ``--set KEY=VALUE``.
 
     ``flags`` is a nested dict of explicit options (None values are "not given" and skipped).
@@ -385,18 +425,35 @@ Check = Callable[[Any], "str | None"]  # returns what is wrong, or None
 
 def choice(*allowed: str, optional: bool = False) -> Check:
     """One of ``allowed``; ``optional`` also accepts None."""
-    return lambda v: None if v in allowed or (v is None and optional) else f"use one of {', '.join(allowed)}" + (" or null" if optional else "")
+    return lambda v: (
+        None
+        if v in allowed or (v is None and optional)
+        else f"use one of {', '.join(allowed)}" + (" or null" if optional else "")
+    )
 
 
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False, optional: bool = False) -> Check:
+def number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Check:
     """A finite number in [low, high] (or open at either end); ``optional`` also accepts None."""
     left, right = "(" if low_open else "[", ")" if high_open else "]"
-    interval = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+    interval = (
+        f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+    )
 
     def check(v: Any) -> str | None:
         if v is None:
             return None if optional else "a value is required"
-        if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)) or (high is not None and (v >= high if high_open else v > high)):
+        if (
+            not math.isfinite(v)
+            or (low is not None and (v <= low if low_open else v < low))
+            or (high is not None and (v >= high if high_open else v > high))
+        ):
             return f"must be a finite number in {interval}" + (" or null" if optional else "")
         return None
 
@@ -439,7 +496,9 @@ def text(optional: bool = False, missing: str = "must not be empty") -> Check:
 
 
 def pattern(regex: str, example: str, optional: bool = False) -> Check:
-    return lambda v: None if (v is None and optional) or re.fullmatch(regex, str(v)) else f"expected the form {example}"
+    return lambda v: (
+        None if (v is None and optional) or re.fullmatch(regex, str(v)) else f"expected the form {example}"
+    )
 
 
 def is_bool(v: Any) -> str | None:
@@ -501,7 +560,9 @@ CHECKS: dict[str, Check] = {
     "run.threads": number(1, optional=True),
     "run.amp": choice("auto", "bf16", "fp16", "fp32"),
     "run.progress": is_bool,
-    "run.prefetch": lambda v: None if v is None or isinstance(v, bool) else "true, false or null (on CUDA only)",
+    "run.prefetch": lambda v: (
+        None if v is None or isinstance(v, bool) else "true, false or null (on CUDA only)"
+    ),
     "run.report_to": each(choice("tensorboard", "mlflow"), unique=True),
     "recon_images": number(0),
     "probe_split": text(optional=True),
@@ -549,6 +610,14 @@ def check_values(cfg: Any, checks: dict[str, Check]) -> None:
             raise ConfigError(f"{key} = {value!r}: {problem}")
     model = getattr(cfg, "model", None)
     if isinstance(model, ModelConfig):
-        for size, count, names in ((model.image_size, model.patch_size, "model.image_size / model.patch_size"), (model.hidden_size, model.heads, "model.hidden_size / model.heads"), (model.decoder_hidden_size, model.decoder_heads, "model.decoder_hidden_size / model.decoder_heads")):
+        for size, count, names in (
+            (model.image_size, model.patch_size, "model.image_size / model.patch_size"),
+            (model.hidden_size, model.heads, "model.hidden_size / model.heads"),
+            (
+                model.decoder_hidden_size,
+                model.decoder_heads,
+                "model.decoder_hidden_size / model.decoder_heads",
+            ),
+        ):
             if size % count:
                 raise ConfigError(f"{names} = {size} / {count}: must divide evenly")

@@ -30,7 +30,9 @@ def pretrain_cost(epochs: int, pool_images: int) -> float:
     return float(epochs * pool_images)
 
 
-def finetune_cost(epochs: int, train_images: int, fraction: float, batch_size: int, min_steps: int, split_images: int) -> float:
+def finetune_cost(
+    epochs: int, train_images: int, fraction: float, batch_size: int, min_steps: int, split_images: int
+) -> float:
     """Images a fine-tune handles: max(epochs x its labelled images, min_steps x its batch), plus every
     image of the split once.
 

@@ -46,7 +46,9 @@ def check_report_to(report_to: list[str]) -> None:
     """Unknown tracker names fail before training starts, naming the choices."""
     unknown = [name for name in report_to if name not in TRACKERS]
     if unknown:
-        raise ConfigError(f"run.report_to: unknown tracker(s) {', '.join(map(repr, unknown))}; use {', '.join(TRACKERS)}")
+        raise ConfigError(
+            f"run.report_to: unknown tracker(s) {', '.join(map(repr, unknown))}; use {', '.join(TRACKERS)}"
+        )
     if "mlflow" in report_to:
         _mlflow()
 
@@ -87,7 +89,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         stamp = _now_ms()
-        metrics = [Metric(key, float(value), stamp, step) for key, value in row.items() if key != "epoch" and math.isfinite(float(value))]
+        metrics = [
+            Metric(key, float(value), stamp, step)
+            for key, value in row.items()
+            if key != "epoch" and math.isfinite(float(value))
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self) -> None:
@@ -112,7 +118,10 @@ class Trackers:
 def open_trackers(report_to: list[str], out_dir: Path, start_step: int) -> Trackers:
     """The trackers named in ``run.report_to`` for the run in ``out_dir``; TensorBoard purges events past ``start_step`` (resume)."""
     check_report_to(report_to)
-    makers = {"tensorboard": lambda: TensorBoardTracker(out_dir, start_step), "mlflow": lambda: MlflowTracker(out_dir)}
+    makers = {
+        "tensorboard": lambda: TensorBoardTracker(out_dir, start_step),
+        "mlflow": lambda: MlflowTracker(out_dir),
+    }
     return Trackers([makers[name]() for name in dict.fromkeys(report_to)])
 
 
@@ -171,14 +180,21 @@ def _run_info(folder: Path) -> dict[str, Any]:
 def _log_params(client: Any, run_id: str, config: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    params = [Param(key, json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)) for key, value in flatten(config).items()]
+    params = [
+        Param(key, json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value))
+        for key, value in flatten(config).items()
+    ]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=params[start : start + 100])
 
 
 def final_metrics(results: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of a run's results (metrics.json or the pretraining summary), flattened."""
-    return {key: float(value) for key, value in flatten(results).items() if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in flatten(results).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def finish_run(out_dir: Path, report_to: list[str], results: dict[str, Any]) -> None:

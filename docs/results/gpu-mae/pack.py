@@ -45,7 +45,9 @@ def main(data: Path, split: Path, pack: Path) -> None:
     with open(pack / "pbc" / "split.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "sha256"])
-        writer.writerows([str(Path(it.relpath).with_suffix(".jpg")), it.label, it.split, h] for it, h in zip(kept, hashes))
+        writer.writerows(
+            [str(Path(it.relpath).with_suffix(".jpg")), it.label, it.split, h] for it, h in zip(kept, hashes)
+        )
     print(f"packed {len(jobs)} images ({len(kept)} WBC train/val) into {pack}")
 
 

@@ -30,11 +30,30 @@ WORK = Path("/tmp/leanmae-gpu")
 
 def launch(pool: str, loss: str, folder: Path, epochs: int, probe_every: int) -> subprocess.Popen:
     warmup = max(1, round(0.05 * epochs))
-    args = [sys.executable, "-m", "leanmae", "pretrain", "--out", str(folder), "--overwrite", "--preset", "cpu", "--device", DEVICE, "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "leanmae",
+        "pretrain",
+        "--out",
+        str(folder),
+        "--overwrite",
+        "--preset",
+        "cpu",
+        "--device",
+        DEVICE,
+        "--no-progress",
+    ]
     args += [a for source in POOLS[pool] for a in ("--data", source)]
     args += ["--epochs", str(epochs), "--probe", str(SPLIT)]
-    for key_value in (f"model.norm_pix_loss={LOSSES[loss]}", "optim.batch_size=512", "optim.base_lr=7.5e-4",
-                      f"optim.warmup_epochs={warmup}", f"probe_every={probe_every}", "data.workers=4"):
+    for key_value in (
+        f"model.norm_pix_loss={LOSSES[loss]}",
+        "optim.batch_size=512",
+        "optim.base_lr=7.5e-4",
+        f"optim.warmup_epochs={warmup}",
+        f"probe_every={probe_every}",
+        "data.workers=4",
+    ):
         args += ["--set", key_value]
     folder.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(args, stdout=open(f"{folder}.log", "w"), stderr=subprocess.STDOUT)
@@ -60,7 +79,10 @@ def main() -> None:
             sys.exit(f"calibration run {r} failed: {Path(f'{folders[r]}.log').read_text()[-3000:]}")
     per_epoch = max((seen[r][3] - seen[r][1]) / 2 for r in runs)
     epochs = int(min(1000, max(20, BUDGET / per_epoch)))
-    print(f"calibration: {per_epoch:.2f} s per epoch with {len(runs)} runs sharing the device -> {epochs} epochs", flush=True)
+    print(
+        f"calibration: {per_epoch:.2f} s per epoch with {len(runs)} runs sharing the device -> {epochs} epochs",
+        flush=True,
+    )
 
     started = time.time()
     finals = {r: OUT.parent / "runs" / f"{r[0]}-{r[1]}" for r in runs}
@@ -70,10 +92,14 @@ def main() -> None:
         print(f"{r}: exit {p.returncode} after {time.time() - started:.0f} s", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     for r, folder in finals.items():
-        history = list(csv.DictReader(open(folder / "history.csv"))) if (folder / "history.csv").exists() else []
+        history = (
+            list(csv.DictReader(open(folder / "history.csv"))) if (folder / "history.csv").exists() else []
+        )
         if history:
             last = history[-1]
-            print(f"{r}: epochs {len(history)}, val_loss {float(last['val_loss']):.4f}, knn {last.get('knn_macro_f1')}, probe {last.get('probe_macro_f1')}")
+            print(
+                f"{r}: epochs {len(history)}, val_loss {float(last['val_loss']):.4f}, knn {last.get('knn_macro_f1')}, probe {last.get('probe_macro_f1')}"
+            )
         with tarfile.open(OUT / f"{r[0]}-{r[1]}.tar.gz", "w:gz") as tar:
             tar.add(f"{folder}.log", arcname=f"{folder.name}/pretrain.log")
             for item in sorted(folder.iterdir()):

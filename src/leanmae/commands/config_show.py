@@ -25,7 +25,13 @@ from leanmae.config import (
 RUN_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
-def show_config(command: str, preset: str | None = None, config: str | Path | None = None, set: list[str] | tuple[str, ...] = (), echo: bool = True) -> dict[str, Any]:
+def show_config(
+    command: str,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    set: list[str] | tuple[str, ...] = (),
+    echo: bool = True,
+) -> dict[str, Any]:
     """The resolved config of ``command`` as a nested dict, printed as YAML unless ``echo`` is False.
 
     Options:

@@ -29,7 +29,9 @@ def demo(out: str | Path = "demo-output", overwrite: bool = False, progress: boo
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / "DEMO.txt").exists():
-            raise OutputFolderError(f"{out}: folder is not empty and holds no leanmae demo; choose a new or empty --out")
+            raise OutputFolderError(
+                f"{out}: folder is not empty and holds no leanmae demo; choose a new or empty --out"
+            )
         if not overwrite:
             raise OutputFolderError(f"{out}: already holds a demo; pass --overwrite to run it again")
         shutil.rmtree(out)
@@ -40,11 +42,25 @@ def demo(out: str | Path = "demo-output", overwrite: bool = False, progress: boo
     cells = make_synthetic_wbc(data / "cells", n_per_class=80, size=96, seed=0)
     tiles = make_synthetic_tiles(data / "tiles", n=600, size=128, seed=1)
     states = study(
-        out=out / "study", data=str(cells), classes=list(WBC_CLASSES), pretrain_data=[str(tiles)], preset="cpu",
-        fractions=[0.1, 1.0], seeds=[0], arms=["scratch", "mae"], pretrain_epochs=15, finetune_epochs=8, jobs=2,
+        out=out / "study",
+        data=str(cells),
+        classes=list(WBC_CLASSES),
+        pretrain_data=[str(tiles)],
+        preset="cpu",
+        fractions=[0.1, 1.0],
+        seeds=[0],
+        arms=["scratch", "mae"],
+        pretrain_epochs=15,
+        finetune_epochs=8,
+        jobs=2,
         # A few hundred synthetic images: a higher base lr and at least 100 steps per run, so that the
         # small batches (and the small lr the MAE rule gives them) still learn within the demo's minutes.
-        set=["finetune.classifier.min_steps=100", "finetune.optim.base_lr=3e-3", f"data.cache_dir={out / 'cache'}"], progress=progress,
+        set=[
+            "finetune.classifier.min_steps=100",
+            "finetune.optim.base_lr=3e-3",
+            f"data.cache_dir={out / 'cache'}",
+        ],
+        progress=progress,
     )
     print(f"SYNTHETIC demo finished: open {out / 'study' / 'report.html'}")
     return states

@@ -37,7 +37,9 @@ from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
 
-def _trained_classifier(model: str | Path, device: str | None) -> tuple[Path, LeanViTClassifier, list[float], list[float], dict[str, Any], list[str]]:
+def _trained_classifier(
+    model: str | Path, device: str | None
+) -> tuple[Path, LeanViTClassifier, list[float], list[float], dict[str, Any], list[str]]:
     """A fine-tuned classifier on its device, with its preprocessing, leanmae extras and class names."""
     ctx = setup(device or "auto")
     folder = model_folder(model)
@@ -47,13 +49,24 @@ def _trained_classifier(model: str | Path, device: str | None) -> tuple[Path, Le
     return folder, classifier, mean, std, extra, labels
 
 
-def split(data: str | Path, classes: str | list[str] | None = None, out: str | Path = "split.csv", ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0, overwrite: bool = False) -> dict[str, dict[str, int]]:
+def split(
+    data: str | Path,
+    classes: str | list[str] | None = None,
+    out: str | Path = "split.csv",
+    ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, dict[str, int]]:
     """Make the study's fixed split manifest of ``data``: a folder of class subfolders (stratified
     train/val/test by ``ratios`` and ``seed``) or a MedMNIST ``.npz`` file (its official split kept;
     ``ratios`` and ``seed`` do not apply). ``classes`` keeps a subset (required for a folder).
     An existing ``out`` is replaced only with ``overwrite``: a study's runs are tied to its split.
     """
-    names = ([c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes)) if classes else []
+    names = (
+        ([c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes))
+        if classes
+        else []
+    )
     check_output_file(Path(out), overwrite)
     if is_npz(data):
         root, items = official_split(data, names or None)
@@ -62,7 +75,11 @@ def split(data: str | Path, classes: str | list[str] | None = None, out: str | P
         if not names:
             raise DataError(f"{data}: pass --classes (comma-separated class folders) for a folder")
         try:
-            parts = tuple(float(r) for r in ratios.split(",")) if isinstance(ratios, str) else tuple(float(r) for r in ratios)
+            parts = (
+                tuple(float(r) for r in ratios.split(","))
+                if isinstance(ratios, str)
+                else tuple(float(r) for r in ratios)
+            )
         except ValueError:
             parts = ()
         if len(parts) != 3:
@@ -76,7 +93,17 @@ def split(data: str | Path, classes: str | list[str] | None = None, out: str | P
     return table
 
 
-def evaluate(model: str | Path, split: str | Path | None = None, subset: str = "test", out: str | Path | None = None, data_root: str | Path | None = None, batch_size: int = 256, device: str | None = None, overwrite: bool = False, data: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    model: str | Path,
+    split: str | Path | None = None,
+    subset: str = "test",
+    out: str | Path | None = None,
+    data_root: str | Path | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    overwrite: bool = False,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
     """Score a trained classifier on one subset of a split manifest (``split``) or on any labelled
     image folder (``data``: one subfolder per class); writes metrics.json, predictions.csv and
     confusion_matrix.png to ``out``, as the test split of a run.
@@ -88,36 +115,80 @@ def evaluate(model: str | Path, split: str | Path | None = None, subset: str = "
     only with ``overwrite``.
     """
     if (split is None) == (data is None):
-        raise DataError("evaluate: give either --split (a split manifest) or --data (a labelled image folder)")
+        raise DataError(
+            "evaluate: give either --split (a split manifest) or --data (a labelled image folder)"
+        )
     if split is not None and subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     name = subset if split is not None else "external"
-    target = Path(out) if out else folder.parent / (f"evaluate-{subset}" if split is not None else f"evaluate-{Path(data).name}")
+    target = (
+        Path(out)
+        if out
+        else folder.parent / (f"evaluate-{subset}" if split is not None else f"evaluate-{Path(data).name}")
+    )
     check_result_folder(target, EVALUATE_OUTPUTS, overwrite)
-    records = _split_records(split, subset, data_root, labels) if split is not None else _folder_records(Path(data), labels)
+    records = (
+        _split_records(split, subset, data_root, labels)
+        if split is not None
+        else _folder_records(Path(data), labels)
+    )
     cache = load_or_build(records, spec_from_extras(extra, classifier.config.image_size))
     entries = np.arange(len(cache))
     y = np.array([labels.index(records[s].label) for s in cache.sources])
-    logits = predict_logits(classifier, cached_batches(cache.images, entries, batch_size), classifier.config.image_size, mean, std, total=len(entries), progress=True)
+    logits = predict_logits(
+        classifier,
+        cached_batches(cache.images, entries, batch_size),
+        classifier.config.image_size,
+        mean,
+        std,
+        total=len(entries),
+        progress=True,
+    )
     probs = softmax(logits)
     present = sorted(set(y.tolist()))
     report = classification_report(y, probs, labels, scored=present)
     temperature = extra.get("temperature", 1.0)
-    report["calibration"] = {"temperature": temperature, "before": calibration(probs, y), "after": calibration(softmax(logits, temperature), y)}
-    source = {"subset": subset, "split": str(split)} if split is not None else {"subset": name, "data": str(data), "classes_present": [labels[i] for i in present]}
+    report["calibration"] = {
+        "temperature": temperature,
+        "before": calibration(probs, y),
+        "after": calibration(softmax(logits, temperature), y),
+    }
+    source = (
+        {"subset": subset, "split": str(split)}
+        if split is not None
+        else {"subset": name, "data": str(data), "classes_present": [labels[i] for i in present]}
+    )
     write_json(target / "metrics.json", {"model": str(folder), **source, name: report})
-    extras = confidence_columns(logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
-    write_predictions(target / "predictions.csv", [records[s].relpath for s in cache.sources], probs, labels, y, extra=extras)
-    confusion_plot(report["confusion_matrix"]["rows_true_cols_predicted"], labels, target / "confusion_matrix.png", f"{name}: {split or data}")
-    print(f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images of {len(present)} classes; wrote {target}")
+    extras = confidence_columns(
+        logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold")
+    )
+    write_predictions(
+        target / "predictions.csv",
+        [records[s].relpath for s in cache.sources],
+        probs,
+        labels,
+        y,
+        extra=extras,
+    )
+    confusion_plot(
+        report["confusion_matrix"]["rows_true_cols_predicted"],
+        labels,
+        target / "confusion_matrix.png",
+        f"{name}: {split or data}",
+    )
+    print(
+        f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images of {len(present)} classes; wrote {target}"
+    )
     return report
 
 
 EVALUATE_OUTPUTS = ["metrics.json", "predictions.csv", "confusion_matrix.png"]
 
 
-def _split_records(split: str | Path, subset: str, data_root: str | Path | None, labels: list[str]) -> list[ImageRecord]:
+def _split_records(
+    split: str | Path, subset: str, data_root: str | Path | None, labels: list[str]
+) -> list[ImageRecord]:
     """The images of one subset of a split manifest, verified against their checksums."""
     root, items = read_manifest(split, data_root)
     items = [it for it in items if it.split == subset]
@@ -138,7 +209,9 @@ def _folder_records(root: Path, labels: list[str]) -> list[ImageRecord]:
         raise DataError(f"--data {root}: expected one subfolder per class (of {', '.join(labels)})")
     unknown = [f for f in folders if f.lower() not in by_name]
     if unknown:
-        raise DataError(f"--data {root}: folder(s) {', '.join(unknown)} match none of the model's classes ({', '.join(labels)})")
+        raise DataError(
+            f"--data {root}: folder(s) {', '.join(unknown)} match none of the model's classes ({', '.join(labels)})"
+        )
     return [replace(rec, label=by_name[rec.label.lower()]) for rec in scan(root, folders, labelled=True)]
 
 
@@ -148,12 +221,16 @@ def _load(item: Any) -> np.ndarray:
         return pil_to_rgb(item)
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise DataError(f"an array image must be (height, width, 3) uint8 RGB, got {item.shape} {item.dtype}")
+            raise DataError(
+                f"an array image must be (height, width, 3) uint8 RGB, got {item.shape} {item.dtype}"
+            )
         return item
     return decode_rgb(item)
 
 
-def _decoded_batches(items: list[Any], spec: DecodeSpec, batch_size: int, skip_bad: bool, errors: dict[int, str]) -> Iterator[np.ndarray]:
+def _decoded_batches(
+    items: list[Any], spec: DecodeSpec, batch_size: int, skip_bad: bool, errors: dict[int, str]
+) -> Iterator[np.ndarray]:
     """Stream images decoded as in training (``finish_image``) in batches, so that thousands of files never sit in memory at once."""
     batch: list[np.ndarray] = []
     for i, item in enumerate(items):
@@ -161,7 +238,9 @@ def _decoded_batches(items: list[Any], spec: DecodeSpec, batch_size: int, skip_b
             batch.append(finish_image(_load(item), spec))
         except BadImageError as err:
             if not skip_bad:
-                raise BadImageError(err.path, err.reason + " (pass --skip-bad to list it as an error row instead)") from err
+                raise BadImageError(
+                    err.path, err.reason + " (pass --skip-bad to list it as an error row instead)"
+                ) from err
             errors[i] = err.reason
             batch.append(np.zeros((spec.size, spec.size, 3), dtype=np.uint8))
         if len(batch) == batch_size:
@@ -188,12 +267,22 @@ def _expand(inputs: Any) -> tuple[list[Any], list[str]]:
     return items, names
 
 
-def _rows(names: list[str], probs: np.ndarray, labels: list[str], columns: dict[str, list[Any]], errors: dict[int, str]) -> list[dict[str, Any]]:
+def _rows(
+    names: list[str],
+    probs: np.ndarray,
+    labels: list[str],
+    columns: dict[str, list[Any]],
+    errors: dict[int, str],
+) -> list[dict[str, Any]]:
     """One dict per image: the CSV's columns with numbers as floats, flags as booleans, None where a file was unreadable."""
     rows = []
     for i, name in enumerate(names):
         blank = i in errors
-        row: dict[str, Any] = {"path": name, "predicted_label": None if blank else labels[int(probs[i].argmax())], "confidence": None if blank else float(probs[i].max())}
+        row: dict[str, Any] = {
+            "path": name,
+            "predicted_label": None if blank else labels[int(probs[i].argmax())],
+            "confidence": None if blank else float(probs[i].max()),
+        }
         row["confidence_calibrated"] = float(columns["confidence_calibrated"][i]) if not blank else None
         row["refer"] = columns["refer"][i] == "refer"
         row["energy"] = float(columns["energy"][i]) if not blank else None
@@ -204,7 +293,16 @@ def _rows(names: list[str], probs: np.ndarray, labels: list[str], columns: dict[
     return rows
 
 
-def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch_size: int = 256, skip_bad: bool = False, device: str | None = None, progress: bool = True, overwrite: bool = False) -> list[dict[str, Any]] | Path:
+def predict(
+    model: str | Path,
+    inputs: Any,
+    out: str | Path | None = None,
+    batch_size: int = 256,
+    skip_bad: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[dict[str, Any]] | Path:
     """Classify images with the model's own preprocessing.
 
     Options:
@@ -242,7 +340,12 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
 
         logits = predict_logits(classifier, counted(), classifier.config.image_size, mean, std)
     probs = softmax(logits)
-    columns = confidence_columns(logits, extra.get("temperature", 1.0), extra.get("refer_threshold", 0.0), extra.get("energy_threshold"))
+    columns = confidence_columns(
+        logits,
+        extra.get("temperature", 1.0),
+        extra.get("refer_threshold", 0.0),
+        extra.get("energy_threshold"),
+    )
     for values in columns.values():  # unreadable files get no prediction, only their error
         for i in errors:
             values[i] = ""
@@ -252,5 +355,7 @@ def predict(model: str | Path, inputs: Any, out: str | Path | None = None, batch
     write_predictions(Path(out), names, probs, labels, extra=columns, blank_rows=set(errors))
     referred = sum(1 for flag in columns["refer"] if flag)
     flagged = sum(1 for flag in columns["ood"] if flag)
-    print(f"wrote {out}: {len(items)} images, {referred} to refer to an expert, {flagged} flagged out-of-distribution, {len(errors)} unreadable")
+    print(
+        f"wrote {out}: {len(items)} images, {referred} to refer to an expert, {flagged} flagged out-of-distribution, {len(errors)} unreadable"
+    )
     return Path(out)

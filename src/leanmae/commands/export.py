@@ -54,7 +54,9 @@ def _onnx_modules() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def export(model: str | Path, onnx: str | Path, opset: int = OPSET, tolerance: float = TOLERANCE) -> dict[str, Any]:
+def export(
+    model: str | Path, onnx: str | Path, opset: int = OPSET, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
     """Export the classifier in ``model`` (a fine-tuning run or its model/ folder) to the ONNX file ``onnx``.
 
     Options:
@@ -78,14 +80,26 @@ def export(model: str | Path, onnx: str | Path, opset: int = OPSET, tolerance: f
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks of transformers' ViT
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            wrapped, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["pixel_values"], output_names=["logits", "probabilities"],
+            wrapped,
+            (sample,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["pixel_values"],
+            output_names=["logits", "probabilities"],
             dynamic_axes={name: {0: "batch"} for name in ("pixel_values", "logits", "probabilities")},
         )
         graph = onnx_lib.load(str(path))
         metadata = {
-            "labels": labels, "image_size": size, "working_size": extra.get("cache_size", size), "image_mean": mean, "image_std": std,
+            "labels": labels,
+            "image_size": size,
+            "working_size": extra.get("cache_size", size),
+            "image_mean": mean,
+            "image_std": std,
             "input": f"pixel_values float32 (N, 3, {size}, {size}): RGB centre-cropped to a square, resized to working_size (bicubic), then to image_size (bilinear), scaled to [0, 1], normalised with image_mean / image_std",
-            "temperature": extra.get("temperature", 1.0), "refer_threshold": extra.get("refer_threshold"), "energy_threshold": extra.get("energy_threshold"),
+            "temperature": extra.get("temperature", 1.0),
+            "refer_threshold": extra.get("refer_threshold"),
+            "energy_threshold": extra.get("energy_threshold"),
             "source": str(folder),
         }
         onnx_lib.helper.set_model_props(graph, {key: json.dumps(value) for key, value in metadata.items()})
@@ -97,7 +111,11 @@ def export(model: str | Path, onnx: str | Path, opset: int = OPSET, tolerance: f
         expected = wrapped(check)[1].numpy()
     diff = float(np.abs(got - expected).max())
     if diff > tolerance:
-        raise RuntimeError(f"ONNX export of {folder}: onnxruntime differs from PyTorch by {diff:.2e} (> {tolerance:g}); nothing written")
+        raise RuntimeError(
+            f"ONNX export of {folder}: onnxruntime differs from PyTorch by {diff:.2e} (> {tolerance:g}); nothing written"
+        )
     write_atomic(Path(onnx), data)
-    print(f"wrote {onnx}: {len(labels)} classes, input (N, 3, {size}, {size}); onnxruntime matches PyTorch to {diff:.1e}")
+    print(
+        f"wrote {onnx}: {len(labels)} classes, input (N, 3, {size}, {size}); onnxruntime matches PyTorch to {diff:.1e}"
+    )
     return {**metadata, "max_abs_diff": diff}

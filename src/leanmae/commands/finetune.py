@@ -123,7 +123,11 @@ def finetune(
         "optim": {"epochs": epochs, "base_lr": lr, "batch_size": batch_size},
         "run": {"seed": seed, "device": device, "progress": progress},
         "data": {"skip_bad": skip_bad or None},
-        "classifier": {"linear_probe": linear_probe or None, "pooling": pooling, "ood_data": list(ood) if ood else None},
+        "classifier": {
+            "linear_probe": linear_probe or None,
+            "pooling": pooling,
+            "ood_data": list(ood) if ood else None,
+        },
     }
     cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
     with guarded_output(out):
@@ -146,14 +150,24 @@ class LabelledData:
         return [self.items[s].relpath for s in self.cache.sources[self.index[split]]]
 
 
-def load_labelled(split_path: Path, data_root: str | Path | None, fraction: float, seed: int, spec: DecodeSpec, cfg: FinetuneConfig, ctx: Context) -> LabelledData:
+def load_labelled(
+    split_path: Path,
+    data_root: str | Path | None,
+    fraction: float,
+    seed: int,
+    spec: DecodeSpec,
+    cfg: FinetuneConfig,
+    ctx: Context,
+) -> LabelledData:
     """Read and verify the manifest, decode its images once, and pick this run's label fraction."""
     root, items = read_manifest(split_path, data_root)
     if ctx.is_main:
         verify(items, root)
     labels = sorted({it.label for it in items})
     if len(labels) < 2:
-        raise DataError(f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes")
+        raise DataError(
+            f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes"
+        )
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
     spec = stain_spec(spec, cfg.data.stain_norm, [r for r, it in zip(records, items) if it.split == "train"])
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
@@ -163,21 +177,41 @@ def load_labelled(split_path: Path, data_root: str | Path | None, fraction: floa
     if cfg.classifier.val == "honest":
         chosen |= {it.relpath for it in label_fraction(items, fraction, seed, split="val")}
     index = {
-        "train": np.array([i for i, it in enumerate(item_of_entry) if it.split == "train" and it.relpath in chosen], dtype=np.int64),
-        "val": np.array([i for i, it in enumerate(item_of_entry) if it.split == "val" and (cfg.classifier.val == "full" or it.relpath in chosen)], dtype=np.int64),
+        "train": np.array(
+            [i for i, it in enumerate(item_of_entry) if it.split == "train" and it.relpath in chosen],
+            dtype=np.int64,
+        ),
+        "val": np.array(
+            [
+                i
+                for i, it in enumerate(item_of_entry)
+                if it.split == "val" and (cfg.classifier.val == "full" or it.relpath in chosen)
+            ],
+            dtype=np.int64,
+        ),
         "test": np.array([i for i, it in enumerate(item_of_entry) if it.split == "test"], dtype=np.int64),
     }
     for name, idx in index.items():
         missing = set(range(len(labels))) - set(y[idx].tolist())
         if missing:
-            raise DataError(f"{split_path}: the {name} images lack class(es) {', '.join(labels[m] for m in sorted(missing))}")
+            raise DataError(
+                f"{split_path}: the {name} images lack class(es) {', '.join(labels[m] for m in sorted(missing))}"
+            )
     return LabelledData(root, items, labels, cache, y, index, spec)
 
 
 def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
     """The labels a run used, as counts: train and val per class and in total (metrics.json, tables)."""
-    per = {s: dict(zip(data.labels, np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist())) for s in ("train", "val")}
-    return {"train": per["train"], "val": per["val"], "total": int(len(data.index["train"]) + len(data.index["val"])), "val_mode": val_mode}
+    per = {
+        s: dict(zip(data.labels, np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist()))
+        for s in ("train", "val")
+    }
+    return {
+        "train": per["train"],
+        "val": per["val"],
+        "total": int(len(data.index["train"]) + len(data.index["val"])),
+        "val_mode": val_mode,
+    }
 
 
 def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
@@ -193,18 +227,44 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
     return weights * counts.sum() / (weights * counts).sum()
 
 
-def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: float, init: str | Path, data_root: str | Path | None, resume: bool, overwrite: bool, preset: str | None) -> dict[str, Any]:
+def run_finetune(
+    cfg: FinetuneConfig,
+    split_path: Path,
+    out: Path,
+    fraction: float,
+    init: str | Path,
+    data_root: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    preset: str | None,
+) -> dict[str, Any]:
     check_values(cfg, CHECKS)  # also for a config built in Python rather than resolved
     if cfg.classifier.ood_data:
-        collect(cfg.classifier.ood_data)  # a missing folder or misspelt class in --ood fails now, not after training
+        collect(
+            cfg.classifier.ood_data
+        )  # a missing folder or misspelt class in --ood fails now, not after training
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)
     if ctx.is_main:
-        prepare_output(out, {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, resume, overwrite, inputs=[split_path, init_folder, data_root])
+        prepare_output(
+            out,
+            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+            resume,
+            overwrite,
+            inputs=[split_path, init_folder, data_root],
+        )
     ctx.barrier()
     opts, image_size = cfg.classifier, cfg.model.image_size
-    data = load_labelled(split_path, data_root, fraction, cfg.run.seed, DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop), cfg, ctx)
+    data = load_labelled(
+        split_path,
+        data_root,
+        fraction,
+        cfg.run.seed,
+        DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop),
+        cfg,
+        ctx,
+    )
     spec = data.spec
     labels, train_idx = data.labels, data.index["train"]
     used = labels_used(data, opts.val)  # recorded in run.json at the start and in metrics.json at the end
@@ -232,12 +292,26 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
     optim = type(cfg.optim)(**{**cfg.optim.__dict__, "batch_size": batch_size})
 
     if opts.linear_probe:
-        trained, task = _linear_probe_task(model, data, mean, std, ctx, opts.eval_batch_size, batch_size, passes, cfg.run.seed, sample_weight, class_weight)
+        trained, task = _linear_probe_task(
+            model,
+            data,
+            mean,
+            std,
+            ctx,
+            opts.eval_batch_size,
+            batch_size,
+            passes,
+            cfg.run.seed,
+            sample_weight,
+            class_weight,
+        )
         task.select = None if opts.select == "last" else opts.select
         layer_scale = None
     else:
         add_drop_path(model, opts.drop_path)
-        trained, task = _finetune_task(model, data, cfg, mean, std, ctx, batch_size, passes, sample_weight, class_weight)
+        trained, task = _finetune_task(
+            model, data, cfg, mean, std, ctx, batch_size, passes, sample_weight, class_weight
+        )
         layer_scale = layer_decay_scale(model, opts.layer_decay) if opts.layer_decay < 1 else None
 
     if ctx.is_main:
@@ -247,10 +321,22 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
             f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
-            out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, preset=preset, seed=cfg.run.seed,
-            device=str(ctx.device), world_size=ctx.world_size, data_hash=data.cache.key, skipped_files=data.cache.skipped,
-            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])}, split_counts=counts(data.items), labels_used=used,
-            batch_size=batch_size, passes_per_epoch=passes, absolute_lr=absolute_lr(optim, ctx.world_size), status="running",
+            out,
+            "finetune",
+            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+            preset=preset,
+            seed=cfg.run.seed,
+            device=str(ctx.device),
+            world_size=ctx.world_size,
+            data_hash=data.cache.key,
+            skipped_files=data.cache.skipped,
+            images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])},
+            split_counts=counts(data.items),
+            labels_used=used,
+            batch_size=batch_size,
+            passes_per_epoch=passes,
+            absolute_lr=absolute_lr(optim, ctx.world_size),
+            status="running",
         )
 
     task.on_best = lambda module: save_weights(module, out / "best.safetensors")
@@ -264,59 +350,164 @@ def run_finetune(cfg: FinetuneConfig, split_path: Path, out: Path, fraction: flo
             trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
             _fold_probe_into(model, trained)
-        metrics = _final_evaluation(model, data, cfg, spec, mean, std, out, result.best_epoch if opts.select != "last" else len(result.history))
-        metrics.update({"fraction": fraction, "init": str(init), "seed": cfg.run.seed, "linear_probe": opts.linear_probe, "train_images": int(len(train_idx)), "labels_used": used, "train_seconds": result.seconds, "wall_seconds": time.time() - started})
+        metrics = _final_evaluation(
+            model,
+            data,
+            cfg,
+            spec,
+            mean,
+            std,
+            out,
+            result.best_epoch if opts.select != "last" else len(result.history),
+        )
+        metrics.update(
+            {
+                "fraction": fraction,
+                "init": str(init),
+                "seed": cfg.run.seed,
+                "linear_probe": opts.linear_probe,
+                "train_images": int(len(train_idx)),
+                "labels_used": used,
+                "train_seconds": result.seconds,
+                "wall_seconds": time.time() - started,
+            }
+        )
         write_json(out / "metrics.json", metrics)
         name = f"{'MAE' if init_folder else 'scratch'}, {fraction:g} of labels, seed {cfg.run.seed}"
         training_curves(result.history, out / "training_curves.png", f"fine-tuning ({name})")
-        write_run_info(out, "finetune", {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)}, status="finished", resumed_from_epoch=result.resumed_from, test=_headline(metrics["test"]), wall_seconds=metrics["wall_seconds"])
+        write_run_info(
+            out,
+            "finetune",
+            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+            status="finished",
+            resumed_from_epoch=result.resumed_from,
+            test=_headline(metrics["test"]),
+            wall_seconds=metrics["wall_seconds"],
+        )
         write_card(out / "model")
         finish_run(out, cfg.run.report_to, metrics)
         t = metrics["test"]
-        print(f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}")
+        print(
+            f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}"
+        )
     ctx.barrier()
     return metrics
 
 
-def _final_evaluation(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneConfig, spec: DecodeSpec, mean: list[float], std: list[float], out: Path, selected_epoch: int | None) -> dict[str, Any]:
+def _final_evaluation(
+    model: LeanViTClassifier,
+    data: LabelledData,
+    cfg: FinetuneConfig,
+    spec: DecodeSpec,
+    mean: list[float],
+    std: list[float],
+    out: Path,
+    selected_epoch: int | None,
+) -> dict[str, Any]:
     """Score the selected model once on the test split, fit its confidence tools on validation, save it.
 
     Writes model/ (with temperature and thresholds in leanmae.json), predictions.csv and the figures;
     returns metrics.json's content (without the run's bookkeeping).
     """
     opts, labels = cfg.classifier, data.labels
-    logits = {s: _logits(model, data.cache.images, data.index[s], mean, std, opts.eval_batch_size, cfg.run.progress) for s in ("val", "test")}
+    logits = {
+        s: _logits(model, data.cache.images, data.index[s], mean, std, opts.eval_batch_size, cfg.run.progress)
+        for s in ("val", "test")
+    }
     truth = {s: data.y[data.index[s]] for s in ("val", "test")}
     ood_logits = None
     if opts.ood_data:
-        ood = load_or_build(collect(opts.ood_data), spec, cfg.data.cache_dir, cfg.data.skip_bad, cfg.data.workers, cfg.run.progress)
-        ood_logits = _logits(model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress)
-    confidence = confidence_report(logits["val"], truth["val"], logits["test"], truth["test"], opts.target_accuracy, ood_logits, opts.temperature_prior)
+        ood = load_or_build(
+            collect(opts.ood_data),
+            spec,
+            cfg.data.cache_dir,
+            cfg.data.skip_bad,
+            cfg.data.workers,
+            cfg.run.progress,
+        )
+        ood_logits = _logits(
+            model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress
+        )
+    confidence = confidence_report(
+        logits["val"],
+        truth["val"],
+        logits["test"],
+        truth["test"],
+        opts.target_accuracy,
+        ood_logits,
+        opts.temperature_prior,
+    )
     temperature, threshold = confidence["calibration"]["temperature"], confidence["refer"]["threshold"]
     probs = {s: softmax(v) for s, v in logits.items()}
     metrics = {
-        "selection": opts.select, "selected_epoch": selected_epoch,
+        "selection": opts.select,
+        "selected_epoch": selected_epoch,
         "test": classification_report(truth["test"], probs["test"], labels),
         "val": classification_report(truth["val"], probs["val"], labels),
         **confidence,
     }
     energy_threshold = confidence.get("ood", {}).get("energy_threshold")
-    save_model(model, out / "model", mean, std, {"kind": "classifier", "labels": labels, **spec_extras(spec), "temperature": temperature, "refer_threshold": threshold, "target_accuracy": opts.target_accuracy, "energy_threshold": energy_threshold})
+    save_model(
+        model,
+        out / "model",
+        mean,
+        std,
+        {
+            "kind": "classifier",
+            "labels": labels,
+            **spec_extras(spec),
+            "temperature": temperature,
+            "refer_threshold": threshold,
+            "target_accuracy": opts.target_accuracy,
+            "energy_threshold": energy_threshold,
+        },
+    )
     scaled = softmax(logits["test"], temperature)
-    write_predictions(out / "predictions.csv", data.paths("test"), probs["test"], labels, truth["test"], extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold))
-    confusion_plot(metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"], labels, out / "confusion_matrix.png", "test split")
-    confidence_boxplot({"test": {"true": truth["test"], "probs": probs["test"]}}, labels, out / "confidence.png", "confidence on the test split (correct vs wrong, per true class)")
+    write_predictions(
+        out / "predictions.csv",
+        data.paths("test"),
+        probs["test"],
+        labels,
+        truth["test"],
+        extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold),
+    )
+    confusion_plot(
+        metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"],
+        labels,
+        out / "confusion_matrix.png",
+        "test split",
+    )
+    confidence_boxplot(
+        {"test": {"true": truth["test"], "probs": probs["test"]}},
+        labels,
+        out / "confidence.png",
+        "confidence on the test split (correct vs wrong, per true class)",
+    )
     eces = (confidence["calibration"]["before"]["ece"], confidence["calibration"]["after"]["ece"])
-    reliability_figure(reliability_bins(probs["test"], truth["test"]), reliability_bins(scaled, truth["test"]), eces, temperature, out / "reliability.png", "reliability on the test split (temperature fitted on validation)")
+    reliability_figure(
+        reliability_bins(probs["test"], truth["test"]),
+        reliability_bins(scaled, truth["test"]),
+        eces,
+        temperature,
+        out / "reliability.png",
+        "reliability on the test split (temperature fitted on validation)",
+    )
     kept = confidence["refer"]["test"]
     risk_coverage_figure(
-        {"before scaling": risk_coverage(probs["test"], truth["test"]), "after scaling": risk_coverage(scaled, truth["test"])},
-        (kept["coverage"], 1 - kept["accuracy_kept"]) if kept["coverage"] > 0 else None, out / "risk_coverage.png", "refer to expert: risk against coverage (test)",
+        {
+            "before scaling": risk_coverage(probs["test"], truth["test"]),
+            "after scaling": risk_coverage(scaled, truth["test"]),
+        },
+        (kept["coverage"], 1 - kept["accuracy_kept"]) if kept["coverage"] > 0 else None,
+        out / "risk_coverage.png",
+        "refer to expert: risk against coverage (test)",
     )
     return metrics
 
 
-def confidence_columns(logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None) -> dict[str, list[Any]]:
+def confidence_columns(
+    logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None
+) -> dict[str, list[Any]]:
     """Extra predictions.csv columns: calibrated confidence, refer flag, energy score and OOD flag."""
     scaled = softmax(logits, temperature).max(1)
     scores = energy(logits)
@@ -329,11 +520,29 @@ def confidence_columns(logits: np.ndarray, temperature: float, threshold: float,
 
 
 def _headline(report: dict[str, Any]) -> dict[str, float]:
-    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    return {
+        k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+    }
 
 
-def _logits(model: LeanViTClassifier, images: np.ndarray, idx: np.ndarray, mean: list[float], std: list[float], batch_size: int, progress: bool) -> np.ndarray:
-    return predict_logits(model, cached_batches(images, idx, batch_size), model.config.image_size, mean, std, total=len(idx), progress=progress)
+def _logits(
+    model: LeanViTClassifier,
+    images: np.ndarray,
+    idx: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    progress: bool,
+) -> np.ndarray:
+    return predict_logits(
+        model,
+        cached_batches(images, idx, batch_size),
+        model.config.image_size,
+        mean,
+        std,
+        total=len(idx),
+        progress=progress,
+    )
 
 
 def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
@@ -347,7 +556,18 @@ def _val_metrics(logits: torch.Tensor, y: np.ndarray, labels: list[str]) -> dict
     return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
 
 
-def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneConfig, mean, std, ctx: Context, batch_size: int, passes: int, sample_weight, class_weight) -> tuple[nn.Module, Task]:
+def _finetune_task(
+    model: LeanViTClassifier,
+    data: LabelledData,
+    cfg: FinetuneConfig,
+    mean,
+    std,
+    ctx: Context,
+    batch_size: int,
+    passes: int,
+    sample_weight,
+    class_weight,
+) -> tuple[nn.Module, Task]:
     opts, aug, image_size = cfg.classifier, cfg.augment, cfg.model.image_size
     train_idx, classes = data.index["train"], len(data.labels)
 
@@ -355,16 +575,30 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
         return [
             batch
             for p in range(passes)
-            for batch in split_batches(epoch_order(train_idx, epoch * passes + p, cfg.run.seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)
+            for batch in split_batches(
+                epoch_order(
+                    train_idx, epoch * passes + p, cfg.run.seed, ctx.rank, ctx.world_size, sample_weight
+                ),
+                batch_size,
+                drop_last=True,
+            )
         ]
 
     def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(data.cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = random_resized_crop(
+            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws
+        )
         images = normalize(augment_colour(images, aug, cfg.run.seed, epoch, batch), mean, std)
         targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
-        return mix(images, targets, opts.mixup, opts.cutmix, np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]))
+        return mix(
+            images,
+            targets,
+            opts.mixup,
+            opts.cutmix,
+            np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]),
+        )
 
     def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, targets = inputs
@@ -372,9 +606,18 @@ def _finetune_task(model: LeanViTClassifier, data: LabelledData, cfg: FinetuneCo
 
     def validate(module: nn.Module, epoch: int) -> dict[str, float]:
         idx = data.index["val"]
-        logits = predict_logits(module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std)
+        logits = predict_logits(
+            module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std
+        )
         return _val_metrics(torch.as_tensor(logits), data.y[idx], data.labels)
-    return model, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select=None if opts.select == "last" else opts.select)
+
+    return model, Task(
+        batches=batches,
+        prepare=prepare,
+        loss=loss,
+        validate=validate,
+        select=None if opts.select == "last" else opts.select,
+    )
 
 
 class ProbeHead(nn.Module):
@@ -390,14 +633,31 @@ class ProbeHead(nn.Module):
 
 
 @torch.inference_mode()
-def _features(model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int) -> torch.Tensor:
+def _features(
+    model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int
+) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
-    chunks = [model.features(normalize(resize(to_float(b, device), model.config.image_size), mean, std)) for b in cached_batches(data.cache.images, data.index[split], batch_size)]
+    chunks = [
+        model.features(normalize(resize(to_float(b, device), model.config.image_size), mean, std))
+        for b in cached_batches(data.cache.images, data.index[split], batch_size)
+    ]
     return torch.cat(chunks).float()
 
 
-def _linear_probe_task(model: LeanViTClassifier, data: LabelledData, mean, std, ctx: Context, eval_batch: int, batch_size: int, passes: int, seed: int, sample_weight, class_weight) -> tuple[nn.Module, Task]:
+def _linear_probe_task(
+    model: LeanViTClassifier,
+    data: LabelledData,
+    mean,
+    std,
+    ctx: Context,
+    eval_batch: int,
+    batch_size: int,
+    passes: int,
+    seed: int,
+    sample_weight,
+    class_weight,
+) -> tuple[nn.Module, Task]:
     """Frozen encoder: features of every image computed once, then only the head trains on them."""
     model.requires_grad_(False)
     feats = {s: _features(model, data, s, mean, std, eval_batch) for s in ("train", "val")}
@@ -406,7 +666,15 @@ def _linear_probe_task(model: LeanViTClassifier, data: LabelledData, mean, std, 
     y_train = torch.as_tensor(data.y[data.index["train"]], device=ctx.device)
 
     def batches(epoch: int) -> list[np.ndarray]:
-        return [b for p in range(passes) for b in split_batches(epoch_order(positions, epoch * passes + p, seed, ctx.rank, ctx.world_size, sample_weight), batch_size, drop_last=True)]
+        return [
+            b
+            for p in range(passes)
+            for b in split_batches(
+                epoch_order(positions, epoch * passes + p, seed, ctx.rank, ctx.world_size, sample_weight),
+                batch_size,
+                drop_last=True,
+            )
+        ]
 
     def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(batch, device=ctx.device)

@@ -97,7 +97,12 @@ def pretrain(
     (for example ``["optim.base_lr=1e-3", "model.mask_ratio=0.5"]``). Returns the run's summary.
     """
     flags = {
-        "data": {"sources": [data] if isinstance(data, (str, Path)) else list(data), "tile": tile, "grid": grid, "skip_bad": skip_bad or None},
+        "data": {
+            "sources": [data] if isinstance(data, (str, Path)) else list(data),
+            "tile": tile,
+            "grid": grid,
+            "skip_bad": skip_bad or None,
+        },
         "optim": {"epochs": epochs, "base_lr": lr, "batch_size": batch_size},
         "run": {"seed": seed, "device": device, "progress": progress},
         "probe_split": str(probe) if probe else None,
@@ -124,12 +129,21 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     held_out = np.random.default_rng(20220511).permutation(n_files)[:n_val]
     is_val = np.isin(cache.sources, held_out)
     val = np.flatnonzero(is_val)
-    return Pool(cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1)))
+    return Pool(
+        cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1))
+    )
 
 
-def build_cache_for(records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context) -> ImageCache:
+def build_cache_for(
+    records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context
+) -> ImageCache:
     """The first process of each node decodes; the others wait and then open the finished cache."""
-    kwargs = {"cache_dir": data.cache_dir, "skip_bad": data.skip_bad, "workers": data.workers, "progress": progress and ctx.is_main}
+    kwargs = {
+        "cache_dir": data.cache_dir,
+        "skip_bad": data.skip_bad,
+        "workers": data.workers,
+        "progress": progress and ctx.is_main,
+    }
     if ctx.local_rank == 0:
         cache = load_or_build(records, spec, **kwargs)
     ctx.barrier()
@@ -141,26 +155,45 @@ def build_cache_for(records: list[ImageRecord], spec: DecodeSpec, data: DataConf
 PROBE_KEYS = ("knn_accuracy", "knn_macro_f1", "probe_accuracy", "probe_macro_f1")
 
 
-def probe_set(cfg: PretrainConfig, spec: DecodeSpec, mean: list[float], std: list[float], ctx: Context) -> tuple[torch.Tensor, np.ndarray] | None:
+def probe_set(
+    cfg: PretrainConfig, spec: DecodeSpec, mean: list[float], std: list[float], ctx: Context
+) -> tuple[torch.Tensor, np.ndarray] | None:
     """The labelled validation images of ``cfg.probe_split`` (never its train or test images), decoded."""
     if not cfg.probe_split:
         return None
     root, items = read_manifest(cfg.probe_split)
     val = [it for it in items if it.split == "val"]
     labels = sorted({it.label for it in val})
-    cache = build_cache_for([ImageRecord(root / it.relpath, root, it.label) for it in val], spec, cfg.data, cfg.run.progress, ctx)
+    cache = build_cache_for(
+        [ImageRecord(root / it.relpath, root, it.label) for it in val], spec, cfg.data, cfg.run.progress, ctx
+    )
     y = np.array([labels.index(val[s].label) for s in cache.sources], dtype=np.int64)
     return eval_pixels(cache, np.arange(len(cache)), cfg.model.image_size, mean, std, ctx.device), y
 
 
-def eval_pixels(cache: ImageCache, indices: np.ndarray, image_size: int, mean: list[float], std: list[float], device: torch.device) -> torch.Tensor:
+def eval_pixels(
+    cache: ImageCache,
+    indices: np.ndarray,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+) -> torch.Tensor:
     """The evaluation transform for a set of cache entries: resize whole image, normalise."""
     return normalize(resize(to_float(gather(cache.images, indices), device), image_size), mean, std)
 
 
 def pretrain_task(
-    cfg: PretrainConfig, model: ViTMAEForPreTraining, cache: ImageCache, train: np.ndarray, val_pixels: torch.Tensor,
-    mean: list[float], std: list[float], ctx: Context, batch_size: int, probe: tuple[torch.Tensor, np.ndarray] | None = None,
+    cfg: PretrainConfig,
+    model: ViTMAEForPreTraining,
+    cache: ImageCache,
+    train: np.ndarray,
+    val_pixels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    ctx: Context,
+    batch_size: int,
+    probe: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> Task:
     """What the engine needs to pretrain ``model``: the epoch's batches of ``train`` entries, their
     augmentation and masks (keyed per image), the masked-patch loss, and the validation loss on
@@ -171,14 +204,20 @@ def pretrain_task(
     image_size, aug = cfg.model.image_size, cfg.augment
 
     def batches(epoch: int) -> list[np.ndarray]:
-        return split_batches(epoch_order(train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True)
+        return split_batches(
+            epoch_order(train, epoch, cfg.run.seed, ctx.rank, ctx.world_size), batch_size, drop_last=True
+        )
 
     def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_float(gather(cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
-        images = random_resized_crop(images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws)
+        images = random_resized_crop(
+            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws
+        )
         images = augment_colour(images, aug, cfg.run.seed, epoch, batch)
-        return normalize(images, mean, std), masking_noise(cfg.run.seed, epoch, batch, model.config, ctx.device)
+        return normalize(images, mean, std), masking_noise(
+            cfg.run.seed, epoch, batch, model.config, ctx.device
+        )
 
     def loss(trained: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, noise = inputs
@@ -200,14 +239,27 @@ def pretrain_task(
     return Task(batches=batches, prepare=prepare, loss=loss, validate=validate)
 
 
-def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite: bool = False, init: str | Path | None = None, preset: str | None = None) -> dict[str, Any]:
+def run_pretrain(
+    cfg: PretrainConfig,
+    out: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    init: str | Path | None = None,
+    preset: str | None = None,
+) -> dict[str, Any]:
     tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     if ctx.is_main:
         prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
     ctx.barrier()
-    spec = DecodeSpec(size=cfg.data.cache_size or round(cfg.model.image_size * 1.25), tile=cfg.data.tile, grid=cfg.data.grid, min_tile_size=cfg.data.min_tile_size, cell_crop=cfg.data.cell_crop)
+    spec = DecodeSpec(
+        size=cfg.data.cache_size or round(cfg.model.image_size * 1.25),
+        tile=cfg.data.tile,
+        grid=cfg.data.grid,
+        min_tile_size=cfg.data.min_tile_size,
+        cell_crop=cfg.data.cell_crop,
+    )
     records = collect(cfg.data.sources)
     spec = stain_spec(spec, cfg.data.stain_norm, records)
     pool = split_pool(build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
@@ -220,7 +272,9 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
     torch.manual_seed(cfg.run.seed)
     model = build_mae(cfg.model, init).to(ctx.device)
     batch_size = min(cfg.optim.batch_size, max(1, len(pool.train) // ctx.world_size))
-    optim = type(cfg.optim)(**{**cfg.optim.__dict__, "batch_size": batch_size})  # a batch capped by small data lowers the lr too
+    optim = type(cfg.optim)(
+        **{**cfg.optim.__dict__, "batch_size": batch_size}
+    )  # a batch capped by small data lowers the lr too
     lr = absolute_lr(optim, ctx.world_size)
     if ctx.is_main:
         print(
@@ -228,9 +282,20 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
             f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} -> {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
-            out, "pretrain", config_dict, preset=preset, seed=cfg.run.seed, device=str(ctx.device), world_size=ctx.world_size,
-            data_hash=cache.key, images={"train": len(pool.train), "val": len(pool.val)}, skipped_files=cache.skipped,
-            absolute_lr=lr, effective_batch=effective_batch(optim, ctx.world_size), init=str(init) if init else None, status="running",
+            out,
+            "pretrain",
+            config_dict,
+            preset=preset,
+            seed=cfg.run.seed,
+            device=str(ctx.device),
+            world_size=ctx.world_size,
+            data_hash=cache.key,
+            images={"train": len(pool.train), "val": len(pool.val)},
+            skipped_files=cache.skipped,
+            absolute_lr=lr,
+            effective_batch=effective_batch(optim, ctx.world_size),
+            init=str(init) if init else None,
+            status="running",
         )
 
     val_pixels = eval_pixels(cache, pool.val[:1024], cfg.model.image_size, mean, std, ctx.device)
@@ -246,23 +311,44 @@ def run_pretrain(cfg: PretrainConfig, out: Path, resume: bool = False, overwrite
         history = result.history
         loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
         ratios = sorted({cfg.model.mask_ratio, *EVAL_RATIOS})
-        recon = {"space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels", "mask_seed": MASK_SEED, "images": len(val_pixels), "training_mask_ratio": cfg.model.mask_ratio, "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios)}
+        recon = {
+            "space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels",
+            "mask_seed": MASK_SEED,
+            "images": len(val_pixels),
+            "training_mask_ratio": cfg.model.mask_ratio,
+            "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios),
+        }
         recon["warning"] = trivial_warning(recon["by_mask_ratio"], cfg.model.mask_ratio)
         if probe is not None:
             recon["representation"] = {key: history[-1][key] for key in PROBE_KEYS}
         write_json(out / "recon_metrics.json", recon)
         if recon["warning"]:
             print(f"warning: {recon['warning']}")
-        reconstruction_figure(model, val_pixels[: cfg.recon_images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions of held-out images, epoch {len(history)}")
+        reconstruction_figure(
+            model,
+            val_pixels[: cfg.recon_images],
+            mean,
+            std,
+            out / "reconstructions.png",
+            title=f"MAE reconstructions of held-out images, epoch {len(history)}",
+        )
         first, last = history[0]["val_loss"], history[-1]["val_loss"]
         summary = {
-            "status": "finished", "epochs": len(history), "val_loss_first": first, "val_loss_last": last,
-            "val_loss_drop": 1 - last / first if first else 0.0, "train_seconds": result.seconds, "wall_seconds": time.time() - started,
-            "resumed_from_epoch": result.resumed_from, "reconstruction": recon["by_mask_ratio"],
+            "status": "finished",
+            "epochs": len(history),
+            "val_loss_first": first,
+            "val_loss_last": last,
+            "val_loss_drop": 1 - last / first if first else 0.0,
+            "train_seconds": result.seconds,
+            "wall_seconds": time.time() - started,
+            "resumed_from_epoch": result.resumed_from,
+            "reconstruction": recon["by_mask_ratio"],
         }
         write_run_info(out, "pretrain", config_dict, **summary)
         write_card(out / "model")
         finish_run(out, cfg.run.report_to, summary)
-        print(f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model in {out / 'model'}")
+        print(
+            f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model in {out / 'model'}"
+        )
     ctx.barrier()
     return summary

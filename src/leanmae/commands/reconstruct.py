@@ -38,7 +38,15 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)))
+            files.extend(
+                sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.suffix.lower() in IMAGE_EXTENSIONS
+                    and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                )
+            )
         elif item.is_file():
             files.append(item)
         else:
@@ -54,13 +62,31 @@ def model_folder(path: str | Path) -> Path:
     return path / "model" if (path / "model" / "config.json").exists() else path
 
 
-def load_images(files: list[Path], cache_size: int, image_size: int, mean: list[float], std: list[float], progress: bool = True) -> torch.Tensor:
+def load_images(
+    files: list[Path],
+    cache_size: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    progress: bool = True,
+) -> torch.Tensor:
     """Decode, square-crop and resize as training did, then normalise: (N, 3, S, S)."""
-    rows = [square_resize(decode_rgb(f), cache_size) for f in tqdm(files, desc="reading images", unit="img", disable=bar_disabled(progress))]
+    rows = [
+        square_resize(decode_rgb(f), cache_size)
+        for f in tqdm(files, desc="reading images", unit="img", disable=bar_disabled(progress))
+    ]
     return normalize(resize(to_float(np.stack(rows)), image_size), mean, std)
 
 
-def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str | Path, images: int = 8, mask_ratio: float | None = None, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+def reconstruct(
+    checkpoint: str | Path,
+    inputs: list[str | Path] | str,
+    out: str | Path,
+    images: int = 8,
+    mask_ratio: float | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics.
 
     ``out`` is never a run's own folder, and earlier results there are replaced only with ``overwrite``.
@@ -73,14 +99,21 @@ def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str
     check_result_folder(out, ["recon_metrics.json", "reconstructions.png"], overwrite)
     ctx = setup(device or "auto")
     folder = model_folder(checkpoint)
-    model = load_mae(folder, "reconstruct needs an MAE (a `leanmae pretrain` run or its model/)").to(ctx.device).eval()
+    model = (
+        load_mae(folder, "reconstruct needs an MAE (a `leanmae pretrain` run or its model/)")
+        .to(ctx.device)
+        .eval()
+    )
     mean, std, extra = load_preprocessing(folder)
     size = model.config.image_size
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     pixels = load_images(files, extra.get("cache_size", round(size * 1.25)), size, mean, std).to(ctx.device)
     ratios = sorted({model.config.mask_ratio, *EVAL_RATIOS})
     metrics = {
-        "checkpoint": str(folder), "images": len(files), "mask_seed": MASK_SEED, "training_mask_ratio": model.config.mask_ratio,
+        "checkpoint": str(folder),
+        "images": len(files),
+        "mask_seed": MASK_SEED,
+        "training_mask_ratio": model.config.mask_ratio,
         "space": "per-patch normalised pixels" if model.config.norm_pix_loss else "normalised pixels",
         "by_mask_ratio": reconstruction_errors(model, pixels, ratios),
     }
@@ -89,6 +122,13 @@ def reconstruct(checkpoint: str | Path, inputs: list[str | Path] | str, out: str
     if metrics["warning"]:
         print(f"warning: {metrics['warning']}")
     with masking_at(model, mask_ratio if mask_ratio is not None else model.config.mask_ratio):
-        reconstruction_figure(model, pixels[:images], mean, std, out / "reconstructions.png", title=f"MAE reconstructions ({folder})")
+        reconstruction_figure(
+            model,
+            pixels[:images],
+            mean,
+            std,
+            out / "reconstructions.png",
+            title=f"MAE reconstructions ({folder})",
+        )
     print(f"wrote {out / 'reconstructions.png'} and {out / 'recon_metrics.json'}")
     return metrics

@@ -80,7 +80,9 @@ class SlurmOptions:
     time_min: int = 240
     max_parallel: int = 32
     folder: str | None = None  # submitit logs; default <study>/slurm
-    cluster: str | None = None  # None: SLURM where available; "local" runs the same jobs as local processes (tests)
+    cluster: str | None = (
+        None  # None: SLURM where available; "local" runs the same jobs as local processes (tests)
+    )
 
 
 @dataclass
@@ -88,17 +90,27 @@ class StudyConfig:
     """Every key is also a flag of ``leanmae study`` (lists comma-separated or repeated)."""
 
     data: str = ""
-    classes: list[str] = field(default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"])
+    classes: list[str] = field(
+        default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    )
     pretrain_data: list[str] = field(default_factory=list)
-    ood_data: list[str] = field(default_factory=list)  # images of classes never trained on, for the OOD report
+    ood_data: list[str] = field(
+        default_factory=list
+    )  # images of classes never trained on, for the OOD report
     pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
     preset: str = "cpu"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    extra_seeds: list[int] = field(default_factory=list)  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
+    extra_seeds: list[int] = field(
+        default_factory=list
+    )  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
     extra_seeds_up_to: float = 0.1
-    arms: list[str] = field(default_factory=lambda: ["scratch", "mae"])  # also: mae-in-domain, mae-other, mae-linear, hf:FOLDER
-    mae: list[str] = field(default_factory=list)  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
+    arms: list[str] = field(
+        default_factory=lambda: ["scratch", "mae"]
+    )  # also: mae-in-domain, mae-other, mae-linear, hf:FOLDER
+    mae: list[str] = field(
+        default_factory=list
+    )  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
     pretrain_epochs: int | None = None
@@ -108,7 +120,9 @@ class StudyConfig:
     wait: bool = True
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
-    arm_set: list[str] = field(default_factory=list)  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
+    arm_set: list[str] = field(
+        default_factory=list
+    )  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
     progress: bool = True
 
 
@@ -124,8 +138,13 @@ STUDY_CHECKS: dict[str, Check] = {
     "extra_seeds": each(number(0, 2**32 - 1), unique=True),
     "extra_seeds_up_to": number(0, 1, low_open=True),
     "arms": each(
-        lambda arm: None if re.fullmatch(r"scratch|mae|mae-in-domain|mae-other|mae-linear|hf:.+", arm) else "unknown arm; use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER",
-        unique=True, non_empty=True,
+        lambda arm: (
+            None
+            if re.fullmatch(r"scratch|mae|mae-in-domain|mae-other|mae-linear|hf:.+", arm)
+            else "unknown arm; use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
+        ),
+        unique=True,
+        non_empty=True,
     ),
     "mae": each(text()),
     "split_ratios": ratios_problem,
@@ -136,7 +155,10 @@ STUDY_CHECKS: dict[str, Check] = {
     "launcher": choice("local", "slurm"),
     "wait": is_bool,
     **{f"slurm.{key}": text(optional=True) for key in ("partition", "account", "folder")},
-    **{f"slurm.{key}": number(1) for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")},
+    **{
+        f"slurm.{key}": number(1)
+        for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")
+    },
     "slurm.cluster": choice("slurm", "local", "debug", optional=True),
     "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
     "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
@@ -156,7 +178,7 @@ class Job:
 
 
 def run_status(folder: Path) -> str | None:
-    """"finished", "running" (started, maybe killed) or None (never started)."""
+    """ "finished", "running" (started, maybe killed) or None (never started)."""
     path = Path(folder) / RUN_FILE
     if not path.exists():
         return None
@@ -181,7 +203,9 @@ def arm_pool(arm: str, pool: str) -> str | None:
         return arm[4:]
     if arm == "scratch" or arm.startswith("hf:"):
         return None
-    raise ConfigError(f"unknown arm {arm!r}: use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER")
+    raise ConfigError(
+        f"unknown arm {arm!r}: use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
+    )
 
 
 def arm_init(arm: str, maes: dict[str, Path], pool: str) -> tuple[str, bool]:
@@ -223,23 +247,51 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             continue
         sources = list(cfg.pretrain_data) + ([str(out / "split.csv")] if pool == "in-domain" else [])
         if not sources:
-            raise ConfigError(f"the study pretrains an MAE on the {pool!r} pool but no --pretrain-data was given (or pass --mae {pool}=CHECKPOINT)")
+            raise ConfigError(
+                f"the study pretrains an MAE on the {pool!r} pool but no --pretrain-data was given (or pass --mae {pool}=CHECKPOINT)"
+            )
         maes[pool] = pretrain_folder(out, pool, cfg)
         waits[pool] = maes[pool].name
-        kwargs = {"data": sources, "out": str(maes[pool]), "epochs": cfg.pretrain_epochs, "probe": str(out / "split.csv"), **common}
+        kwargs = {
+            "data": sources,
+            "out": str(maes[pool]),
+            "epochs": cfg.pretrain_epochs,
+            "probe": str(out / "split.csv"),
+            **common,
+        }
         jobs.append(Job(maes[pool].name, "pretrain", kwargs, maes[pool]))
     # Seed by seed: an interrupted study has whole seeds (every arm, every fraction) to report; the
     # extra seeds of the small fractions come last.
     grid = [(seed, f) for seed in cfg.seeds for f in cfg.fractions]
-    grid += [(seed, f) for seed in cfg.extra_seeds if seed not in cfg.seeds for f in cfg.fractions if f <= cfg.extra_seeds_up_to]
+    grid += [
+        (seed, f)
+        for seed in cfg.extra_seeds
+        if seed not in cfg.seeds
+        for f in cfg.fractions
+        if f <= cfg.extra_seeds_up_to
+    ]
     for seed, fraction in grid:
         for arm in cfg.arms:
             init, probe = arm_init(arm, maes, cfg.pool)
             name = run_name(arm, fraction, seed)
-            kwargs = {"split": str(out / "split.csv"), "out": str(out / "runs" / name), "fraction": fraction, "init": init, "seed": seed, "linear_probe": probe, "epochs": cfg.finetune_epochs, "ood": list(cfg.ood_data) or None, **common}
-            kwargs["set"] = common["set"] + [entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm]
+            kwargs = {
+                "split": str(out / "split.csv"),
+                "out": str(out / "runs" / name),
+                "fraction": fraction,
+                "init": init,
+                "seed": seed,
+                "linear_probe": probe,
+                "epochs": cfg.finetune_epochs,
+                "ood": list(cfg.ood_data) or None,
+                **common,
+            }
+            kwargs["set"] = common["set"] + [
+                entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm
+            ]
             pool = arm_pool(arm, cfg.pool)
-            jobs.append(Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else []))
+            jobs.append(
+                Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else [])
+            )
     return jobs
 
 
@@ -270,7 +322,14 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
             costs[job.name] = pretrain_cost(pre.optim.epochs, pool_images(args["data"]))
         else:
             fine = resolve(FinetuneConfig, "finetune", args["preset"], None, flags, args["set"])
-            costs[job.name] = finetune_cost(fine.optim.epochs, train, args["fraction"], fine.optim.batch_size, fine.classifier.min_steps, len(items))
+            costs[job.name] = finetune_cost(
+                fine.optim.epochs,
+                train,
+                args["fraction"],
+                fine.optim.batch_size,
+                fine.classifier.min_steps,
+                len(items),
+            )
     return costs
 
 
@@ -320,19 +379,34 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     """
     state = {j.name: "done" if run_status(j.out) == "finished" else "todo" for j in jobs}
     todo = [j for j in jobs if state[j.name] == "todo"]
-    resumed = {j.name for j in todo if run_status(j.out) is not None}  # part-done: their times would mislead the rates
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study runs", unit="run", disable=bar_disabled(progress))
+    resumed = {
+        j.name for j in todo if run_status(j.out) is not None
+    }  # part-done: their times would mislead the rates
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(todo),
+        desc="study runs",
+        unit="run",
+        disable=bar_disabled(progress),
+    )
     running: dict[Future, Job] = {}
     started: dict[str, float] = {}
     timings: list[Timing] = []
 
     def show_eta() -> None:
         now = time.time()
-        left = [Timing(j.command, costs[j.name], now - started.get(j.name, now)) for j in jobs if state[j.name] in ("todo", "running")]
+        left = [
+            Timing(j.command, costs[j.name], now - started.get(j.name, now))
+            for j in jobs
+            if state[j.name] in ("todo", "running")
+        ]
         eta = eta_seconds(left, timings, workers)
         if bar.disable:
             finished = [j.command for j in jobs if state[j.name] == "done"]
-            print(progress_line(finished, len(jobs), sum(s == "failed" for s in state.values()), eta), flush=True)
+            print(
+                progress_line(finished, len(jobs), sum(s == "failed" for s in state.values()), eta),
+                flush=True,
+            )
         else:
             bar.set_postfix_str(eta_text(eta))
 
@@ -371,9 +445,18 @@ def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
 
     opts = cfg.slurm
     executor = submitit.AutoExecutor(folder=opts.folder or str(out / "slurm"), cluster=opts.cluster)
-    params: dict[str, Any] = {"timeout_min": opts.time_min, "cpus_per_task": opts.cpus_per_job, "mem_gb": opts.mem_gb, "name": "leanmae"}
+    params: dict[str, Any] = {
+        "timeout_min": opts.time_min,
+        "cpus_per_task": opts.cpus_per_job,
+        "mem_gb": opts.mem_gb,
+        "name": "leanmae",
+    }
     if executor.cluster == "slurm":
-        params.update(slurm_partition=opts.partition, gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=opts.max_parallel)
+        params.update(
+            slurm_partition=opts.partition,
+            gpus_per_node=opts.gpus_per_job,
+            slurm_array_parallelism=opts.max_parallel,
+        )
         if opts.account:
             params["slurm_account"] = opts.account
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -390,14 +473,20 @@ def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
                 pretrain_jobs.append(submitted[-1][1])
     if later:
         if pretrain_jobs and executor.cluster == "slurm" and not cfg.wait:
-            executor.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(j.job_id for j in pretrain_jobs)})
+            executor.update_parameters(
+                slurm_additional_parameters={
+                    "dependency": "afterok:" + ":".join(j.job_id for j in pretrain_jobs)
+                }
+            )
         else:
             for job in pretrain_jobs:
                 job.result()
         with executor.batch():
             for job in later:
                 submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
-    print(f"submitted {len(submitted)} job(s): {', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}")
+    print(
+        f"submitted {len(submitted)} job(s): {', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}"
+    )
     if not cfg.wait:
         return {**state, **{j.name: "submitted" for j, _ in submitted}}
     for job, handle in submitted:
@@ -444,25 +533,53 @@ def study(
 
     layer = load_yaml(config) if config else {}
     given = {
-        "data": data, "classes": _list(classes, str, "--classes"), "pretrain_data": pretrain_data, "ood_data": ood_data, "pool": pool, "preset": preset,
-        "fractions": _list(fractions, float, "--fractions"), "seeds": _list(seeds, int, "--seeds"), "extra_seeds": _list(extra_seeds, int, "--extra-seeds"),
-        "arms": _list(arms, str, "--arms"), "mae": [mae] if isinstance(mae, str) else mae,
-        "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "jobs": jobs, "launcher": launcher,
-        "wait": wait, "slurm": slurm, "set": set, "arm_set": arm_set, "progress": progress,
+        "data": data,
+        "classes": _list(classes, str, "--classes"),
+        "pretrain_data": pretrain_data,
+        "ood_data": ood_data,
+        "pool": pool,
+        "preset": preset,
+        "fractions": _list(fractions, float, "--fractions"),
+        "seeds": _list(seeds, int, "--seeds"),
+        "extra_seeds": _list(extra_seeds, int, "--extra-seeds"),
+        "arms": _list(arms, str, "--arms"),
+        "mae": [mae] if isinstance(mae, str) else mae,
+        "pretrain_epochs": pretrain_epochs,
+        "finetune_epochs": finetune_epochs,
+        "jobs": jobs,
+        "launcher": launcher,
+        "wait": wait,
+        "slurm": slurm,
+        "set": set,
+        "arm_set": arm_set,
+        "progress": progress,
     }
-    cfg: StudyConfig = build(StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS)
+    cfg: StudyConfig = build(
+        StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS
+    )
     _check(cfg)
     out = Path(out)
     saved = out / STUDY_FILE
     settings = to_dict(cfg)
-    comparable = {k: v for k, v in settings.items() if k not in ("jobs", "launcher", "wait", "slurm", "progress")}
+    comparable = {
+        k: v for k, v in settings.items() if k not in ("jobs", "launcher", "wait", "slurm", "progress")
+    }
     if saved.exists():
         before = {k: v for k, v in json.loads(saved.read_text()).items() if k in comparable}
-        changed = sorted(k for k in comparable if json.dumps(before.get(k)) != json.dumps(comparable[k]) and k not in ("fractions", "seeds", "extra_seeds", "arms"))
+        changed = sorted(
+            k
+            for k in comparable
+            if json.dumps(before.get(k)) != json.dumps(comparable[k])
+            and k not in ("fractions", "seeds", "extra_seeds", "arms")
+        )
         if changed:
-            raise OutputFolderError(f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out (growing fractions, seeds or arms is fine)")
+            raise OutputFolderError(
+                f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out (growing fractions, seeds or arms is fine)"
+            )
     elif out.exists() and any(out.iterdir()):
-        raise OutputFolderError(f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out")
+        raise OutputFolderError(
+            f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_json(saved, settings)
 
@@ -474,13 +591,21 @@ def study(
     started = time.time()
     report_to = study_report_to(cfg.set)
     with study_parent(out, report_to):
-        states = run_slurm(jobs_list, cfg, out) if cfg.launcher == "slurm" else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
+        states = (
+            run_slurm(jobs_list, cfg, out)
+            if cfg.launcher == "slurm"
+            else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
+        )
     failed = sorted(name for name, s in states.items() if s == "failed")
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
-    print(f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}")
+    print(
+        f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}"
+    )
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue")
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue"
+        )
     return states
 
 

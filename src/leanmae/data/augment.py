@@ -23,7 +23,9 @@ def to_float(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu
     """(B, H, W, 3) uint8 from the cache -> (B, 3, H, W) float in [0, 1] on ``device``."""
     tensor = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
     if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
-        tensor = tensor.pin_memory()  # from pageable memory the copy would wait for the stream; from pinned memory it is queued
+        tensor = (
+            tensor.pin_memory()
+        )  # from pageable memory the copy would wait for the stream; from pinned memory it is queued
     tensor = tensor.to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -68,16 +70,22 @@ def resize(images: torch.Tensor, out_size: int) -> torch.Tensor:
     """The evaluation transform: the whole (already square) image resized with antialiasing."""
     if images.shape[-1] == out_size:
         return images
-    return F.interpolate(images, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(
+        images, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]
+) -> torch.Tensor:
     m = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images - m) / s
 
 
-def dataset_stats(images: np.ndarray, indices: np.ndarray, limit: int = 2000, seed: int = 0) -> tuple[list[float], list[float]]:
+def dataset_stats(
+    images: np.ndarray, indices: np.ndarray, limit: int = 2000, seed: int = 0
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (up to ``limit`` of) the cached uint8 ``images[indices]``, in [0, 1] units."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(indices, size=min(limit, len(indices)), replace=False))
@@ -85,7 +93,9 @@ def dataset_stats(images: np.ndarray, indices: np.ndarray, limit: int = 2000, se
     return pixels.mean(0).tolist(), pixels.std(0).clip(min=1e-3).tolist()
 
 
-def mix(images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(
+    images: torch.Tensor, targets: torch.Tensor, mixup: float, cutmix: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix (one of them per batch, as timm does) with the batch mixed with its reverse.
 
     ``targets`` are one-hot (or smoothed) rows; they are mixed in the same proportion as the pixels.

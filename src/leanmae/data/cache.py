@@ -51,7 +51,10 @@ class DecodeSpec:
     stain_reference: tuple[float, ...] | None = None
 
 
-_KEYED_WHEN_SET = ("cell_crop", "stain_reference")  # left out of the key while unset, so older caches keep theirs
+_KEYED_WHEN_SET = (
+    "cell_crop",
+    "stain_reference",
+)  # left out of the key while unset, so older caches keep theirs
 
 
 def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
@@ -80,17 +83,29 @@ def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit
 
 def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     """What leanmae.json records about decoding, so a saved model's inputs are decoded as in training."""
-    return {"cache_size": spec.size, "cell_crop": spec.cell_crop, "stain_norm": {"method": "reinhard", "reference": list(spec.stain_reference)} if spec.stain_reference else None}
+    return {
+        "cache_size": spec.size,
+        "cell_crop": spec.cell_crop,
+        "stain_norm": {"method": "reinhard", "reference": list(spec.stain_reference)}
+        if spec.stain_reference
+        else None,
+    }
 
 
 def spec_from_extras(extra: dict[str, Any], default_size: int) -> DecodeSpec:
     """The DecodeSpec a saved model was trained with (leanmae.json; older models: size only)."""
     stain = extra.get("stain_norm") or {}
     reference = tuple(stain["reference"]) if stain.get("reference") else None
-    return DecodeSpec(size=int(extra.get("cache_size", default_size)), cell_crop=extra.get("cell_crop"), stain_reference=reference)
+    return DecodeSpec(
+        size=int(extra.get("cache_size", default_size)),
+        cell_crop=extra.get("cell_crop"),
+        stain_reference=reference,
+    )
 
 
-def _decode_file(path: str, spec: DecodeSpec) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]] | str:
+def _decode_file(
+    path: str, spec: DecodeSpec
+) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]] | str:
     """Worker: tiles of one file, finished as the model sees them; a bad file returns its error message instead."""
     try:
         rgb = decode_rgb(path)
@@ -146,7 +161,9 @@ def load_or_build(
     index = json.loads((folder / "index.json").read_text())
     if index["skipped"] and not skip_bad:
         first = index["skipped"][0]
-        raise BadImageError(first.split(": ", 1)[0], first.split(": ", 1)[-1] + " (pass --skip-bad to leave bad files out)")
+        raise BadImageError(
+            first.split(": ", 1)[0], first.split(": ", 1)[-1] + " (pass --skip-bad to leave bad files out)"
+        )
     count = index["count"]
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(count, spec.size, spec.size, 3))
     return ImageCache(
@@ -159,7 +176,9 @@ def load_or_build(
     )
 
 
-def _build(records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad: bool, workers: int, progress: bool) -> None:
+def _build(
+    records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad: bool, workers: int, progress: bool
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -171,7 +190,15 @@ def _build(records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad:
     try:
         with open(tmp / "images.u8", "wb") as out:
             results = _map(paths, spec, workers)
-            for i, result in enumerate(tqdm(results, total=len(paths), desc="decoding images (once)", unit="img", disable=bar_disabled(progress))):
+            for i, result in enumerate(
+                tqdm(
+                    results,
+                    total=len(paths),
+                    desc="decoding images (once)",
+                    unit="img",
+                    disable=bar_disabled(progress),
+                )
+            ):
                 if isinstance(result, str):
                     if not skip_bad:
                         path, reason = result.split(": ", 1)
@@ -186,7 +213,13 @@ def _build(records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad:
             os.fsync(out.fileno())
         if not sources:
             raise DataError("no usable images: every file was bad or every tile was under the minimum size")
-        index = {"count": len(sources), "size": spec.size, "sources": sources, "boxes": boxes, "skipped": skipped}
+        index = {
+            "count": len(sources),
+            "size": spec.size,
+            "sources": sources,
+            "boxes": boxes,
+            "skipped": skipped,
+        }
         (tmp / "index.json").write_text(json.dumps(index))
         os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
     except BaseException:

@@ -28,7 +28,15 @@ def find_nucleus(rgb: np.ndarray) -> tuple[float, float, float, np.ndarray] | No
     """
     h, w = rgb.shape[:2]
     factor = min(1.0, _WORK_SIDE / max(h, w))
-    small = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)) if factor < 1 else rgb
+    small = (
+        np.asarray(
+            Image.fromarray(rgb).resize(
+                (max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR
+            )
+        )
+        if factor < 1
+        else rgb
+    )
     density = gaussian(rgb2hed(small)[..., 0], sigma=1.0)
     if np.ptp(density) < 1e-4:
         return None
@@ -66,5 +74,7 @@ def cell_centred_crop(rgb: np.ndarray, k: float) -> np.ndarray:
     canvas[:] = np.round(background).astype(np.uint8)
     src_top, src_left = max(top, 0), max(left, 0)
     src_bottom, src_right = min(top + side, h), min(left + side, w)
-    canvas[src_top - top : src_bottom - top, src_left - left : src_right - left] = rgb[src_top:src_bottom, src_left:src_right]
+    canvas[src_top - top : src_bottom - top, src_left - left : src_right - left] = rgb[
+        src_top:src_bottom, src_left:src_right
+    ]
     return canvas

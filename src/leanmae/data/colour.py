@@ -34,7 +34,9 @@ def colour_active(aug: AugmentConfig) -> bool:
     return any(v > 0 for v in (aug.hed, aug.brightness, aug.contrast, aug.saturation, aug.hue, aug.blur))
 
 
-def augment_colour(images: torch.Tensor, aug: AugmentConfig, seed: int, epoch: int, ids: np.ndarray) -> torch.Tensor:
+def augment_colour(
+    images: torch.Tensor, aug: AugmentConfig, seed: int, epoch: int, ids: np.ndarray
+) -> torch.Tensor:
     """The configured perturbations of a (B, 3, H, W) [0, 1] batch, drawn per image id; unchanged when all are off.
 
     Order: HED stain perturbation, brightness, contrast, saturation, hue, blur (fixed, so that a
@@ -42,7 +44,11 @@ def augment_colour(images: torch.Tensor, aug: AugmentConfig, seed: int, epoch: i
     """
     if not colour_active(aug):
         return images
-    u = torch.as_tensor(uniform(seed, epoch, ids, COLOUR_DRAWS, stream=COLOUR_STREAM), dtype=torch.float32, device=images.device)
+    u = torch.as_tensor(
+        uniform(seed, epoch, ids, COLOUR_DRAWS, stream=COLOUR_STREAM),
+        dtype=torch.float32,
+        device=images.device,
+    )
     spread = 2 * u - 1  # uniform in [-1, 1)
     if aug.hed > 0:
         images = hed_perturb(images, 1 + aug.hed * spread[:, 0:3], aug.hed * spread[:, 3:6])
@@ -95,7 +101,11 @@ def rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     angle = 2 * math.pi * turns
     cos, sin = torch.cos(angle), torch.sin(angle)
     # RGB -> YIQ, rotate I/Q, YIQ -> RGB, folded into one matrix per image.
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=images.dtype, device=images.device)
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+        dtype=images.dtype,
+        device=images.device,
+    )
     rotation = torch.zeros(len(turns), 3, 3, dtype=images.dtype, device=images.device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin

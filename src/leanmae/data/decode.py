@@ -76,12 +76,16 @@ def decode_rgb(path: Path | str) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(path, f"refused as a possible decompression bomb ({err})") from err
     except Image.UnidentifiedImageError as err:
-        raise BadImageError(path, "not an image PIL can identify (corrupt, or another format under an image name)") from err
+        raise BadImageError(
+            path, "not an image PIL can identify (corrupt, or another format under an image name)"
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(path, f"corrupt or truncated image ({err})") from err
 
 
-def tile_boxes(width: int, height: int, tile: int | None, grid: str | None, min_size: int) -> list[tuple[int, int, int, int]]:
+def tile_boxes(
+    width: int, height: int, tile: int | None, grid: str | None, min_size: int
+) -> list[tuple[int, int, int, int]]:
     """Boxes (left, top, right, bottom) that cut a large image into tiles before training.
 
     ``tile=500`` cuts 500x500 tiles; ``grid="2x2"`` cuts rows x columns equal parts (the seed cut

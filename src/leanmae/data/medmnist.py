@@ -26,9 +26,24 @@ from leanmae.data.split import SPLITS, Item, file_hash
 
 # Class names from MedMNIST's INFO, in label order; short names as in the PBC folders.
 CLASS_NAMES = {
-    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"],
+    "bloodmnist": [
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "ig",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    ],
 }
-WBC_TYPES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]  # the five white-cell types of BloodMNIST
+WBC_TYPES = [
+    "basophil",
+    "eosinophil",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+]  # the five white-cell types of BloodMNIST
 
 
 def is_npz(source: str | Path) -> bool:
@@ -48,7 +63,12 @@ def _arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise DataError(f"{path}: no such file")
     try:
         with np.load(path) as data:
-            missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels") if f"{s}_{kind}" not in data.files]
+            missing = [
+                f"{s}_{kind}"
+                for s in SPLITS
+                for kind in ("images", "labels")
+                if f"{s}_{kind}" not in data.files
+            ]
             if missing:
                 raise DataError(f"{path}: not in the MedMNIST layout (missing {', '.join(missing)})")
             return {s: (data[f"{s}_images"], data[f"{s}_labels"]) for s in SPLITS}
@@ -59,7 +79,9 @@ def _arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _labels(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> np.ndarray:
     flat = labels.reshape(len(labels), -1)
     if flat.shape[1] != 1:
-        raise DataError(f"{path}: {split}_labels has {flat.shape[1]} labels per image (multi-label); leanmae needs one class per image")
+        raise DataError(
+            f"{path}: {split}_labels has {flat.shape[1]} labels per image (multi-label); leanmae needs one class per image"
+        )
     if len(flat) != len(images) or images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{path}: {split}_images must be uint8 (N, H, W[, 3]) with one label each")
     return flat[:, 0].astype(np.int64)
@@ -96,7 +118,9 @@ def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
-def official_split(path: str | Path, classes: list[str] | None = None, cache_dir: str | Path | None = None) -> tuple[Path, list[Item]]:
+def official_split(
+    path: str | Path, classes: list[str] | None = None, cache_dir: str | Path | None = None
+) -> tuple[Path, list[Item]]:
     """(root, manifest items) of the file's own train / val / test split, keeping only ``classes`` (default: all)."""
     root = unpack(path, cache_dir)
     present = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())

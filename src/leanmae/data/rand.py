@@ -31,7 +31,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def uniform(seed: int, epoch: int, ids: np.ndarray, count: int, stream: int = 0) -> np.ndarray:
     """(len(ids), count) floats in [0, 1): ``count`` independent draws for each image id."""
     with np.errstate(over="ignore"):
-        key = _splitmix64(np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x100000001B3) + np.uint64(epoch & 0xFFFFFFFF))
+        key = _splitmix64(
+            np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x100000001B3) + np.uint64(epoch & 0xFFFFFFFF)
+        )
         base = _splitmix64(key ^ (np.asarray(ids, dtype=np.uint64) * _MIX2))
         counters = np.arange(stream, stream + count, dtype=np.uint64)
         bits = _splitmix64(base[:, None] ^ (counters[None, :] * _GOLDEN))

@@ -51,19 +51,25 @@ def _images_under(folder: Path, root: Path) -> list[Path]:
     found = []
     real_root = root.resolve()
     if not folder.resolve().is_relative_to(real_root):
-        raise DataError(f"{folder}: symbolic link leads outside the data folder {root}; refusing to follow it")
+        raise DataError(
+            f"{folder}: symbolic link leads outside the data folder {root}; refusing to follow it"
+        )
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in dirnames:
             sub = Path(dirpath) / name
             if sub.is_symlink() and not sub.resolve().is_relative_to(real_root):
-                raise DataError(f"{sub}: symbolic link leads outside the data folder {root}; refusing to follow it")
+                raise DataError(
+                    f"{sub}: symbolic link leads outside the data folder {root}; refusing to follow it"
+                )
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             path = Path(dirpath) / name
             if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-                raise DataError(f"{path}: symbolic link leads outside the data folder {root}; refusing to follow it")
+                raise DataError(
+                    f"{path}: symbolic link leads outside the data folder {root}; refusing to follow it"
+                )
             found.append(path)
     return found
 
@@ -96,7 +102,9 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
         for name in wanted:
             paths = _images_under(root / name, root)
             if not paths:
-                raise DataError(f"{root / name}: class folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise DataError(
+                    f"{root / name}: class folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             records.extend(ImageRecord(p, root, name) for p in paths)
     if not records:
         raise DataError(f"{root}: no images found ({', '.join(sorted(IMAGE_EXTENSIONS))})")

@@ -60,7 +60,9 @@ def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
     return None
 
 
-def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0) -> list[Item]:
+def make_split(
+    root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> list[Item]:
     """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
     problem = ratios_problem(ratios)
     if problem:
@@ -78,12 +80,18 @@ def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float,
     for label in classes:
         group = by_class[label]
         if len(group) < 3:
-            raise DataError(f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in train, val and test")
-        order = _class_rng(seed, label).permutation(len(group))  # a class's split does not depend on the others
+            raise DataError(
+                f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in train, val and test"
+            )
+        order = _class_rng(seed, label).permutation(
+            len(group)
+        )  # a class's split does not depend on the others
         n_val = max(1, round(ratios[1] * len(group)))
         n_test = max(1, round(ratios[2] * len(group)))
         if n_val + n_test >= len(group):
-            raise DataError(f"{root / label}: {len(group)} images cannot give train, val and test one each with ratios {ratios}")
+            raise DataError(
+                f"{root / label}: {len(group)} images cannot give train, val and test one each with ratios {ratios}"
+            )
         for rank, idx in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             rec = group[idx]
@@ -91,7 +99,9 @@ def make_split(root: Path | str, classes: list[str], ratios: tuple[float, float,
     conflicts = content_conflicts(items)
     if conflicts:
         a, b = conflicts[0]
-        raise DataError(f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes; remove one of them (or the one that is mislabelled) and split again")
+        raise DataError(
+            f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes; remove one of them (or the one that is mislabelled) and split again"
+        )
     return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.relpath))
 
 
@@ -125,22 +135,30 @@ def read_manifest(path: Path | str, root: Path | str | None = None) -> tuple[Pat
     if not path.is_file():
         raise DataError(f"{path}: split manifest does not exist (make one with `leanmae split`)")
     lines = path.read_text().splitlines()
-    legacy_root = lines[0][len(LEGACY_ROOT_LINE) :] if lines and lines[0].startswith(LEGACY_ROOT_LINE) else None
+    legacy_root = (
+        lines[0][len(LEGACY_ROOT_LINE) :] if lines and lines[0].startswith(LEGACY_ROOT_LINE) else None
+    )
     reader = csv.DictReader(lines[1:] if legacy_root is not None else lines)
     missing = [c for c in ("path", "label", "split") if c not in (reader.fieldnames or [])]
     if missing:
-        raise DataError(f"{path}: manifest lacks the column(s) {', '.join(missing)}; expected a header path,label,split[,sha256][,root]")
+        raise DataError(
+            f"{path}: manifest lacks the column(s) {', '.join(missing)}; expected a header path,label,split[,sha256][,root]"
+        )
     rows = list(reader)
     roots = {row.get("root") or "" for row in rows} - {""}
     if len(roots) > 1:
-        raise DataError(f"{path}: the root column holds {len(roots)} different folders; a manifest has one data root")
+        raise DataError(
+            f"{path}: the root column holds {len(roots)} different folders; a manifest has one data root"
+        )
     data_root = Path(root or legacy_root or next(iter(roots), None) or path.parent)
     items = []
     for line, row in enumerate(rows, start=2):
         relpath = (row["path"] or "").strip()
         rel = PurePosixPath(relpath)
         if not relpath or rel.is_absolute() or ".." in rel.parts:
-            raise DataError(f"{path}: path {row['path']!r} (row {line}) leaves the data root; manifest paths must be relative and inside it")
+            raise DataError(
+                f"{path}: path {row['path']!r} (row {line}) leaves the data root; manifest paths must be relative and inside it"
+            )
         if row["split"] not in SPLITS:
             raise DataError(f"{path}: unknown split {row['split']!r} for {relpath}; use {', '.join(SPLITS)}")
         if not (row["label"] or "").strip():
@@ -160,9 +178,13 @@ def check_listing(items: list[Item], where: Path | str) -> None:
         if seen is it:
             continue
         if seen.label != it.label:
-            raise DataError(f"{where}: {it.relpath} is listed with two labels ({seen.label}, {it.label}); give each image one label")
+            raise DataError(
+                f"{where}: {it.relpath} is listed with two labels ({seen.label}, {it.label}); give each image one label"
+            )
         if seen.split != it.split:
-            raise DataError(f"{where}: {it.relpath} is in both {seen.split} and {it.split}; an image belongs to one split")
+            raise DataError(
+                f"{where}: {it.relpath} is in both {seen.split} and {it.split}; an image belongs to one split"
+            )
         raise DataError(f"{where}: {it.relpath} is listed twice; list each image once")
 
 
@@ -188,17 +210,25 @@ def verify(items: list[Item], root: Path) -> None:
     for it in items:
         file = root / it.relpath
         if not file.exists():
-            raise DataError(f"{file}: listed in the split manifest but missing on disk" + (" (a dangling symbolic link)" if file.is_symlink() else ""))
+            raise DataError(
+                f"{file}: listed in the split manifest but missing on disk"
+                + (" (a dangling symbolic link)" if file.is_symlink() else "")
+            )
         if not file.resolve().is_relative_to(real_root):
             raise DataError(f"{file}: resolves outside the data root {root} (symbolic link?); refusing it")
         if not file.is_file():
             raise DataError(f"{file}: listed in the split manifest but not a file")
         digest = file_hash(file)
         if it.sha256 and digest != it.sha256:
-            raise DataError(f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file")
+            raise DataError(
+                f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file"
+            )
         hashed.append(Item(it.relpath, it.label, it.split, digest))
     for a, b in content_conflicts(hashed):
-        print(f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes", file=sys.stderr)
+        print(
+            f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes",
+            file=sys.stderr,
+        )
 
 
 def label_fraction(items: list[Item], fraction: float, seed: int, split: str = "train") -> list[Item]:

@@ -61,35 +61,35 @@ def _od(rgb: tuple[float, float, float]) -> np.ndarray:
 
 
 # Colours as transmitted light (what the eye sees on a white-lit slide).
-_BG = _od((0.96, 0.91, 0.91))          # pale pinkish plasma / glass
-_RBC = _od((0.93, 0.64, 0.64)) - _BG   # pale red, added on top of the background
+_BG = _od((0.96, 0.91, 0.91))  # pale pinkish plasma / glass
+_RBC = _od((0.93, 0.64, 0.64)) - _BG  # pale red, added on top of the background
 
 # Per-class cell palettes: cytoplasm, nucleus, granules (None = no coarse granules).
 _PALETTE: dict[str, dict[str, np.ndarray | None]] = {
     "basophil": {
         "cyto": _od((0.86, 0.79, 0.91)),
         "nuc": _od((0.55, 0.42, 0.70)),
-        "gran": _od((0.20, 0.14, 0.38)),     # dense blue-black
+        "gran": _od((0.20, 0.14, 0.38)),  # dense blue-black
     },
     "eosinophil": {
         "cyto": _od((0.95, 0.86, 0.84)),
         "nuc": _od((0.44, 0.27, 0.58)),
-        "gran": _od((0.97, 0.50, 0.33)),     # orange-red
+        "gran": _od((0.97, 0.50, 0.33)),  # orange-red
     },
     "lymphocyte": {
-        "cyto": _od((0.68, 0.81, 0.95)),     # sky blue
-        "nuc": _od((0.31, 0.19, 0.48)),      # dark purple
+        "cyto": _od((0.68, 0.81, 0.95)),  # sky blue
+        "nuc": _od((0.31, 0.19, 0.48)),  # dark purple
         "gran": None,
     },
     "monocyte": {
-        "cyto": _od((0.78, 0.80, 0.87)),     # grey-blue
-        "nuc": _od((0.58, 0.46, 0.73)),      # lighter purple
+        "cyto": _od((0.78, 0.80, 0.87)),  # grey-blue
+        "nuc": _od((0.58, 0.46, 0.73)),  # lighter purple
         "gran": None,
     },
     "neutrophil": {
-        "cyto": _od((0.93, 0.85, 0.91)),     # pale pink / lilac
+        "cyto": _od((0.93, 0.85, 0.91)),  # pale pink / lilac
         "nuc": _od((0.40, 0.24, 0.55)),
-        "gran": _od((0.80, 0.66, 0.80)),     # fine faint lilac granules
+        "gran": _od((0.80, 0.66, 0.80)),  # fine faint lilac granules
     },
 }
 
@@ -134,8 +134,8 @@ def _ellipses(
     if y0 >= y1 or x0 >= x1:
         return out
     yy, xx = np.ogrid[y0:y1, x0:x1]
-    dy = yy[..., None].astype(np.float32) - cy          # (h, 1, N) -> broadcasts
-    dx = xx[..., None].astype(np.float32) - cx          # (1, w, N)
+    dy = yy[..., None].astype(np.float32) - cy  # (h, 1, N) -> broadcasts
+    dx = xx[..., None].astype(np.float32) - cx  # (1, w, N)
     c, s = np.cos(theta), np.sin(theta)
     u = dx * c + dy * s
     v = -dx * s + dy * c
@@ -298,8 +298,14 @@ def _white_cell(
         off = rng.uniform(0.0, 0.1) * R
         a = rng.uniform(0, 2 * np.pi)
         nr = R * rng.uniform(0.74, 0.86)
-        nuc = _ellipses(shape, cy + off * np.sin(a), cx + off * np.cos(a),
-                        nr * rng.uniform(0.9, 1.0), nr, rng.uniform(0, np.pi))
+        nuc = _ellipses(
+            shape,
+            cy + off * np.sin(a),
+            cx + off * np.cos(a),
+            nr * rng.uniform(0.9, 1.0),
+            nr,
+            rng.uniform(0, np.pi),
+        )
         _paint(od, nuc * body, nuc_col)
 
     elif cls == "monocyte":

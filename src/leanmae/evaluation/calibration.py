@@ -108,12 +108,18 @@ def refer_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) ->
 def selective(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     """Coverage (share of predictions kept) and accuracy of the kept ones at ``threshold``."""
     kept = probs.max(1) >= threshold
-    return {"coverage": float(kept.mean()), "accuracy_kept": float((probs.argmax(1)[kept] == y[kept]).mean()) if kept.any() else float("nan")}
+    return {
+        "coverage": float(kept.mean()),
+        "accuracy_kept": float((probs.argmax(1)[kept] == y[kept]).mean()) if kept.any() else float("nan"),
+    }
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Negative free energy T * logsumexp(logits / T): higher for inputs like the training data (Liu et al. 2020)."""
-    return temperature * torch.logsumexp(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1).numpy()
+    return (
+        temperature
+        * torch.logsumexp(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1).numpy()
+    )
 
 
 def ood_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
@@ -121,7 +127,13 @@ def ood_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
     return {"msp": softmax(logits, temperature).max(1), "energy": energy(logits)}
 
 
-def ood_report(in_logits: np.ndarray, out_logits: np.ndarray, val_logits: np.ndarray, temperature: float, keep: float = 0.95) -> dict[str, Any]:
+def ood_report(
+    in_logits: np.ndarray,
+    out_logits: np.ndarray,
+    val_logits: np.ndarray,
+    temperature: float,
+    keep: float = 0.95,
+) -> dict[str, Any]:
     """AUROC of MSP and energy for in-distribution test vs OOD images, and the energy threshold that keeps ``keep`` of validation cells."""
     inside, outside = ood_scores(in_logits, temperature), ood_scores(out_logits, temperature)
     labels = np.r_[np.ones(len(in_logits)), np.zeros(len(out_logits))]
@@ -138,8 +150,13 @@ def ood_report(in_logits: np.ndarray, out_logits: np.ndarray, val_logits: np.nda
 
 
 def confidence_report(
-    val_logits: np.ndarray, y_val: np.ndarray, test_logits: np.ndarray, y_test: np.ndarray, target_accuracy: float,
-    ood_logits: np.ndarray | None = None, prior_sd: float | None = 0.5,
+    val_logits: np.ndarray,
+    y_val: np.ndarray,
+    test_logits: np.ndarray,
+    y_test: np.ndarray,
+    target_accuracy: float,
+    ood_logits: np.ndarray | None = None,
+    prior_sd: float | None = 0.5,
 ) -> dict[str, Any]:
     """Everything metrics.json says about confidence; validation data chooses, test data only measures."""
     temperature = fit_temperature(val_logits, y_val, prior_sd)
@@ -147,7 +164,14 @@ def confidence_report(
     val_scaled = softmax(val_logits, temperature)
     threshold = refer_threshold(val_scaled, y_val, target_accuracy)
     report: dict[str, Any] = {
-        "calibration": {"temperature": temperature, "temperature_prior_sd": prior_sd, "fitted_on": int(len(y_val)), "bins": N_BINS, "before": calibration(raw, y_test), "after": calibration(scaled, y_test)},
+        "calibration": {
+            "temperature": temperature,
+            "temperature_prior_sd": prior_sd,
+            "fitted_on": int(len(y_val)),
+            "bins": N_BINS,
+            "before": calibration(raw, y_test),
+            "after": calibration(scaled, y_test),
+        },
         "refer": {
             "target_accuracy": target_accuracy,
             "threshold": threshold,

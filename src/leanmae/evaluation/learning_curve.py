@@ -70,7 +70,9 @@ def fit(counts: np.ndarray | list[float], scores: np.ndarray | list[float]) -> P
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
-            params, _ = curve_fit(_law, n, y, p0=start, sigma=sigma, bounds=([0.0, 0.0, 1e-3], [1.0, np.inf, 5.0]), maxfev=20000)
+            params, _ = curve_fit(
+                _law, n, y, p0=start, sigma=sigma, bounds=([0.0, 0.0, 1e-3], [1.0, np.inf, 5.0]), maxfev=20000
+            )
     except (RuntimeError, ValueError):
         return None
     return PowerLaw(*map(float, params))
@@ -106,7 +108,14 @@ class Curves:
         if self.fits.get(arm) is None or self.fits.get(base) is None:
             return None
         point = _ratio(self.fits[base].labels_for(target), self.fits[arm].labels_for(target))
-        draws = np.array([_ratio(b.labels_for(target), a.labels_for(target)) if a is not None and b is not None else math.nan for a, b in zip(self.boot[arm], self.boot[base])])
+        draws = np.array(
+            [
+                _ratio(b.labels_for(target), a.labels_for(target))
+                if a is not None and b is not None
+                else math.nan
+                for a, b in zip(self.boot[arm], self.boot[base])
+            ]
+        )
         return Interval(point, *_percentiles(draws[~np.isnan(draws)]))
 
     def extrapolated(self, labels: float) -> bool:
@@ -128,7 +137,9 @@ def _percentiles(draws: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def fit_arms(points: dict[str, dict[float, dict[int, float]]], seed: int = 0, resamples: int = BOOTSTRAP) -> Curves:
+def fit_arms(
+    points: dict[str, dict[float, dict[int, float]]], seed: int = 0, resamples: int = BOOTSTRAP
+) -> Curves:
     """Fit every arm and bootstrap over seeds.
 
     ``points[arm][labels][seed]`` is one run's score. Each resample draws, at every label count,
@@ -144,11 +155,18 @@ def fit_arms(points: dict[str, dict[float, dict[int, float]]], seed: int = 0, re
         for arm, per in points.items():
             xs, ys = _drawn(per, draw)
             boot[arm].append(fit(xs, ys))
-    fits = {arm: fit(*_drawn(per, {n: np.array(sorted(s)) for n, s in per.items()})) for arm, per in points.items()}
-    return Curves(fits, boot, float(max(counts)) if counts else math.nan, float(min(counts)) if counts else math.nan)
+    fits = {
+        arm: fit(*_drawn(per, {n: np.array(sorted(s)) for n, s in per.items()}))
+        for arm, per in points.items()
+    }
+    return Curves(
+        fits, boot, float(max(counts)) if counts else math.nan, float(min(counts)) if counts else math.nan
+    )
 
 
-def _drawn(per: dict[float, dict[int, float]], draw: dict[float, np.ndarray]) -> tuple[list[float], list[float]]:
+def _drawn(
+    per: dict[float, dict[int, float]], draw: dict[float, np.ndarray]
+) -> tuple[list[float], list[float]]:
     """The (label count, mean score) of every label count over the drawn seeds this arm has."""
     xs, ys = [], []
     for n, by_seed in per.items():

@@ -36,22 +36,37 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     if len(values) == 0:
         return {"count": 0, "median": None, "q1": None, "q3": None, "mean": None}
     q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"count": int(len(values)), "median": float(median), "q1": float(q1), "q3": float(q3), "mean": float(values.mean())}
+    return {
+        "count": int(len(values)),
+        "median": float(median),
+        "q1": float(q1),
+        "q3": float(q3),
+        "mean": float(values.mean()),
+    }
 
 
-def confidence_stats(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def confidence_stats(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
     """{true class or "all": {"correct" | "wrong": stats of confidence}}."""
     y_pred = probs.argmax(1)
     confidence = probs.max(1)
     correct = y_pred == y_true
     groups: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, rows in [("all", np.ones_like(correct))] + [(label, y_true == i) for i, label in enumerate(labels)]:
+    for name, rows in [("all", np.ones_like(correct))] + [
+        (label, y_true == i) for i, label in enumerate(labels)
+    ]:
         rows = rows.astype(bool)
-        groups[name] = {"correct": _stats(confidence[rows & correct]), "wrong": _stats(confidence[rows & ~correct])}
+        groups[name] = {
+            "correct": _stats(confidence[rows & correct]),
+            "wrong": _stats(confidence[rows & ~correct]),
+        }
     return groups
 
 
-def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[str], scored: list[int] | None = None) -> dict[str, Any]:
+def classification_report(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], scored: list[int] | None = None
+) -> dict[str, Any]:
     """Everything metrics.json holds about one set of predictions.
 
     ``scored`` (class indices; default all) limits the per-class and macro metrics to those classes,
@@ -60,7 +75,9 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[st
     classes = list(range(len(labels)))
     scored = classes if scored is None else list(scored)
     y_pred = probs.argmax(1)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=scored, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=scored, zero_division=0
+    )
     macro = precision_recall_fscore_support(y_true, y_pred, labels=scored, average="macro", zero_division=0)
     return {
         "images": int(len(y_true)),
@@ -70,21 +87,43 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[st
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
         "per_class": {
-            labels[c]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            labels[c]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(scored)
         },
-        "confusion_matrix": {"labels": labels, "rows_true_cols_predicted": confusion_matrix(y_true, y_pred, labels=classes).tolist()},
+        "confusion_matrix": {
+            "labels": labels,
+            "rows_true_cols_predicted": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        },
         "confidence": confidence_stats(y_true, probs, labels),
     }
 
 
-def write_predictions(path: Path, paths: list[str], probs: np.ndarray, labels: list[str], y_true: np.ndarray | None = None, extra: dict[str, list[Any]] | None = None, blank_rows: set[int] | frozenset[int] = frozenset()) -> None:
+def write_predictions(
+    path: Path,
+    paths: list[str],
+    probs: np.ndarray,
+    labels: list[str],
+    y_true: np.ndarray | None = None,
+    extra: dict[str, list[Any]] | None = None,
+    blank_rows: set[int] | frozenset[int] = frozenset(),
+) -> None:
     """predictions.csv: path, [true label], predicted label, confidence, extra columns, probability of every class.
 
     Rows in ``blank_rows`` (files that could not be read) get no prediction, only their extra columns.
     """
     extra = extra or {}
-    header = ["path"] + (["true_label"] if y_true is not None else []) + ["predicted_label", "confidence"] + list(extra) + [f"p_{label}" for label in labels]
+    header = (
+        ["path"]
+        + (["true_label"] if y_true is not None else [])
+        + ["predicted_label", "confidence"]
+        + list(extra)
+        + [f"p_{label}" for label in labels]
+    )
     predicted = probs.argmax(1)
     rows = []
     for i, image in enumerate(paths):

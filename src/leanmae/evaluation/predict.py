@@ -14,7 +14,15 @@ from leanmae.progress import bar_disabled
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, batches: Iterable[np.ndarray], image_size: int, mean: list[float], std: list[float], total: int | None = None, progress: bool = False) -> np.ndarray:
+def predict_logits(
+    model: torch.nn.Module,
+    batches: Iterable[np.ndarray],
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    total: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Logits (N, classes) for uint8 (B, H, W, 3) batches: resize, normalise, forward."""
     model.eval()
     device = next(model.parameters()).device

@@ -34,7 +34,9 @@ def mae_features(model: ViTMAEForPreTraining, pixels: torch.Tensor, batch_size: 
     with mask_ratio(model, 0.0):
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start : start + batch_size].to(device)
-            in_order = torch.arange(model.vit.embeddings.patch_embeddings.num_patches, device=device, dtype=torch.float32).expand(len(batch), -1)
+            in_order = torch.arange(
+                model.vit.embeddings.patch_embeddings.num_patches, device=device, dtype=torch.float32
+            ).expand(len(batch), -1)
             hidden = model.vit(pixel_values=batch, noise=in_order).last_hidden_state
             chunks.append(hidden[:, 1:].float().mean(1).cpu().numpy())
     model.train(was_training)

@@ -42,7 +42,9 @@ def mask_ratio(model: ViTMAEForPreTraining, ratio: float) -> Iterator[None]:
         model.config.mask_ratio = saved
 
 
-def _targets(model: ViTMAEForPreTraining, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _targets(
+    model: ViTMAEForPreTraining, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Patchified targets as the loss sees them, plus the per-patch mean and std used to normalise them."""
     target = model.patchify(pixels)
     if model.config.norm_pix_loss:
@@ -52,7 +54,9 @@ def _targets(model: ViTMAEForPreTraining, pixels: torch.Tensor) -> tuple[torch.T
     return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
 
 
-def trivial_errors(target: torch.Tensor, mask: torch.Tensor, grid: int, channels: int = 3) -> tuple[float, float, float]:
+def trivial_errors(
+    target: torch.Tensor, mask: torch.Tensor, grid: int, channels: int = 3
+) -> tuple[float, float, float]:
     """Summed masked-patch squared errors of the two trivial predictors, and the masked-patch count.
 
     ``target``: (B, N, p*p*C) patches as the loss sees them (transformers' patchify: channel last);
@@ -63,8 +67,14 @@ def trivial_errors(target: torch.Tensor, mask: torch.Tensor, grid: int, channels
     visible = (1 - mask).unsqueeze(-1)
     image_mean = (colour * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
     # Sum and count of the visible 4-neighbours of every patch, as one convolution on the patch grid.
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=target.device).view(1, 1, 3, 3)
-    planes = torch.cat([colour * visible, visible], dim=-1).permute(0, 2, 1).reshape(b * (channels + 1), 1, grid, grid)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=target.device).view(
+        1, 1, 3, 3
+    )
+    planes = (
+        torch.cat([colour * visible, visible], dim=-1)
+        .permute(0, 2, 1)
+        .reshape(b * (channels + 1), 1, grid, grid)
+    )
     sums = F.conv2d(planes, kernel, padding=1).reshape(b, channels + 1, n).permute(0, 2, 1)
     found = sums[..., -1:]
     neighbour = torch.where(found > 0, sums[..., :-1] / found.clamp(min=1), image_mean.expand_as(colour))
@@ -77,7 +87,9 @@ def trivial_errors(target: torch.Tensor, mask: torch.Tensor, grid: int, channels
 
 
 @torch.inference_mode()
-def reconstruction_errors(model: ViTMAEForPreTraining, pixels: torch.Tensor, ratios: list[float], batch_size: int = 64) -> dict[str, dict[str, float]]:
+def reconstruction_errors(
+    model: ViTMAEForPreTraining, pixels: torch.Tensor, ratios: list[float], batch_size: int = 64
+) -> dict[str, dict[str, float]]:
     """{ratio: {masked_mse, visible_mse, visible_mean_mse, neighbour_mse}} over ``pixels`` (normalised, B x 3 x H x W).
 
     The last two are the trivial predictors' masked-patch errors on the same masks (``trivial_errors``).
@@ -99,7 +111,12 @@ def reconstruction_errors(model: ViTMAEForPreTraining, pixels: torch.Tensor, rat
                 mask = out.mask
                 sums += [(error * mask).sum().item(), (error * (1 - mask)).sum().item()]
                 counts += [mask.sum().item(), (1 - mask).sum().item()]
-                trivial += trivial_errors(target.float(), mask.float(), model.config.image_size // model.config.patch_size, model.config.num_channels)
+                trivial += trivial_errors(
+                    target.float(),
+                    mask.float(),
+                    model.config.image_size // model.config.patch_size,
+                    model.config.num_channels,
+                )
         masked, visible = sums / np.maximum(counts, 1)
         results[f"{ratio:g}"] = {
             "masked_mse": float(masked),
@@ -126,12 +143,21 @@ def trivial_warning(errors: dict[str, dict[str, float]], ratio: float, factor: f
 
 
 @torch.inference_mode()
-def reconstruction_figure(model: ViTMAEForPreTraining, pixels: torch.Tensor, mean: list[float], std: list[float], path: Path, title: str = "") -> None:
+def reconstruction_figure(
+    model: ViTMAEForPreTraining,
+    pixels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    path: Path,
+    title: str = "",
+) -> None:
     """reconstructions.png: per image, original | masked input | reconstruction | reconstruction + visible patches."""
     model.eval()
     device = next(model.parameters()).device
     pixels = pixels.to(device)
-    out = model(pixel_values=pixels, noise=masking_noise(MASK_SEED, 0, np.arange(len(pixels)), model.config, device))
+    out = model(
+        pixel_values=pixels, noise=masking_noise(MASK_SEED, 0, np.arange(len(pixels)), model.config, device)
+    )
     _, patch_mean, patch_std = _targets(model, pixels)
     predicted = out.logits.float() * patch_std + patch_mean  # back to normalised-pixel space
     mask = out.mask.unsqueeze(-1).expand_as(predicted)
@@ -148,9 +174,16 @@ def reconstruction_figure(model: ViTMAEForPreTraining, pixels: torch.Tensor, mea
         return (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
     masked_show = show(masked_input)
-    masked_show[model.unpatchify(mask, size).permute(0, 2, 3, 1).cpu().numpy() > 0.5] = 0.5  # grey masked patches
+    masked_show[model.unpatchify(mask, size).permute(0, 2, 3, 1).cpu().numpy() > 0.5] = (
+        0.5  # grey masked patches
+    )
     panels = [show(pixels), masked_show, show(recon), show(pasted)]
-    names = ["original", f"masked {model.config.mask_ratio:.0%}", "reconstruction", "reconstruction + visible"]
+    names = [
+        "original",
+        f"masked {model.config.mask_ratio:.0%}",
+        "reconstruction",
+        "reconstruction + visible",
+    ]
     rows = len(pixels)
     fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.6), squeeze=False)
     for r in range(rows):
@@ -160,7 +193,11 @@ def reconstruction_figure(model: ViTMAEForPreTraining, pixels: torch.Tensor, mea
             axes[r, c].set_yticks([])
             if r == 0:
                 axes[r, c].set_title(names[c], fontsize=9)
-    note = " (normalised-pixel loss: output de-normalised with each patch's own mean/std)" if model.config.norm_pix_loss else ""
+    note = (
+        " (normalised-pixel loss: output de-normalised with each patch's own mean/std)"
+        if model.config.norm_pix_loss
+        else ""
+    )
     fig.suptitle(f"{title}{note}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

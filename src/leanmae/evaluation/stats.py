@@ -45,7 +45,9 @@ class Estimate:
             return "—"
         if self.n == 1:
             return f"{self.mean:.{digits}f} (1 seed)"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return (
+            f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        )
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -68,7 +70,9 @@ def bounded_interval(x: np.ndarray, bounds: tuple[float, float], level: float = 
     return lo + (hi - lo) * _expit(centre - half), lo + (hi - lo) * _expit(centre + half)
 
 
-def estimate(values: list[float] | np.ndarray, level: float = 0.95, bounds: tuple[float, float] = UNIT) -> Estimate:
+def estimate(
+    values: list[float] | np.ndarray, level: float = 0.95, bounds: tuple[float, float] = UNIT
+) -> Estimate:
     """Mean, sample std (ddof=1) and bounded interval of ``values``; no interval (nan) for fewer than two."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     n = len(x)

@@ -69,7 +69,14 @@ def _pretraining(run: dict[str, Any]) -> str:
     if init == "scratch":
         return "None: the encoder was initialised at random and trained on the labelled images only (the *scratch* arm)."
     source = Path(init)
-    mae_run = next((p for p in (source, source.parent) if (p / "run.json").exists() and _read(p / "run.json").get("command") == "pretrain"), None)
+    mae_run = next(
+        (
+            p
+            for p in (source, source.parent)
+            if (p / "run.json").exists() and _read(p / "run.json").get("command") == "pretrain"
+        ),
+        None,
+    )
     if mae_run is None:
         return f"The encoder was initialised from the checkpoint `{init}`."
     info = _read(mae_run / "run.json")
@@ -84,7 +91,9 @@ def _pretraining(run: dict[str, Any]) -> str:
     return text + "."
 
 
-def _classifier_sections(extra: dict[str, Any], run: dict[str, Any], metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+def _classifier_sections(
+    extra: dict[str, Any], run: dict[str, Any], metrics: dict[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Body sections and model-index metrics of a classifier card."""
     labels = extra.get("labels", [])
     config = run.get("config", {})
@@ -92,18 +101,37 @@ def _classifier_sections(extra: dict[str, Any], run: dict[str, Any], metrics: di
     used = metrics.get("labels_used") or run.get("labels_used") or {}
     lines = [f"- Classes ({len(labels)}): {', '.join(labels)}."]
     if fraction is not None:
-        lines.append(f"- Split manifest: `{config.get('split', '?')}` (fixed, stratified train / val / test).")
-        lines.append(f"- Label fraction: {fraction:g} of the train split" + (f", {used['total']} labelled images in all (train + validation)." if used else "."))
+        lines.append(
+            f"- Split manifest: `{config.get('split', '?')}` (fixed, stratified train / val / test)."
+        )
+        lines.append(
+            f"- Label fraction: {fraction:g} of the train split"
+            + (f", {used['total']} labelled images in all (train + validation)." if used else ".")
+        )
     if used:
-        lines.append(f"- Training images per class: {', '.join(f'{k} {v}' for k, v in used['train'].items())}.")
+        lines.append(
+            f"- Training images per class: {', '.join(f'{k} {v}' for k, v in used['train'].items())}."
+        )
     sections = ["## Data\n\n" + "\n".join(lines)]
     index: list[dict[str, Any]] = []
     test = metrics.get("test")
     if test:
-        rows = [("accuracy", test["accuracy"]), ("balanced accuracy", test["balanced_accuracy"]), ("macro precision", test["macro_precision"]), ("macro recall", test["macro_recall"]), ("macro F1", test["macro_f1"])]
-        table = "| metric | test |\n| --- | --- |\n" + "".join(f"| {name} | {value:.4f} |\n" for name, value in rows)
-        per_class = "| class | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n" + "".join(
-            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |\n" for name, c in test.get("per_class", {}).items()
+        rows = [
+            ("accuracy", test["accuracy"]),
+            ("balanced accuracy", test["balanced_accuracy"]),
+            ("macro precision", test["macro_precision"]),
+            ("macro recall", test["macro_recall"]),
+            ("macro F1", test["macro_f1"]),
+        ]
+        table = "| metric | test |\n| --- | --- |\n" + "".join(
+            f"| {name} | {value:.4f} |\n" for name, value in rows
+        )
+        per_class = (
+            "| class | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n"
+            + "".join(
+                f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |\n"
+                for name, c in test.get("per_class", {}).items()
+            )
         )
         text = f"## Evaluation\n\nScored once on the held-out test split ({test.get('images', '?')} images), never used for a choice.\n\n{table}\n{per_class}"
         calibration = metrics.get("calibration")
@@ -117,15 +145,32 @@ def _classifier_sections(extra: dict[str, Any], run: dict[str, Any], metrics: di
         refer = metrics.get("refer")
         if refer and "test" in refer:
             kept = refer["test"]
-            outcome = f"keeps {_pct(kept['coverage'])} of the images at {_pct(kept['accuracy_kept'])} accuracy" if kept["coverage"] > 0 else "refers every image"
+            outcome = (
+                f"keeps {_pct(kept['coverage'])} of the images at {_pct(kept['accuracy_kept'])} accuracy"
+                if kept["coverage"] > 0
+                else "refers every image"
+            )
             text += (
                 f"\n**Refer to an expert**: below a calibrated confidence of {refer['threshold']:.3f} (chosen on validation for "
                 f"{_pct(extra.get('target_accuracy', 0.99))} accuracy) a prediction is flagged `refer`; on test this {outcome}.\n"
             )
         sections.append(text)
-        index = [{"type": key, "value": round(float(test[key]), 4), "name": f"test {name}"} for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))]
+        index = [
+            {"type": key, "value": round(float(test[key]), 4), "name": f"test {name}"}
+            for key, name in (
+                ("accuracy", "accuracy"),
+                ("balanced_accuracy", "balanced accuracy"),
+                ("macro_f1", "macro F1"),
+            )
+        ]
         if calibration:
-            index.append({"type": "ece", "value": round(float(calibration["after"]["ece"]), 4), "name": "test ECE after temperature scaling"})
+            index.append(
+                {
+                    "type": "ece",
+                    "value": round(float(calibration["after"]["ece"]), 4),
+                    "name": "test ECE after temperature scaling",
+                }
+            )
     else:
         sections.append("## Evaluation\n\nNot yet scored: the test metrics are added when the run finishes.")
     return sections, index
@@ -151,19 +196,29 @@ def _mae_sections(run: dict[str, Any], recon: dict[str, Any]) -> list[str]:
 def model_card(folder: Path) -> str:
     """The card of the model in ``folder``, from the files there and in its run folder."""
     folder = Path(folder)
-    config, extra, processor = _read(folder / "config.json"), _read(folder / "leanmae.json"), _read(folder / "preprocessor_config.json")
+    config, extra, processor = (
+        _read(folder / "config.json"),
+        _read(folder / "leanmae.json"),
+        _read(folder / "preprocessor_config.json"),
+    )
     run_dir = _run_folder_of(folder)
     run = _read(run_dir / "run.json") if run_dir else {}
     classifier = extra.get("kind") == "classifier"
     image_size = int(config.get("image_size", 224))
-    tags = ["leanmae", "vision", "vit", "pathology", "medical-imaging"] + (["image-classification"] if classifier else ["masked-autoencoder", "self-supervised"])
+    tags = ["leanmae", "vision", "vit", "pathology", "medical-imaging"] + (
+        ["image-classification"] if classifier else ["masked-autoencoder", "self-supervised"]
+    )
     if classifier:
         metrics = _read(run_dir / "metrics.json") if run_dir else {}
         body, index = _classifier_sections(extra, run, metrics)
         what = (
             f"A Vision Transformer classifier ({_architecture(config)}; {config.get('pooling', 'cls')} pooling) for "
             f"{len(extra.get('labels', []))} classes, fine-tuned by leanmae"
-            + (" as a linear probe on a frozen encoder" if run.get("config", {}).get("classifier", {}).get("linear_probe") else "")
+            + (
+                " as a linear probe on a frozen encoder"
+                if run.get("config", {}).get("classifier", {}).get("linear_probe")
+                else ""
+            )
             + ". It is a transformers `ViTForImageClassification` checkpoint (safetensors); `leanmae predict` adds the calibrated "
             "confidence, the refer-to-expert flag and the out-of-distribution flag saved in `leanmae.json`."
         )
@@ -174,10 +229,25 @@ def model_card(folder: Path) -> str:
         index = []
         what = f"A masked autoencoder (MAE, He et al. 2022; {_architecture(config)}) pretrained by leanmae on unlabelled images; a transformers `ViTMAEForPreTraining` checkpoint (safetensors)."
         use = "Research: an encoder to fine-tune (`leanmae finetune --init`) or to probe on pathology images."
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "image-classification" if classifier else "image-feature-extraction", "tags": tags}
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification" if classifier else "image-feature-extraction",
+        "tags": tags,
+    }
     if index:
         meta["metrics"] = sorted({m["type"] for m in index})
-        meta["model-index"] = [{"name": run_dir.name if run_dir else folder.name, "results": [{"task": {"type": "image-classification"}, "dataset": {"name": "leanmae split", "type": "imagefolder"}, "metrics": index}]}]
+        meta["model-index"] = [
+            {
+                "name": run_dir.name if run_dir else folder.name,
+                "results": [
+                    {
+                        "task": {"type": "image-classification"},
+                        "dataset": {"name": "leanmae split", "type": "imagefolder"},
+                        "metrics": index,
+                    }
+                ],
+            }
+        ]
     versions = run.get("versions", {})
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---",
@@ -189,8 +259,16 @@ def model_card(folder: Path) -> str:
         "## Intended use\n\n" + use,
         "## Limits\n\n" + LIMITS,
         "## Reproducing\n\n"
-        + (f"Seed {run.get('seed')}, preset `{run.get('preset')}`, device {run.get('device')}; " if run else "")
-        + (f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, leanmae {versions.get('leanmae')}. " if versions else "")
+        + (
+            f"Seed {run.get('seed')}, preset `{run.get('preset')}`, device {run.get('device')}; "
+            if run
+            else ""
+        )
+        + (
+            f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, leanmae {versions.get('leanmae')}. "
+            if versions
+            else ""
+        )
         + "The resolved configuration is in the run folder's `run.json`.",
     ]
     return "\n\n".join(parts) + "\n"

@@ -29,11 +29,19 @@ class LeanViTClassifier(ViTForImageClassification):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if getattr(config, "pooling", "cls") == "mean" else None
+        self.fc_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if getattr(config, "pooling", "cls") == "mean"
+            else None
+        )
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> ImageClassifierOutput:  # type: ignore[override]
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object
+    ) -> ImageClassifierOutput:  # type: ignore[override]
         logits = self.classifier(self.features(pixel_values))
-        return ImageClassifierOutput(loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits)
+        return ImageClassifierOutput(
+            loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits
+        )
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled representation the head sees (used by the linear probe)."""
@@ -42,7 +50,12 @@ class LeanViTClassifier(ViTForImageClassification):
 
 
 def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> ViTConfig:
-    config = ViTConfig(**encoder_kwargs(model), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    config = ViTConfig(
+        **encoder_kwargs(model),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
     config.pooling = pooling
     return config
 
@@ -68,13 +81,23 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
         source = load_pretrained(ViTModel, folder, add_pooling_layer=False)
         vit = source
     else:
-        raise CheckpointError(f"{folder}: model_type {model_type!r} is neither an MAE (vit_mae) nor a ViT (vit)")
+        raise CheckpointError(
+            f"{folder}: model_type {model_type!r} is neither an MAE (vit_mae) nor a ViT (vit)"
+        )
     cfg = source.config
-    shape = {"patch_size": cfg.patch_size, "hidden_size": cfg.hidden_size, "depth": cfg.num_hidden_layers, "heads": cfg.num_attention_heads, "image_size": cfg.image_size}
+    shape = {
+        "patch_size": cfg.patch_size,
+        "hidden_size": cfg.hidden_size,
+        "depth": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "image_size": cfg.image_size,
+    }
     return {f"vit.{k}": v for k, v in vit.state_dict().items()}, shape
 
 
-def build_classifier(model: ModelConfig, labels: list[str], pooling: str = "cls", init: str | Path | None = None) -> LeanViTClassifier:
+def build_classifier(
+    model: ModelConfig, labels: list[str], pooling: str = "cls", init: str | Path | None = None
+) -> LeanViTClassifier:
     """A classifier for ``labels``: random weights, or the encoder of the MAE/ViT folder ``init``.
 
     The encoder's patch size, width, depth and heads come from ``model``; a checkpoint that
@@ -85,17 +108,26 @@ def build_classifier(model: ModelConfig, labels: list[str], pooling: str = "cls"
     if init is None:
         return classifier
     weights, shape = encoder_weights(Path(init))
-    wanted = {"patch_size": model.patch_size, "hidden_size": model.hidden_size, "depth": model.depth, "heads": model.heads}
+    wanted = {
+        "patch_size": model.patch_size,
+        "hidden_size": model.hidden_size,
+        "depth": model.depth,
+        "heads": model.heads,
+    }
     for key, value in wanted.items():
         if shape[key] != value:
-            raise CheckpointError(f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for {value}; use the preset the MAE was pretrained with")
+            raise CheckpointError(
+                f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for {value}; use the preset the MAE was pretrained with"
+            )
     key = "vit.embeddings.position_embeddings"
     weights[key] = _interpolate_positions(weights[key], model.image_size // model.patch_size)
     own = classifier.state_dict()
     weights = {k: v for k, v in weights.items() if k in own}
     missing = [k for k in own if k.startswith("vit.") and k not in weights]
     if missing:
-        raise CheckpointError(f"{init}: encoder weights missing from the checkpoint: {', '.join(missing[:4])}")
+        raise CheckpointError(
+            f"{init}: encoder weights missing from the checkpoint: {', '.join(missing[:4])}"
+        )
     classifier.load_state_dict(weights, strict=False)
     return classifier
 
@@ -114,7 +146,9 @@ def add_drop_path(model: LeanViTClassifier, rate: float) -> None:
             if not module.training:
                 return output
             tensor = output[0] if isinstance(output, tuple) else output
-            keep = torch.empty(tensor.shape[0], *([1] * (tensor.ndim - 1)), device=tensor.device).bernoulli_(1 - p) / (1 - p)
+            keep = torch.empty(tensor.shape[0], *([1] * (tensor.ndim - 1)), device=tensor.device).bernoulli_(
+                1 - p
+            ) / (1 - p)
             scaled = tensor * keep.to(tensor.dtype)
             return (scaled, *output[1:]) if isinstance(output, tuple) else scaled
 
@@ -140,5 +174,9 @@ def layer_decay_scale(model: LeanViTClassifier, decay: float):
 
 def load_classifier(folder: Path) -> LeanViTClassifier:
     """A fine-tuned classifier saved by leanmae (pooling is read from its config.json); an MAE or bare encoder is refused."""
-    require_kind(folder, ("classifier",), "predict and evaluate need a classifier (a `leanmae finetune` run or its model/)")
+    require_kind(
+        folder,
+        ("classifier",),
+        "predict and evaluate need a classifier (a `leanmae finetune` run or its model/)",
+    )
     return load_pretrained(LeanViTClassifier, folder)

@@ -18,7 +18,9 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
 
 
-def save_model(model: PreTrainedModel, folder: Path, mean: list[float], std: list[float], extra: dict[str, Any]) -> Path:
+def save_model(
+    model: PreTrainedModel, folder: Path, mean: list[float], std: list[float], extra: dict[str, Any]
+) -> Path:
     """``save_pretrained`` (config.json + model.safetensors) plus the image preprocessing, atomically.
 
     preprocessor_config.json is the ViTImageProcessor format, so ``AutoImageProcessor`` reproduces
@@ -76,7 +78,11 @@ def check_model_folder(folder: Path) -> dict[str, Any]:
     missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).exists()]
     if missing:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
-        extra = f"; found {', '.join(pickles)}, which leanmae does not load (pickle files can run code)" if pickles else ""
+        extra = (
+            f"; found {', '.join(pickles)}, which leanmae does not load (pickle files can run code)"
+            if pickles
+            else ""
+        )
         raise CheckpointError(f"{folder}: not a usable model folder, missing {', '.join(missing)}{extra}")
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -87,7 +93,11 @@ def check_model_folder(folder: Path) -> dict[str, Any]:
     return config
 
 
-KIND_NAMES = {"mae": "an MAE (masked autoencoder, from `leanmae pretrain`)", "classifier": "a classifier (from `leanmae finetune`)", "vit": "a ViT encoder without a classifier head"}
+KIND_NAMES = {
+    "mae": "an MAE (masked autoencoder, from `leanmae pretrain`)",
+    "classifier": "a classifier (from `leanmae finetune`)",
+    "vit": "a ViT encoder without a classifier head",
+}
 
 
 def model_kind(folder: Path) -> str:
@@ -104,7 +114,11 @@ def model_kind(folder: Path) -> str:
     if model_type == "vit_mae":
         return "mae"
     if model_type == "vit":
-        heads = [a for a in config.get("architectures") or [] if a.endswith("ForImageClassification") or a == "LeanViTClassifier"]
+        heads = [
+            a
+            for a in config.get("architectures") or []
+            if a.endswith("ForImageClassification") or a == "LeanViTClassifier"
+        ]
         return "classifier" if heads else "vit"
     return str(model_type or "unknown")
 
@@ -131,5 +145,7 @@ def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> 
         raise CheckpointError(f"{folder}: cannot be loaded as {cls.__name__} ({reason})") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise CheckpointError(f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed")
+        raise CheckpointError(
+            f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed"
+        )
     return model

@@ -25,7 +25,9 @@ from leanmae.training.checkpoint import CheckpointError
 
 def mae_config(model: ModelConfig) -> ViTMAEConfig:
     if model.image_size % model.patch_size:
-        raise CheckpointError(f"model.image_size {model.image_size} is not a multiple of model.patch_size {model.patch_size}")
+        raise CheckpointError(
+            f"model.image_size {model.image_size} is not a multiple of model.patch_size {model.patch_size}"
+        )
     if model.hidden_size % model.heads or model.decoder_hidden_size % model.decoder_heads:
         raise CheckpointError("hidden sizes must be multiples of their number of attention heads")
     return ViTMAEConfig(
@@ -64,9 +66,18 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     folder = Path(init)
     require_kind(folder, ("mae",), "--init of pretraining needs an MAE folder")
     saved = ViTMAEConfig.from_pretrained(folder)
-    for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "decoder_hidden_size", "decoder_num_hidden_layers"):
+    for key in (
+        "patch_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+    ):
         if getattr(saved, key) != getattr(config, key):
-            raise CheckpointError(f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config")
+            raise CheckpointError(
+                f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config"
+            )
     return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, folder, config=config))
 
 
@@ -97,7 +108,9 @@ def init_mae_weights(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
     return mae
 
 
-def load_mae(folder: str | Path, needs: str = "this command needs an MAE (a `leanmae pretrain` run or its model/)") -> ViTMAEForPreTraining:
+def load_mae(
+    folder: str | Path, needs: str = "this command needs an MAE (a `leanmae pretrain` run or its model/)"
+) -> ViTMAEForPreTraining:
     """A saved MAE (safetensors only, every weight present), with its fixed position embeddings made right."""
     require_kind(Path(folder), ("mae",), needs)
     return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, Path(folder)))
@@ -133,7 +146,9 @@ def num_patches(config: ViTMAEConfig) -> int:
     return (config.image_size // config.patch_size) ** 2
 
 
-def masking_noise(seed: int, epoch: int, ids: np.ndarray, config: ViTMAEConfig, device: torch.device | str) -> torch.Tensor:
+def masking_noise(
+    seed: int, epoch: int, ids: np.ndarray, config: ViTMAEConfig, device: torch.device | str
+) -> torch.Tensor:
     """Noise that decides which patches of each image are masked, keyed by (seed, epoch, image id)."""
     draws = uniform(seed, epoch, ids, num_patches(config), stream=MASK_STREAM)
     return torch.as_tensor(draws, dtype=torch.float32).to(device)

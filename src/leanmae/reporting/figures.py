@@ -38,7 +38,9 @@ def _label_ticks(ax: Axes, ticks: dict[float, str]) -> None:
     lowered = [False]
     for before, x in zip(positions, positions[1:]):
         lowered.append(x / before < 3 and not lowered[-1])  # a close neighbour: print this one a row lower
-    ax.set_xticks(positions, [("\n\n" if low else "") + text for low, text in zip(lowered, labels)], fontsize=8)
+    ax.set_xticks(
+        positions, [("\n\n" if low else "") + text for low, text in zip(lowered, labels)], fontsize=8
+    )
 
 
 def _x(run: Run) -> float:
@@ -54,28 +56,59 @@ def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
     grid = np.geomspace(xs.min() / 2, xs.max() * 4, 200)
     for arm in names:
         mine = [r for r in runs if r.arm == arm]
-        ax.scatter([_x(r) for r in mine], [r.test[METRIC] for r in mine], color=colors[arm], marker="o", s=22, alpha=0.6, label=f"{arm}: runs", facecolors=["none" if r.collapsed() else colors[arm] for r in mine])
+        ax.scatter(
+            [_x(r) for r in mine],
+            [r.test[METRIC] for r in mine],
+            color=colors[arm],
+            marker="o",
+            s=22,
+            alpha=0.6,
+            label=f"{arm}: runs",
+            facecolors=["none" if r.collapsed() else colors[arm] for r in mine],
+        )
         law = a.curves.fits.get(arm) if arm not in a.withheld else None
         if law is None:
             continue
         boot = np.array([b(grid) for b in a.curves.boot[arm] if b is not None])
         if len(boot):
-            ax.fill_between(grid, *np.percentile(boot, [2.5, 97.5], axis=0), color=colors[arm], alpha=0.15, lw=0)
+            ax.fill_between(
+                grid, *np.percentile(boot, [2.5, 97.5], axis=0), color=colors[arm], alpha=0.15, lw=0
+            )
         ax.plot(grid, law(grid), color=colors[arm], label=f"{arm}: fitted curve (band: 95 % bootstrap)")
         if a.target is not None:
             n = law.labels_for(a.target)
             if math.isfinite(n) and grid[0] <= n <= grid[-1]:
                 ax.plot([n], [a.target], marker="v", ms=10, color=colors[arm], ls="none")
-                ax.annotate(f"{n:,.0f}", (n, a.target), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8, color=colors[arm])
+                ax.annotate(
+                    f"{n:,.0f}",
+                    (n, a.target),
+                    textcoords="offset points",
+                    xytext=(0, 9),
+                    ha="center",
+                    fontsize=8,
+                    color=colors[arm],
+                )
     if a.target is not None:
         ax.axhline(a.target, color="grey", ls="--", lw=1, label=f"target {METRIC_NAME} {a.target:.3f}")
-    ax.axvspan(xs.max(), grid[-1], color="grey", alpha=0.07, lw=0, label="beyond the largest run: extrapolation")
+    ax.axvspan(
+        xs.max(), grid[-1], color="grey", alpha=0.07, lw=0, label="beyond the largest run: extrapolation"
+    )
     at = labels_at(runs)
-    _label_ticks(ax, {float(l.total): f"{l.total:,}\n{pct(f)}" for f, l in at.items() if l.total} or {x: f"{x:,.0f}" for x in xs})
-    ax.set(xlim=(grid[0], grid[-1]), xlabel="labelled images (log scale); percentage of the training labels below", ylabel=f"test {METRIC_NAME}")
+    _label_ticks(
+        ax,
+        {float(l.total): f"{l.total:,}\n{pct(f)}" for f, l in at.items() if l.total}
+        or {x: f"{x:,.0f}" for x in xs},
+    )
+    ax.set(
+        xlim=(grid[0], grid[-1]),
+        xlabel="labelled images (log scale); percentage of the training labels below",
+        ylabel=f"test {METRIC_NAME}",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"Learning curves: test {METRIC_NAME} against labelled images (hollow points: collapsed runs, not fitted)")
+    ax.set_title(
+        f"Learning curves: test {METRIC_NAME} against labelled images (hollow points: collapsed runs, not fitted)"
+    )
     return save_figure(fig, path)
 
 
@@ -96,7 +129,9 @@ def label_efficiency_figure(runs: list[Run], path: Path) -> Path:
                 continue
             line = ax.plot(xs, [e.mean for e in est], marker="o", label=arm)[0]
             if all(e.n > 1 for e in est):
-                ax.fill_between(xs, [e.low for e in est], [e.high for e in est], color=line.get_color(), alpha=0.2)
+                ax.fill_between(
+                    xs, [e.low for e in est], [e.high for e in est], color=line.get_color(), alpha=0.2
+                )
         _label_ticks(ax, {f: f"{pct(f)}\n{at[f].total:,}" if at[f].total else pct(f) for f in fractions})
         ax.set(title=NAMES[metric], xlabel="share of training labels (labelled images)")
         ax.grid(alpha=0.3)
@@ -109,15 +144,49 @@ def label_efficiency_figure(runs: list[Run], path: Path) -> Path:
 def curves_figure(runs: list[Run], path: Path) -> Path:
     fractions = sorted({r.fraction for r in runs})
     colors = _colors(arms(runs))
-    fig, axes = plt.subplots(len(fractions), 2, figsize=(11, 3.2 * len(fractions)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(fractions), 2, figsize=(11, 3.2 * len(fractions)), squeeze=False, layout="constrained"
+    )
     for row, f in enumerate(fractions):
         for r in (r for r in runs if r.fraction == f):
             epochs = [h["epoch"] for h in r.history]
-            axes[row, 0].plot(epochs, [h["train_loss"] for h in r.history], color=colors[r.arm], alpha=0.5, ls="--", marker=".")
-            axes[row, 0].plot(epochs, [h["val_loss"] for h in r.history], color=colors[r.arm], alpha=0.8, marker="o", ms=3, label=f"{r.arm} seed {r.seed}")
-            axes[row, 1].plot(epochs, [h["val_accuracy"] for h in r.history], color=colors[r.arm], alpha=0.8, marker="o", ms=3, label=f"{r.arm} seed {r.seed}")
-        axes[row, 0].set(title=f"{pct(f)} of the labels: loss (dashed train, solid validation)", xlabel="epoch", ylabel="loss")
-        axes[row, 1].set(title=f"{pct(f)} of the labels: validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+            axes[row, 0].plot(
+                epochs,
+                [h["train_loss"] for h in r.history],
+                color=colors[r.arm],
+                alpha=0.5,
+                ls="--",
+                marker=".",
+            )
+            axes[row, 0].plot(
+                epochs,
+                [h["val_loss"] for h in r.history],
+                color=colors[r.arm],
+                alpha=0.8,
+                marker="o",
+                ms=3,
+                label=f"{r.arm} seed {r.seed}",
+            )
+            axes[row, 1].plot(
+                epochs,
+                [h["val_accuracy"] for h in r.history],
+                color=colors[r.arm],
+                alpha=0.8,
+                marker="o",
+                ms=3,
+                label=f"{r.arm} seed {r.seed}",
+            )
+        axes[row, 0].set(
+            title=f"{pct(f)} of the labels: loss (dashed train, solid validation)",
+            xlabel="epoch",
+            ylabel="loss",
+        )
+        axes[row, 1].set(
+            title=f"{pct(f)} of the labels: validation accuracy",
+            xlabel="epoch",
+            ylabel="accuracy",
+            ylim=(0, 1.02),
+        )
         for ax in axes[row]:
             ax.grid(alpha=0.3)
         axes[row, 1].legend(fontsize=7)
@@ -141,7 +210,17 @@ def confidence_figures(runs: list[Run], folder: Path) -> list[tuple[Path, float]
             if y:
                 groups[arm] = {"true": np.array(y), "probs": np.array(probs)}
         if groups:
-            paths.append((confidence_boxplot(groups, labels, folder / f"confidence_f{f:g}.png", f"Confidence on the test split at {pct(f)} of the labels (all seeds pooled)"), f))
+            paths.append(
+                (
+                    confidence_boxplot(
+                        groups,
+                        labels,
+                        folder / f"confidence_f{f:g}.png",
+                        f"Confidence on the test split at {pct(f)} of the labels (all seeds pooled)",
+                    ),
+                    f,
+                )
+            )
     return paths
 
 

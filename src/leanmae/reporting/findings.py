@@ -20,12 +20,17 @@ def wrong_confidence(run: Run) -> float | None:
 
 def problems(runs: list[Run], failed: list[str] | None = None) -> list[str]:
     """The collapsed and failed runs, named: what the reader must know before any number."""
-    lines = [f"Failed run: {name} (its run.json says failed; rerun the study to retry it)." for name in failed or []]
+    lines = [
+        f"Failed run: {name} (its run.json says failed; rerun the study to retry it)."
+        for name in failed or []
+    ]
     for arm in arms(runs):
         for f in sorted({r.fraction for r in runs}):
             collapsed = [r.seed for r in by_cell(runs).get((arm, f), []) if r.collapsed()]
             if collapsed:
-                lines.append(f"Collapsed: {arm} at {pct(f)} predicted a single class for seed(s) {collapsed}; findings that depend on it are withheld.")
+                lines.append(
+                    f"Collapsed: {arm} at {pct(f)} predicted a single class for seed(s) {collapsed}; findings that depend on it are withheld."
+                )
     return lines
 
 
@@ -47,24 +52,44 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
                 continue
             broken = _collapsed_in(runs, f, arm, BASELINE)
             if broken:
-                lines.append(f"Withheld: {arm} minus scratch macro-F1 at {pct(f)} of the labels, because {', '.join(broken)} collapsed.")
+                lines.append(
+                    f"Withheld: {arm} minus scratch macro-F1 at {pct(f)} of the labels, because {', '.join(broken)} collapsed."
+                )
             elif g.n == 1:
-                lines.append(f"At {pct(f)} of the labels, {arm} minus scratch macro-F1 is {g.mean:+.3f} from one seed: no interval, so it cannot be told from noise.")
+                lines.append(
+                    f"At {pct(f)} of the labels, {arm} minus scratch macro-F1 is {g.mean:+.3f} from one seed: no interval, so it cannot be told from noise."
+                )
             elif g.excludes_zero():
                 verb = "adds" if g.mean > 0 else "costs"
-                lines.append(f"At {pct(f)} of the labels, {arm} initialisation {verb} {abs(g.mean):.3f} macro-F1 (95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds).")
+                lines.append(
+                    f"At {pct(f)} of the labels, {arm} initialisation {verb} {abs(g.mean):.3f} macro-F1 (95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds)."
+                )
             else:
-                lines.append(f"At {pct(f)} of the labels, the macro-F1 difference {arm} minus scratch ({g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is within noise.")
+                lines.append(
+                    f"At {pct(f)} of the labels, the macro-F1 difference {arm} minus scratch ({g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is within noise."
+                )
         for f in fractions:
             if _collapsed_in(runs, f, arm, BASELINE):
                 continue
-            a = {r.seed: wrong_confidence(r) for r in groups.get((arm, f), []) if wrong_confidence(r) is not None}
-            b = {r.seed: wrong_confidence(r) for r in groups.get((BASELINE, f), []) if wrong_confidence(r) is not None}
+            a = {
+                r.seed: wrong_confidence(r)
+                for r in groups.get((arm, f), [])
+                if wrong_confidence(r) is not None
+            }
+            b = {
+                r.seed: wrong_confidence(r)
+                for r in groups.get((BASELINE, f), [])
+                if wrong_confidence(r) is not None
+            }
             d = paired(a, b)
             if d.n == 0:
                 continue
             direction = "more" if d.mean > 0 else "less"
-            certainty = "beyond the interval" if d.excludes_zero() else ("within noise" if d.n > 1 else "one seed, no interval")
+            certainty = (
+                "beyond the interval"
+                if d.excludes_zero()
+                else ("within noise" if d.n > 1 else "one seed, no interval")
+            )
             lines.append(
                 f"At {pct(f)} of the labels, wrong predictions of {arm} models are {direction} confident than from scratch: "
                 f"median confidence {np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
@@ -75,7 +100,9 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
         if not rs:
             continue
         if _collapsed_in(runs, top, arm):
-            lines.append(f"Withheld: calibration of {arm} at {pct(top)} of the labels, because {', '.join(_collapsed_in(runs, top, arm))} collapsed.")
+            lines.append(
+                f"Withheld: calibration of {arm} at {pct(top)} of the labels, because {', '.join(_collapsed_in(runs, top, arm))} collapsed."
+            )
             continue
         before = estimate([r.metrics["calibration"]["before"]["ece"] for r in rs])
         after = estimate([r.metrics["calibration"]["after"]["ece"] for r in rs])

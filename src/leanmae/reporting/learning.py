@@ -27,7 +27,9 @@ class Answer:
     """Everything the headline and the learning-curve figure and table say."""
 
     curves: Curves
-    points: dict[str, dict[float, dict[int, float]]]  # arm -> labels -> seed -> score (collapsed runs left out)
+    points: dict[
+        str, dict[float, dict[int, float]]
+    ]  # arm -> labels -> seed -> score (collapsed runs left out)
     top: dict[str, float]  # arm -> mean score at its largest label count
     withheld: dict[str, str]  # arm -> why it has no curve
     excluded: dict[str, list[str]]  # arm -> collapsed runs left out of its fit
@@ -58,7 +60,9 @@ def answer(runs: list[Run], target: float | None = None) -> Answer | None:
         excluded[arm] = [r.name for r in mine if r.collapsed()]
         lost = sorted({r.fraction for r in mine} - {r.fraction for r in fine})
         if lost:
-            withheld[arm] = "every run at " + ", ".join(f"{f * 100:g} %" for f in lost) + " collapsed to one class"
+            withheld[arm] = (
+                "every run at " + ", ".join(f"{f * 100:g} %" for f in lost) + " collapsed to one class"
+            )
         per: dict[float, dict[int, float]] = {}
         for r in fine:
             per.setdefault(float(r.labels.total or r.metrics["train_images"]), {})[r.seed] = r.test[METRIC]
@@ -68,14 +72,24 @@ def answer(runs: list[Run], target: float | None = None) -> Answer | None:
     if not points or max(len(per) for per in points.values()) < 3:
         return None
     for arm in [arm for arm, per in points.items() if len(per) < 3]:  # e.g. a study still running
-        withheld.setdefault(arm, f"runs at only {len(points[arm])} label count(s); a curve needs three or more")
+        withheld.setdefault(
+            arm, f"runs at only {len(points[arm])} label count(s); a curve needs three or more"
+        )
         del points[arm]
     if target is not None and not 0 < target < 1:
         raise ConfigError(f"--target {target}: a {METRIC_NAME} target lies between 0 and 1")
     source = "set with --target"
     if target is None and BASELINE in top:
         largest = max(r.fraction for r in runs if r.arm == BASELINE)
-        target, source = OWN_SHARE * top[BASELINE], f"95 % of scratch's {METRIC_NAME} " + ("with all labels" if largest == 1 else f"at {largest:.0%} of the labels, its largest run so far")
+        target, source = (
+            OWN_SHARE * top[BASELINE],
+            f"95 % of scratch's {METRIC_NAME} "
+            + (
+                "with all labels"
+                if largest == 1
+                else f"at {largest:.0%} of the labels, its largest run so far"
+            ),
+        )
     classes = len(runs[0].test["per_class"])
     val_mode = next(iter(labels_at(runs).values())).val_mode
     return Answer(fit_arms(points), points, top, withheld, excluded, target, source, classes, val_mode)
@@ -107,24 +121,48 @@ def learning_table(a: Answer) -> Table:
     rows = []
     for arm in a.points:
         if arm in a.withheld:
-            rows.append([arm, f"{a.top[arm]:.3f}", "", f"withheld: {a.withheld[arm]}", "", "", "; ".join(a.excluded[arm])])
+            rows.append(
+                [
+                    arm,
+                    f"{a.top[arm]:.3f}",
+                    "",
+                    f"withheld: {a.withheld[arm]}",
+                    "",
+                    "",
+                    "; ".join(a.excluded[arm]),
+                ]
+            )
             continue
         own = a.own_target(arm)
         needed_own = a.needed(arm, own)
         needed_common = a.needed(arm, a.target) if a.target is not None else None
         s = a.savings(arm) if arm != BASELINE else None
-        rows.append([
-            arm, f"{a.top[arm]:.3f}",
-            f"{own:.3f}", f"{count(needed_own.value)} [{interval_text(needed_own)}] {_mark(a, needed_own)}".strip(),
-            "" if needed_common is None else f"{count(needed_common.value)} [{interval_text(needed_common)}] {_mark(a, needed_common)}".strip(),
-            "" if s is None else f"{_ratio(s.value)} [{interval_text(s, _ratio)}]",
-            "; ".join(a.excluded[arm]),
-        ])
+        rows.append(
+            [
+                arm,
+                f"{a.top[arm]:.3f}",
+                f"{own:.3f}",
+                f"{count(needed_own.value)} [{interval_text(needed_own)}] {_mark(a, needed_own)}".strip(),
+                ""
+                if needed_common is None
+                else f"{count(needed_common.value)} [{interval_text(needed_common)}] {_mark(a, needed_common)}".strip(),
+                "" if s is None else f"{_ratio(s.value)} [{interval_text(s, _ratio)}]",
+                "; ".join(a.excluded[arm]),
+            ]
+        )
     target = "" if a.target is None else f"{a.target:.3f} ({a.target_source})"
     return Table(
         "labels_needed",
         f"Labelled images needed, from the fitted learning curves (inverse power law, weighted least squares; [95 % percentile interval, bootstrap over seeds]). Common target {METRIC_NAME} {target}",
-        ["arm", f"{METRIC_NAME} with all labels", "own target (95 %)", "labels for own target", "labels for common target", "label savings vs scratch (× fewer)", "collapsed runs left out"],
+        [
+            "arm",
+            f"{METRIC_NAME} with all labels",
+            "own target (95 %)",
+            "labels for own target",
+            "labels for common target",
+            "label savings vs scratch (× fewer)",
+            "collapsed runs left out",
+        ],
         rows,
     )
 
@@ -132,11 +170,19 @@ def learning_table(a: Answer) -> Table:
 def headline(a: Answer | None, runs: list[Run]) -> list[str]:
     """One or two sentences that answer the question, computed from the fit."""
     if a is None and runs and all(r.collapsed() for r in runs):
-        return ["Withheld: every run collapsed to predicting one class, so no learning curve is fitted and no labels-needed answer is given."]
+        return [
+            "Withheld: every run collapsed to predicting one class, so no learning curve is fitted and no labels-needed answer is given."
+        ]
     if a is None:
-        return ["Too few label fractions to fit a learning curve (three or more are needed); see the table below."]
+        return [
+            "Too few label fractions to fit a learning curve (three or more are needed); see the table below."
+        ]
     if a.target is None:
-        return [f"Labels needed for {METRIC_NAME} {OWN_SHARE:.0%} of each arm's own all-labels score: " + "; ".join(_own(a, arm) for arm in a.points) + "."]
+        return [
+            f"Labels needed for {METRIC_NAME} {OWN_SHARE:.0%} of each arm's own all-labels score: "
+            + "; ".join(_own(a, arm) for arm in a.points)
+            + "."
+        ]
     lines = []
     base = a.needed(BASELINE, a.target) if BASELINE in a.points else None
     for arm in dict.fromkeys([*a.points, *a.withheld]):
@@ -148,14 +194,34 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
         needed, s = a.needed(arm, a.target), a.savings(arm)
         head = f"With {arm}, {count(needed.value)} labelled images ({_per_class(a, needed.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(needed)}{_note(a, needed)})"
         if base is None or s is None:
-            lines.append(head + (f"; scratch has no curve ({a.withheld.get(BASELINE, 'not run')})." if base is None or BASELINE in a.withheld else "."))
+            lines.append(
+                head
+                + (
+                    f"; scratch has no curve ({a.withheld.get(BASELINE, 'not run')})."
+                    if base is None or BASELINE in a.withheld
+                    else "."
+                )
+            )
             continue
-        verdict = "saves labels" if s.low > 1 else ("costs labels" if s.high < 1 else "cannot be told apart from scratch")
-        lines.append(head + f"; from scratch it takes {count(base.value)} (95 % interval {interval_text(base)}{_note(a, base)}), {_ratio(s.value)} times as many (95 % interval {interval_text(s, _ratio)}): {arm} {verdict}.")
+        verdict = (
+            "saves labels"
+            if s.low > 1
+            else ("costs labels" if s.high < 1 else "cannot be told apart from scratch")
+        )
+        lines.append(
+            head
+            + f"; from scratch it takes {count(base.value)} (95 % interval {interval_text(base)}{_note(a, base)}), {_ratio(s.value)} times as many (95 % interval {interval_text(s, _ratio)}): {arm} {verdict}."
+        )
     if not lines and base is not None:
-        lines.append(f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)}).")
+        lines.append(
+            f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)})."
+        )
     if any(a.excluded.values()):
-        lines.append("Fitted without the collapsed run(s) " + "; ".join(n for names in a.excluded.values() for n in names) + ".")
+        lines.append(
+            "Fitted without the collapsed run(s) "
+            + "; ".join(n for names in a.excluded.values() for n in names)
+            + "."
+        )
     return lines
 
 

@@ -61,12 +61,16 @@ def confusion_plot(matrix: list[list[int]], labels: list[str], path: Path | str,
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
-    ConfusionMatrixDisplay(confusion_matrix=np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False, cmap="Blues", xticks_rotation=30)
+    ConfusionMatrixDisplay(confusion_matrix=np.asarray(matrix), display_labels=labels).plot(
+        ax=ax, colorbar=False, cmap="Blues", xticks_rotation=30
+    )
     ax.set_title(title)
     return save_figure(fig, path)
 
 
-def confidence_boxplot(groups: dict[str, dict[str, np.ndarray]], labels: list[str], path: Path | str, title: str) -> Path:
+def confidence_boxplot(
+    groups: dict[str, dict[str, np.ndarray]], labels: list[str], path: Path | str, title: str
+) -> Path:
     """The seed's figure: confidence per true class, correct (green) beside wrong (red) predictions.
 
     ``groups`` maps an arm name (e.g. "scratch", "MAE") to {"true": labels, "probs": probabilities};
@@ -82,7 +86,14 @@ def confidence_boxplot(groups: dict[str, dict[str, np.ndarray]], labels: list[st
         for k, outcome in enumerate(("correct", "wrong")):
             data = [conf[(y == c) & ((pred == y) == (outcome == "correct"))] for c in range(len(labels))]
             positions = np.arange(len(labels)) - 0.4 + width * (2 * a + k + 0.5)
-            box = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=True, flierprops={"markersize": 2})
+            box = ax.boxplot(
+                data,
+                positions=positions,
+                widths=width * 0.9,
+                patch_artist=True,
+                showfliers=True,
+                flierprops={"markersize": 2},
+            )
             for patch in box["boxes"]:
                 patch.set_facecolor(colors[outcome])
                 patch.set_alpha(0.85 if a == 0 else 0.45)
@@ -93,20 +104,47 @@ def confidence_boxplot(groups: dict[str, dict[str, np.ndarray]], labels: list[st
     ax.grid(axis="y", alpha=0.3)
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=colors[o], alpha=0.85 if a == 0 else 0.45, hatch="" if a == 0 else "//", label=f"{arm}: {o}") for a, arm in enumerate(arms) for o in ("correct", "wrong")]
+    handles = [
+        Patch(
+            facecolor=colors[o],
+            alpha=0.85 if a == 0 else 0.45,
+            hatch="" if a == 0 else "//",
+            label=f"{arm}: {o}",
+        )
+        for a, arm in enumerate(arms)
+        for o in ("correct", "wrong")
+    ]
     ax.legend(handles=handles, fontsize=8, ncol=len(arms), loc="lower left")
     ax.set_title(title)
     return save_figure(fig, path)
 
 
-def reliability_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarray], ece: tuple[float, float], temperature: float, path: Path | str, title: str) -> Path:
+def reliability_figure(
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    ece: tuple[float, float],
+    temperature: float,
+    path: Path | str,
+    title: str,
+) -> Path:
     """reliability.png: accuracy against confidence per bin, with the confidence histogram, before and after scaling."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    for col, (bins, name, e) in enumerate([(before, "before scaling", ece[0]), (after, f"after temperature scaling (T = {temperature:.2f})", ece[1])]):
+    for col, (bins, name, e) in enumerate(
+        [
+            (before, "before scaling", ece[0]),
+            (after, f"after temperature scaling (T = {temperature:.2f})", ece[1]),
+        ]
+    ):
         centers = (bins["edges"][:-1] + bins["edges"][1:]) / 2
         width = bins["edges"][1] - bins["edges"][0]
         top, bottom = axes[0, col], axes[1, col]
-        top.bar(centers, np.nan_to_num(bins["accuracy"]), width=width * 0.9, color="#4c72b0", label="accuracy in bin")
+        top.bar(
+            centers,
+            np.nan_to_num(bins["accuracy"]),
+            width=width * 0.9,
+            color="#4c72b0",
+            label="accuracy in bin",
+        )
         top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
         top.set(title=f"{name}: ECE {e:.3f}", ylabel="accuracy", ylim=(0, 1))
         top.legend(fontsize=8, loc="upper left")
@@ -116,14 +154,30 @@ def reliability_figure(before: dict[str, np.ndarray], after: dict[str, np.ndarra
     return save_figure(fig, path)
 
 
-def risk_coverage_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], threshold_point: tuple[float, float] | None, path: Path | str, title: str) -> Path:
+def risk_coverage_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    threshold_point: tuple[float, float] | None,
+    path: Path | str,
+    title: str,
+) -> Path:
     """risk_coverage.png: error rate of the kept predictions against the share kept (most confident first)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (coverage, risk, aurc) in curves.items():
         ax.plot(coverage, risk, label=f"{name} (AURC {aurc:.4f})")
     if threshold_point:
-        ax.scatter([threshold_point[0]], [threshold_point[1]], color="#d1495b", zorder=3, label="refer-to-expert threshold")
-    ax.set(xlabel="coverage (share of predictions kept)", ylabel="risk (error rate among kept)", title=title, xlim=(0, 1))
+        ax.scatter(
+            [threshold_point[0]],
+            [threshold_point[1]],
+            color="#d1495b",
+            zorder=3,
+            label="refer-to-expert threshold",
+        )
+    ax.set(
+        xlabel="coverage (share of predictions kept)",
+        ylabel="risk (error rate among kept)",
+        title=title,
+        xlim=(0, 1),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)

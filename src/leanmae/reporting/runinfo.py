@@ -74,7 +74,9 @@ def _clear(out: Path, inputs: Sequence[str | Path | None], why: str) -> None:
     """Delete what ``out`` holds (not its lock), unless an input of this command lies in it."""
     doomed = _inside(out, inputs)
     if doomed:
-        raise OutputFolderError(f"{out}: {why} would delete {doomed[0]}, an input of this command; choose another --out")
+        raise OutputFolderError(
+            f"{out}: {why} would delete {doomed[0]}, an input of this command; choose another --out"
+        )
     for entry in _entries(out):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -97,7 +99,9 @@ def claim(out: Path) -> None:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise OutputFolderError(f"{out}: another leanmae command (process {holder}) is writing into this folder; wait for it to end or choose another --out") from None
+        raise OutputFolderError(
+            f"{out}: another leanmae command (process {holder}) is writing into this folder; wait for it to end or choose another --out"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held[key] = fd
@@ -125,7 +129,9 @@ def _read_info(out: Path) -> dict[str, Any]:
         return {}
 
 
-def prepare_output(out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None] = ()) -> bool:
+def prepare_output(
+    out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+) -> bool:
     """Claim ``out`` (see ``claim``) and make it ready; returns True when an earlier run there is being resumed.
 
     An empty or new folder is used as is, and so is the folder of a start that failed before its
@@ -140,7 +146,9 @@ def prepare_output(out: Path, config: dict[str, Any], resume: bool, overwrite: b
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out}: is a file; --out must be a folder")
     if out.is_dir() and _entries(out) and not (out / RUN_FILE).exists():
-        raise OutputFolderError(f"{out}: folder is not empty and holds no leanmae run ({RUN_FILE}); choose a new or empty --out")
+        raise OutputFolderError(
+            f"{out}: folder is not empty and holds no leanmae run ({RUN_FILE}); choose a new or empty --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     claim(out)
     try:
@@ -150,7 +158,9 @@ def prepare_output(out: Path, config: dict[str, Any], resume: bool, overwrite: b
         raise
 
 
-def _prepare_claimed(out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None]) -> bool:
+def _prepare_claimed(
+    out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None]
+) -> bool:
     if not _entries(out):
         return False
     if _failed_start(out):
@@ -160,13 +170,19 @@ def _prepare_claimed(out: Path, config: dict[str, Any], resume: bool, overwrite:
         _clear(out, inputs, "--overwrite")
         return False
     if not resume:
-        raise OutputFolderError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it")
+        raise OutputFolderError(
+            f"{out}: already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
     saved = _flatten(_read_info(out).get("config", {}))
     now = _flatten(config)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+    )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise OutputFolderError(f"{out}: --resume with a different config ({details}); use the run's own settings or a new --out")
+        raise OutputFolderError(
+            f"{out}: --resume with a different config ({details}); use the run's own settings or a new --out"
+        )
     return True
 
 
@@ -179,8 +195,15 @@ def guarded_output(out: str | Path) -> Iterator[None]:
     try:
         yield
     except BaseException as err:
-        if out.resolve() in _held and _read_info(out).get("status") == "running" and not any((out / "checkpoints").glob("epoch-*")):
-            write_json(out / RUN_FILE, {**_read_info(out), "status": "failed", "error": f"{type(err).__name__}: {err}"})
+        if (
+            out.resolve() in _held
+            and _read_info(out).get("status") == "running"
+            and not any((out / "checkpoints").glob("epoch-*"))
+        ):
+            write_json(
+                out / RUN_FILE,
+                {**_read_info(out), "status": "failed", "error": f"{type(err).__name__}: {err}"},
+            )
         raise
     finally:
         release(out)
@@ -196,10 +219,14 @@ def check_result_folder(folder: Path, results: Sequence[str], overwrite: bool) -
         raise OutputFolderError(f"--out {folder}: is a file; give a folder")
     owner = next((name for name in (RUN_FILE, "study.json", "config.json") if (folder / name).exists()), None)
     if owner:
-        raise OutputFolderError(f"--out {folder}: holds a leanmae run, study or model ({owner}); write these results to another folder")
+        raise OutputFolderError(
+            f"--out {folder}: holds a leanmae run, study or model ({owner}); write these results to another folder"
+        )
     existing = [name for name in results if (folder / name).exists()]
     if existing and not overwrite:
-        raise OutputFolderError(f"--out {folder}: already holds {', '.join(existing)}; pass --overwrite to replace them")
+        raise OutputFolderError(
+            f"--out {folder}: already holds {', '.join(existing)}; pass --overwrite to replace them"
+        )
 
 
 def check_output_file(path: Path, overwrite: bool, option: str = "--out") -> None:

@@ -108,14 +108,29 @@ def load_runs(study: Path) -> list[Run]:
         with open(folder / "history.csv") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
         arm = folder.name.rsplit("_f", 1)[0]
-        runs.append(Run(folder, arm, float(metrics["fraction"]), int(metrics["seed"]), metrics, history, run_info, _labels(metrics, manifest)))
+        runs.append(
+            Run(
+                folder,
+                arm,
+                float(metrics["fraction"]),
+                int(metrics["seed"]),
+                metrics,
+                history,
+                run_info,
+                _labels(metrics, manifest),
+            )
+        )
     order = arms(runs)
     return sorted(runs, key=lambda r: (order.index(r.arm), r.fraction, r.seed))
 
 
 def failed_runs(study: Path) -> list[str]:
     """Run folders whose run.json says the run failed (not those still running or waiting)."""
-    return [folder.name for folder in sorted((study / "runs").glob("*_f*_s*")) if folder.is_dir() and info(folder).get("status") == "failed"]
+    return [
+        folder.name
+        for folder in sorted((study / "runs").glob("*_f*_s*"))
+        if folder.is_dir() and info(folder).get("status") == "failed"
+    ]
 
 
 def arms(runs: list[Run]) -> list[str]:

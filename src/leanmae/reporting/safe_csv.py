@@ -34,7 +34,11 @@ def escape(cell: Any) -> Any:
 
 def unescape(cell: str) -> str:
     """The text ``escape`` was given."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) and not _is_number(cell[1:]) else cell
+    return (
+        cell[1:]
+        if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) and not _is_number(cell[1:])
+        else cell
+    )
 
 
 def csv_text(header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> str:

@@ -65,7 +65,12 @@ def _commit() -> str:
     """The git commit of the leanmae source that builds the report, or "unknown" outside a checkout."""
     source = Path(leanmae.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -79,7 +84,9 @@ def _study_command(study: Path, settings: dict[str, Any]) -> str:
             flags.append(f"--{key} {settings[key]}")
     for key in ("classes", "fractions", "seeds", "arms"):
         if settings.get(key):
-            flags.append(f"--{key} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key]))
+            flags.append(
+                f"--{key} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key])
+            )
     for key in ("pretrain_data", "ood_data"):
         flags += [f"--{key.replace('_', '-')} {v}" for v in settings.get(key) or []]
     mae = settings.get("mae")
@@ -104,7 +111,13 @@ def _provenance(study: Path, runs: list[Run], settings: dict[str, Any], target: 
         ("study command", _study_command(study, settings)),
         ("report command", report_cmd),
     ]
-    return "<table class='meta'>" + "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows) + "</table>"
+    return (
+        "<table class='meta'>"
+        + "".join(
+            f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows
+        )
+        + "</table>"
+    )
 
 
 def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], str]:
@@ -121,13 +134,53 @@ def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], st
         if recon.get("warning"):
             warnings.append(f"{title}: {recon['warning']}")
             parts.append(f"<p class='warn'>{html.escape(recon['warning'])}</p>")
-        rows = [[ratio, *(f"{row[k]:.4f}" if k in row else "—" for k in ("masked_mse", "visible_mse", "visible_mean_mse", "neighbour_mse"))] for ratio, row in sorted(recon["by_mask_ratio"].items(), key=lambda kv: float(kv[0]))]
-        parts.append(Table("recon", f"Reconstruction error ({recon['space']}) by mask ratio: the MAE beside two trivial predictors of the masked patches", ["mask ratio", "MAE masked", "MAE visible", "trivial: mean of visible", "trivial: nearest visible"], rows).html())
+        rows = [
+            [
+                ratio,
+                *(
+                    f"{row[k]:.4f}" if k in row else "—"
+                    for k in ("masked_mse", "visible_mse", "visible_mean_mse", "neighbour_mse")
+                ),
+            ]
+            for ratio, row in sorted(recon["by_mask_ratio"].items(), key=lambda kv: float(kv[0]))
+        ]
+        parts.append(
+            Table(
+                "recon",
+                f"Reconstruction error ({recon['space']}) by mask ratio: the MAE beside two trivial predictors of the masked patches",
+                [
+                    "mask ratio",
+                    "MAE masked",
+                    "MAE visible",
+                    "trivial: mean of visible",
+                    "trivial: nearest visible",
+                ],
+                rows,
+            ).html()
+        )
         if recon.get("representation"):
             rep = recon["representation"]
-            parts.append(Table("representation", "Frozen encoder on the labelled validation images", list(rep), [[f"{v:.3f}" for v in rep.values()]]).html())
-        figure = recon_error_figure(recon, results / f"mae_recon_errors{'' if pool == 'pretrain' else '_' + pool}.png", f"{title}: reconstruction error")
-        parts += [_img(folder / "loss.png", f"{title}: loss"), _img(folder / "reconstructions.png", f"{title}: reconstructions of held-out images"), _img(figure, f"{title}: error on masked and visible patches by mask ratio, beside the trivial predictors")]
+            parts.append(
+                Table(
+                    "representation",
+                    "Frozen encoder on the labelled validation images",
+                    list(rep),
+                    [[f"{v:.3f}" for v in rep.values()]],
+                ).html()
+            )
+        figure = recon_error_figure(
+            recon,
+            results / f"mae_recon_errors{'' if pool == 'pretrain' else '_' + pool}.png",
+            f"{title}: reconstruction error",
+        )
+        parts += [
+            _img(folder / "loss.png", f"{title}: loss"),
+            _img(folder / "reconstructions.png", f"{title}: reconstructions of held-out images"),
+            _img(
+                figure,
+                f"{title}: error on masked and visible patches by mask ratio, beside the trivial predictors",
+            ),
+        ]
     return warnings, ("<h2>MAE pretraining</h2>" + "".join(parts)) if parts else ""
 
 
@@ -139,7 +192,9 @@ def _data_summary(split_csv: Path) -> str:
     _, items = read_manifest(split_csv)
     table = counts(items)
     labels = sorted({it.label for it in items})
-    rows = [[split] + [table[split].get(c, 0) for c in labels] + [sum(table[split].values())] for split in table]
+    rows = [
+        [split] + [table[split].get(c, 0) for c in labels] + [sum(table[split].values())] for split in table
+    ]
     return Table("data", "Images per class per split", ["split", *labels, "total"], rows).html()
 
 
@@ -147,9 +202,16 @@ def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list
     lines = headline(a, runs)
     if a is None:
         return lines, ""
-    parts = [_img(learning_curve_figure(runs, a, results / "learning_curves.png"), "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % bootstrap band, the target and the labels each arm needs for it (triangles)")]
+    parts = [
+        _img(
+            learning_curve_figure(runs, a, results / "learning_curves.png"),
+            "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % bootstrap band, the target and the labels each arm needs for it (triangles)",
+        )
+    ]
     if a.val_mode == "full":
-        parts.append("<p class='note'>These runs chose their epoch on the whole validation split (validation mode 'full'); those labels are not counted above, so a lab with this budget would need somewhat more.</p>")
+        parts.append(
+            "<p class='note'>These runs chose their epoch on the whole validation split (validation mode 'full'); those labels are not counted above, so a lab with this budget would need somewhat more.</p>"
+        )
     parts.append(learning_table(a).html())
     return lines, "".join(parts)
 
@@ -165,31 +227,52 @@ def write_report(study: Path, target: float | None = None) -> Path:
     expected = expected_runs(settings) or len(runs)
     all_tables = {t.name: t for t in tables(runs)} if runs else {}
     a = answer(runs, target) if runs else None
-    lines, answer_html = _answer_part(runs, a, results) if runs else (["No fine-tuning run has finished yet."], "")
+    lines, answer_html = (
+        _answer_part(runs, a, results) if runs else (["No fine-tuning run has finished yet."], "")
+    )
     if a is not None:
         all_tables["labels_needed"] = learning_table(a)
     for table in all_tables.values():
         write_atomic(results / f"{table.name}.csv", table.csv())
-    write_atomic(results / "tables.md", "\n".join(t.markdown() for t in all_tables.values()) or "No finished runs yet.\n")
+    write_atomic(
+        results / "tables.md",
+        "\n".join(t.markdown() for t in all_tables.values()) or "No finished runs yet.\n",
+    )
     text = findings(runs, failed)
     write_atomic(results / "findings.md", "\n".join(f"- {line}" for line in [*lines, *text]) + "\n")
     mae_warnings, mae_html = _mae_section(pretrains, results)
 
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study report</title><style>{CSS}</style></head><body>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study report</title><style>{CSS}</style></head><body>"
+    ]
     parts.append("<h1>How many labels do we need, and does MAE pretraining cut that number?</h1>")
     parts.append(_provenance(study, runs, settings, target))
     parts.append(f"<p>{len(runs)} of {expected} fine-tuning runs finished.</p>")
     if len(runs) < expected:
-        parts.append("<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>")
+        parts.append(
+            "<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>"
+        )
     warnings = [*problems(runs, failed), *mae_warnings]
     if warnings:
-        parts.append("<div class='warn'><b>Read first:</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
-    parts.append("<h2>The answer</h2><div class='answer' id='headline'>" + "".join(f"<p>{html.escape(line)}</p>" for line in lines) + "</div>")
+        parts.append(
+            "<div class='warn'><b>Read first:</b><ul>"
+            + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+            + "</ul></div>"
+        )
+    parts.append(
+        "<h2>The answer</h2><div class='answer' id='headline'>"
+        + "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+        + "</div>"
+    )
     parts.append(answer_html)
     if "summary" in all_tables:
         parts.append(all_tables["summary"].html())
-    parts.append(f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>")
-    parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>")
+    parts.append(
+        f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>"
+    )
+    parts.append(
+        "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>"
+    )
     for name in ("labels", "paired", "trust"):
         if name in all_tables:
             parts.append(all_tables[name].html())
@@ -197,8 +280,17 @@ def write_report(study: Path, target: float | None = None) -> Path:
         times = times_table(runs, *pretrains.values())
         write_atomic(results / "times.csv", times.csv())
         parts.append(times.html())
-        figures = [(label_efficiency_figure(runs, results / "label_efficiency.png"), "Label-efficiency curves (log x axis; bands: 95 % interval over seeds)"), (curves_figure(runs, results / "training_curves.png"), "Training curves of every run")]
-        figures += [(p, f"Confidence box plots, correct vs wrong, per class ({pct(f)} of the labels)") for p, f in confidence_figures(runs, results)]
+        figures = [
+            (
+                label_efficiency_figure(runs, results / "label_efficiency.png"),
+                "Label-efficiency curves (log x axis; bands: 95 % interval over seeds)",
+            ),
+            (curves_figure(runs, results / "training_curves.png"), "Training curves of every run"),
+        ]
+        figures += [
+            (p, f"Confidence box plots, correct vs wrong, per class ({pct(f)} of the labels)")
+            for p, f in confidence_figures(runs, results)
+        ]
         parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
     for name in ("per_class_f1", "confidence", "runs"):
         if name in all_tables:
@@ -219,7 +311,9 @@ def report(study: str | Path, target: float | None = None) -> Path:
     mistyped path does not fill a new folder with an empty report.
     """
     if not (Path(study) / "study.json").exists() and not (Path(study) / "runs").is_dir():
-        raise OutputFolderError(f"{study}: not a study folder (no study.json or runs/); give the folder `leanmae study --out` wrote")
+        raise OutputFolderError(
+            f"{study}: not a study folder (no study.json or runs/); give the folder `leanmae study --out` wrote"
+        )
     path = write_report(Path(study), target)
     print(f"wrote {path} and {Path(study) / 'results'}")
     return path

@@ -25,7 +25,13 @@ from leanmae.reporting.runs import (
 from leanmae.reporting.safe_csv import csv_text
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-NAMES = {"accuracy": "Accuracy", "macro_precision": "Precision (macro)", "macro_recall": "Recall (macro)", "macro_f1": "F1 (macro)", "balanced_accuracy": "Balanced accuracy"}
+NAMES = {
+    "accuracy": "Accuracy",
+    "macro_precision": "Precision (macro)",
+    "macro_recall": "Recall (macro)",
+    "macro_f1": "F1 (macro)",
+    "balanced_accuracy": "Balanced accuracy",
+}
 
 
 @dataclass
@@ -39,13 +45,20 @@ class Table:
         return csv_text(self.headers, self.rows)  # formula-like cells escaped for spreadsheets
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.headers) + " |",
+            "|" + "---|" * len(self.headers),
+        ]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows
+        )
         return f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -79,7 +92,15 @@ def labels_table(runs: list[Run]) -> Table:
     at = labels_at(runs)
     classes = sorted({c for labels in at.values() for c in labels.per_class()})
     first = {r.fraction: r for r in runs}
-    rows = [[pct(f), labels.total, *(labels.per_class().get(c, "") for c in classes), _validation(labels, first[f].info)] for f, labels in sorted(at.items())]
+    rows = [
+        [
+            pct(f),
+            labels.total,
+            *(labels.per_class().get(c, "") for c in classes),
+            _validation(labels, first[f].info),
+        ]
+        for f, labels in sorted(at.items())
+    ]
     return Table(
         "labels",
         "Labels used per fraction (training labels, plus validation labels where they were a fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)",
@@ -103,15 +124,33 @@ def tables(runs: list[Run]) -> list[Table]:
         for arm in others:
             for metric in (*METRICS, "balanced_accuracy"):
                 g = gain(runs, metric, f, arm)
-                paired_rows.append([pct(f), f"{arm} - scratch", NAMES[metric], f"{g.mean:+.4f}", "" if g.n < 2 else f"{g.low:+.4f}", "" if g.n < 2 else f"{g.high:+.4f}", g.n, "yes" if g.excludes_zero() else "no"])
+                paired_rows.append(
+                    [
+                        pct(f),
+                        f"{arm} - scratch",
+                        NAMES[metric],
+                        f"{g.mean:+.4f}",
+                        "" if g.n < 2 else f"{g.low:+.4f}",
+                        "" if g.n < 2 else f"{g.high:+.4f}",
+                        g.n,
+                        "yes" if g.excludes_zero() else "no",
+                    ]
+                )
         for arm in names:
             rs = groups.get((arm, f), [])
             if not rs:
                 continue
-            class_rows.append([pct(f), arm] + [estimate([r.test["per_class"][c]["f1"] for r in rs]).text() for c in classes])
+            class_rows.append(
+                [pct(f), arm] + [estimate([r.test["per_class"][c]["f1"] for r in rs]).text() for c in classes]
+            )
             for outcome in ("correct", "wrong"):
-                medians = [[r.test["confidence"][c][outcome]["median"] for r in rs] for c in ["all", *classes]]
-                conf_rows.append([pct(f), arm, outcome] + [estimate([m for m in ms if m is not None]).text() for ms in medians])
+                medians = [
+                    [r.test["confidence"][c][outcome]["median"] for r in rs] for c in ["all", *classes]
+                ]
+                conf_rows.append(
+                    [pct(f), arm, outcome]
+                    + [estimate([m for m in ms if m is not None]).text() for ms in medians]
+                )
             if "calibration" in rs[0].metrics:
                 cells = [
                     [r.metrics["calibration"]["before"]["ece"] for r in rs],
@@ -122,24 +161,94 @@ def tables(runs: list[Run]) -> list[Table]:
                     [r.metrics.get("ood", {}).get("auroc_msp") for r in rs],
                     [r.metrics.get("ood", {}).get("auroc_energy") for r in rs],
                 ]
-                trust_rows.append([pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells])
+                trust_rows.append(
+                    [pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells]
+                )
     for r in runs:
-        run_rows.append([r.arm, pct(r.fraction), r.seed, r.labels.total or r.metrics["train_images"], _validation(r.labels, r.info), *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")), r.metrics.get("selected_epoch"), f"{r.metrics.get('wall_seconds', 0):.0f}", "yes" if r.collapsed() else ""])
-    main_headers = ["labels"] + [f"{NAMES[m]}: {name}" for m in METRICS for name in [*names, *map(gain_name, others)]]
+        run_rows.append(
+            [
+                r.arm,
+                pct(r.fraction),
+                r.seed,
+                r.labels.total or r.metrics["train_images"],
+                _validation(r.labels, r.info),
+                *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")),
+                r.metrics.get("selected_epoch"),
+                f"{r.metrics.get('wall_seconds', 0):.0f}",
+                "yes" if r.collapsed() else "",
+            ]
+        )
+    main_headers = ["labels"] + [
+        f"{NAMES[m]}: {name}" for m in METRICS for name in [*names, *map(gain_name, others)]
+    ]
     interval = "95 % interval: t over seeds on the logit scale, inside the metric's range"
     return [
-        Table("summary", f"Test metrics per label fraction: mean ± sd over seeds [{interval}]; gains paired by seed", main_headers, main_rows),
-        Table("paired", "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % interval (logit-scale t on [-1, 1])", ["labels", "comparison", "metric", "mean difference", "CI low", "CI high", "seeds", "CI excludes 0"], paired_rows),
+        Table(
+            "summary",
+            f"Test metrics per label fraction: mean ± sd over seeds [{interval}]; gains paired by seed",
+            main_headers,
+            main_rows,
+        ),
+        Table(
+            "paired",
+            "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % interval (logit-scale t on [-1, 1])",
+            [
+                "labels",
+                "comparison",
+                "metric",
+                "mean difference",
+                "CI low",
+                "CI high",
+                "seeds",
+                "CI excludes 0",
+            ],
+            paired_rows,
+        ),
         Table(
             "trust",
             "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
-            ["labels", "arm", "ECE before", "ECE after", "AURC", "coverage at target", "accuracy kept", "OOD AUROC (MSP)", "OOD AUROC (energy)"],
+            [
+                "labels",
+                "arm",
+                "ECE before",
+                "ECE after",
+                "AURC",
+                "coverage at target",
+                "accuracy kept",
+                "OOD AUROC (MSP)",
+                "OOD AUROC (energy)",
+            ],
             trust_rows,
         ),
         labels_table(runs),
-        Table("per_class_f1", "Per-class test F1: mean ± sd [95 % interval]", ["labels", "arm", *classes], class_rows),
-        Table("confidence", "Median confidence (probability of the predicted class) on the test split, per true class", ["labels", "arm", "prediction", "all", *classes], conf_rows),
-        Table("runs", "Every finished run", ["arm", "labels", "seed", "labelled images", "validation", *(NAMES[m] for m in (*METRICS, "balanced_accuracy")), "selected epoch", "seconds", "collapsed"], run_rows),
+        Table(
+            "per_class_f1",
+            "Per-class test F1: mean ± sd [95 % interval]",
+            ["labels", "arm", *classes],
+            class_rows,
+        ),
+        Table(
+            "confidence",
+            "Median confidence (probability of the predicted class) on the test split, per true class",
+            ["labels", "arm", "prediction", "all", *classes],
+            conf_rows,
+        ),
+        Table(
+            "runs",
+            "Every finished run",
+            [
+                "arm",
+                "labels",
+                "seed",
+                "labelled images",
+                "validation",
+                *(NAMES[m] for m in (*METRICS, "balanced_accuracy")),
+                "selected epoch",
+                "seconds",
+                "collapsed",
+            ],
+            run_rows,
+        ),
     ]
 
 
@@ -157,19 +266,38 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     for folder, pre in finished:
         name = "MAE pretraining" if len(finished) == 1 else f"MAE pretraining ({folder.name})"
         minutes = pre["wall_seconds"] / 60
-        rows.append([name, "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{minutes:.1f}", f"{minutes:.1f}"])
+        rows.append(
+            [name, "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{minutes:.1f}", f"{minutes:.1f}"]
+        )
     order = arms(runs)
-    for (arm, fraction), rs in sorted(by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+    for (arm, fraction), rs in sorted(
+        by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))
+    ):
         minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
         resumed = sum(1 for r in rs if r.info.get("resumed_from_epoch"))
-        rows.append([arm, pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"])
+        rows.append(
+            [arm, pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"]
+        )
     pre_minutes = sum(pre["wall_seconds"] / 60 for _, pre in finished)
     total = pre_minutes + sum(r.metrics["wall_seconds"] / 60 for r in runs)
-    resumed_all = sum(1 for i in [*(pre for _, pre in finished), *(r.info for r in runs)] if i.get("resumed_from_epoch"))
+    resumed_all = sum(
+        1 for i in [*(pre for _, pre in finished), *(r.info for r in runs)] if i.get("resumed_from_epoch")
+    )
     rows.append(["all runs", "", len(runs) + len(finished), resumed_all, "", f"{total:.1f}"])
-    timed = [(folder, i) for folder, i in [*finished, *((r.folder, r.info) for r in runs)] if i.get("started")]
+    timed = [
+        (folder, i) for folder, i in [*finished, *((r.folder, r.info) for r in runs)] if i.get("started")
+    ]
     if timed:
         starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, i in timed]
-        ends = [start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed)]  # not file times: a git checkout resets them
-        rows.append(["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"])
-    return Table("times", "Run times in minutes (one process per run; resumed runs count their last segment only)", ["run", "labels", "runs", "resumed", "mean", "total"], rows)
+        ends = [
+            start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed)
+        ]  # not file times: a git checkout resets them
+        rows.append(
+            ["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"]
+        )
+    return Table(
+        "times",
+        "Run times in minutes (one process per run; resumed runs count their last segment only)",
+        ["run", "labels", "runs", "resumed", "mean", "total"],
+        rows,
+    )

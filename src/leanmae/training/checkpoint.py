@@ -80,7 +80,9 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
         yield tmp
         for file in tmp.iterdir():
             if file.is_file():
-                os.chmod(file, umask_mode())  # safetensors writes 0600; the group should read models as it reads the rest
+                os.chmod(
+                    file, umask_mode()
+                )  # safetensors writes 0600; the group should read models as it reads the rest
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -108,7 +110,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, plain
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -125,7 +129,14 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})$")
 
 
-def save_checkpoint(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 1) -> Path:
+def save_checkpoint(
+    folder: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int = 1,
+) -> Path:
     """Write ``folder/epoch-NNNN`` atomically, then drop older checkpoints beyond ``keep``."""
     target = Path(folder) / f"epoch-{epoch:04d}"
     with atomic_dir(target) as tmp:
@@ -147,16 +158,25 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, map_location: torch.device) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, map_location: torch.device
+) -> dict[str, Any]:
     """Restore model and optimizer from one checkpoint folder; returns its trainer state."""
     weights = _read(path / "model.safetensors", map_location)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     try:
-        plain, state = json.loads((path / "optimizer.json").read_text()), json.loads((path / "trainer_state.json").read_text())
+        plain, state = (
+            json.loads((path / "optimizer.json").read_text()),
+            json.loads((path / "trainer_state.json").read_text()),
+        )
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint state is unreadable ({err}); delete this folder to resume from the one before") from err
+        raise CheckpointError(
+            f"{path}: checkpoint state is unreadable ({err}); delete this folder to resume from the one before"
+        ) from err
     _restore_optimizer(optimizer, _read(path / "optimizer.safetensors", map_location), plain)
     return state
 
@@ -166,8 +186,9 @@ def _read(file: Path, map_location: torch.device) -> dict[str, torch.Tensor]:
     try:
         return load_file(file, device=str(map_location))
     except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{file}: unreadable checkpoint file ({err}); delete its folder to resume from the one before") from err
-
+        raise CheckpointError(
+            f"{file}: unreadable checkpoint file ({err}); delete its folder to resume from the one before"
+        ) from err
 
 
 def save_weights(module: torch.nn.Module, path: Path | str) -> None:

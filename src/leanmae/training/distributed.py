@@ -77,7 +77,9 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
         device = f"cuda:{local_rank}"
     chosen = torch.device(device)
     if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device {device}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu or auto")
+        raise ConfigError(
+            f"device {device}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu or auto"
+        )
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -86,7 +88,9 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
         torch.set_num_threads(threads or cpu_threads())
     if world_size > 1 and not dist.is_initialized():
         minutes = float(os.environ.get("LEANMAE_DIST_TIMEOUT", "120"))
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(minutes=minutes))
+        dist.init_process_group(
+            backend="nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(minutes=minutes)
+        )
         atexit.register(teardown)
     return Context(device=chosen, rank=rank, local_rank=local_rank, world_size=world_size)
 

@@ -49,7 +49,9 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is still valid."""
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_scale: Callable[[str], float] | None = None
+) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms, tokens and position embeddings (as in MAE).
 
     ``layer_scale(name)`` gives a per-parameter lr multiplier (layer-wise lr decay in fine-tuning).
@@ -61,7 +63,10 @@ def param_groups(model: nn.Module, weight_decay: float, layer_scale: Callable[[s
         no_decay = param.ndim <= 1 or name.endswith(("cls_token", "position_embeddings", "mask_token"))
         key = (0.0 if no_decay else weight_decay, layer_scale(name) if layer_scale else 1.0)
         groups.setdefault(key, []).append(param)
-    return [{"params": params, "weight_decay": wd, "lr_scale": scale} for (wd, scale), params in sorted(groups.items(), key=lambda kv: kv[0])]
+    return [
+        {"params": params, "weight_decay": wd, "lr_scale": scale}
+        for (wd, scale), params in sorted(groups.items(), key=lambda kv: kv[0])
+    ]
 
 
 def lr_at(step: int, peak: float, optim: OptimConfig, steps_per_epoch: int) -> float:
@@ -131,12 +136,21 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, device: torch.device, layer_scale: Callable[[str], float] | None = None, **flags: bool) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    optim: OptimConfig,
+    lr: float,
+    device: torch.device,
+    layer_scale: Callable[[str], float] | None = None,
+    **flags: bool,
+) -> torch.optim.AdamW:
     """AdamW over ``param_groups``; ``flags`` (foreach/fused) override the engine's choice (benchmarks)."""
     # Fused by default: one kernel per step, measured here at 2.7 ms against 7.9 (foreach) and 7.2
     # (for-loop) for the cpu preset's MAE and 55 / 385 / 191 ms for ViT-B/16 (docs/performance.md).
     flags = flags or {"fused": True if device.type in ("cpu", "cuda") else None}
-    return torch.optim.AdamW(param_groups(model, optim.weight_decay, layer_scale), lr=lr, betas=optim.betas, **flags)
+    return torch.optim.AdamW(
+        param_groups(model, optim.weight_decay, layer_scale), lr=lr, betas=optim.betas, **flags
+    )
 
 
 class TrainStep:
@@ -149,15 +163,36 @@ class TrainStep:
     and zero the gradients.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, optim: OptimConfig, amp: torch.dtype | None, ctx: Context) -> None:
-        self.model, self.optimizer, self.clip_grad, self.amp, self.device = model, optimizer, optim.clip_grad, amp, ctx.device
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        optim: OptimConfig,
+        amp: torch.dtype | None,
+        ctx: Context,
+    ) -> None:
+        self.model, self.optimizer, self.clip_grad, self.amp, self.device = (
+            model,
+            optimizer,
+            optim.clip_grad,
+            amp,
+            ctx.device,
+        )
         self.distributed = ctx.distributed
         self.trained = model
         if ctx.distributed:
-            self.trained = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            self.trained = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
         self.scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
-    def __call__(self, loss: Callable[[nn.Module, Any], torch.Tensor], inputs: Iterator[Any], micro_batches: int, lr: float) -> list[float]:
+    def __call__(
+        self,
+        loss: Callable[[nn.Module, Any], torch.Tensor],
+        inputs: Iterator[Any],
+        micro_batches: int,
+        lr: float,
+    ) -> list[float]:
         """Train on the next ``micro_batches`` items of ``inputs`` (taken one at a time, so that they
         can still be in preparation) at learning rate ``lr``; returns their losses.
 
@@ -191,7 +226,16 @@ class TrainStep:
         return values
 
 
-def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: Context, out_dir: Path, steps_per_epoch: int, layer_scale: Callable[[str], float] | None = None) -> TrainResult:
+def fit(
+    model: nn.Module,
+    task: Task,
+    optim: OptimConfig,
+    run: RunConfig,
+    ctx: Context,
+    out_dir: Path,
+    steps_per_epoch: int,
+    layer_scale: Callable[[str], float] | None = None,
+) -> TrainResult:
     """Train ``model`` on ``task`` for ``optim.epochs`` epochs, resuming from ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
     peak_lr = absolute_lr(optim, ctx.world_size)
@@ -201,7 +245,9 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
     start_epoch, history, best_epoch, best_value, resumed_from = 0, [], None, None, None
     checkpoints = list_checkpoints(out_dir / "checkpoints")
     seen = ctx.gather(checkpoints[-1].name if checkpoints else None)
-    if len(set(seen)) > 1:  # every process must resume from the same epoch, or DDP's collectives fall out of step
+    if (
+        len(set(seen)) > 1
+    ):  # every process must resume from the same epoch, or DDP's collectives fall out of step
         raise RuntimeError(
             f"processes see different checkpoints in {out_dir / 'checkpoints'} ({', '.join(f'rank {r}: {n}' for r, n in enumerate(seen))}); "
             "with several nodes, --out must be on a file system they all share"
@@ -219,14 +265,27 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
 
     started = time.perf_counter()
     for epoch in range(start_epoch, optim.epochs):
-        torch.manual_seed(epoch_seed(run.seed, epoch, ctx.rank))  # dropout / drop path; data randomness is keyed per image
+        torch.manual_seed(
+            epoch_seed(run.seed, epoch, ctx.rank)
+        )  # dropout / drop path; data randomness is keyed per image
         batches = task.batches(epoch)
         train_step.trained.train()
         epoch_start, loss_sum = time.perf_counter(), 0.0
         step = epoch * steps_per_epoch
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{optim.epochs}", unit="batch", disable=bar_disabled(ctx.is_main and run.progress), leave=False)
+        bar = tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch + 1}/{optim.epochs}",
+            unit="batch",
+            disable=bar_disabled(ctx.is_main and run.progress),
+            leave=False,
+        )
         # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint, as without prefetching.
-        with Inputs(lambda batch, epoch=epoch: task.prepare(batch, epoch), batches, ctx.device, ahead=prefetching(run, ctx.device)) as inputs:
+        with Inputs(
+            lambda batch, epoch=epoch: task.prepare(batch, epoch),
+            batches,
+            ctx.device,
+            ahead=prefetching(run, ctx.device),
+        ) as inputs:
             for group_start in range(0, len(batches), optim.accum_steps):
                 micro_batches = len(batches[group_start : group_start + optim.accum_steps])
                 lr = lr_at(step, peak_lr, optim, steps_per_epoch)
@@ -241,7 +300,9 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
                 bar.update(micro_batches)
                 bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
                 step += 1
-        data_time = inputs.waited  # the time steps waited for their inputs: all of prepare without prefetching
+        data_time = (
+            inputs.waited
+        )  # the time steps waited for their inputs: all of prepare without prefetching
         bar.close()
         train_loss = ctx.mean(loss_sum / max(1, len(batches)))
         seconds = time.perf_counter() - epoch_start
@@ -251,7 +312,14 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
             model.eval()
             with torch.inference_mode(), torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
                 metrics = task.validate(model, epoch + 1)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": lr, "seconds": seconds, "data_seconds": data_time}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **metrics,
+                "lr": lr,
+                "seconds": seconds,
+                "data_seconds": data_time,
+            }
             history.append(row)
             if task.select is not None and (best_value is None or metrics[task.select] > best_value):
                 best_epoch, best_value = epoch + 1, metrics[task.select]
@@ -263,10 +331,20 @@ def fit(model: nn.Module, task: Task, optim: OptimConfig, run: RunConfig, ctx: C
             trackers.log_epoch(row, step)  # type: ignore[union-attr]
             print(
                 f"epoch {epoch + 1}/{optim.epochs}: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "seconds", "data_seconds"))
+                + ", ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in row.items()
+                    if k not in ("epoch", "lr", "seconds", "data_seconds")
+                )
                 + f", {seconds:.0f}s"
             )
         ctx.barrier()
     if trackers:
         trackers.close()
-    return TrainResult(history=history, best_epoch=best_epoch, best_value=best_value, seconds=time.perf_counter() - started, resumed_from=resumed_from)
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_value=best_value,
+        seconds=time.perf_counter() - started,
+        resumed_from=resumed_from,
+    )

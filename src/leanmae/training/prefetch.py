@@ -45,7 +45,9 @@ class Inputs(Iterator[Any]):
     (or use it as a context manager) to stop the thread early; it also stops once garbage-collected.
     """
 
-    def __init__(self, prepare: Callable[[Any], Any], items: Iterable[Any], device: torch.device, ahead: bool = True) -> None:
+    def __init__(
+        self, prepare: Callable[[Any], Any], items: Iterable[Any], device: torch.device, ahead: bool = True
+    ) -> None:
         self.waited = 0.0
         self._prepare, self._items, self._device = prepare, iter(items), device
         self._thread: threading.Thread | None = None
@@ -56,7 +58,12 @@ class Inputs(Iterator[Any]):
         stop = threading.Event()
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # The thread holds no reference to self, so that an abandoned Inputs is collected and stops it.
-        self._thread = threading.Thread(target=_work, args=(prepare, self._items, self._queue, stop, device, stream), daemon=True, name="leanmae-prefetch")
+        self._thread = threading.Thread(
+            target=_work,
+            args=(prepare, self._items, self._queue, stop, device, stream),
+            daemon=True,
+            name="leanmae-prefetch",
+        )
         self._finalizer = weakref.finalize(self, stop.set)
         self._thread.start()
 
@@ -102,7 +109,14 @@ class Inputs(Iterator[Any]):
         self.close()
 
 
-def _work(prepare: Callable[[Any], Any], items: Iterator[Any], out: queue.Queue[Any], stop: threading.Event, device: torch.device, stream: Any) -> None:
+def _work(
+    prepare: Callable[[Any], Any],
+    items: Iterator[Any],
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    device: torch.device,
+    stream: Any,
+) -> None:
     """The thread: prepare every item in order and queue it (one ahead), then ``_END``; hand over any exception."""
     try:
         for item in items:
