@@ -202,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for metrics.json, predictions.csv and confusion_matrix.png (default: RUN/evaluate-SUBSET or RUN/evaluate-FOLDERNAME)",
     )
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to")
+    p.add_argument(
+        "--shifts",
+        action="store_true",
+        help="the robustness benchmark instead: macro-F1 under stain, colour and zoom shifts (robustness.json)",
+    )
+    p.add_argument(
+        "--shift-reference",
+        metavar="FOLDER",
+        help="with --shifts: images whose colours the colour-transfer shift aims at (default: built-in LC25000 lung)",
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="evaluate")
@@ -277,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool",
         choices=["other", "in-domain"],
         help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled",
+    )
+    p.add_argument(
+        "--external",
+        action="append",
+        metavar="DIR",
+        help="another lab's labelled folder (class subfolders named as --classes) every run is also scored on; repeatable",
+    )
+    p.add_argument(
+        "--shift-reference",
+        metavar="DIR",
+        help="images whose colours the robustness benchmark's colour transfer aims at (default: built-in LC25000 lung)",
     )
     p.add_argument("--preset", choices=preset_names(), help="preset of every run (default cpu)")
     p.add_argument("--fractions", help="label fractions, comma-separated (default 0.01,0.1,0.5,1.0)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from leanmae.commands.finetune import confidence_columns
-from leanmae.commands.reconstruct import image_files, model_folder
+from leanmae.commands.reconstruct import image_files
 from leanmae.data.cache import DecodeSpec, finish_image, load_or_build, spec_from_extras
 from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb
 from leanmae.data.medmnist import is_npz, official_split
-from leanmae.data.sources import DataError, ImageRecord, class_folders, scan
+from leanmae.data.sources import DataError, ImageRecord, labelled_folder_records
 from leanmae.data.split import (
     SPLITS,
     counts,
@@ -27,26 +26,21 @@ from leanmae.data.split import (
 )
 from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
-from leanmae.evaluation.predict import cached_batches, predict_logits
-from leanmae.models.classifier import LeanViTClassifier, load_classifier
-from leanmae.models.io import load_preprocessing
+from leanmae.evaluation.predict import TrainedClassifier, cached_batches, load_trained, predict_logits
+from leanmae.evaluation.robustness import ROBUSTNESS_FILE, score_shifts
+from leanmae.models.classifier import LeanViTClassifier
 from leanmae.progress import bar_disabled
 from leanmae.reporting.plots import confusion_plot
 from leanmae.reporting.runinfo import check_output_file, check_result_folder
 from leanmae.training.checkpoint import write_json
-from leanmae.training.distributed import setup
 
 
 def _trained_classifier(
     model: str | Path, device: str | None
 ) -> tuple[Path, LeanViTClassifier, list[float], list[float], dict[str, Any], list[str]]:
     """A fine-tuned classifier on its device, with its preprocessing, leanmae extras and class names."""
-    ctx = setup(device or "auto")
-    folder = model_folder(model)
-    classifier = load_classifier(folder).to(ctx.device)
-    mean, std, extra = load_preprocessing(folder)
-    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    return folder, classifier, mean, std, extra, labels
+    t = load_trained(model, device)
+    return t.folder, t.model, t.mean, t.std, t.extra, t.labels
 
 
 def split(
@@ -103,6 +97,8 @@ def evaluate(
     device: str | None = None,
     overwrite: bool = False,
     data: str | Path | None = None,
+    shifts: bool = False,
+    shift_reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a trained classifier on one subset of a split manifest (``split``) or on any labelled
     image folder (``data``: one subfolder per class); writes metrics.json, predictions.csv and
@@ -112,7 +108,8 @@ def evaluate(
     subset of the classes is fine (macro metrics are then over the classes present), a folder
     naming no class of the model is an error. ``out`` (default RUN/evaluate-SUBSET or
     RUN/evaluate-FOLDERNAME) is never a run's own folder, and earlier results there are replaced
-    only with ``overwrite``.
+    only with ``overwrite``. With ``shifts`` it writes the robustness benchmark of those images
+    instead (robustness.json, default folder RUN/robustness-SUBSET; see leanmae.evaluation.robustness).
     """
     if (split is None) == (data is None):
         raise DataError(
@@ -120,19 +117,25 @@ def evaluate(
         )
     if split is not None and subset not in SPLITS:
         raise DataError(f"--subset {subset!r}: expected one of {', '.join(SPLITS)}")
+    if shift_reference and not shifts:
+        raise DataError("--shift-reference: only used with --shifts")
     folder, classifier, mean, std, extra, labels = _trained_classifier(model, device)
     name = subset if split is not None else "external"
+    prefix = "robustness" if shifts else "evaluate"
     target = (
         Path(out)
         if out
-        else folder.parent / (f"evaluate-{subset}" if split is not None else f"evaluate-{Path(data).name}")
+        else folder.parent / (f"{prefix}-{subset}" if split is not None else f"{prefix}-{Path(data).name}")
     )
-    check_result_folder(target, EVALUATE_OUTPUTS, overwrite)
+    check_result_folder(target, [ROBUSTNESS_FILE] if shifts else EVALUATE_OUTPUTS, overwrite)
     records = (
         _split_records(split, subset, data_root, labels)
         if split is not None
-        else _folder_records(Path(data), labels)
+        else labelled_folder_records(Path(data), labels)
     )
+    if shifts:
+        trained = TrainedClassifier(folder, classifier, mean, std, extra, labels)
+        return score_shifts(trained, records, target, shift_reference, batch_size)
     cache = load_or_build(records, spec_from_extras(extra, classifier.config.image_size))
     entries = np.arange(len(cache))
     y = np.array([labels.index(records[s].label) for s in cache.sources])
@@ -197,22 +200,6 @@ def _split_records(
     if unknown:
         raise DataError(f"{split}: classes {unknown} are not among the model's classes {labels}")
     return [ImageRecord(root / it.relpath, root, it.label) for it in items]
-
-
-def _folder_records(root: Path, labels: list[str]) -> list[ImageRecord]:
-    """The images of a labelled folder, each labelled with the model's class its subfolder names (case-insensitive)."""
-    if not root.is_dir():
-        raise DataError(f"--data {root}: not a folder")
-    by_name = {label.lower(): label for label in labels}
-    folders = class_folders(root)
-    if not folders:
-        raise DataError(f"--data {root}: expected one subfolder per class (of {', '.join(labels)})")
-    unknown = [f for f in folders if f.lower() not in by_name]
-    if unknown:
-        raise DataError(
-            f"--data {root}: folder(s) {', '.join(unknown)} match none of the model's classes ({', '.join(labels)})"
-        )
-    return [replace(rec, label=by_name[rec.label.lower()]) for rec in scan(root, folders, labelled=True)]
 
 
 def _load(item: Any) -> np.ndarray:

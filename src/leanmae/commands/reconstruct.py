@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
-from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
+from leanmae.data.cache import DecodeSpec, finish_image, spec_from_extras
+from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb
 from leanmae.data.sources import DataError
 from leanmae.evaluation.reconstruction import (
     EVAL_RATIOS,
@@ -64,15 +65,16 @@ def model_folder(path: str | Path) -> Path:
 
 def load_images(
     files: list[Path],
-    cache_size: int,
+    spec: DecodeSpec,
     image_size: int,
     mean: list[float],
     std: list[float],
     progress: bool = True,
 ) -> torch.Tensor:
-    """Decode, square-crop and resize as training did, then normalise: (N, 3, S, S)."""
+    """Decode as training did (``finish_image``: the model's cell-centred crop and stain normalisation
+    too, from ``spec``), then resize and normalise: (N, 3, S, S)."""
     rows = [
-        square_resize(decode_rgb(f), cache_size)
+        finish_image(decode_rgb(f), spec)
         for f in tqdm(files, desc="reading images", unit="img", disable=bar_disabled(progress))
     ]
     return normalize(resize(to_float(np.stack(rows)), image_size), mean, std)
@@ -107,7 +109,8 @@ def reconstruct(
     mean, std, extra = load_preprocessing(folder)
     size = model.config.image_size
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    pixels = load_images(files, extra.get("cache_size", round(size * 1.25)), size, mean, std).to(ctx.device)
+    spec = spec_from_extras(extra, default_size=round(size * 1.25))
+    pixels = load_images(files, spec, size, mean, std).to(ctx.device)
     ratios = sorted({model.config.mask_ratio, *EVAL_RATIOS})
     metrics = {
         "checkpoint": str(folder),

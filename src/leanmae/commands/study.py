@@ -60,12 +60,15 @@ from leanmae.eta import (
     pretrain_cost,
     progress_line,
 )
+from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
 from leanmae.tracking import finish_run, study_parent, study_report_to
 from leanmae.training.checkpoint import write_json
 
 STUDY_FILE = "study.json"
+# Settings that change what the study scores, not what it trains: a study may continue with other values.
+_SCORING_ONLY = ("external", "shift_reference")
 
 
 @dataclass
@@ -97,6 +100,8 @@ class StudyConfig:
     ood_data: list[str] = field(
         default_factory=list
     )  # images of classes never trained on, for the OOD report
+    external: list[str] = field(default_factory=list)  # other labs' labelled folders, scored by every run
+    shift_reference: str | None = None  # the robustness colour transfer's target images (None: built-in)
     pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
     preset: str = "cpu"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
@@ -131,6 +136,8 @@ STUDY_CHECKS: dict[str, Check] = {
     "classes": each(text(), unique=True, non_empty=True),
     "pretrain_data": each(text()),
     "ood_data": each(text()),
+    "external": each(text()),
+    "shift_reference": text(optional=True),
     "pool": choice("other", "in-domain"),
     "preset": choice(*preset_names()),
     "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
@@ -506,6 +513,8 @@ def study(
     classes: str | list[str] | None = None,
     pretrain_data: list[str] | None = None,
     ood_data: list[str] | None = None,
+    external: list[str] | None = None,
+    shift_reference: str | None = None,
     pool: str | None = None,
     preset: str | None = None,
     fractions: str | list[float] | None = None,
@@ -537,6 +546,8 @@ def study(
         "classes": _list(classes, str, "--classes"),
         "pretrain_data": pretrain_data,
         "ood_data": ood_data,
+        "external": external,
+        "shift_reference": shift_reference,
         "pool": pool,
         "preset": preset,
         "fractions": _list(fractions, float, "--fractions"),
@@ -558,11 +569,14 @@ def study(
         StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS
     )
     _check(cfg)
+    bench = study_benchmark(cfg)
     out = Path(out)
     saved = out / STUDY_FILE
     settings = to_dict(cfg)
     comparable = {
-        k: v for k, v in settings.items() if k not in ("jobs", "launcher", "wait", "slurm", "progress")
+        k: v
+        for k, v in settings.items()
+        if k not in (*_SCORING_ONLY, "jobs", "launcher", "wait", "slurm", "progress")
     }
     if saved.exists():
         before = {k: v for k, v in json.loads(saved.read_text()).items() if k in comparable}
@@ -596,6 +610,7 @@ def study(
             if cfg.launcher == "slurm"
             else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
         )
+    score_study(out, bench, cfg.progress)
     failed = sorted(name for name, s in states.items() if s == "failed")
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
@@ -607,6 +622,13 @@ def study(
             f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue"
         )
     return states
+
+
+def study_benchmark(cfg: StudyConfig) -> Benchmark:
+    """The robustness benchmark every finished run gets, checked before anything trains: each
+    ``--external`` folder holds only folders of the study's classes, ``--shift-reference`` holds images."""
+    check_external(cfg.external, cfg.classes)
+    return benchmark(cfg.shift_reference, cfg.external)
 
 
 def _list(value: Any, kind: type, option: str) -> list[Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leanmae.data.decode import IMAGE_EXTENSIONS
@@ -138,3 +138,21 @@ def collect(specs: list[str]) -> list[ImageRecord]:
             folder, classes = parse_source(spec)
         records.extend(scan(folder, classes))
     return records
+
+
+def labelled_folder_records(root: Path, labels: list[str], option: str = "--data") -> list[ImageRecord]:
+    """The images of another lab's labelled folder, each labelled with the model's class its subfolder
+    names (case-insensitive); a subfolder naming none of ``labels`` is an error naming ``option``."""
+    if not root.is_dir():
+        raise DataError(f"{option} {root}: not a folder")
+    by_name = {label.lower(): label for label in labels}
+    folders = class_folders(root)
+    if not folders:
+        raise DataError(f"{option} {root}: expected one subfolder per class (of {', '.join(labels)})")
+    unknown = [f for f in folders if f.lower() not in by_name]
+    if unknown:
+        raise DataError(
+            f"{option} {root}: folder(s) {', '.join(unknown)} match none of the model's classes "
+            f"({', '.join(labels)})"
+        )
+    return [replace(rec, label=by_name[rec.label.lower()]) for rec in scan(root, folders, labelled=True)]

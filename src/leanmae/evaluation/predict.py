@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,6 +13,8 @@ from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
+from leanmae.models.classifier import LeanViTClassifier, load_classifier
+from leanmae.models.io import load_preprocessing
 from leanmae.progress import bar_disabled
 
 
@@ -41,3 +46,28 @@ def cached_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> 
     """Batches of decoded images from the cache, in ``indices`` order."""
     for start in range(0, len(indices), batch_size):
         yield gather(images, indices[start : start + batch_size])
+
+
+@dataclass
+class TrainedClassifier:
+    """A fine-tuned classifier on its device, with its preprocessing, leanmae extras and class names."""
+
+    folder: Path
+    model: LeanViTClassifier
+    mean: list[float]
+    std: list[float]
+    extra: dict[str, Any]
+    labels: list[str]
+
+
+def load_trained(model: str | Path, device: str | None = None) -> TrainedClassifier:
+    """The classifier of a fine-tuning run (or its ``model/``) on ``device`` (auto by default)."""
+    from leanmae.commands.reconstruct import model_folder
+    from leanmae.training.distributed import setup
+
+    ctx = setup(device or "auto")
+    folder = model_folder(model)
+    classifier = load_classifier(folder).to(ctx.device)
+    mean, std, extra = load_preprocessing(folder)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    return TrainedClassifier(folder, classifier, mean, std, extra, labels)
