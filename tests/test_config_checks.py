@@ -96,6 +96,8 @@ STUDY_WRONG: dict[str, Any] = {
     "classes": ["a", "a"],
     "pretrain_data": [""],
     "ood_data": [""],
+    "external": [""],
+    "shift_reference": "",
     "pool": "everything",
     "preset": "tset",
     "fractions": [1, 1.0],

@@ -163,7 +163,7 @@ class ShiftedSet:
             ):
                 stop = min(start + _BATCH, count)
                 shifted = apply_shift(
-                    np.asarray(source.images[start:stop]),
+                    np.array(source.images[start:stop]),  # a writable copy of the memmap's rows
                     shift,
                     self.keys[source.sources[start:stop]],
                     self.bench.reference,

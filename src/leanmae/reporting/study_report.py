@@ -31,6 +31,7 @@ from leanmae.reporting.figures import (
 )
 from leanmae.reporting.findings import findings, problems
 from leanmae.reporting.learning import Answer, answer, headline, learning_table
+from leanmae.reporting.robustness import robustness_section
 from leanmae.reporting.runinfo import OutputFolderError
 from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
 from leanmae.reporting.tables import Table, tables, times_table
@@ -292,6 +293,7 @@ def write_report(study: Path, target: float | None = None) -> Path:
             for p, f in confidence_figures(runs, results)
         ]
         parts.append("<h2>Figures</h2>" + "".join(_img(p, c) for p, c in figures))
+    parts.append(robustness_section(runs, results, _img))
     for name in ("per_class_f1", "confidence", "runs"):
         if name in all_tables:
             parts.append(all_tables[name].html())
