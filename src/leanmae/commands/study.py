@@ -7,7 +7,7 @@ Every run is an ordinary ``pretrain`` / ``finetune`` run folder under the study 
     study.json                   the resolved study settings
     split.csv                    the fixed split every run uses
     pretrain/                    the MAE (unless --mae was given)
-    runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each
+    runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each, with its robustness.json (shifted test scores)
     results/                     tables (CSV, Markdown) and figures
     report.html                  everything in one self-contained file
 

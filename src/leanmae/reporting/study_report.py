@@ -88,7 +88,7 @@ def _study_command(study: Path, settings: dict[str, Any]) -> str:
             flags.append(
                 f"--{key} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key])
             )
-    for key in ("pretrain_data", "ood_data"):
+    for key in ("pretrain_data", "ood_data", "external"):
         flags += [f"--{key.replace('_', '-')} {v}" for v in settings.get(key) or []]
     mae = settings.get("mae")
     flags += [f"--mae {m}" for m in ([mae] if isinstance(mae, str) else mae or [])]
