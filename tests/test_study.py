@@ -178,6 +178,8 @@ def test_a_tiny_study_runs_end_to_end(finished_study: Path) -> None:
     ):
         assert (finished_study / "results" / figure).exists(), figure
     assert "| labels |" in (finished_study / "results" / "tables.md").read_text()
+    assert all((r.folder / "robustness.json").exists() for r in runs), "every finished run is benchmarked"
+    assert (finished_study / "results" / "robustness.csv").exists()
 
 
 def test_every_mae_run_starts_from_the_study_mae(finished_study: Path) -> None:
