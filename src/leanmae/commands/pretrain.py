@@ -49,6 +49,7 @@ from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
+from leanmae.data.fingerprint import check_resume, part, pool_images
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
 from leanmae.data.split import read_manifest
@@ -250,8 +251,9 @@ def run_pretrain(
     tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
-    if ctx.is_main:
-        prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
+    resumed = ctx.is_main and prepare_output(
+        out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split]
+    )
     ctx.barrier()
     spec = DecodeSpec(
         size=cfg.data.cache_size or round(cfg.model.image_size * 1.25),
@@ -261,9 +263,13 @@ def run_pretrain(
         cell_crop=cfg.data.cell_crop,
     )
     records = collect(cfg.data.sources)
+    data_check = check_resume(out, {"images": pool_images(records)}, resumed) if ctx.is_main else {}
     spec = stain_spec(spec, cfg.data.stain_norm, records)
     pool = split_pool(build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
     cache = pool.cache
+    if ctx.is_main:
+        held_out = sorted({str(records[s].path.resolve()) for s in cache.sources[pool.val]})
+        data_check |= check_resume(out, {"validation files": part(held_out)}, resumed)
     if cfg.augment.normalize == "dataset":
         mean, std = dataset_stats(cache.images, pool.train)
     else:
@@ -290,6 +296,7 @@ def run_pretrain(
             device=str(ctx.device),
             world_size=ctx.world_size,
             data_hash=cache.key,
+            data_check=data_check,
             images={"train": len(pool.train), "val": len(pool.val)},
             skipped_files=cache.skipped,
             absolute_lr=lr,
