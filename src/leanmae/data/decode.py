@@ -31,7 +31,7 @@ class BadImageError(ValueError):
 
 
 class UnsupportedImageError(ValueError):
-    """A readable image whose pixels leanmae cannot turn into RGB without guessing (decode_rgb names the file)."""
+    """A readable image whose pixels cannot become RGB without guessing (decode_rgb names the file)."""
 
 
 def _to_eight_bits(values: np.ndarray, mode: str) -> np.ndarray:
@@ -60,7 +60,7 @@ def _to_eight_bits(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits (``_to_eight_bits``), alpha composited on white."""
+    """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits (``_to_eight_bits``), alpha on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_eight_bits(np.asarray(image, dtype=np.float64), image.mode)
         return np.repeat(gray[..., None], 3, axis=2)
