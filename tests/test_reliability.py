@@ -50,15 +50,16 @@ import leanmae.training.checkpoint as checkpoint
 import leanmae.training.engine as engine
 from helpers import assert_same_weights, load_weights, read_csv, tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
-from leanmae.config import ConfigError, FinetuneConfig, resolve
+from leanmae.config import FinetuneConfig, resolve
 from leanmae.data.cache import DecodeSpec, load_or_build, manifest_hash
-from leanmae.data.sources import DataError, scan
+from leanmae.data.sources import scan
 from leanmae.data.split import make_split, read_manifest
 from leanmae.data.synthetic import make_synthetic_wbc
+from leanmae.errors import CheckpointError, ConfigError, DataError
 from leanmae.models.classifier import build_classifier
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae
-from leanmae.training.checkpoint import CheckpointError, list_checkpoints, write_atomic
+from leanmae.training.checkpoint import list_checkpoints, write_atomic
 
 SRC = Path(leanmae.__file__).resolve().parent
 CLASSES = ["basophil", "eosinophil"]

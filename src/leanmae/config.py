@@ -22,10 +22,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key, value or preset that cannot be used; the message names it."""
-
+from leanmae.errors import ConfigError
 
 # Encoder sizes of the ViT family (Dosovitskiy et al.; MAE uses base/large/huge).
 MODEL_SIZES: dict[str, dict[str, int]] = {

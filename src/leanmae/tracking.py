@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from leanmae.config import ConfigError
+from leanmae.errors import ConfigError
 from leanmae.training.checkpoint import write_json
 
 TRACKERS = ("tensorboard", "mlflow")

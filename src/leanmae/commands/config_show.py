@@ -12,15 +12,8 @@ from typing import Any
 
 import yaml
 
-from leanmae.config import (
-    ConfigError,
-    FinetuneConfig,
-    PretrainConfig,
-    build,
-    load_yaml,
-    resolve,
-    to_dict,
-)
+from leanmae.config import FinetuneConfig, PretrainConfig, build, load_yaml, resolve, to_dict
+from leanmae.errors import ConfigError
 
 RUN_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from leanmae.commands.finetune import confidence_columns
 from leanmae.commands.reconstruct import image_files, model_folder
 from leanmae.data.cache import DecodeSpec, finish_image, load_or_build, spec_from_extras
-from leanmae.data.decode import BadImageError, decode_rgb, pil_to_rgb
+from leanmae.data.decode import decode_rgb, pil_to_rgb
 from leanmae.data.medmnist import is_npz, official_split
-from leanmae.data.sources import DataError, ImageRecord, class_folders, scan
+from leanmae.data.sources import ImageRecord, class_folders, scan
 from leanmae.data.split import (
     SPLITS,
     counts,
@@ -25,6 +25,7 @@ from leanmae.data.split import (
     verify,
     write_manifest,
 )
+from leanmae.errors import BadImageError, DataError
 from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_logits

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from leanmae.commands.reconstruct import model_folder
-from leanmae.config import ConfigError
+from leanmae.errors import ConfigError
 from leanmae.models.classifier import load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.training.checkpoint import write_atomic

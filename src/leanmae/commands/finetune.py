@@ -57,8 +57,9 @@ from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import DataError, ImageRecord, collect
+from leanmae.data.sources import ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
+from leanmae.errors import DataError
 from leanmae.evaluation.calibration import (
     confidence_report,
     energy,

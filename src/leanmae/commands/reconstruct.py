@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
-from leanmae.data.sources import DataError
+from leanmae.errors import DataError
 from leanmae.evaluation.reconstruction import (
     EVAL_RATIOS,
     MASK_SEED,

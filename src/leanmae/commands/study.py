@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from leanmae.config import (
     Check,
-    ConfigError,
     FinetuneConfig,
     PretrainConfig,
     build,
@@ -50,8 +49,9 @@ from leanmae.config import (
     text,
     to_dict,
 )
-from leanmae.data.sources import DataError, collect
+from leanmae.data.sources import collect
 from leanmae.data.split import ratios_problem, read_manifest
+from leanmae.errors import ConfigError, DataError, OutputFolderError
 from leanmae.eta import (
     Timing,
     eta_seconds,
@@ -61,7 +61,7 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.progress import bar_disabled
-from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
+from leanmae.reporting.runinfo import RUN_FILE
 from leanmae.tracking import finish_run, study_parent, study_report_to
 from leanmae.training.checkpoint import write_json
 

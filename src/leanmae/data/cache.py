@@ -22,9 +22,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from leanmae.data.cellcrop import cell_centred_crop
-from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
-from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
+from leanmae.data.sources import ImageRecord
 from leanmae.data.stain import reinhard, reinhard_reference
+from leanmae.errors import BadImageError, DataError
 from leanmae.progress import bar_disabled
 
 CACHE_VERSION = 1

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leanmae.data.sources import DataError
 from leanmae.data.split import SPLITS, Item, file_hash
+from leanmae.errors import DataError
 
 # Class names from MedMNIST's INFO, in label order; short names as in the PBC folders.
 CLASS_NAMES = {

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leanmae.data.decode import IMAGE_EXTENSIONS
-
-
-class DataError(ValueError):
-    """A data folder, class or manifest that cannot be used; the message names it."""
+from leanmae.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from leanmae.data.sources import DataError, scan
+from leanmae.data.sources import scan
+from leanmae.errors import DataError
 from leanmae.training.checkpoint import write_atomic
 
 SPLITS = ("train", "val", "test")

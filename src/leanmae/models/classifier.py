@@ -20,8 +20,9 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from leanmae.config import ModelConfig
+from leanmae.errors import CheckpointError
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
-from leanmae.models.mae import CheckpointError, encoder_kwargs, load_mae
+from leanmae.models.mae import encoder_kwargs, load_mae
 
 
 class LeanViTClassifier(ViTForImageClassification):

@@ -11,8 +11,9 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from leanmae.errors import CheckpointError
 from leanmae.models.card import write_card
-from leanmae.training.checkpoint import CheckpointError, atomic_dir
+from leanmae.training.checkpoint import atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"

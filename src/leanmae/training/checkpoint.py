@@ -23,9 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or model folder that cannot be used; the message names it and says why."""
+from leanmae.errors import CheckpointError
 
 
 def _fsync_dir(path: Path) -> None:

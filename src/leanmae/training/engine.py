@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanmae.config import OptimConfig, RunConfig, absolute_lr
+from leanmae.errors import NonFiniteLossError
 from leanmae.progress import bar_disabled
 from leanmae.tracking import open_trackers
 from leanmae.training.checkpoint import (
@@ -43,10 +44,6 @@ from leanmae.training.checkpoint import (
 )
 from leanmae.training.distributed import Context, autocast_dtype
 from leanmae.training.prefetch import Inputs
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint is still valid."""
 
 
 def param_groups(
