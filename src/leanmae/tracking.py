@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from leanmae.errors import ConfigError
-from leanmae.training.checkpoint import write_json
+from leanmae.files import write_json
 
 TRACKERS = ("tensorboard", "mlflow")
 MLFLOW_RUN_FILE = "mlflow.json"

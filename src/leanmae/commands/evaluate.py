@@ -29,12 +29,12 @@ from leanmae.errors import BadImageError, DataError
 from leanmae.evaluation.calibration import calibration, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_logits
+from leanmae.files import write_json
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing
 from leanmae.progress import bar_disabled
 from leanmae.reporting.plots import confusion_plot
 from leanmae.reporting.runinfo import check_output_file, check_result_folder
-from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
 

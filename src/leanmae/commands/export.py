@@ -25,9 +25,9 @@ from torch import nn
 
 from leanmae.commands.reconstruct import model_folder
 from leanmae.errors import ConfigError
+from leanmae.files import write_atomic
 from leanmae.models.classifier import load_classifier
 from leanmae.models.io import load_preprocessing
-from leanmae.training.checkpoint import write_atomic
 
 OPSET = 17
 TOLERANCE = 1e-4

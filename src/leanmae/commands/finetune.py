@@ -69,6 +69,7 @@ from leanmae.evaluation.calibration import (
 )
 from leanmae.evaluation.metrics import classification_report, summary, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_logits
+from leanmae.files import write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
     LeanViTClassifier,
@@ -86,7 +87,7 @@ from leanmae.reporting.plots import (
 )
 from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
-from leanmae.training.checkpoint import save_weights, write_json
+from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
 

@@ -60,13 +60,13 @@ from leanmae.evaluation.reconstruction import (
     reconstruction_figure,
     trivial_warning,
 )
+from leanmae.files import write_json
 from leanmae.models.card import write_card
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve
 from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
-from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
 

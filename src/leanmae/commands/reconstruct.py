@@ -25,11 +25,11 @@ from leanmae.evaluation.reconstruction import (
     trivial_warning,
 )
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
+from leanmae.files import write_json
 from leanmae.models.io import load_preprocessing
 from leanmae.models.mae import load_mae
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import check_result_folder
-from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
 
 

@@ -60,10 +60,10 @@ from leanmae.eta import (
     pretrain_cost,
     progress_line,
 )
+from leanmae.files import write_json
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import RUN_FILE
 from leanmae.tracking import finish_run, study_parent, study_report_to
-from leanmae.training.checkpoint import write_json
 
 STUDY_FILE = "study.json"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import ImageRecord
 from leanmae.data.stain import reinhard, reinhard_reference
 from leanmae.errors import BadImageError, DataError
+from leanmae.files import atomic_dir
 from leanmae.progress import bar_disabled
 
 CACHE_VERSION = 1
@@ -180,15 +180,11 @@ def load_or_build(
 def _build(
     records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad: bool, workers: int, progress: bool
 ) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     sources: list[int] = []
     boxes: list[tuple[int, int, int, int]] = []
     skipped: list[str] = []
     paths = [str(r.path) for r in records]
-    try:
+    with atomic_dir(folder, replace=False) as tmp:
         with open(tmp / "images.u8", "wb") as out:
             results = _map(paths, spec, workers)
             for i, result in enumerate(
@@ -206,12 +202,10 @@ def _build(
                         raise BadImageError(path, reason + " (pass --skip-bad to leave bad files out)")
                     skipped.append(result)
                     continue
-                for tile, box in zip(*result):
+                for tile, box in zip(*result, strict=True):
                     out.write(tile.tobytes())
                     sources.append(i)
                     boxes.append(box)
-            out.flush()
-            os.fsync(out.fileno())
         if not sources:
             raise DataError("no usable images: every file was bad or every tile was under the minimum size")
         index = {
@@ -222,10 +216,6 @@ def _build(
             "skipped": skipped,
         }
         (tmp / "index.json").write_text(json.dumps(index))
-        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _map(paths: list[str], spec: DecodeSpec, workers: int):

@@ -25,7 +25,7 @@ import numpy as np
 
 from leanmae.data.sources import scan
 from leanmae.errors import DataError
-from leanmae.training.checkpoint import write_atomic
+from leanmae.files import write_atomic
 
 SPLITS = ("train", "val", "test")
 MIN_PER_CLASS = 2

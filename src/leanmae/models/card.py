@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from leanmae.training.checkpoint import write_atomic
+from leanmae.files import write_atomic
 
 CARD_FILE = "README.md"
 LIMITS = (

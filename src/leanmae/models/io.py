@@ -12,8 +12,8 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from leanmae.errors import CheckpointError
+from leanmae.files import atomic_dir
 from leanmae.models.card import write_card
-from leanmae.training.checkpoint import atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"

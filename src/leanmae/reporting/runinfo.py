@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from leanmae.errors import OutputFolderError
-from leanmae.training.checkpoint import write_json
+from leanmae.files import write_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resumption: more epochs, another progress display, other trackers.

@@ -34,14 +34,10 @@ from tqdm.auto import tqdm
 
 from leanmae.config import OptimConfig, RunConfig, absolute_lr
 from leanmae.errors import NonFiniteLossError
+from leanmae.files import write_atomic
 from leanmae.progress import bar_disabled
 from leanmae.tracking import open_trackers
-from leanmae.training.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    write_atomic,
-)
+from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from leanmae.training.distributed import Context, autocast_dtype
 from leanmae.training.prefetch import Inputs
 
