@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from leanmae.commands.study import study
+import leanmae
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import OutputFolderError
 
@@ -41,7 +41,7 @@ def demo(out: str | Path = "demo-output", overwrite: bool = False, progress: boo
     print("drawing synthetic data (SYNTHETIC, not patient images)...")
     cells = make_synthetic_wbc(data / "cells", n_per_class=80, size=96, seed=0)
     tiles = make_synthetic_tiles(data / "tiles", n=600, size=128, seed=1)
-    states = study(
+    states = leanmae.study(  # the public API: commands never import each other
         out=out / "study",
         data=str(cells),
         classes=list(WBC_CLASSES),

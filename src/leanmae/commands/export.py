@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from leanmae.commands.reconstruct import model_folder
 from leanmae.errors import ConfigError
 from leanmae.files import write_atomic
 from leanmae.models.classifier import load_classifier
-from leanmae.models.io import load_preprocessing
+from leanmae.models.io import load_preprocessing, model_folder
 
 OPSET = 17
 TOLERANCE = 1e-4

@@ -31,8 +31,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from leanmae.commands.pretrain import build_cache_for
-from leanmae.commands.reconstruct import model_folder
 from leanmae.config import (
     CHECKS,
     FinetuneConfig,
@@ -54,15 +52,15 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.cache import DecodeSpec, ImageCache, build_cache_for, load_or_build, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
 from leanmae.errors import DataError
 from leanmae.evaluation.calibration import (
+    confidence_columns,
     confidence_report,
-    energy,
     reliability_bins,
     risk_coverage,
     softmax,
@@ -77,7 +75,8 @@ from leanmae.models.classifier import (
     build_classifier,
     layer_decay_scale,
 )
-from leanmae.models.io import load_preprocessing, save_model
+from leanmae.models.io import load_preprocessing, model_folder, save_model
+from leanmae.models.linear_probe import ProbeHead, fold_probe_into
 from leanmae.reporting.plots import (
     confidence_boxplot,
     confusion_plot,
@@ -351,7 +350,7 @@ def run_finetune(
         if opts.select != "last" and (out / "best.safetensors").exists():
             trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
-            _fold_probe_into(model, trained)
+            fold_probe_into(model, trained)
         metrics = _final_evaluation(
             model,
             data,
@@ -507,20 +506,6 @@ def _final_evaluation(
     return metrics
 
 
-def confidence_columns(
-    logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None
-) -> dict[str, list[Any]]:
-    """Extra predictions.csv columns: calibrated confidence, refer flag, energy score and OOD flag."""
-    scaled = softmax(logits, temperature).max(1)
-    scores = energy(logits)
-    return {
-        "confidence_calibrated": [f"{c:.6f}" for c in scaled],
-        "refer": ["refer" if c < threshold else "" for c in scaled],
-        "energy": [f"{e:.4f}" for e in scores],
-        "ood": ["" if energy_threshold is None else ("ood" if e < energy_threshold else "") for e in scores],
-    }
-
-
 def _headline(report: dict[str, Any]) -> dict[str, float]:
     return {
         k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -622,18 +607,6 @@ def _finetune_task(
     )
 
 
-class ProbeHead(nn.Module):
-    """The MAE paper's linear probe: BatchNorm without affine parameters, then a linear layer."""
-
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(features))
-
-
 @torch.inference_mode()
 def _features(
     model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int
@@ -689,13 +662,3 @@ def _linear_probe_task(
         return _val_metrics(module(feats["val"]), data.y[data.index["val"]], data.labels)
 
     return head, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select="val_macro_f1")
-
-
-def _fold_probe_into(model: LeanViTClassifier, head: ProbeHead) -> None:
-    """Fold the probe's BatchNorm into one linear layer and make it the classifier's head."""
-    scale = 1.0 / torch.sqrt(head.norm.running_var + head.norm.eps)
-    weight = head.linear.weight * scale
-    bias = head.linear.bias - (head.linear.weight * scale) @ head.norm.running_mean
-    with torch.no_grad():
-        model.classifier.weight.copy_(weight)
-        model.classifier.bias.copy_(bias)

@@ -27,7 +27,6 @@ import torch
 from transformers import ViTMAEForPreTraining
 
 from leanmae.config import (
-    DataConfig,
     PretrainConfig,
     absolute_lr,
     effective_batch,
@@ -46,7 +45,7 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.cache import DecodeSpec, ImageCache, build_cache_for, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
 from leanmae.data.rand import AUGMENT_STREAM, uniform
@@ -132,24 +131,6 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     return Pool(
         cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1))
     )
-
-
-def build_cache_for(
-    records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context
-) -> ImageCache:
-    """The first process of each node decodes; the others wait and then open the finished cache."""
-    kwargs = {
-        "cache_dir": data.cache_dir,
-        "skip_bad": data.skip_bad,
-        "workers": data.workers,
-        "progress": progress and ctx.is_main,
-    }
-    if ctx.local_rank == 0:
-        cache = load_or_build(records, spec, **kwargs)
-    ctx.barrier()
-    if ctx.local_rank != 0:
-        cache = load_or_build(records, spec, **kwargs)
-    return cache
 
 
 PROBE_KEYS = ("knn_accuracy", "knn_macro_f1", "probe_accuracy", "probe_macro_f1")

@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
-from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
+from leanmae.data.decode import decode_rgb, square_resize
+from leanmae.data.sources import image_files
 from leanmae.errors import DataError
 from leanmae.evaluation.reconstruction import (
     EVAL_RATIOS,
@@ -26,40 +27,11 @@ from leanmae.evaluation.reconstruction import (
 )
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
 from leanmae.files import write_json
-from leanmae.models.io import load_preprocessing
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.mae import load_mae
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import check_result_folder
 from leanmae.training.distributed import setup
-
-
-def image_files(inputs: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) under named folders."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
-            files.extend(
-                sorted(
-                    p
-                    for p in item.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS
-                    and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                )
-            )
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
-
-
-def model_folder(path: str | Path) -> Path:
-    """Accept a model folder or a run folder holding ``model/``."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").exists() else path
 
 
 def load_images(

@@ -15,11 +15,12 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.config import DataConfig
 from leanmae.data.cellcrop import cell_centred_crop
 from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import ImageRecord
@@ -228,3 +229,32 @@ def _map(paths: list[str], spec: DecodeSpec, workers: int):
             yield from pool.map(_decode_file, paths, [spec] * len(paths), chunksize=32)
 
     return generate()
+
+
+class Node(Protocol):
+    """What the cache needs of a distributed run (``training.distributed.Context`` is one)."""
+
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def barrier(self) -> None: ...
+
+
+def build_cache_for(
+    records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Node
+) -> ImageCache:
+    """The first process of each node decodes; the others wait and then open the finished cache."""
+    kwargs = {
+        "cache_dir": data.cache_dir,
+        "skip_bad": data.skip_bad,
+        "workers": data.workers,
+        "progress": progress and ctx.is_main,
+    }
+    if ctx.local_rank == 0:
+        cache = load_or_build(records, spec, **kwargs)
+    ctx.barrier()
+    if ctx.local_rank != 0:
+        cache = load_or_build(records, spec, **kwargs)
+    return cache

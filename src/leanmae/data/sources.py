@@ -135,3 +135,26 @@ def collect(specs: list[str]) -> list[ImageRecord]:
             folder, classes = parse_source(spec)
         records.extend(scan(folder, classes))
     return records
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) under named folders."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
+            files.extend(
+                sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.suffix.lower() in IMAGE_EXTENSIONS
+                    and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                )
+            )
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return files

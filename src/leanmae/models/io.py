@@ -150,3 +150,9 @@ def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> 
             f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed"
         )
     return model
+
+
+def model_folder(path: str | Path) -> Path:
+    """Accept a model folder or a run folder holding ``model/``."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").exists() else path
