@@ -11,7 +11,7 @@ import pytest
 import leanmae
 from helpers import read_csv, smooth_image, tiny_finetune, tiny_pretrain
 from leanmae.data.medmnist import CLASS_NAMES, WBC_TYPES, unpack
-from leanmae.data.sources import collect
+from leanmae.data.pool import collect
 from leanmae.data.split import read_manifest
 from leanmae.errors import DataError
 

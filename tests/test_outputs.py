@@ -31,7 +31,7 @@ from leanmae.evaluation.metrics import write_predictions
 from leanmae.models.classifier import build_classifier
 from leanmae.models.mae import build_mae
 from leanmae.reporting.runinfo import LOCK_FILE
-from leanmae.reporting.safe_csv import csv_text, escape, unescape
+from leanmae.safe_csv import csv_text, escape, unescape
 
 LABELS = list(WBC_CLASSES)
 QUIET = ["--preset", "test", "--device", "cpu", "--no-progress"]

@@ -325,7 +325,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, path) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, path) for a, v in zip(args, value, strict=True))
     if origin is list:
         if isinstance(value, str):
             value = [value]
@@ -633,6 +633,28 @@ def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
     return None
 
 
+# The study's arms, defined once: the study plans them, the report reads them back from run names.
+BASELINE_ARM = "scratch"  # from random initialisation: what every other arm is compared with
+ARMS = (BASELINE_ARM, "mae", "mae-in-domain", "mae-other", "mae-linear")  # plus "hf:FOLDER"
+ARM_CHOICES = ", ".join(ARMS) + " or hf:FOLDER"
+
+
+def arm_problem(arm: str) -> str | None:
+    """What is wrong with an arm name, or None."""
+    return None if arm in ARMS or re.fullmatch(r"hf:.+", arm) else f"unknown arm; use {ARM_CHOICES}"
+
+
+def run_name(arm: str, fraction: float, seed: int) -> str:
+    """A study run's folder name, ``ARM_fFRACTION_sSEED`` (``hf:path/x`` -> ``hf-x``)."""
+    label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
+    return f"{label}_f{fraction:g}_s{seed}"
+
+
+def arm_of(run_folder: str) -> str:
+    """The arm of a run folder named by ``run_name``."""
+    return run_folder.rsplit("_f", 1)[0]
+
+
 @dataclass
 class SlurmOptions:
     """Where submitit sends the runs of ``--launcher slurm``."""
@@ -670,9 +692,7 @@ class StudyConfig:
         default_factory=list
     )  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
     extra_seeds_up_to: float = 0.1
-    arms: list[str] = field(
-        default_factory=lambda: ["scratch", "mae"]
-    )  # also: mae-in-domain, mae-other, mae-linear, hf:FOLDER
+    arms: list[str] = field(default_factory=lambda: [BASELINE_ARM, "mae"])  # any of ARMS, or hf:FOLDER
     mae: list[str] = field(
         default_factory=list
     )  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
@@ -702,15 +722,7 @@ STUDY_CHECKS: dict[str, Check] = {
     "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
     "extra_seeds": each(number(0, 2**32 - 1), unique=True),
     "extra_seeds_up_to": number(0, 1, low_open=True),
-    "arms": each(
-        lambda arm: (
-            None
-            if re.fullmatch(r"scratch|mae|mae-in-domain|mae-other|mae-linear|hf:.+", arm)
-            else "unknown arm; use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
-        ),
-        unique=True,
-        non_empty=True,
-    ),
+    "arms": each(arm_problem, unique=True, non_empty=True),
     "mae": each(text()),
     "split_ratios": ratios_problem,
     "split_seed": number(0, 2**32 - 1),

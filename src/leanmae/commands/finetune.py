@@ -52,10 +52,19 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, build_cache_for, load_or_build, spec_extras, stain_spec
+from leanmae.data.cache import (
+    DecodeSpec,
+    ImageCache,
+    build_cache_for,
+    load_or_build,
+    spec_extras,
+    stain_spec,
+    working_size,
+)
 from leanmae.data.colour import augment_colour
+from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import ImageRecord, collect
+from leanmae.data.sources import ImageRecord
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
 from leanmae.errors import DataError
 from leanmae.evaluation.calibration import (
@@ -170,7 +179,9 @@ def load_labelled(
             f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes"
         )
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
-    spec = stain_spec(spec, cfg.data.stain_norm, [r for r, it in zip(records, items) if it.split == "train"])
+    spec = stain_spec(
+        spec, cfg.data.stain_norm, [r for r, it in zip(records, items, strict=True) if it.split == "train"]
+    )
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
     item_of_entry = [items[s] for s in cache.sources]
     y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
@@ -204,7 +215,13 @@ def load_labelled(
 def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
     """The labels a run used, as counts: train and val per class and in total (metrics.json, tables)."""
     per = {
-        s: dict(zip(data.labels, np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist()))
+        s: dict(
+            zip(
+                data.labels,
+                np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist(),
+                strict=True,
+            )
+        )
         for s in ("train", "val")
     }
     return {
@@ -262,7 +279,7 @@ def run_finetune(
         data_root,
         fraction,
         cfg.run.seed,
-        DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop),
+        DecodeSpec(size=working_size(image_size, cfg.data.cache_size), cell_crop=cfg.data.cell_crop),
         cfg,
         ctx,
     )
@@ -318,7 +335,7 @@ def run_finetune(
     if ctx.is_main:
         print(
             f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: {len(train_idx)} training images "
-            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist()))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
+            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist(), strict=True))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
             f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(

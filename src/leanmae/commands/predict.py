@@ -98,7 +98,9 @@ def _rows(
         row["energy"] = float(columns["energy"][i]) if not blank else None
         row["ood"] = columns["ood"][i] == "ood"
         row["error"] = errors.get(i, "")
-        row.update({f"p_{label}": None if blank else float(p) for label, p in zip(labels, probs[i])})
+        row.update(
+            {f"p_{label}": None if blank else float(p) for label, p in zip(labels, probs[i], strict=True)}
+        )
         rows.append(row)
     return rows
 

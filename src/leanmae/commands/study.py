@@ -33,6 +33,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from leanmae.config import (
+    ARM_CHOICES,
     STUDY_CHECKS,
     FinetuneConfig,
     PretrainConfig,
@@ -40,9 +41,10 @@ from leanmae.config import (
     build,
     load_yaml,
     resolve,
+    run_name,
     to_dict,
 )
-from leanmae.data.sources import collect
+from leanmae.data.pool import collect
 from leanmae.data.split import read_manifest
 from leanmae.errors import ConfigError, DataError, OutputFolderError
 from leanmae.eta import (
@@ -98,9 +100,7 @@ def arm_pool(arm: str, pool: str) -> str | None:
         return arm[4:]
     if arm == "scratch" or arm.startswith("hf:"):
         return None
-    raise ConfigError(
-        f"unknown arm {arm!r}: use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
-    )
+    raise ConfigError(f"unknown arm {arm!r}: use {ARM_CHOICES}")
 
 
 def arm_init(arm: str, maes: dict[str, Path], pool: str) -> tuple[str, bool]:
@@ -125,11 +125,6 @@ def given_maes(cfg: StudyConfig) -> dict[str, Path]:
 def pretrain_folder(out: Path, pool: str, cfg: StudyConfig) -> Path:
     """Where the study pretrains a pool's MAE: pretrain/ for the study's --pool (as before), pretrain-POOL/ otherwise."""
     return out / "pretrain" if pool == cfg.pool else out / f"pretrain-{pool}"
-
-
-def run_name(arm: str, fraction: float, seed: int) -> str:
-    label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
-    return f"{label}_f{fraction:g}_s{seed}"
 
 
 def plan(cfg: StudyConfig, out: Path) -> list[Job]:

@@ -83,6 +83,13 @@ def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit
     return replace(spec, stain_reference=reinhard_reference(images))
 
 
+def working_size(image_size: int, cache_size: int | None = None) -> int:
+    """The side images are decoded to once (the cache): ``cache_size``, else 1.25 x the model's input,
+    leaving room for random-resized crops. A saved model records its own (leanmae.json), so this
+    default also decodes the inputs of a model that predates that record as it was trained."""
+    return int(cache_size) if cache_size else round(1.25 * image_size)
+
+
 def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     """What leanmae.json records about decoding, so a saved model's inputs are decoded as in training."""
     return {
@@ -94,12 +101,12 @@ def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     }
 
 
-def spec_from_extras(extra: dict[str, Any], default_size: int) -> DecodeSpec:
+def spec_from_extras(extra: dict[str, Any], image_size: int) -> DecodeSpec:
     """The DecodeSpec a saved model was trained with (leanmae.json; older models: size only)."""
     stain = extra.get("stain_norm") or {}
     reference = tuple(stain["reference"]) if stain.get("reference") else None
     return DecodeSpec(
-        size=int(extra.get("cache_size", default_size)),
+        size=working_size(image_size, extra.get("cache_size")),
         cell_crop=extra.get("cell_crop"),
         stain_reference=reference,
     )
@@ -114,7 +121,7 @@ def _decode_file(
     except BadImageError as err:
         return str(err)
     boxes = tile_boxes(rgb.shape[1], rgb.shape[0], spec.tile, spec.grid, spec.min_tile_size)
-    tiles = [finish_image(rgb[t:b, l:r], spec) for (l, t, r, b) in boxes]
+    tiles = [finish_image(rgb[top:bottom, left:right], spec) for (left, top, right, bottom) in boxes]
     return tiles, boxes
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leanmae.data.cache import default_cache_dir
 from leanmae.data.split import SPLITS, Item, file_hash
 from leanmae.errors import DataError
 from leanmae.files import atomic_dir
@@ -88,8 +89,6 @@ def _labels(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> n
 
 def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The folder ``<split>/<class>/<split>_NNNNNN.png`` holding the file's images, built once."""
-    from leanmae.data.cache import default_cache_dir
-
     path = Path(path)
     stat = path.stat() if path.is_file() else None
     if stat is None:

@@ -108,35 +108,6 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
     return records
 
 
-def collect(specs: list[str]) -> list[ImageRecord]:
-    """The unlabelled pool of several sources, in a fixed order.
-
-    A source is a folder (``DIR`` or ``DIR:classes``), a MedMNIST file (``PATH.npz[:classes]``, its
-    train split only) or a split manifest (``split.csv``), of which
-    only the train images are taken: this is how a study adds its own task's training images to the
-    pretraining pool ("in-domain") without ever letting validation or test images in.
-    """
-    from leanmae.data.medmnist import is_npz, pool_folders
-    from leanmae.data.split import read_manifest, verify
-
-    if not specs:
-        raise DataError("no data given: pass --data DIR (repeatable)")
-    records: list[ImageRecord] = []
-    for spec in specs:
-        if spec.endswith(".csv") and os.path.isfile(spec):
-            root, items = read_manifest(spec)
-            train = [it for it in items if it.split == "train"]
-            verify(train, root)  # a file changed since the split must not silently change pretraining
-            records.extend(ImageRecord(root / it.relpath, root, None) for it in train)
-            continue
-        if is_npz(spec):  # a MedMNIST file: its train images, unpacked once
-            folder, classes = pool_folders(spec)
-        else:
-            folder, classes = parse_source(spec)
-        records.extend(scan(folder, classes))
-    return records
-
-
 def image_files(inputs: list[str | Path]) -> list[Path]:
     """Image files named directly or found (recursively, sorted) under named folders."""
     files: list[Path] = []

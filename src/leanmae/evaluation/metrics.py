@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 
 from leanmae.files import write_atomic
-from leanmae.reporting.safe_csv import csv_text
+from leanmae.safe_csv import csv_text
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, float]:

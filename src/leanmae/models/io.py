@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from leanmae.errors import CheckpointError
 from leanmae.files import atomic_dir
 from leanmae.models.card import write_card
@@ -52,7 +53,7 @@ def save_model(
 def load_preprocessing(folder: Path) -> tuple[list[float], list[float], dict[str, Any]]:
     """(mean, std, leanmae extras) saved beside a model; ImageNet statistics if the folder has none."""
     folder = Path(folder)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     processor = _json_object(folder / PREPROCESSOR_FILE)
     mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
     return mean, std, _json_object(folder / LEANMAE_FILE)

@@ -182,3 +182,20 @@ def risk_coverage_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def reconstruction_grid(panels: dict[str, np.ndarray], path: Path | str, title: str) -> Path:
+    """reconstructions.png: one row per image, one column per panel (evaluation.reconstruction_panels)."""
+    names = list(panels)
+    rows = len(panels[names[0]])
+    fig, axes = plt.subplots(rows, len(names), figsize=(2 * len(names), 2 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        for c, name in enumerate(names):
+            axes[r, c].imshow(panels[name][r], interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
