@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,6 @@ class TrainResult:
     best_value: float | None
     seconds: float
     resumed_from: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
