@@ -27,6 +27,10 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
+class UnsupportedImageError(ValueError):
+    """A readable image whose pixels cannot become RGB without guessing (decode_rgb names the file)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint or model folder that cannot be used; the message names it and says why."""
 
