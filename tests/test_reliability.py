@@ -45,20 +45,23 @@ import torch
 import leanmae
 import leanmae.commands.finetune as finetune_command
 import leanmae.commands.study as study_command
+import leanmae.files as files
 import leanmae.reporting.study_report as study_report
 import leanmae.training.checkpoint as checkpoint
 import leanmae.training.engine as engine
 from helpers import assert_same_weights, load_weights, read_csv, tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
-from leanmae.config import ConfigError, FinetuneConfig, resolve
+from leanmae.config import FinetuneConfig, resolve
 from leanmae.data.cache import DecodeSpec, load_or_build, manifest_hash
-from leanmae.data.sources import DataError, scan
+from leanmae.data.sources import scan
 from leanmae.data.split import make_split, read_manifest
 from leanmae.data.synthetic import make_synthetic_wbc
+from leanmae.errors import CheckpointError, ConfigError, DataError
+from leanmae.files import write_atomic
 from leanmae.models.classifier import build_classifier
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae
-from leanmae.training.checkpoint import CheckpointError, list_checkpoints, write_atomic
+from leanmae.training.checkpoint import list_checkpoints
 
 SRC = Path(leanmae.__file__).resolve().parent
 CLASSES = ["basophil", "eosinophil"]
@@ -90,6 +93,7 @@ PAUSING_CLI = r"""
 import os, sys, time
 from contextlib import contextmanager
 import leanmae.models.io as model_io
+import leanmae.files as files
 import leanmae.training.checkpoint as checkpoint
 
 where = os.environ["LEANMAE_TEST_PAUSE"]
@@ -699,7 +703,7 @@ def test_a_full_disk_while_rewriting_a_file_keeps_its_previous_content(
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(path, "epoch,loss\n1,0.5\n2,0.4\n")
     assert path.read_text() == "epoch,loss\n1,0.5\n"

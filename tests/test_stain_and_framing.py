@@ -131,7 +131,7 @@ def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(tmp_
     records = scan(tmp_path / "imgs")
     spec = stain_spec(DecodeSpec(size=32, cell_crop=2.5), "reinhard", records)
     cache = load_or_build(records, spec, cache_dir=tmp_path / "cache", workers=1, progress=False)
-    restored = spec_from_extras(json.loads(json.dumps(spec_extras(spec))), default_size=999)
+    restored = spec_from_extras(json.loads(json.dumps(spec_extras(spec))), image_size=999)
     assert restored == spec
     for i, rec in enumerate(records):
         np.testing.assert_array_equal(cache.images[i], finish_image(decode_rgb(rec.path), restored))

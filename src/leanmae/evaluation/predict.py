@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
-from leanmae.models.io import load_preprocessing
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.progress import bar_disabled
+from leanmae.training.distributed import setup
 
 
 @torch.inference_mode()
@@ -60,11 +61,8 @@ class TrainedClassifier:
     labels: list[str]
 
 
-def load_trained(model: str | Path, device: str | None = None) -> TrainedClassifier:
+def trained_classifier(model: str | Path, device: str | None = None) -> TrainedClassifier:
     """The classifier of a fine-tuning run (or its ``model/``) on ``device`` (auto by default)."""
-    from leanmae.commands.reconstruct import model_folder
-    from leanmae.training.distributed import setup
-
     ctx = setup(device or "auto")
     folder = model_folder(model)
     classifier = load_classifier(folder).to(ctx.device)

@@ -37,11 +37,13 @@ from leanmae.data.cache import (
     spec_from_extras,
     stain_spec,
 )
-from leanmae.data.sources import DataError, ImageRecord, collect, labelled_folder_records
+from leanmae.data.pool import collect
+from leanmae.data.sources import ImageRecord, labelled_folder_records
 from leanmae.data.split import read_manifest
+from leanmae.errors import DataError
 from leanmae.evaluation.calibration import softmax
 from leanmae.evaluation.metrics import classification_report
-from leanmae.evaluation.predict import TrainedClassifier, cached_batches, load_trained, predict_logits
+from leanmae.evaluation.predict import TrainedClassifier, cached_batches, predict_logits, trained_classifier
 from leanmae.evaluation.shifts import (
     BUILTIN_REFERENCE_NAME,
     LC25000_LUNG_REFERENCE,
@@ -52,9 +54,8 @@ from leanmae.evaluation.shifts import (
     apply_shift,
     image_keys,
 )
+from leanmae.files import write_json
 from leanmae.progress import bar_disabled
-from leanmae.reporting.runs import info
-from leanmae.training.checkpoint import write_json
 
 ROBUSTNESS_FILE = "robustness.json"
 FORMAT = 1  # bump when the shifted images or the scores change meaning: every file is then recomputed
@@ -241,14 +242,18 @@ def split_test_records(split: Path) -> list[ImageRecord]:
     return [ImageRecord(root / it.relpath, root, it.label) for it in items if it.split == "test"]
 
 
+def _status(run: Path) -> str | None:
+    """A run's status in its run.json (read here: the run folders' reader is in the reporting layer above)."""
+    path = run / "run.json"
+    return json.loads(path.read_text()).get("status") if path.exists() else None
+
+
 def finished_runs(study: Path) -> list[Path]:
     """The study's fine-tuning runs that finished and saved a classifier."""
     return [
         folder
         for folder in sorted((Path(study) / "runs").glob("*_f*_s*"))
-        if folder.is_dir()
-        and info(folder).get("status") == "finished"
-        and (folder / "model" / "config.json").exists()
+        if folder.is_dir() and _status(folder) == "finished" and (folder / "model" / "config.json").exists()
     ]
 
 
@@ -271,7 +276,7 @@ def score_runs(
             results[run.name] = json.loads((target / ROBUSTNESS_FILE).read_text())
             continue
         shifted = shifted or ShiftedSet(split_test_records(split), bench, progress=progress)
-        results[run.name] = measure(load_trained(run, device), shifted, batch_size, progress=False)
+        results[run.name] = measure(trained_classifier(run, device), shifted, batch_size, progress=False)
         write_json(target / ROBUSTNESS_FILE, results[run.name])
     return results
 

@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from leanmae.evaluation.robustness import ROBUSTNESS_FILE
+from leanmae.files import write_atomic
 from leanmae.reporting.plots import save_figure
 from leanmae.reporting.runs import Run, pct
 from leanmae.reporting.tables import Table
-from leanmae.training.checkpoint import write_atomic
 
 CLEAN = "clean"
 
