@@ -63,7 +63,7 @@ from torch import nn
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, read before anything changes it
 
-from leanmae.commands.finetune import LabelledData, _finetune_task  # noqa: E402
+from leanmae.commands.finetune import LabelledData, finetune_task  # noqa: E402
 from leanmae.commands.pretrain import eval_pixels, pretrain_task  # noqa: E402
 from leanmae.config import FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, absolute_lr, resolve  # noqa: E402
 from leanmae.data.augment import (
@@ -287,6 +287,9 @@ def endless(task: Task) -> Iterator[tuple[np.ndarray, int]]:
         epoch += 1
 
 
+COMPILE_WARMUP = 3  # untimed steps of a compiled path: the first compiles, a second may recompile
+
+
 class LeanmaePath:
     """leanmae's training step: the model from its builders, the Task its commands build, and the engine's
     own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread where
@@ -308,6 +311,8 @@ class LeanmaePath:
     ) -> None:
         self.device = torch.device(device)
         self.name, self.batch, self.prefetch = name, batch, prefetching(cfg.run, self.device)
+        self.compiled = cfg.run.compile
+        self.warmup = COMPILE_WARMUP if self.compiled else 0  # at least this many untimed steps
         self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
         ctx = Context(device=self.device, rank=rank, world_size=world_size)
         torch.manual_seed(cfg.run.seed)
@@ -337,7 +342,7 @@ class LeanmaePath:
             class_weight = torch.tensor(
                 len(train) / (len(images.names) * counts), dtype=torch.float32, device=self.device
             )
-            _, self.task = _finetune_task(
+            _, self.task = finetune_task(
                 self.model,
                 data,
                 cfg,
@@ -356,7 +361,12 @@ class LeanmaePath:
         self.cfg = cfg
         self.optimizer = engine_optimizer(self.model, cfg.optim, self.layer_scale, self.device)
         self.train_step = TrainStep(
-            self.model, self.optimizer, cfg.optim, autocast_dtype(cfg.run.amp, self.device), ctx
+            self.model,
+            self.optimizer,
+            cfg.optim,
+            autocast_dtype(cfg.run.amp, self.device),
+            ctx,
+            compile_model=cfg.run.compile,
         )
         self.lr = absolute_lr(cfg.optim, world_size)
         self._items = endless(self.task)
@@ -635,6 +645,7 @@ class PathResult:
     images_per_s: list[float]
     data_share: list[float]
     others_cores: list[float]  # cores kept busy by other processes during each repetition
+    warmup_seconds: float = 0.0  # the untimed warm-up steps (with torch.compile: mostly compiling)
 
     @property
     def median(self) -> float:
@@ -686,10 +697,15 @@ def interleaved(
     Nothing else runs during a timed block (a memory-sampling thread cost 25 % here: see MemoryProbe).
     """
     device = paths[0].device
+    warmed: dict[str, float] = {}
     for path in paths:
         path.enter()
-        for _ in range(warmup):
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(max(warmup, getattr(path, "warmup", 0))):
             path.step()
+        sync(device)
+        warmed[path.name] = time.perf_counter() - started
     runs: dict[str, list[tuple[float, float, float]]] = {p.name: [] for p in paths}
     peaks: dict[int, list[float]] = {t: [] for t in peak_threads}
     for rep in range(reps):
@@ -706,7 +722,10 @@ def interleaved(
             )
         for t in peak_threads:
             peaks[t].append(matmul_gflops(t))
-    results = {name: PathResult(*(list(column) for column in zip(*rs))) for name, rs in runs.items()}
+    results = {
+        name: PathResult(*(list(column) for column in zip(*rs, strict=True)), warmup_seconds=warmed[name])
+        for name, rs in runs.items()
+    }
     return results, peaks
 
 
@@ -771,9 +790,12 @@ def run_case(
     device: str = "cpu",
     gpu_peak_tflops: float | None = None,
     without_prefetch: bool = False,
+    with_compile: bool = False,
 ) -> dict[str, Any]:
     """Measure one case on both paths (on CPUs at the default thread count, and at 1 thread where asked; with
-    ``without_prefetch`` also leanmae preparing each batch inline); returns (and prints) its JSON record.
+    ``without_prefetch`` also leanmae preparing each batch inline, with ``with_compile`` also leanmae with
+    ``run.compile``, its compilation excluded from the timing as warm-up); returns (and prints) its JSON
+    record, then one short JSON line per path (``variant_line``).
 
     Share of peak (CPU), two ways: over the matmul GFLOP/s measured at the path's thread count in the
     same repetitions (median; the load was the same), and over the best matmul GFLOP/s seen in the
@@ -790,6 +812,11 @@ def run_case(
         inline = replace(cfg, run=replace(cfg.run, prefetch=False))
         bases.append(
             LeanmaePath(case.task, inline, images, cache, case.batch, device, name="leanmae_no_prefetch")
+        )
+    if with_compile:
+        compiled = replace(cfg, run=replace(cfg.run, compile=True))
+        bases.append(
+            LeanmaePath(case.task, compiled, images, cache, case.batch, device, name="leanmae_compiled")
         )
     one_thread = (
         [Variant(lean, "leanmae_1thread", 1), Variant(reference, "reference_1thread", 1)]
@@ -830,6 +857,8 @@ def run_case(
             "images_per_s_reps": r.images_per_s,
             "threads": path.threads if device == "cpu" else None,
             "prefetch": path.prefetch,
+            "compile": getattr(getattr(path, "path", path), "compiled", False),
+            "warmup_seconds": r.warmup_seconds,
             "gflop_per_s": achieved,
             "peak_gflop_per_s": peak,
             "share_of_peak": achieved / peak,
@@ -846,10 +875,35 @@ def run_case(
         record["ratio_1thread"] = pair_ratio(results["leanmae_1thread"], results["reference_1thread"])
     if without_prefetch:
         record["prefetch_gain"] = pair_ratio(results["leanmae"], results["leanmae_no_prefetch"])
+    if with_compile:
+        record["compile_gain"] = pair_ratio(results["leanmae_compiled"], results["leanmae"])
     emit(record)
+    for path in paths:
+        emit(variant_line(record, path.name))
     del paths, bases, one_thread, lean, reference
+    if with_compile:
+        torch.compiler.reset()  # drop the compiled code and the models it holds on to
     gc.collect()
     return record
+
+
+def variant_line(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """The figures of issue 18 for one path of a case, on one short JSON line: images/s, share of the
+    peak (on GPUs the measured bf16 matmul peak) and the share of step time spent waiting for data."""
+    path = record[name]
+    return {
+        "case": "variant",
+        "of": record["case"],
+        "batch": record["batch"],
+        "variant": name,
+        "compile": path["compile"],
+        "prefetch": path["prefetch"],
+        "images_per_s": path["images_per_s"],
+        "share_of_peak": path["share_of_peak"],
+        "peak": path["peak"],
+        "data_wait_share": path["data_wait_share"],
+        "warmup_seconds": path["warmup_seconds"],
+    }
 
 
 def engine_epoch(
@@ -971,10 +1025,10 @@ def table(records: list[dict[str, Any]]) -> str:
 
     lines = [
         (
-            "| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
+            "| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | leanmae compiled img/s (compile gain) | GFLOP/img "
             "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"
         ),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
         if "ratio" not in r:
@@ -987,6 +1041,7 @@ def table(records: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"| {r['case']} | {r['batch']} | {lean['images_per_s']:.1f} | {ref['images_per_s']:.1f} | {r['ratio']:.2f}x | {one} | {rate(r, 'leanmae_no_prefetch', 'prefetch_gain')} "
+            f"| {rate(r, 'leanmae_compiled', 'compile_gain')} "
             f"| {r['gflop_per_image']:.2f} | {lean['gflop_per_s']:.0f} ({share(lean)}) | {ref['gflop_per_s']:.0f} ({share(ref)}) "
             f"| {lean['data_wait_share']:.1%} / {ref['data_wait_share']:.1%} | {lean['step_extra_mib']:.0f} / {ref['step_extra_mib']:.0f} | {r['others_load_cores']:.1f} |"
         )
@@ -1017,7 +1072,16 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     for case in cpu_cases(args.quick):
         if args.only and case.name not in args.only:
             continue
-        records.append(run_case(case, images, work, peak, without_prefetch=args.without_prefetch))
+        records.append(
+            run_case(
+                case,
+                images,
+                work,
+                peak,
+                without_prefetch=args.without_prefetch,
+                with_compile=args.with_compile,
+            )
+        )
     if not args.no_epoch:
         subset, full = wbc_train_split(args.pbc, 1000 if args.quick else None, work)
         for task in ("pretrain", "finetune"):
@@ -1035,10 +1099,13 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 
 def gpu_cases(args: argparse.Namespace) -> list[Case]:
-    """The GPU plan: ViT-B/16 224 px MAE pretraining at ``--gpu-batch``, and the cpu preset's MAE at its own batch size."""
+    """The GPU plan: ViT-B/16 224 px MAE pretraining at each ``--gpu-batch``, and the cpu preset's MAE at its own batch size."""
     cpu_batch = leanmae_config("pretrain", "cpu").optim.batch_size
     return [
-        Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3),
+        *(
+            Case("pretrain", "vit-b16", batch, steps=args.gpu_steps, reps=3, warmup=3)
+            for batch in args.gpu_batch
+        ),
         Case("pretrain", "cpu", min(cpu_batch, args.gpu_images), steps=args.gpu_steps, reps=3, warmup=3),
     ]
 
@@ -1070,6 +1137,7 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 device=device,
                 gpu_peak_tflops=gpu_peak,
                 without_prefetch=args.without_prefetch,
+                with_compile=args.with_compile,
             )
         )
     if not args.no_epoch:
@@ -1404,6 +1472,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also time leanmae with run.prefetch=false (each batch prepared inline), interleaved with the others",
     )
     parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="also time leanmae with run.compile=true (torch.compile; its warm-up steps, which compile, are not timed)",
+    )
+    parser.add_argument(
         "--jsonl",
         type=Path,
         default=None,
@@ -1416,7 +1489,11 @@ def main(argv: list[str] | None = None) -> None:
         help="PBC folder (default ../shared/data/pbc; synthetic images when absent)",
     )
     parser.add_argument(
-        "--gpu-batch", type=int, default=128, help="GPU plan: ViT-B/16 batch size (default 128)"
+        "--gpu-batch",
+        type=int,
+        nargs="+",
+        default=[128],
+        help="GPU plan: ViT-B/16 batch sizes, one case each (default 128)",
     )
     parser.add_argument(
         "--gpu-steps", type=int, default=10, help="GPU plan: steps per timed repetition (default 10)"
