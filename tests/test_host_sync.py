@@ -77,7 +77,8 @@ def test_a_non_finite_loss_between_two_checks_is_named_at_its_own_step(
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
     run = RunConfig(seed=0, device="cpu", progress=False, prefetch=False)
-    # Batch 6 of epoch 2 is optimizer step 10 + 6 = 16, noticed after step 16 (every step), 17 (every 4) or 19 (the epoch's end).
+    # Batch 6 of epoch 2 is optimizer step 10 + 6 = 16, noticed after step 16 (every step), 17 (every 4) or 19
+    # (the epoch's end).
     with pytest.raises(NonFiniteLossError, match=r"^loss is nan at epoch 2, step 16;"):
         fit(model, regression_task(poison_step=6), optim_config(), run, CPU, tmp_path, BATCHES)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0001"]
