@@ -129,7 +129,8 @@ class RunConfig:
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"]
     )  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
-    compile: bool = False  # torch.compile the model: for CUDA (nothing gained on CPUs); its first steps compile
+    # torch.compile the model: for CUDA (nothing gained on CPUs); its first steps compile.
+    compile: bool = False
 
 
 @dataclass

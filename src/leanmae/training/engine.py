@@ -314,7 +314,7 @@ def fit(
                 bar.update(micro_batches)
                 step += 1
                 if len(pending) >= CHECK_EVERY or group_start + optim.accum_steps >= len(batches):
-                    # The only host synchronisations of the loop: every CHECK_EVERY steps and at the epoch's end.
+                    # The loop's only host synchronisation: every CHECK_EVERY steps and at the epoch's end.
                     losses = checked_losses(pending, epoch, out_dir)
                     for value in losses:  # one at a time, as before: the same float sum, the same history
                         loss_sum += value

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-CHECK_EVERY = 50  # optimizer steps between host reads: rare enough not to stall a GPU, soon enough to stop a diverged run
+# Optimizer steps between host reads: rare enough not to stall a GPU, soon enough to stop a diverged run.
+CHECK_EVERY = 50
 
 
 class StepLosses:
@@ -33,7 +34,7 @@ class StepLosses:
         return len(self._steps)
 
     def read(self) -> list[tuple[int, list[float]]]:
-        """Every noted step with its losses as Python floats (one device synchronisation), then forget them."""
+        """Every noted step with its losses as Python floats (one device synchronisation); forgets them."""
         steps, self._steps = self._steps, []
         if not steps:
             return []
