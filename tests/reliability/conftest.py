@@ -91,7 +91,8 @@ def study_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_study(study_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted study (its runs in this process: the same code, deterministic, only faster to start)."""
+    """The uninterrupted study (its runs in this process: the same code, deterministic, only faster to
+    start)."""
     out = tmp_path_factory.mktemp("reference-study") / "study"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(study_command, "_launch_local", _run_in_this_process)

@@ -120,7 +120,8 @@ def _wait_for(proc: subprocess.Popen, cwd: Path, condition: Callable[[], Any], t
             return found
         if proc.poll() is not None:
             pytest.fail(
-                f"the process ended (code {proc.returncode}) before the moment to kill it: {(cwd / 'stderr.txt').read_text()[-3000:]}"
+                f"the process ended (code {proc.returncode}) before the moment to kill it: "
+                f"{(cwd / 'stderr.txt').read_text()[-3000:]}"
             )
         time.sleep(0.005)
     pytest.fail(
@@ -203,7 +204,8 @@ def _run_in_this_process(job: study_command.Job) -> int:
 
 
 def _interrupt_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Callable[[], None]:
-    """Stop the next run (KeyboardInterrupt) just after checkpoint ``epoch``; returns a function restoring the engine."""
+    """Stop the next run (KeyboardInterrupt) just after checkpoint ``epoch``; returns a function restoring the
+    engine."""
     original = engine.write_history
 
     def interrupt(path: Path, rows: list[dict[str, float]]) -> None:

@@ -40,7 +40,8 @@ def _results(study: Path) -> dict[str, Any]:
 def test_a_study_killed_mid_way_reports_only_finished_runs_and_resumes_to_the_same_tables(
     study_data: Path, reference_study: Path, tmp_path: Path
 ) -> None:
-    """Kill ``leanmae study`` (and its run) while its second run trains; the report lists the finished run only; rerunning completes it identically."""
+    """Kill ``leanmae study`` (and its run) while its second run trains; the report lists the finished run
+    only; rerunning completes it identically."""
     out = tmp_path / "study"
     second = out / "runs" / "scratch_f1_s1"
     epoch = random.Random("kill-study").randint(1, STUDY_EPOCHS - 2)
@@ -105,7 +106,8 @@ def _alive(pid: int) -> bool:
 def test_killing_the_study_process_alone_also_stops_the_run_it_launched(
     study_data: Path, tmp_path: Path
 ) -> None:
-    """``kill -9 <study pid>`` must not leave its run training on: rerunning the study would put a second writer into the same run folder."""
+    """``kill -9 <study pid>`` must not leave its run training on: rerunning the study would put a second
+    writer into the same run folder."""
     out = tmp_path / "study"
     proc = _start(_study_args(study_data, out, epochs=2000, seeds="0"), tmp_path / "proc")
     try:
@@ -119,7 +121,8 @@ def test_killing_the_study_process_alone_also_stops_the_run_it_launched(
             time.sleep(0.05)
         orphans = [c for c in children if _alive(c)]
         assert not orphans, (
-            f"process(es) {orphans} of the study's run kept running after the study was killed; they go on training into {out / 'runs' / 'scratch_f1_s0'}"
+            f"process(es) {orphans} of the study's run kept running after the study was killed; "
+            f"they go on training into {out / 'runs' / 'scratch_f1_s0'}"
         )
     finally:
         _kill_group(proc)  # the run is still in the study's process group
@@ -128,7 +131,8 @@ def test_killing_the_study_process_alone_also_stops_the_run_it_launched(
 def test_a_study_killed_while_writing_its_report_keeps_the_old_report_and_rebuilds_it(
     reference_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A kill inside the report.html write leaves the previous report (and a dotted temp file); `leanmae report` rebuilds the same one."""
+    """A kill inside the report.html write leaves the previous report (and a dotted temp file); `leanmae
+    report` rebuilds the same one."""
     study = tmp_path / "study"
     shutil.copytree(reference_study, study)
     leanmae.report(study)  # the report names its folder in the study command: build it here first

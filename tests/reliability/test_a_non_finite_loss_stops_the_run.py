@@ -26,7 +26,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_keeps_the_last_checkpoint(
     cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The loss turns NaN in epoch 2: exit code 2 with a one-line message naming epoch 2; checkpoint 1 is untouched and resumable."""
+    """The loss turns NaN in epoch 2: exit code 2 with a one-line message naming epoch 2; checkpoint 1 is
+    untouched and resumable."""
     out = tmp_path / "run"
     real_fit, real_history = finetune_command.fit, engine.write_history
     snapshot: dict[str, str] = {}

@@ -98,7 +98,8 @@ def test_evaluate_refuses_a_test_file_changed_after_the_split(
 
 
 def test_in_domain_pretraining_refuses_a_train_file_changed_after_the_split(tmp_path: Path) -> None:
-    """A study's in-domain pool is its split.csv: a changed train file must stop pretraining as it stops fine-tuning."""
+    """A study's in-domain pool is its split.csv: a changed train file must stop pretraining as it stops
+    fine-tuning."""
     data, split, items = _small_split(tmp_path)
     changed = next(it for it in items if it.split == "train")
     other = next(it for it in items if it.relpath != changed.relpath)

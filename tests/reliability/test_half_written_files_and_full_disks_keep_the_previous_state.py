@@ -27,7 +27,8 @@ from leanmae.training.checkpoint import list_checkpoints, write_atomic
 def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(
     cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A killed writer leaves dotted ``.NAME.tmp-PID`` files and folders; resuming ignores every one of them."""
+    """A killed writer leaves dotted ``.NAME.tmp-PID`` files and folders; resuming ignores every one of
+    them."""
     out = tmp_path / "run"
     restore = _interrupt_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
@@ -56,7 +57,8 @@ def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(
 
 
 def test_a_half_built_decode_cache_is_never_used(images: Path, tmp_path: Path) -> None:
-    """A cache build killed mid-way leaves ``KEY.tmp-PID``; the next run decodes afresh instead of reading it."""
+    """A cache build killed mid-way leaves ``KEY.tmp-PID``; the next run decodes afresh instead of reading
+    it."""
     records = scan(images)
     spec = DecodeSpec(size=24)
     key = manifest_hash(records, spec)
@@ -81,7 +83,8 @@ def test_a_half_built_decode_cache_is_never_used(images: Path, tmp_path: Path) -
 def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_stops(
     cells: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC while writing checkpoint 2: the OSError propagates, no temp folder is left, checkpoint 1 loads and resumes."""
+    """ENOSPC while writing checkpoint 2: the OSError propagates, no temp folder is left, checkpoint 1 loads
+    and resumes."""
     real = checkpoint.save_file
 
     def disk_full_at_epoch_2(

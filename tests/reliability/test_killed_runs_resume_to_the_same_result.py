@@ -49,7 +49,8 @@ KILL_MOMENTS = ["during-an-epoch", "while-writing-a-checkpoint", "while-writing-
 def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupted_run(
     cells: dict[str, Any], reference: Path, tmp_path: Path, moment: str
 ) -> None:
-    """SIGKILL ``leanmae finetune`` at a seeded moment, ``--resume`` it: same weights, metrics and predictions."""
+    """SIGKILL ``leanmae finetune`` at a seeded moment, ``--resume`` it: same weights, metrics and
+    predictions."""
     rng = random.Random(f"kill-{moment}")
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"

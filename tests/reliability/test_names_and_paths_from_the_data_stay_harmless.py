@@ -17,7 +17,8 @@ from leanmae.data.split import make_split
 
 
 def test_class_and_folder_names_are_escaped_in_the_study_report(reference_study: Path) -> None:
-    """A class folder named ``<script>alert(1)`` and a data folder named ``<img src=x onerror=alert(1)>`` show as text."""
+    """A class folder named ``<script>alert(1)`` and a data folder named ``<img src=x onerror=alert(1)>`` show
+    as text."""
     text = (reference_study / "report.html").read_text()
     assert "<script" not in text.lower() and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)" in text, "the class name is shown, escaped"

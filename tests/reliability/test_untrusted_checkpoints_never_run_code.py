@@ -105,7 +105,9 @@ ENTRIES = {
 }
 
 
-BROKEN = {  # folder kind: (files kept from a good folder, whether pickles are planted, the missing file named in the error)
+# folder kind: (files kept from a good folder, whether pickles are planted,
+#               the missing file named in the error)
+BROKEN = {
     "pickle-only": (["config.json"], True, "model.safetensors"),
     "config-without-weights": (
         ["config.json", "preprocessor_config.json", "leanmae.json"],
@@ -127,7 +129,8 @@ def test_an_incomplete_or_pickled_model_folder_is_refused_without_running_code(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Every command that takes a model folder: exit code 2 naming the missing file, no pickle loaded, nothing written."""
+    """Every command that takes a model folder: exit code 2 naming the missing file, no pickle loaded, nothing
+    written."""
     keep, pickles, missing = BROKEN[kind]
     folder = tmp_path / "downloaded"
     folder.mkdir()
@@ -155,7 +158,8 @@ def test_an_incomplete_or_pickled_model_folder_is_refused_without_running_code(
 def test_pickles_and_remote_code_beside_safetensors_weights_are_never_loaded(
     entry: str, model_folders: dict[str, Path], cells: dict[str, Any], images: Path, tmp_path: Path
 ) -> None:
-    """A usable folder that also carries pickles and code named in config.json's auto_map: the command works from the safetensors alone."""
+    """A usable folder that also carries pickles and code named in config.json's auto_map: the command works
+    from the safetensors alone."""
     folder = tmp_path / "downloaded"
     shutil.copytree(model_folders[ENTRIES[entry]], folder)
     marker = tmp_path / "code-ran"
@@ -186,7 +190,8 @@ def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled_on_resume(
 def test_a_corrupt_checkpoint_on_resume_returns_2_naming_the_file(
     cells: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A checkpoint damaged on disk (or replaced by a pickle) is a one-line CheckpointError naming it, not a traceback."""
+    """A checkpoint damaged on disk (or replaced by a pickle) is a one-line CheckpointError naming it, not a
+    traceback."""
     out = tmp_path / "run"
     restore = _interrupt_after_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
@@ -302,5 +307,6 @@ def test_the_source_never_unpickles_and_loads_weights_from_safetensors_only() ->
         model_loads += loads
     assert not problems, "\n".join(problems)
     assert model_loads >= 1, (
-        "the scan saw the from_pretrained call that loads weights (every load goes through models.io.load_pretrained)"
+        "the scan saw the from_pretrained call that loads weights "
+        "(every load goes through models.io.load_pretrained)"
     )
