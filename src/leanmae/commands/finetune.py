@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from leanmae.data.augment import (
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
+from leanmae.data.fingerprint import check_resume, manifest_parts
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
@@ -158,24 +160,30 @@ def load_labelled(
     spec: DecodeSpec,
     cfg: FinetuneConfig,
     ctx: Context,
+    before_decode: Callable[[list[Item], set[str]], None] | None = None,
 ) -> LabelledData:
-    """Read and verify the manifest, decode its images once, and pick this run's label fraction."""
+    """Read and verify the manifest, decode its images once, and pick this run's label fraction.
+
+    ``before_decode`` sees the verified items (with their sha256) and the drawn train / val paths
+    before anything is decoded (on the main process): the resume check of the data.
+    """
     root, items = read_manifest(split_path, data_root)
-    if ctx.is_main:
-        verify(items, root)
+    hashed = verify(items, root) if ctx.is_main else items
     labels = sorted({it.label for it in items})
     if len(labels) < 2:
         raise DataError(
             f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes"
         )
+    chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
+    if cfg.classifier.val == "honest":
+        chosen |= {it.relpath for it in label_fraction(items, fraction, seed, split="val")}
+    if before_decode is not None and ctx.is_main:
+        before_decode(hashed, chosen)
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
     spec = stain_spec(spec, cfg.data.stain_norm, [r for r, it in zip(records, items) if it.split == "train"])
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
     item_of_entry = [items[s] for s in cache.sources]
     y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
-    chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
-    if cfg.classifier.val == "honest":
-        chosen |= {it.relpath for it in label_fraction(items, fraction, seed, split="val")}
     index = {
         "train": np.array(
             [i for i, it in enumerate(item_of_entry) if it.split == "train" and it.relpath in chosen],
@@ -246,15 +254,15 @@ def run_finetune(
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     init_folder = None if str(init) == "scratch" else model_folder(init)
-    if ctx.is_main:
-        prepare_output(
-            out,
-            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
-            resume,
-            overwrite,
-            inputs=[split_path, init_folder, data_root],
-        )
+    resumed = ctx.is_main and prepare_output(
+        out,
+        {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+        resume,
+        overwrite,
+        inputs=[split_path, init_folder, data_root],
+    )
     ctx.barrier()
+    data_check: dict[str, Any] = {}
     opts, image_size = cfg.classifier, cfg.model.image_size
     data = load_labelled(
         split_path,
@@ -264,6 +272,7 @@ def run_finetune(
         DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop),
         cfg,
         ctx,
+        lambda items, drawn: data_check.update(check_resume(out, manifest_parts(items, drawn), resumed)),
     )
     spec = data.spec
     labels, train_idx = data.labels, data.index["train"]
@@ -329,6 +338,7 @@ def run_finetune(
             device=str(ctx.device),
             world_size=ctx.world_size,
             data_hash=data.cache.key,
+            data_check=data_check,
             skipped_files=data.cache.skipped,
             images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])},
             split_counts=counts(data.items),

@@ -4,7 +4,8 @@ Data: one or more folders mixed into a pool, decoded once into the cache; about 
 source files (a fixed choice, the same for every seed) are held out for the validation loss and
 the reconstructions. Output folder:
 
-    run.json            resolved config, versions, seed, device, data hash, skipped files, results
+    run.json            resolved config, versions, seed, device, data hash, skipped files,
+                        files without a tile, results
     history.csv         per epoch: train_loss, val_loss, lr, seconds, data_seconds
     tensorboard/        the same as TensorBoard events
     checkpoints/        the last complete epoch, for --resume
@@ -49,8 +50,9 @@ from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
 from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
+from leanmae.data.fingerprint import check_resume, part, pool_images
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import ImageRecord, collect
+from leanmae.data.sources import DataError, ImageRecord, collect
 from leanmae.data.split import read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
 from leanmae.evaluation.reconstruction import (
@@ -123,15 +125,24 @@ class Pool:
 
 
 def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
-    """Hold out ``val_fraction`` of the source files with a fixed seed: the same slice for every run seed."""
-    n_files = len(cache.records)
-    n_val = min(n_files - 1, max(1, round(val_fraction * n_files))) if n_files > 1 else 0
-    held_out = np.random.default_rng(20220511).permutation(n_files)[:n_val]
+    """Hold out ``val_fraction`` of the source files with a fixed seed: the same slice for every run seed.
+
+    Only files that gave cache entries count (a bad file skipped, or one too small for any tile,
+    is not held out in place of a usable one), taken in one fixed order of all files, so the
+    slice is the same as before whenever every file is usable. Validation never falls back to a
+    training image: a pool of fewer than two usable files is an error.
+    """
+    usable = set(np.unique(cache.sources).tolist())
+    if len(usable) < 2:
+        raise DataError(
+            f"pretraining needs at least two usable image files (one is held out for the validation loss), "
+            f"found {len(usable)} of {len(cache.records)} ({len(cache.skipped)} bad, {len(cache.untiled)} without a tile)"
+        )
+    n_val = min(len(usable) - 1, max(1, round(val_fraction * len(usable))))
+    order = np.random.default_rng(20220511).permutation(len(cache.records))
+    held_out = [f for f in order.tolist() if f in usable][:n_val]
     is_val = np.isin(cache.sources, held_out)
-    val = np.flatnonzero(is_val)
-    return Pool(
-        cache=cache, train=np.flatnonzero(~is_val), val=val if len(val) else np.arange(min(len(cache), 1))
-    )
+    return Pool(cache=cache, train=np.flatnonzero(~is_val), val=np.flatnonzero(is_val))
 
 
 def build_cache_for(
@@ -250,8 +261,9 @@ def run_pretrain(
     tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
-    if ctx.is_main:
-        prepare_output(out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split])
+    resumed = ctx.is_main and prepare_output(
+        out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split]
+    )
     ctx.barrier()
     spec = DecodeSpec(
         size=cfg.data.cache_size or round(cfg.model.image_size * 1.25),
@@ -261,9 +273,13 @@ def run_pretrain(
         cell_crop=cfg.data.cell_crop,
     )
     records = collect(cfg.data.sources)
+    data_check = check_resume(out, {"images": pool_images(records)}, resumed) if ctx.is_main else {}
     spec = stain_spec(spec, cfg.data.stain_norm, records)
     pool = split_pool(build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
     cache = pool.cache
+    if ctx.is_main:
+        held_out = sorted({str(records[s].path.resolve()) for s in cache.sources[pool.val]})
+        data_check |= check_resume(out, {"validation files": part(held_out)}, resumed)
     if cfg.augment.normalize == "dataset":
         mean, std = dataset_stats(cache.images, pool.train)
     else:
@@ -278,9 +294,15 @@ def run_pretrain(
     lr = absolute_lr(optim, ctx.world_size)
     if ctx.is_main:
         print(
-            f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped; "
+            f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped, "
+            f"{len(cache.untiled)} files without a tile; "
             f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} -> {lr_rule(optim, ctx.world_size)}"
         )
+        if cache.untiled:
+            print(
+                f"warning: {len(cache.untiled)} files gave no tile and are left out (run.json lists them "
+                f"under files_without_tiles), e.g. {cache.untiled[0]}"
+            )
         write_run_info(
             out,
             "pretrain",
@@ -290,8 +312,10 @@ def run_pretrain(
             device=str(ctx.device),
             world_size=ctx.world_size,
             data_hash=cache.key,
+            data_check=data_check,
             images={"train": len(pool.train), "val": len(pool.val)},
             skipped_files=cache.skipped,
+            files_without_tiles=cache.untiled,
             absolute_lr=lr,
             effective_batch=effective_batch(optim, ctx.world_size),
             init=str(init) if init else None,

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class ImageCache:
     records: list[ImageRecord]
     skipped: list[str]  # "path: reason" for files skipped with skip_bad
     key: str
+    untiled: list[str] = field(default_factory=list)  # "path: reason" for files that gave no tile
 
     def __len__(self) -> int:
         return len(self.images)
@@ -166,14 +167,34 @@ def load_or_build(
         )
     count = index["count"]
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(count, spec.size, spec.size, 3))
+    sources = np.asarray(index["sources"], dtype=np.int64)
     return ImageCache(
         images=images,
-        sources=np.asarray(index["sources"], dtype=np.int64),
+        sources=sources,
         boxes=np.asarray(index["boxes"], dtype=np.int64).reshape(-1, 4),
         records=records,
         skipped=index["skipped"],
         key=key,
+        untiled=_untiled(records, sources, index["skipped"], spec),
     )
+
+
+def _untiled(
+    records: list[ImageRecord], sources: np.ndarray, skipped: list[str], spec: DecodeSpec
+) -> list[str]:
+    """The files that decoded but gave no tile (every piece under ``min_tile_size``), as "path: reason".
+
+    Found from the index (files with no entry that were not skipped as bad), so caches built
+    before this was reported tell it too; commands count and list them, never drop them silently.
+    """
+    bad = {entry.split(": ", 1)[0] for entry in skipped}
+    used = set(sources.tolist())
+    cut = f"--tile {spec.tile}" if spec.tile else f"--grid {spec.grid}"
+    return [
+        f"{rec.path}: gives no tile of at least {spec.min_tile_size} px with {cut} (data.min_tile_size)"
+        for i, rec in enumerate(records)
+        if i not in used and str(rec.path) not in bad
+    ]
 
 
 def _build(

@@ -30,12 +30,39 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
+class UnsupportedImageError(ValueError):
+    """A readable image whose pixels cannot become RGB without guessing (decode_rgb names the file)."""
+
+
+def _to_eight_bits(values: np.ndarray, mode: str) -> np.ndarray:
+    """One-channel 16-bit, 32-bit or float pixels as uint8, scaled by the range their type implies.
+
+    16-bit images (``I;16*``) are divided by 65535. Float (``F``) images whose values all lie in
+    0-1 are the usual float convention and are multiplied by 255 (before, a 0-1 float TIFF came out
+    black). Other values are taken as 8-bit when they lie in 0-255 and as 16-bit when they lie in
+    0-65535 (32-bit ``I`` images too). Anything else (negative values, larger ones, NaN or inf) has
+    no range to scale by: it is refused, since stretching each image to its own minimum and maximum
+    would silently change contrast from image to image.
+    """
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 65535:
+        raise UnsupportedImageError(
+            f"{mode} pixel values {low:g} .. {high:g} have no known range to scale to 8 bits "
+            "(leanmae scales 0-1, 0-255 and 0-65535); convert the file to 8-bit RGB"
+        )
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "F" and high <= 1.0:
+        top = 1.0
+    else:
+        top = 255.0 if high <= 255 else 65535.0
+    return np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits, alpha composited on white."""
+    """Any PIL mode to RGB uint8: 16-bit and float scaled to 8 bits (``_to_eight_bits``), alpha on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        gray = _to_eight_bits(np.asarray(image, dtype=np.float64), image.mode)
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -53,6 +80,25 @@ def _check_jpeg_end(path: Path) -> None:
         raise BadImageError(path, "corrupt or truncated JPEG (no end-of-image marker after the image data)")
 
 
+def _refuse_several_frames(path: Path, image: Image.Image) -> None:
+    """A multi-page TIFF or an animated PNG / GIF is refused, naming the file and its frame count.
+
+    Why not take the first frame: which page is "the image" cannot be known. A multi-page TIFF
+    from a scanner is often a pyramid (full resolution first, then thumbnails, or the reverse), a
+    z-stack or one page per channel, and an animation's first frame is arbitrary; training on
+    page 1 would silently use a different picture than the user sees. Refusing works like any bad
+    file: ``--skip-bad`` leaves it out and lists it in run.json. (A JPEG in the MPO format, as
+    some cameras write, holds its primary picture first by definition and is decoded.)
+    """
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        raise BadImageError(
+            path,
+            f"holds {frames} frames (a multi-page {image.format} or an animation); leanmae reads single "
+            "pictures: save the page or frame you mean as its own file",
+        )
+
+
 def decode_rgb(path: Path | str) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 array or raise BadImageError naming it."""
     path = Path(path)
@@ -67,12 +113,15 @@ def decode_rgb(path: Path | str) -> np.ndarray:
             # PIL warns, then errors, above its pixel limit; both mean "decompression bomb".
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                _refuse_several_frames(path, image)
                 image.load()
                 if image.format == "JPEG":
                     _check_jpeg_end(path)
                 return pil_to_rgb(image)
     except BadImageError:
         raise
+    except UnsupportedImageError as err:
+        raise BadImageError(path, str(err)) from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(path, f"refused as a possible decompression bomb ({err})") from err
     except Image.UnidentifiedImageError as err:

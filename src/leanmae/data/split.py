@@ -199,11 +199,12 @@ def content_conflicts(items: list[Item]) -> list[tuple[Item, Item]]:
     return conflicts
 
 
-def verify(items: list[Item], root: Path) -> None:
+def verify(items: list[Item], root: Path) -> list[Item]:
     """Every listed file exists, lies inside ``root`` and still has the hash recorded at split time.
 
-    A hand-written manifest without hashes is hashed here instead. Files with the same content in
-    two classes are reported on stderr (not refused: committed studies hold one such PBC pair).
+    A hand-written manifest without hashes is hashed here instead; returns the items with their
+    hashes. Files with the same content in two classes are reported on stderr (not refused:
+    committed studies hold one such PBC pair).
     """
     real_root = root.resolve()
     hashed = []
@@ -229,6 +230,7 @@ def verify(items: list[Item], root: Path) -> None:
             f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes",
             file=sys.stderr,
         )
+    return hashed
 
 
 def label_fraction(items: list[Item], fraction: float, seed: int, split: str = "train") -> list[Item]:

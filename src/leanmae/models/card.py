@@ -219,7 +219,11 @@ def model_card(folder: Path) -> str:
                 if run.get("config", {}).get("classifier", {}).get("linear_probe")
                 else ""
             )
-            + ". It is a transformers `ViTForImageClassification` checkpoint (safetensors); `leanmae predict` adds the calibrated "
+            + ". It is a transformers checkpoint (safetensors) with its model code in `modeling_leanmae_vit.py`: "
+            "`AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` and "
+            "`pipeline('image-classification', model=folder, trust_remote_code=True)` give leanmae's predictions "
+            "(without `trust_remote_code` transformers refuses it, rather than read it as a plain ViT with "
+            "another head); `leanmae predict` adds the calibrated "
             "confidence, the refer-to-expert flag and the out-of-distribution flag saved in `leanmae.json`."
         )
         body.insert(1, "## Pretraining\n\n" + _pretraining(run))

@@ -4,9 +4,11 @@ The MAE's encoder (``vit.*`` in ViTMAEForPreTraining) has exactly the parameter 
 ViTForImageClassification's ``vit.*``, so transfer is a state-dict copy; only the classifier head
 is new. ``config.pooling`` chooses the head's input: the mean of the patch tokens followed by a
 LayerNorm (``fc_norm``; the MAE paper's fine-tuning default, and leanmae's: MAE pretraining never
-trains the CLS token) or the CLS token (transformers' behaviour). Stochastic
+trains the CLS token) or the CLS token (transformers' behaviour). The model class lives in
+``modeling_leanmae_vit``, a file saved into every classifier folder so that plain transformers
+loads it (with ``trust_remote_code=True``) and predicts exactly as leanmae does. Stochastic
 depth (drop path), which transformers' ViT lacks, is added with forward hooks on each block's
-attention and MLP branches, so the saved model stays a plain transformers checkpoint.
+attention and MLP branches, so the saved weights are a plain ViT's plus ``fc_norm``.
 """
 
 from __future__ import annotations
@@ -16,47 +18,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification, ViTModel
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers import ViTModel
 
 from leanmae.config import ModelConfig
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
 from leanmae.models.mae import CheckpointError, encoder_kwargs, load_mae
+from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTClassifier, LeanViTConfig
+
+__all__ = ["LeanViTClassifier", "build_classifier", "load_classifier"]
 
 
-class LeanViTClassifier(ViTForImageClassification):
-    """ViTForImageClassification with a choice of pooling (``config.pooling``): mean + LayerNorm, or CLS."""
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__(config)
-        self.fc_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            if getattr(config, "pooling", "cls") == "mean"
-            else None
-        )
-
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object
-    ) -> ImageClassifierOutput:  # type: ignore[override]
-        logits = self.classifier(self.features(pixel_values))
-        return ImageClassifierOutput(
-            loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits
-        )
-
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The pooled representation the head sees (used by the linear probe)."""
-        hidden = self.vit(pixel_values, interpolate_pos_encoding=False).last_hidden_state
-        return hidden[:, 0] if self.fc_norm is None else self.fc_norm(hidden[:, 1:].mean(dim=1))
-
-
-def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> ViTConfig:
-    config = ViTConfig(
+def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> LeanViTConfig:
+    config = LeanViTConfig(
         **encoder_kwargs(model),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
+        pooling=pooling,
     )
-    config.pooling = pooling
+    config.auto_map = dict(
+        AUTO_MAP
+    )  # plain transformers loads it with trust_remote_code=True (see the module)
     return config
 
 
@@ -74,6 +56,8 @@ def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
 def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors."""
     model_type = check_model_folder(folder).get("model_type")
+    if model_type == LeanViTConfig.model_type:  # a leanmae classifier: its encoder is a plain ViT's
+        model_type = "vit"
     if model_type == "vit_mae":
         source: nn.Module = load_mae(folder)
         vit = source.vit

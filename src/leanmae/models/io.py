@@ -4,6 +4,7 @@ when they are the kind of model a command needs and their weights cover the whol
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,14 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from leanmae.models import modeling_leanmae_vit
 from leanmae.models.card import write_card
+from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTConfig
 from leanmae.training.checkpoint import CheckpointError, atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
+MODELING_FILE = "modeling_leanmae_vit.py"
 
 
 def save_model(
@@ -25,7 +29,9 @@ def save_model(
 
     preprocessor_config.json is the ViTImageProcessor format, so ``AutoImageProcessor`` reproduces
     the normalisation; leanmae.json adds what leanmae itself needs (working size, class names...);
-    README.md is the model card (``leanmae.models.card``).
+    README.md is the model card (``leanmae.models.card``). A classifier also gets
+    modeling_leanmae_vit.py, the code its config.json's auto_map names, so that plain transformers
+    loads it with ``trust_remote_code=True`` and predicts as leanmae does.
     """
     size = model.config.image_size
     processor = {
@@ -42,6 +48,8 @@ def save_model(
     hf_logging.disable_progress_bar()  # one small file; a bar per save only clutters the log
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if getattr(model.config, "auto_map", None) == AUTO_MAP:  # the code config.json points at
+            shutil.copyfile(modeling_leanmae_vit.__file__, tmp / MODELING_FILE)
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
         (tmp / LEANMAE_FILE).write_text(json.dumps(extra, indent=2))
     write_card(Path(folder))  # refreshed by the command once the run's results exist
@@ -113,6 +121,8 @@ def model_kind(folder: Path) -> str:
     model_type = config.get("model_type")
     if model_type == "vit_mae":
         return "mae"
+    if model_type == LeanViTConfig.model_type:
+        return "classifier"
     if model_type == "vit":
         heads = [
             a

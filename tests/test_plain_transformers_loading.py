@@ -1,0 +1,123 @@
+"""A saved classifier gives the same predictions through plain transformers as through leanmae, or
+transformers refuses to load it and says why.
+
+A ``--pooling mean`` classifier reads the mean of its patch tokens through ``fc_norm``; loaded as
+a plain ViT it read the CLS token and ignored ``fc_norm`` (0 of 6 top-1 predictions agreed), with
+no warning. The folder now carries its own modeling file: with ``trust_remote_code=True``
+transformers' auto classes and pipeline run leanmae's model, and without it transformers refuses.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers.dynamic_module_utils as dynamic_modules
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+import leanmae
+from helpers import tiny_finetune
+from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.models.classifier import load_classifier
+
+LABELS = list(WBC_CLASSES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _modules_cache_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """transformers copies a folder's code into its modules cache: keep that out of the home folder,
+    and never wait for an interactive "run this code?" prompt."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf-modules")))
+        patch.setattr(dynamic_modules, "TIME_OUT_REMOTE_CODE", 0)
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A two-epoch ``--pooling mean`` classifier on synthetic cells, and a few of its test images."""
+    root = tmp_path_factory.mktemp("plain")
+    data = make_synthetic_wbc(root / "cells", n_per_class=10, size=40)
+    split = root / "split.csv"
+    leanmae.split(data, classes=LABELS, out=split)
+    tiny_finetune(split, root / "clf", epochs=2, pooling="mean")
+    return {"model": root / "clf" / "model", "images": data}
+
+
+def _pixels(folder: Path, images: Path) -> tuple[list[Image.Image], torch.Tensor]:
+    pictures = [
+        Image.open(p).convert("RGB") for label in LABELS for p in sorted((images / label).glob("*.png"))[:2]
+    ]
+    processor = AutoImageProcessor.from_pretrained(folder)
+    return pictures, processor(images=pictures, return_tensors="pt")["pixel_values"]
+
+
+@torch.inference_mode()
+def _leanmae_logits(folder: Path, pixels: torch.Tensor) -> torch.Tensor:
+    return load_classifier(folder).eval()(pixel_values=pixels).logits
+
+
+def test_the_folder_names_its_own_model_code_for_transformers(run: dict[str, Path]) -> None:
+    folder = run["model"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "leanmae_vit" and config["pooling"] == "mean"
+    assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_leanmae_vit.LeanViTClassifier"
+    assert config["auto_map"]["AutoConfig"] == "modeling_leanmae_vit.LeanViTConfig"
+    tree = ast.parse((folder / "modeling_leanmae_vit.py").read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= {"__future__", "torch", "transformers"}, "the saved code must run without leanmae"
+
+
+def test_auto_model_with_trust_remote_code_gives_exactly_leanmaes_logits(run: dict[str, Path]) -> None:
+    folder = run["model"]
+    _, pixels = _pixels(folder, run["images"])
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    assert model.fc_norm is not None, "the mean-pooling head's LayerNorm is used"
+    with torch.inference_mode():
+        plain = model(pixel_values=pixels).logits
+    ours = _leanmae_logits(folder, pixels)
+    torch.testing.assert_close(plain, ours, rtol=0, atol=1e-6)
+    assert not torch.allclose(ours[:, 0], ours[:, 1]), (
+        "logits that differ between classes, or the test proves little"
+    )
+
+
+def test_the_pipeline_with_trust_remote_code_gives_leanmaes_predictions(run: dict[str, Path]) -> None:
+    folder = run["model"]
+    pictures, pixels = _pixels(folder, run["images"])
+    classify = pipeline("image-classification", model=str(folder), trust_remote_code=True, top_k=None)
+    probabilities = torch.softmax(_leanmae_logits(folder, pixels), dim=-1).numpy()
+    for picture, ours in zip(pictures, probabilities, strict=True):
+        scores = {row["label"]: row["score"] for row in classify(picture)}
+        np.testing.assert_allclose([scores[label] for label in LABELS], ours, atol=1e-6)
+        assert max(scores, key=scores.get) == LABELS[int(ours.argmax())]
+
+
+def test_loading_without_trust_remote_code_is_refused_by_transformers_saying_why(
+    run: dict[str, Path],
+) -> None:
+    folder = run["model"]
+    why = r"custom code.*trust_remote_code=True"  # transformers words it two ways (prompt or none)
+    with pytest.raises(ValueError, match=why):
+        AutoModelForImageClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match=why):
+        pipeline("image-classification", model=str(folder))
+
+
+def test_leanmae_itself_loads_the_folder_without_running_its_code(run: dict[str, Path]) -> None:
+    """leanmae imports its own copy of the class; the folder's file is never imported by leanmae."""
+    model = load_classifier(run["model"])
+    assert type(model).__module__ == "leanmae.models.modeling_leanmae_vit"
+    rows = leanmae.predict(run["model"], [str(next((run["images"] / LABELS[0]).glob("*.png")))])
+    assert rows[0]["predicted_label"] in LABELS
