@@ -15,8 +15,9 @@ from PIL import Image
 
 from helpers import smooth_image, tiny_pretrain, write_images
 from leanmae.data.cache import DecodeSpec, load_or_build
-from leanmae.data.decode import BadImageError, decode_rgb
+from leanmae.data.decode import decode_rgb
 from leanmae.data.sources import scan
+from leanmae.errors import BadImageError
 
 
 def _jpeg_bytes(size: int = 64) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,26 @@ def test_cli_options_reach_the_run_config(images: Path, tmp_path: Path) -> None:
         and config["optim"]["batch_size"] == 8
     )
     assert config["run"]["progress"] is False
+
+
+def test_importing_the_cli_does_not_load_torch() -> None:
+    """``leanmae --help`` and light commands must not wait for torch: the CLI catches leanmae.errors only."""
+    code = "import sys, leanmae.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_leanmae_split_does_not_load_torch(tmp_path: Path) -> None:
+    """Making a split manifest needs only the data layer: it must not wait seconds for torch to import."""
+    folder = tmp_path / "labelled"
+    for seed, label in enumerate(("a", "b")):
+        write_images(folder / label, 10, 24, seed=seed)
+    out = tmp_path / "split.csv"
+    code = (
+        "import sys; from leanmae.cli import main; "
+        f"code = main(['split', {str(folder)!r}, '--classes', 'a,b', '--out', {str(out)!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "0 False", result.stderr
+    assert out.exists()

@@ -9,7 +9,6 @@ import pytest
 
 from leanmae.config import (
     MODEL_SIZES,
-    ConfigError,
     OptimConfig,
     PretrainConfig,
     absolute_lr,
@@ -20,6 +19,7 @@ from leanmae.config import (
     resolve,
     to_dict,
 )
+from leanmae.errors import ConfigError
 
 
 def pretrain_config(

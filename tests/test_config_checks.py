@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from leanmae.commands.study import STUDY_CHECKS, StudyConfig, study
-from leanmae.config import CHECKS, ConfigError, FinetuneConfig, PretrainConfig, leaf_keys, resolve
+from leanmae.config import CHECKS, FinetuneConfig, PretrainConfig, leaf_keys, resolve
+from leanmae.errors import ConfigError
 
 # One wrong value per key (as a --set / YAML value); each has the right type where a type exists,
 # so that the value check, not the type coercion, must catch it.

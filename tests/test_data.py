@@ -16,8 +16,10 @@ from leanmae.data.augment import AUGMENT_DRAWS, random_resized_crop, to_float
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, load_or_build
 from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
+from leanmae.data.pool import collect
 from leanmae.data.rand import uniform
-from leanmae.data.sources import DataError, collect, parse_source, scan
+from leanmae.data.sources import parse_source, scan
+from leanmae.errors import DataError
 
 # --------------------------------------------------------------------------- sources
 

@@ -12,8 +12,8 @@ import pytest
 import leanmae
 from helpers import read_csv, tiny_finetune
 from leanmae.cli import main
-from leanmae.data.sources import DataError
 from leanmae.data.synthetic import make_synthetic_wbc
+from leanmae.errors import DataError
 
 
 @pytest.fixture(scope="module")

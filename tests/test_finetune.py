@@ -37,11 +37,10 @@ import leanmae
 import leanmae.training.engine as engine
 from helpers import assert_same_weights, copy_subset, load_weights, read_csv, tiny_finetune, tiny_pretrain
 from leanmae.cli import main
-from leanmae.config import ConfigError, FinetuneConfig, ModelConfig, resolve
-from leanmae.data.decode import BadImageError
-from leanmae.data.sources import DataError
+from leanmae.config import FinetuneConfig, ModelConfig, resolve
 from leanmae.data.split import label_fraction, read_manifest
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.errors import BadImageError, CheckpointError, ConfigError, DataError
 from leanmae.evaluation.metrics import classification_report
 from leanmae.models.classifier import (
     add_drop_path,
@@ -51,7 +50,7 @@ from leanmae.models.classifier import (
     vit_config,
 )
 from leanmae.models.io import save_model
-from leanmae.models.mae import CheckpointError, build_mae
+from leanmae.models.mae import build_mae
 
 LABELS = list(WBC_CLASSES)  # alphabetical: the classifier's label order
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -15,8 +15,9 @@ from PIL import Image
 from helpers import tiny_pretrain, write_images
 from leanmae.commands.pretrain import split_pool
 from leanmae.data.cache import DecodeSpec, load_or_build
-from leanmae.data.decode import BadImageError, decode_rgb
-from leanmae.data.sources import DataError, scan
+from leanmae.data.decode import decode_rgb
+from leanmae.data.sources import scan
+from leanmae.errors import BadImageError, DataError
 
 GRADIENT = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(32, 32)
 

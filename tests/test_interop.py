@@ -12,8 +12,8 @@ import yaml
 
 import leanmae
 from helpers import read_csv, tiny_finetune, tiny_pretrain
-from leanmae.config import ConfigError
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.errors import ConfigError
 from leanmae.tracking import final_metrics, open_trackers
 
 FAST = ["optim.epochs=2", "classifier.min_steps=2"]
@@ -247,7 +247,7 @@ def test_predict_takes_pil_images_and_returns_rows_without_writing(
 
 
 def test_predict_refuses_an_array_that_is_not_rgb_uint8(classifier_run: Path) -> None:
-    from leanmae.data.sources import DataError
+    from leanmae.errors import DataError
 
     with pytest.raises(DataError, match=r"\(height, width, 3\) uint8"):
         leanmae.predict(classifier_run, np.zeros((8, 8), dtype=np.float32), device="cpu", progress=False)

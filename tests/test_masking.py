@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from leanmae.config import PretrainConfig, resolve
-from leanmae.models.mae import CheckpointError, build_mae, mae_config, masking_noise, num_patches
+from leanmae.errors import CheckpointError
+from leanmae.models.mae import build_mae, mae_config, masking_noise, num_patches
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 import leanmae
 from helpers import read_csv, smooth_image, tiny_finetune, tiny_pretrain
 from leanmae.data.medmnist import CLASS_NAMES, WBC_TYPES, unpack
-from leanmae.data.sources import DataError, collect
+from leanmae.data.pool import collect
 from leanmae.data.split import read_manifest
+from leanmae.errors import DataError
 
 PER_SPLIT = {"train": 6, "val": 3, "test": 3}  # images per class
 

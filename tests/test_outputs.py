@@ -26,12 +26,12 @@ from helpers import tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
 from leanmae.config import ModelConfig
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.errors import CheckpointError
 from leanmae.evaluation.metrics import write_predictions
 from leanmae.models.classifier import build_classifier
 from leanmae.models.mae import build_mae
 from leanmae.reporting.runinfo import LOCK_FILE
-from leanmae.reporting.safe_csv import csv_text, escape, unescape
-from leanmae.training.checkpoint import CheckpointError
+from leanmae.safe_csv import csv_text, escape, unescape
 
 LABELS = list(WBC_CLASSES)
 QUIET = ["--preset", "test", "--device", "cpu", "--no-progress"]

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from leanmae.config import OptimConfig, RunConfig
+from leanmae.errors import NonFiniteLossError
 from leanmae.training.distributed import Context
-from leanmae.training.engine import NonFiniteLossError, Task, fit
+from leanmae.training.engine import Task, fit
 from leanmae.training.prefetch import Inputs
 
 BATCHES = 6  # per epoch

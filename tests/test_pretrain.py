@@ -19,7 +19,7 @@ from transformers import ViTMAEForPreTraining
 
 import leanmae.training.engine as engine
 from helpers import assert_same_weights, load_weights, tiny_pretrain, write_images
-from leanmae.reporting.runinfo import OutputFolderError
+from leanmae.errors import OutputFolderError
 
 # --------------------------------------------------------------------------- one finished run
 

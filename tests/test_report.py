@@ -315,7 +315,7 @@ def test_the_report_renders_in_a_headless_browser_with_every_image_and_nothing_f
 
 
 def test_report_on_a_mistyped_path_is_refused_and_writes_nothing(tmp_path: Path) -> None:
-    from leanmae.reporting.runinfo import OutputFolderError
+    from leanmae.errors import OutputFolderError
 
     with pytest.raises(OutputFolderError, match="not a study folder"):
         leanmae.report(tmp_path / "pbc-stduy")

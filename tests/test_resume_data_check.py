@@ -15,8 +15,8 @@ from PIL import Image
 import leanmae.commands.finetune as finetune_module
 from helpers import tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
-from leanmae.data.sources import DataError
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.errors import DataError
 
 LABELS = list(WBC_CLASSES)
 QUIET = ["--preset", "test", "--device", "cpu", "--no-progress"]

@@ -15,7 +15,6 @@ import pytest
 import leanmae
 from helpers import write_images
 from leanmae.cli import main
-from leanmae.data.sources import DataError
 from leanmae.data.split import (
     SPLITS,
     Item,
@@ -26,6 +25,7 @@ from leanmae.data.split import (
     verify,
     write_manifest,
 )
+from leanmae.errors import DataError
 
 # --------------------------------------------------------------------------- data
 

@@ -10,9 +10,8 @@ import pytest
 
 import leanmae
 from leanmae.commands.study import StudyConfig, plan, run_name
-from leanmae.config import ConfigError
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
-from leanmae.reporting.runinfo import OutputFolderError
+from leanmae.errors import ConfigError, OutputFolderError
 from leanmae.reporting.study_report import findings, load_runs, tables, times_table
 
 FAST = ["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1"]

@@ -16,11 +16,11 @@ _COMMANDS = {
     "evaluate": "leanmae.commands.evaluate",
     "export": "leanmae.commands.export",
     "finetune": "leanmae.commands.finetune",
-    "predict": "leanmae.commands.evaluate",
+    "predict": "leanmae.commands.predict",
     "pretrain": "leanmae.commands.pretrain",
     "reconstruct": "leanmae.commands.reconstruct",
     "show_config": "leanmae.commands.config_show",
-    "split": "leanmae.commands.evaluate",
+    "split": "leanmae.commands.split",
     "study": "leanmae.commands.study",
     "report": "leanmae.reporting.study_report",
 }

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from leanmae import __version__
-from leanmae.config import ConfigError, preset_names
+from leanmae.config import preset_names
+from leanmae.errors import USER_ERRORS
 
 EPILOG = "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 --set model.mask_ratio=0.5."
 
@@ -396,22 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name == "study":
         slurm = {k: args.pop(k) for k in ("partition", "account", "gpus_per_job", "time_min")}
         args["slurm"] = {k: v for k, v in slurm.items() if v is not None} or None
-    from leanmae.data.decode import BadImageError
-    from leanmae.data.sources import DataError
-    from leanmae.reporting.runinfo import OutputFolderError
-    from leanmae.training.checkpoint import CheckpointError
-    from leanmae.training.engine import NonFiniteLossError
-
     try:
         _call(name, args)
-    except (
-        ConfigError,
-        DataError,
-        BadImageError,
-        CheckpointError,
-        OutputFolderError,
-        NonFiniteLossError,
-    ) as err:
+    except USER_ERRORS as err:
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
@@ -419,9 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1
-    except (
-        OSError
-    ) as err:  # a read-only or full disk, a path that is a file: the system's own words, on one line
+    except OSError as err:
+        # A read-only or full disk, a path that is a file: the system's own words, on one line.
         print(
             f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""),
             file=sys.stderr,

@@ -22,10 +22,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key, value or preset that cannot be used; the message names it."""
-
+from leanmae.errors import ConfigError
 
 # Encoder sizes of the ViT family (Dosovitskiy et al.; MAE uses base/large/huge).
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -330,7 +327,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, path) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, path) for a, v in zip(args, value, strict=True))
     if origin is list:
         if isinstance(value, str):
             value = [value]
@@ -624,3 +621,126 @@ def check_values(cfg: Any, checks: dict[str, Check]) -> None:
         ):
             if size % count:
                 raise ConfigError(f"{names} = {size} / {count}: must divide evenly")
+
+
+def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
+    """What is wrong with train,val,test shares, or None: three finite shares above 0 that sum to 1.
+
+    A zero share is refused rather than rounded up: every class still needs one val and one test
+    image, so "0.7,0.3,0" would silently make a test split the user asked not to have.
+    """
+    if len(ratios) != 3:
+        return "expected three shares train,val,test such as 0.7,0.1,0.2"
+    if not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        return "train, val and test each need a share above 0, and the shares must sum to 1"
+    return None
+
+
+# The study's arms, defined once: the study plans them, the report reads them back from run names.
+BASELINE_ARM = "scratch"  # from random initialisation: what every other arm is compared with
+ARMS = (BASELINE_ARM, "mae", "mae-in-domain", "mae-other", "mae-linear")  # plus "hf:FOLDER"
+ARM_CHOICES = ", ".join(ARMS) + " or hf:FOLDER"
+
+
+def arm_problem(arm: str) -> str | None:
+    """What is wrong with an arm name, or None."""
+    return None if arm in ARMS or re.fullmatch(r"hf:.+", arm) else f"unknown arm; use {ARM_CHOICES}"
+
+
+def run_name(arm: str, fraction: float, seed: int) -> str:
+    """A study run's folder name, ``ARM_fFRACTION_sSEED`` (``hf:path/x`` -> ``hf-x``)."""
+    label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
+    return f"{label}_f{fraction:g}_s{seed}"
+
+
+def arm_of(run_folder: str) -> str:
+    """The arm of a run folder named by ``run_name``."""
+    return run_folder.rsplit("_f", 1)[0]
+
+
+@dataclass
+class SlurmOptions:
+    """Where submitit sends the runs of ``--launcher slurm``."""
+
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int = 32
+    time_min: int = 240
+    max_parallel: int = 32
+    folder: str | None = None  # submitit logs; default <study>/slurm
+    cluster: str | None = (
+        None  # None: SLURM where available; "local" runs the same jobs as local processes (tests)
+    )
+
+
+@dataclass
+class StudyConfig:
+    """Every key is also a flag of ``leanmae study`` (lists comma-separated or repeated)."""
+
+    data: str = ""
+    classes: list[str] = field(
+        default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    )
+    pretrain_data: list[str] = field(default_factory=list)
+    ood_data: list[str] = field(
+        default_factory=list
+    )  # images of classes never trained on, for the OOD report
+    pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
+    preset: str = "cpu"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    extra_seeds: list[int] = field(
+        default_factory=list
+    )  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
+    extra_seeds_up_to: float = 0.1
+    arms: list[str] = field(default_factory=lambda: [BASELINE_ARM, "mae"])  # any of ARMS, or hf:FOLDER
+    mae: list[str] = field(
+        default_factory=list
+    )  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+    pretrain_epochs: int | None = None
+    finetune_epochs: int | None = None
+    jobs: int = 2
+    launcher: str = "local"  # local | slurm
+    wait: bool = True
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
+    arm_set: list[str] = field(
+        default_factory=list
+    )  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
+    progress: bool = True
+
+
+STUDY_CHECKS: dict[str, Check] = {
+    "data": text(missing="the study needs --data (a folder with one subfolder per class)"),
+    "classes": each(text(), unique=True, non_empty=True),
+    "pretrain_data": each(text()),
+    "ood_data": each(text()),
+    "pool": choice("other", "in-domain"),
+    "preset": choice(*preset_names()),
+    "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
+    "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
+    "extra_seeds": each(number(0, 2**32 - 1), unique=True),
+    "extra_seeds_up_to": number(0, 1, low_open=True),
+    "arms": each(arm_problem, unique=True, non_empty=True),
+    "mae": each(text()),
+    "split_ratios": ratios_problem,
+    "split_seed": number(0, 2**32 - 1),
+    "pretrain_epochs": number(1, optional=True),
+    "finetune_epochs": number(1, optional=True),
+    "jobs": number(1),
+    "launcher": choice("local", "slurm"),
+    "wait": is_bool,
+    **{f"slurm.{key}": text(optional=True) for key in ("partition", "account", "folder")},
+    **{
+        f"slurm.{key}": number(1)
+        for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")
+    },
+    "slurm.cluster": choice("slurm", "local", "debug", optional=True),
+    "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
+    "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
+    "progress": is_bool,
+}

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from leanmae.config import ConfigError
-from leanmae.training.checkpoint import write_json
+from leanmae.errors import ConfigError
+from leanmae.files import write_json
 
 TRACKERS = ("tensorboard", "mlflow")
 MLFLOW_RUN_FILE = "mlflow.json"

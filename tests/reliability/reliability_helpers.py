@@ -61,6 +61,7 @@ PAUSING_CLI = r"""
 import os, sys, time
 from contextlib import contextmanager
 import leanmae.models.io as model_io
+import leanmae.files as files
 import leanmae.training.checkpoint as checkpoint
 
 where = os.environ["LEANMAE_TEST_PAUSE"]

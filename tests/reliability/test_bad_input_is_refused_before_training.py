@@ -19,8 +19,7 @@ from reliability_helpers import (
 import leanmae
 from helpers import tiny_finetune, tiny_pretrain
 from leanmae.cli import main
-from leanmae.config import ConfigError
-from leanmae.data.sources import DataError
+from leanmae.errors import ConfigError, DataError
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae
 

@@ -17,11 +17,13 @@ from reliability_helpers import (
     assert_same_result,
 )
 
+import leanmae.files as files
 import leanmae.training.checkpoint as checkpoint
 from helpers import tiny_finetune
 from leanmae.data.cache import DecodeSpec, load_or_build, manifest_hash
 from leanmae.data.sources import scan
-from leanmae.training.checkpoint import list_checkpoints, write_atomic
+from leanmae.files import write_atomic
+from leanmae.training.checkpoint import list_checkpoints
 
 
 def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(
@@ -123,7 +125,7 @@ def test_a_full_disk_while_rewriting_a_file_keeps_its_previous_content(
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(path, "epoch,loss\n1,0.5\n2,0.4\n")
     assert path.read_text() == "epoch,loss\n1,0.5\n"

@@ -12,8 +12,9 @@ from reliability_helpers import (
 )
 
 from helpers import tiny_finetune, write_images
-from leanmae.data.sources import DataError, scan
+from leanmae.data.sources import scan
 from leanmae.data.split import make_split
+from leanmae.errors import DataError
 
 
 def test_class_and_folder_names_are_escaped_in_the_study_report(reference_study: Path) -> None:

@@ -22,7 +22,7 @@ from reliability_helpers import (
 import leanmae
 from helpers import tiny_finetune
 from leanmae.cli import main
-from leanmae.training.checkpoint import CheckpointError
+from leanmae.errors import CheckpointError
 
 SRC = Path(leanmae.__file__).resolve().parent
 

@@ -12,15 +12,8 @@ from typing import Any
 
 import yaml
 
-from leanmae.config import (
-    ConfigError,
-    FinetuneConfig,
-    PretrainConfig,
-    build,
-    load_yaml,
-    resolve,
-    to_dict,
-)
+from leanmae.config import FinetuneConfig, PretrainConfig, StudyConfig, build, load_yaml, resolve, to_dict
+from leanmae.errors import ConfigError
 
 RUN_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
@@ -44,8 +37,6 @@ def show_config(
     if command in RUN_CONFIGS:
         resolved = to_dict(resolve(RUN_CONFIGS[command], command, preset or "cpu", config, {}, set))
     elif command == "study":
-        from leanmae.commands.study import StudyConfig
-
         given = {k: v for k, v in {"preset": preset, "set": list(set) or None}.items() if v is not None}
         resolved = to_dict(build(StudyConfig, [load_yaml(config) if config else {}, given]))
     else:

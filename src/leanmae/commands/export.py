@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from leanmae.commands.reconstruct import model_folder
-from leanmae.config import ConfigError
+from leanmae.data.cache import working_size
+from leanmae.errors import ConfigError
+from leanmae.files import write_atomic
 from leanmae.models.classifier import load_classifier
-from leanmae.models.io import load_preprocessing
-from leanmae.training.checkpoint import write_atomic
+from leanmae.models.io import load_preprocessing, model_folder
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -93,7 +93,7 @@ def export(
         metadata = {
             "labels": labels,
             "image_size": size,
-            "working_size": extra.get("cache_size", size),
+            "working_size": working_size(size, extra.get("cache_size")),
             "image_mean": mean,
             "image_std": std,
             "input": f"pixel_values float32 (N, 3, {size}, {size}): RGB centre-cropped to a square, resized to working_size (bicubic), then to image_size (bilinear), scaled to [0, 1], normalised with image_mean / image_std",

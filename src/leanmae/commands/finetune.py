@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from leanmae.commands.pretrain import build_cache_for
-from leanmae.commands.reconstruct import model_folder
 from leanmae.config import (
     CHECKS,
     FinetuneConfig,
@@ -55,21 +53,32 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.cache import (
+    DecodeSpec,
+    ImageCache,
+    build_cache_for,
+    load_or_build,
+    spec_extras,
+    stain_spec,
+    working_size,
+)
 from leanmae.data.colour import augment_colour
 from leanmae.data.fingerprint import check_resume, manifest_parts
+from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import DataError, ImageRecord, collect
+from leanmae.data.sources import ImageRecord
 from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
+from leanmae.errors import DataError
 from leanmae.evaluation.calibration import (
+    confidence_columns,
     confidence_report,
-    energy,
     reliability_bins,
     risk_coverage,
     softmax,
 )
 from leanmae.evaluation.metrics import classification_report, summary, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_logits
+from leanmae.files import write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
     LeanViTClassifier,
@@ -77,7 +86,8 @@ from leanmae.models.classifier import (
     build_classifier,
     layer_decay_scale,
 )
-from leanmae.models.io import load_preprocessing, save_model
+from leanmae.models.io import load_preprocessing, model_folder, save_model
+from leanmae.models.linear_probe import ProbeHead, fold_probe_into
 from leanmae.reporting.plots import (
     confidence_boxplot,
     confusion_plot,
@@ -87,7 +97,7 @@ from leanmae.reporting.plots import (
 )
 from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
-from leanmae.training.checkpoint import save_weights, write_json
+from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
 
@@ -180,7 +190,9 @@ def load_labelled(
     if before_decode is not None and ctx.is_main:
         before_decode(hashed, chosen)
     records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
-    spec = stain_spec(spec, cfg.data.stain_norm, [r for r, it in zip(records, items) if it.split == "train"])
+    spec = stain_spec(
+        spec, cfg.data.stain_norm, [r for r, it in zip(records, items, strict=True) if it.split == "train"]
+    )
     cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
     item_of_entry = [items[s] for s in cache.sources]
     y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
@@ -211,7 +223,13 @@ def load_labelled(
 def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
     """The labels a run used, as counts: train and val per class and in total (metrics.json, tables)."""
     per = {
-        s: dict(zip(data.labels, np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist()))
+        s: dict(
+            zip(
+                data.labels,
+                np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist(),
+                strict=True,
+            )
+        )
         for s in ("train", "val")
     }
     return {
@@ -269,7 +287,7 @@ def run_finetune(
         data_root,
         fraction,
         cfg.run.seed,
-        DecodeSpec(size=cfg.data.cache_size or round(image_size * 1.25), cell_crop=cfg.data.cell_crop),
+        DecodeSpec(size=working_size(image_size, cfg.data.cache_size), cell_crop=cfg.data.cell_crop),
         cfg,
         ctx,
         lambda items, drawn: data_check.update(check_resume(out, manifest_parts(items, drawn), resumed)),
@@ -326,7 +344,7 @@ def run_finetune(
     if ctx.is_main:
         print(
             f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: {len(train_idx)} training images "
-            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist()))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
+            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist(), strict=True))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
             f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
@@ -359,7 +377,7 @@ def run_finetune(
         if opts.select != "last" and (out / "best.safetensors").exists():
             trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
-            _fold_probe_into(model, trained)
+            fold_probe_into(model, trained)
         metrics = _final_evaluation(
             model,
             data,
@@ -515,20 +533,6 @@ def _final_evaluation(
     return metrics
 
 
-def confidence_columns(
-    logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None
-) -> dict[str, list[Any]]:
-    """Extra predictions.csv columns: calibrated confidence, refer flag, energy score and OOD flag."""
-    scaled = softmax(logits, temperature).max(1)
-    scores = energy(logits)
-    return {
-        "confidence_calibrated": [f"{c:.6f}" for c in scaled],
-        "refer": ["refer" if c < threshold else "" for c in scaled],
-        "energy": [f"{e:.4f}" for e in scores],
-        "ood": ["" if energy_threshold is None else ("ood" if e < energy_threshold else "") for e in scores],
-    }
-
-
 def _headline(report: dict[str, Any]) -> dict[str, float]:
     return {
         k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -634,18 +638,6 @@ def finetune_task(
     )
 
 
-class ProbeHead(nn.Module):
-    """The MAE paper's linear probe: BatchNorm without affine parameters, then a linear layer."""
-
-    def __init__(self, dim: int, classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(features))
-
-
 @torch.inference_mode()
 def _features(
     model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int
@@ -701,13 +693,3 @@ def _linear_probe_task(
         return _val_metrics(module(feats["val"]), data.y[data.index["val"]], data.labels)
 
     return head, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select="val_macro_f1")
-
-
-def _fold_probe_into(model: LeanViTClassifier, head: ProbeHead) -> None:
-    """Fold the probe's BatchNorm into one linear layer and make it the classifier's head."""
-    scale = 1.0 / torch.sqrt(head.norm.running_var + head.norm.eps)
-    weight = head.linear.weight * scale
-    bias = head.linear.bias - (head.linear.weight * scale) @ head.norm.running_mean
-    with torch.no_grad():
-        model.classifier.weight.copy_(weight)
-        model.classifier.bias.copy_(bias)

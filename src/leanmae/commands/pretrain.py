@@ -28,7 +28,6 @@ import torch
 from transformers import ViTMAEForPreTraining
 
 from leanmae.config import (
-    DataConfig,
     PretrainConfig,
     absolute_lr,
     effective_batch,
@@ -47,28 +46,27 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build, spec_extras, stain_spec
+from leanmae.data.cache import DecodeSpec, ImageCache, build_cache_for, spec_extras, stain_spec, working_size
 from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
 from leanmae.data.fingerprint import check_resume, part, pool_images
+from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import DataError, ImageRecord, collect
+from leanmae.data.sources import ImageRecord
 from leanmae.data.split import read_manifest
+from leanmae.errors import DataError
 from leanmae.evaluation.probe import mae_features, representation_scores
 from leanmae.evaluation.reconstruction import (
-    EVAL_RATIOS,
-    MASK_SEED,
-    reconstruction_errors,
-    reconstruction_figure,
-    trivial_warning,
+    reconstruction_metrics,
+    reconstruction_panels,
 )
+from leanmae.files import write_json
 from leanmae.models.card import write_card
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
-from leanmae.reporting.plots import loss_curve
+from leanmae.reporting.plots import loss_curve, reconstruction_grid
 from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
-from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
 
@@ -143,24 +141,6 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     held_out = [f for f in order.tolist() if f in usable][:n_val]
     is_val = np.isin(cache.sources, held_out)
     return Pool(cache=cache, train=np.flatnonzero(~is_val), val=np.flatnonzero(is_val))
-
-
-def build_cache_for(
-    records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Context
-) -> ImageCache:
-    """The first process of each node decodes; the others wait and then open the finished cache."""
-    kwargs = {
-        "cache_dir": data.cache_dir,
-        "skip_bad": data.skip_bad,
-        "workers": data.workers,
-        "progress": progress and ctx.is_main,
-    }
-    if ctx.local_rank == 0:
-        cache = load_or_build(records, spec, **kwargs)
-    ctx.barrier()
-    if ctx.local_rank != 0:
-        cache = load_or_build(records, spec, **kwargs)
-    return cache
 
 
 PROBE_KEYS = ("knn_accuracy", "knn_macro_f1", "probe_accuracy", "probe_macro_f1")
@@ -266,7 +246,7 @@ def run_pretrain(
     )
     ctx.barrier()
     spec = DecodeSpec(
-        size=cfg.data.cache_size or round(cfg.model.image_size * 1.25),
+        size=working_size(cfg.model.image_size, cfg.data.cache_size),
         tile=cfg.data.tile,
         grid=cfg.data.grid,
         min_tile_size=cfg.data.min_tile_size,
@@ -334,27 +314,17 @@ def run_pretrain(
         save_model(model, out / "model", mean, std, {"kind": "mae", **spec_extras(spec)})
         history = result.history
         loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
-        ratios = sorted({cfg.model.mask_ratio, *EVAL_RATIOS})
-        recon = {
-            "space": "per-patch normalised pixels" if cfg.model.norm_pix_loss else "normalised pixels",
-            "mask_seed": MASK_SEED,
-            "images": len(val_pixels),
-            "training_mask_ratio": cfg.model.mask_ratio,
-            "by_mask_ratio": reconstruction_errors(model, val_pixels, ratios),
-        }
-        recon["warning"] = trivial_warning(recon["by_mask_ratio"], cfg.model.mask_ratio)
+        recon = reconstruction_metrics(model, val_pixels)
         if probe is not None:
             recon["representation"] = {key: history[-1][key] for key in PROBE_KEYS}
         write_json(out / "recon_metrics.json", recon)
         if recon["warning"]:
             print(f"warning: {recon['warning']}")
-        reconstruction_figure(
-            model,
-            val_pixels[: cfg.recon_images],
-            mean,
-            std,
+        panels, note = reconstruction_panels(model, val_pixels[: cfg.recon_images], mean, std)
+        reconstruction_grid(
+            panels,
             out / "reconstructions.png",
-            title=f"MAE reconstructions of held-out images, epoch {len(history)}",
+            f"MAE reconstructions of held-out images, epoch {len(history)}{note}",
         )
         first, last = history[0]["val_loss"], history[-1]["val_loss"]
         summary = {

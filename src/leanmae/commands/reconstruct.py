@@ -15,51 +15,22 @@ import torch
 from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
-from leanmae.data.decode import IMAGE_EXTENSIONS, decode_rgb, square_resize
-from leanmae.data.sources import DataError
-from leanmae.evaluation.reconstruction import (
-    EVAL_RATIOS,
-    MASK_SEED,
-    reconstruction_errors,
-    reconstruction_figure,
-    trivial_warning,
-)
+from leanmae.data.cache import working_size
+from leanmae.data.decode import decode_rgb, square_resize
+from leanmae.data.sources import image_files
+from leanmae.errors import DataError
 from leanmae.evaluation.reconstruction import mask_ratio as masking_at
-from leanmae.models.io import load_preprocessing
+from leanmae.evaluation.reconstruction import (
+    reconstruction_metrics,
+    reconstruction_panels,
+)
+from leanmae.files import write_json
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.mae import load_mae
 from leanmae.progress import bar_disabled
+from leanmae.reporting.plots import reconstruction_grid
 from leanmae.reporting.runinfo import check_result_folder
-from leanmae.training.checkpoint import write_json
 from leanmae.training.distributed import setup
-
-
-def image_files(inputs: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) under named folders."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
-            files.extend(
-                sorted(
-                    p
-                    for p in item.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS
-                    and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                )
-            )
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
-
-
-def model_folder(path: str | Path) -> Path:
-    """Accept a model folder or a run folder holding ``model/``."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").exists() else path
 
 
 def load_images(
@@ -107,28 +78,13 @@ def reconstruct(
     mean, std, extra = load_preprocessing(folder)
     size = model.config.image_size
     files = image_files([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    pixels = load_images(files, extra.get("cache_size", round(size * 1.25)), size, mean, std).to(ctx.device)
-    ratios = sorted({model.config.mask_ratio, *EVAL_RATIOS})
-    metrics = {
-        "checkpoint": str(folder),
-        "images": len(files),
-        "mask_seed": MASK_SEED,
-        "training_mask_ratio": model.config.mask_ratio,
-        "space": "per-patch normalised pixels" if model.config.norm_pix_loss else "normalised pixels",
-        "by_mask_ratio": reconstruction_errors(model, pixels, ratios),
-    }
-    metrics["warning"] = trivial_warning(metrics["by_mask_ratio"], model.config.mask_ratio)
+    pixels = load_images(files, working_size(size, extra.get("cache_size")), size, mean, std).to(ctx.device)
+    metrics = {"checkpoint": str(folder), **reconstruction_metrics(model, pixels)}
     write_json(out / "recon_metrics.json", metrics)
     if metrics["warning"]:
         print(f"warning: {metrics['warning']}")
     with masking_at(model, mask_ratio if mask_ratio is not None else model.config.mask_ratio):
-        reconstruction_figure(
-            model,
-            pixels[:images],
-            mean,
-            std,
-            out / "reconstructions.png",
-            title=f"MAE reconstructions ({folder})",
-        )
+        panels, note = reconstruction_panels(model, pixels[:images], mean, std)
+        reconstruction_grid(panels, out / "reconstructions.png", f"MAE reconstructions ({folder}){note}")
     print(f"wrote {out / 'reconstructions.png'} and {out / 'recon_metrics.json'}")
     return metrics

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -34,24 +33,20 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from leanmae.config import (
-    Check,
-    ConfigError,
+    ARM_CHOICES,
+    STUDY_CHECKS,
     FinetuneConfig,
     PretrainConfig,
+    StudyConfig,
     build,
-    choice,
-    each,
-    is_bool,
     load_yaml,
-    number,
-    pattern,
-    preset_names,
     resolve,
-    text,
+    run_name,
     to_dict,
 )
-from leanmae.data.sources import DataError, collect
-from leanmae.data.split import ratios_problem, read_manifest
+from leanmae.data.pool import collect
+from leanmae.data.split import read_manifest
+from leanmae.errors import ConfigError, DataError, OutputFolderError
 from leanmae.eta import (
     Timing,
     eta_seconds,
@@ -60,110 +55,12 @@ from leanmae.eta import (
     pretrain_cost,
     progress_line,
 )
+from leanmae.files import write_json
 from leanmae.progress import bar_disabled
-from leanmae.reporting.runinfo import RUN_FILE, OutputFolderError
+from leanmae.reporting.runinfo import RUN_FILE
 from leanmae.tracking import finish_run, study_parent, study_report_to
-from leanmae.training.checkpoint import write_json
 
 STUDY_FILE = "study.json"
-
-
-@dataclass
-class SlurmOptions:
-    """Where submitit sends the runs of ``--launcher slurm``."""
-
-    partition: str | None = None
-    account: str | None = None
-    gpus_per_job: int = 1
-    cpus_per_job: int = 8
-    mem_gb: int = 32
-    time_min: int = 240
-    max_parallel: int = 32
-    folder: str | None = None  # submitit logs; default <study>/slurm
-    cluster: str | None = (
-        None  # None: SLURM where available; "local" runs the same jobs as local processes (tests)
-    )
-
-
-@dataclass
-class StudyConfig:
-    """Every key is also a flag of ``leanmae study`` (lists comma-separated or repeated)."""
-
-    data: str = ""
-    classes: list[str] = field(
-        default_factory=lambda: ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    )
-    pretrain_data: list[str] = field(default_factory=list)
-    ood_data: list[str] = field(
-        default_factory=list
-    )  # images of classes never trained on, for the OOD report
-    pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
-    preset: str = "cpu"
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    extra_seeds: list[int] = field(
-        default_factory=list
-    )  # more seeds for the small fractions (<= extra_seeds_up_to), where runs vary most
-    extra_seeds_up_to: float = 0.1
-    arms: list[str] = field(
-        default_factory=lambda: ["scratch", "mae"]
-    )  # also: mae-in-domain, mae-other, mae-linear, hf:FOLDER
-    mae: list[str] = field(
-        default_factory=list
-    )  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
-    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    split_seed: int = 0
-    pretrain_epochs: int | None = None
-    finetune_epochs: int | None = None
-    jobs: int = 2
-    launcher: str = "local"  # local | slurm
-    wait: bool = True
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    set: list[str] = field(default_factory=list)  # KEY=VALUE overrides for every run
-    arm_set: list[str] = field(
-        default_factory=list
-    )  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
-    progress: bool = True
-
-
-STUDY_CHECKS: dict[str, Check] = {
-    "data": text(missing="the study needs --data (a folder with one subfolder per class)"),
-    "classes": each(text(), unique=True, non_empty=True),
-    "pretrain_data": each(text()),
-    "ood_data": each(text()),
-    "pool": choice("other", "in-domain"),
-    "preset": choice(*preset_names()),
-    "fractions": each(number(0, 1, low_open=True), unique=True, non_empty=True),
-    "seeds": each(number(0, 2**32 - 1), unique=True, non_empty=True),
-    "extra_seeds": each(number(0, 2**32 - 1), unique=True),
-    "extra_seeds_up_to": number(0, 1, low_open=True),
-    "arms": each(
-        lambda arm: (
-            None
-            if re.fullmatch(r"scratch|mae|mae-in-domain|mae-other|mae-linear|hf:.+", arm)
-            else "unknown arm; use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
-        ),
-        unique=True,
-        non_empty=True,
-    ),
-    "mae": each(text()),
-    "split_ratios": ratios_problem,
-    "split_seed": number(0, 2**32 - 1),
-    "pretrain_epochs": number(1, optional=True),
-    "finetune_epochs": number(1, optional=True),
-    "jobs": number(1),
-    "launcher": choice("local", "slurm"),
-    "wait": is_bool,
-    **{f"slurm.{key}": text(optional=True) for key in ("partition", "account", "folder")},
-    **{
-        f"slurm.{key}": number(1)
-        for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "max_parallel")
-    },
-    "slurm.cluster": choice("slurm", "local", "debug", optional=True),
-    "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
-    "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
-    "progress": is_bool,
-}
 
 
 @dataclass
@@ -203,9 +100,7 @@ def arm_pool(arm: str, pool: str) -> str | None:
         return arm[4:]
     if arm == "scratch" or arm.startswith("hf:"):
         return None
-    raise ConfigError(
-        f"unknown arm {arm!r}: use scratch, mae, mae-in-domain, mae-other, mae-linear or hf:FOLDER"
-    )
+    raise ConfigError(f"unknown arm {arm!r}: use {ARM_CHOICES}")
 
 
 def arm_init(arm: str, maes: dict[str, Path], pool: str) -> tuple[str, bool]:
@@ -230,11 +125,6 @@ def given_maes(cfg: StudyConfig) -> dict[str, Path]:
 def pretrain_folder(out: Path, pool: str, cfg: StudyConfig) -> Path:
     """Where the study pretrains a pool's MAE: pretrain/ for the study's --pool (as before), pretrain-POOL/ otherwise."""
     return out / "pretrain" if pool == cfg.pool else out / f"pretrain-{pool}"
-
-
-def run_name(arm: str, fraction: float, seed: int) -> str:
-    label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
-    return f"{label}_f{fraction:g}_s{seed}"
 
 
 def plan(cfg: StudyConfig, out: Path) -> list[Job]:
@@ -584,9 +474,9 @@ def study(
     write_json(saved, settings)
 
     if not (out / "split.csv").exists():
-        from leanmae.commands.evaluate import split
+        import leanmae  # the public API: commands never import each other
 
-        split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
+        leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
     jobs_list = plan(cfg, out)
     started = time.time()
     report_to = study_report_to(cfg.set)

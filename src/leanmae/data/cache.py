@@ -12,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.config import DataConfig
 from leanmae.data.cellcrop import cell_centred_crop
-from leanmae.data.decode import BadImageError, decode_rgb, square_resize, tile_boxes
-from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
+from leanmae.data.sources import ImageRecord
 from leanmae.data.stain import reinhard, reinhard_reference
+from leanmae.errors import BadImageError, DataError
+from leanmae.files import atomic_dir
 from leanmae.progress import bar_disabled
 
 CACHE_VERSION = 1
@@ -81,6 +83,13 @@ def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit
     return replace(spec, stain_reference=reinhard_reference(images))
 
 
+def working_size(image_size: int, cache_size: int | None = None) -> int:
+    """The side images are decoded to once (the cache): ``cache_size``, else 1.25 x the model's input,
+    leaving room for random-resized crops. A saved model records its own (leanmae.json), so this
+    default also decodes the inputs of a model that predates that record as it was trained."""
+    return int(cache_size) if cache_size else round(1.25 * image_size)
+
+
 def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     """What leanmae.json records about decoding, so a saved model's inputs are decoded as in training."""
     return {
@@ -92,12 +101,12 @@ def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     }
 
 
-def spec_from_extras(extra: dict[str, Any], default_size: int) -> DecodeSpec:
+def spec_from_extras(extra: dict[str, Any], image_size: int) -> DecodeSpec:
     """The DecodeSpec a saved model was trained with (leanmae.json; older models: size only)."""
     stain = extra.get("stain_norm") or {}
     reference = tuple(stain["reference"]) if stain.get("reference") else None
     return DecodeSpec(
-        size=int(extra.get("cache_size", default_size)),
+        size=working_size(image_size, extra.get("cache_size")),
         cell_crop=extra.get("cell_crop"),
         stain_reference=reference,
     )
@@ -112,7 +121,7 @@ def _decode_file(
     except BadImageError as err:
         return str(err)
     boxes = tile_boxes(rgb.shape[1], rgb.shape[0], spec.tile, spec.grid, spec.min_tile_size)
-    tiles = [finish_image(rgb[t:b, l:r], spec) for (l, t, r, b) in boxes]
+    tiles = [finish_image(rgb[top:bottom, left:right], spec) for (left, top, right, bottom) in boxes]
     return tiles, boxes
 
 
@@ -200,15 +209,11 @@ def _untiled(
 def _build(
     records: list[ImageRecord], spec: DecodeSpec, folder: Path, skip_bad: bool, workers: int, progress: bool
 ) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     sources: list[int] = []
     boxes: list[tuple[int, int, int, int]] = []
     skipped: list[str] = []
     paths = [str(r.path) for r in records]
-    try:
+    with atomic_dir(folder, replace=False) as tmp:
         with open(tmp / "images.u8", "wb") as out:
             results = _map(paths, spec, workers)
             for i, result in enumerate(
@@ -226,12 +231,10 @@ def _build(
                         raise BadImageError(path, reason + " (pass --skip-bad to leave bad files out)")
                     skipped.append(result)
                     continue
-                for tile, box in zip(*result):
+                for tile, box in zip(*result, strict=True):
                     out.write(tile.tobytes())
                     sources.append(i)
                     boxes.append(box)
-            out.flush()
-            os.fsync(out.fileno())
         if not sources:
             raise DataError("no usable images: every file was bad or every tile was under the minimum size")
         index = {
@@ -242,10 +245,6 @@ def _build(
             "skipped": skipped,
         }
         (tmp / "index.json").write_text(json.dumps(index))
-        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _map(paths: list[str], spec: DecodeSpec, workers: int):
@@ -258,3 +257,32 @@ def _map(paths: list[str], spec: DecodeSpec, workers: int):
             yield from pool.map(_decode_file, paths, [spec] * len(paths), chunksize=32)
 
     return generate()
+
+
+class Node(Protocol):
+    """What the cache needs of a distributed run (``training.distributed.Context`` is one)."""
+
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def barrier(self) -> None: ...
+
+
+def build_cache_for(
+    records: list[ImageRecord], spec: DecodeSpec, data: DataConfig, progress: bool, ctx: Node
+) -> ImageCache:
+    """The first process of each node decodes; the others wait and then open the finished cache."""
+    kwargs = {
+        "cache_dir": data.cache_dir,
+        "skip_bad": data.skip_bad,
+        "workers": data.workers,
+        "progress": progress and ctx.is_main,
+    }
+    if ctx.local_rank == 0:
+        cache = load_or_build(records, spec, **kwargs)
+    ctx.barrier()
+    if ctx.local_rank != 0:
+        cache = load_or_build(records, spec, **kwargs)
+    return cache

@@ -13,25 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from leanmae.config import ConfigError
+from leanmae.errors import BadImageError, ConfigError, UnsupportedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 
 # A truncated file must fail loudly, not decode as a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be used; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-class UnsupportedImageError(ValueError):
-    """A readable image whose pixels cannot become RGB without guessing (decode_rgb names the file)."""
 
 
 def _to_eight_bits(values: np.ndarray, mode: str) -> np.ndarray:

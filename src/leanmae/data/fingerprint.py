@@ -27,8 +27,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from leanmae.data.sources import DataError, ImageRecord
+from leanmae.data.sources import ImageRecord
 from leanmae.data.split import Item
+from leanmae.errors import DataError
 
 RUN_FIELD = "data_check"
 DESCRIPTIONS = {

@@ -14,15 +14,15 @@ unchanged. The unpacking is lossless and happens once per file, in the cache fol
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from leanmae.data.sources import DataError
+from leanmae.data.cache import default_cache_dir
 from leanmae.data.split import SPLITS, Item, file_hash
+from leanmae.errors import DataError
+from leanmae.files import atomic_dir
 
 # Class names from MedMNIST's INFO, in label order; short names as in the PBC folders.
 CLASS_NAMES = {
@@ -89,8 +89,6 @@ def _labels(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> n
 
 def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The folder ``<split>/<class>/<split>_NNNNNN.png`` holding the file's images, built once."""
-    from leanmae.data.cache import default_cache_dir
-
     path = Path(path)
     stat = path.stat() if path.is_file() else None
     if stat is None:
@@ -102,19 +100,13 @@ def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     arrays = _arrays(path)
     counts = {s: _labels(path, s, labels, images) for s, (images, labels) in arrays.items()}
     names = class_names(path, int(max(c.max(initial=0) for c in counts.values())) + 1)
-    tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(folder, replace=False) as tmp:
         for split, (images, _) in arrays.items():
             for name in names:
                 (tmp / split / name).mkdir(parents=True, exist_ok=True)
-            for i, (image, label) in enumerate(zip(images, counts[split])):
+            for i, (image, label) in enumerate(zip(images, counts[split], strict=True)):
                 Image.fromarray(image).save(tmp / split / names[label] / f"{split}_{i:06d}.png")
         (tmp / "DONE").write_text(str(path.resolve()))
-        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leanmae.data.decode import IMAGE_EXTENSIONS
-
-
-class DataError(ValueError):
-    """A data folder, class or manifest that cannot be used; the message names it."""
+from leanmae.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -111,30 +108,24 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
     return records
 
 
-def collect(specs: list[str]) -> list[ImageRecord]:
-    """The unlabelled pool of several sources, in a fixed order.
-
-    A source is a folder (``DIR`` or ``DIR:classes``), a MedMNIST file (``PATH.npz[:classes]``, its
-    train split only) or a split manifest (``split.csv``), of which
-    only the train images are taken: this is how a study adds its own task's training images to the
-    pretraining pool ("in-domain") without ever letting validation or test images in.
-    """
-    from leanmae.data.medmnist import is_npz, pool_folders
-    from leanmae.data.split import read_manifest, verify
-
-    if not specs:
-        raise DataError("no data given: pass --data DIR (repeatable)")
-    records: list[ImageRecord] = []
-    for spec in specs:
-        if spec.endswith(".csv") and os.path.isfile(spec):
-            root, items = read_manifest(spec)
-            train = [it for it in items if it.split == "train"]
-            verify(train, root)  # a file changed since the split must not silently change pretraining
-            records.extend(ImageRecord(root / it.relpath, root, None) for it in train)
-            continue
-        if is_npz(spec):  # a MedMNIST file: its train images, unpacked once
-            folder, classes = pool_folders(spec)
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) under named folders."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
+            files.extend(
+                sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.suffix.lower() in IMAGE_EXTENSIONS
+                    and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                )
+            )
+        elif item.is_file():
+            files.append(item)
         else:
-            folder, classes = parse_source(spec)
-        records.extend(scan(folder, classes))
-    return records
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return files

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from leanmae.data.sources import DataError, scan
-from leanmae.training.checkpoint import write_atomic
+from leanmae.config import ratios_problem
+from leanmae.data.sources import scan
+from leanmae.errors import DataError
+from leanmae.files import write_atomic
 
 SPLITS = ("train", "val", "test")
 MIN_PER_CLASS = 2
@@ -45,19 +46,6 @@ def _class_rng(seed: int, label: str) -> np.random.Generator:
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
-    """What is wrong with train,val,test shares, or None: three finite shares above 0 that sum to 1.
-
-    A zero share is refused rather than rounded up: every class still needs one val and one test
-    image, so "0.7,0.3,0" would silently make a test split the user asked not to have.
-    """
-    if len(ratios) != 3:
-        return "expected three shares train,val,test such as 0.7,0.1,0.2"
-    if not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        return "train, val and test each need a share above 0, and the shares must sum to 1"
-    return None
 
 
 def make_split(

@@ -184,3 +184,17 @@ def confidence_report(
     if ood_logits is not None and len(ood_logits):
         report["ood"] = ood_report(test_logits, ood_logits, val_logits, temperature)
     return report
+
+
+def confidence_columns(
+    logits: np.ndarray, temperature: float, threshold: float, energy_threshold: float | None
+) -> dict[str, list[Any]]:
+    """Extra predictions.csv columns: calibrated confidence, refer flag, energy score and OOD flag."""
+    scaled = softmax(logits, temperature).max(1)
+    scores = energy(logits)
+    return {
+        "confidence_calibrated": [f"{c:.6f}" for c in scaled],
+        "refer": ["refer" if c < threshold else "" for c in scaled],
+        "energy": [f"{e:.4f}" for e in scores],
+        "ood": ["" if energy_threshold is None else ("ood" if e < energy_threshold else "") for e in scores],
+    }

@@ -113,7 +113,7 @@ class Curves:
                 _ratio(b.labels_for(target), a.labels_for(target))
                 if a is not None and b is not None
                 else math.nan
-                for a, b in zip(self.boot[arm], self.boot[base])
+                for a, b in zip(self.boot[arm], self.boot[base], strict=True)
             ]
         )
         return Interval(point, *_percentiles(draws[~np.isnan(draws)]))

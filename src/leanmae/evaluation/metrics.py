@@ -19,8 +19,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from leanmae.reporting.safe_csv import csv_text
-from leanmae.training.checkpoint import write_atomic
+from leanmae.files import write_atomic
+from leanmae.safe_csv import csv_text
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, float]:

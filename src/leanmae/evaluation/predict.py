@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +12,10 @@ from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
+from leanmae.models.classifier import LeanViTClassifier, load_classifier
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.progress import bar_disabled
+from leanmae.training.distributed import setup
 
 
 @torch.inference_mode()
@@ -41,3 +46,15 @@ def cached_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> 
     """Batches of decoded images from the cache, in ``indices`` order."""
     for start in range(0, len(indices), batch_size):
         yield gather(images, indices[start : start + batch_size])
+
+
+def trained_classifier(
+    model: str | Path, device: str | None
+) -> tuple[Path, LeanViTClassifier, list[float], list[float], dict[str, Any], list[str]]:
+    """A fine-tuned classifier on its device, with its preprocessing, leanmae extras and class names."""
+    ctx = setup(device or "auto")
+    folder = model_folder(model)
+    classifier = load_classifier(folder).to(ctx.device)
+    mean, std, extra = load_preprocessing(folder)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    return folder, classifier, mean, std, extra, labels

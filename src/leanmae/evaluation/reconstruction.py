@@ -16,16 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import ViTMAEForPreTraining
 
 from leanmae.models.mae import masking_noise
-from leanmae.reporting.plots import save_figure
 
 MASK_SEED = 1234
 EVAL_RATIOS = (0.25, 0.5, 0.75)
@@ -142,16 +140,31 @@ def trivial_warning(errors: dict[str, dict[str, float]], ratio: float, factor: f
     )
 
 
+def reconstruction_metrics(model: ViTMAEForPreTraining, pixels: torch.Tensor) -> dict[str, Any]:
+    """recon_metrics.json's body, the same for ``pretrain`` and ``reconstruct``: masked and visible
+    errors at the training mask ratio and at EVAL_RATIOS, and the warning when a trivial predictor
+    does as well."""
+    ratio = model.config.mask_ratio
+    metrics: dict[str, Any] = {
+        "space": "per-patch normalised pixels" if model.config.norm_pix_loss else "normalised pixels",
+        "mask_seed": MASK_SEED,
+        "images": len(pixels),
+        "training_mask_ratio": ratio,
+        "by_mask_ratio": reconstruction_errors(model, pixels, sorted({ratio, *EVAL_RATIOS})),
+    }
+    metrics["warning"] = trivial_warning(metrics["by_mask_ratio"], ratio)
+    return metrics
+
+
 @torch.inference_mode()
-def reconstruction_figure(
+def reconstruction_panels(
     model: ViTMAEForPreTraining,
     pixels: torch.Tensor,
     mean: list[float],
     std: list[float],
-    path: Path,
-    title: str = "",
-) -> None:
-    """reconstructions.png: per image, original | masked input | reconstruction | reconstruction + visible patches."""
+) -> tuple[dict[str, np.ndarray], str]:
+    """The panels of reconstructions.png, (N, H, W, 3) in [0, 1] each: original, masked input,
+    reconstruction, reconstruction with the visible patches pasted back; and a note for the title."""
     model.eval()
     device = next(model.parameters()).device
     pixels = pixels.to(device)
@@ -177,27 +190,15 @@ def reconstruction_figure(
     masked_show[model.unpatchify(mask, size).permute(0, 2, 3, 1).cpu().numpy() > 0.5] = (
         0.5  # grey masked patches
     )
-    panels = [show(pixels), masked_show, show(recon), show(pasted)]
-    names = [
-        "original",
-        f"masked {model.config.mask_ratio:.0%}",
-        "reconstruction",
-        "reconstruction + visible",
-    ]
-    rows = len(pixels)
-    fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.6), squeeze=False)
-    for r in range(rows):
-        for c in range(4):
-            axes[r, c].imshow(panels[c][r], interpolation="nearest")
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(names[c], fontsize=9)
+    panels = {
+        "original": show(pixels),
+        f"masked {model.config.mask_ratio:.0%}": masked_show,
+        "reconstruction": show(recon),
+        "reconstruction + visible": show(pasted),
+    }
     note = (
         " (normalised-pixel loss: output de-normalised with each patch's own mean/std)"
         if model.config.norm_pix_loss
         else ""
     )
-    fig.suptitle(f"{title}{note}", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
+    return panels, note

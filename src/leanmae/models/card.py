@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from leanmae.training.checkpoint import write_atomic
+from leanmae.data.cache import working_size
+from leanmae.files import write_atomic
 
 CARD_FILE = "README.md"
 LIMITS = (
@@ -51,7 +52,7 @@ def _architecture(config: dict[str, Any]) -> str:
 def _preprocessing(processor: dict[str, Any], extra: dict[str, Any], image_size: int) -> str:
     mean = ", ".join(f"{m:.4f}" for m in processor.get("image_mean", []))
     std = ", ".join(f"{s:.4f}" for s in processor.get("image_std", []))
-    working = extra.get("cache_size", image_size)
+    working = working_size(image_size, extra.get("cache_size"))
     return (
         "1. decode to RGB (8 bit);\n"
         f"2. centre-crop to a square and resize to {working} x {working} px (bicubic, antialiased);\n"

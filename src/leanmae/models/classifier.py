@@ -21,8 +21,9 @@ from torch import nn
 from transformers import ViTModel
 
 from leanmae.config import ModelConfig
+from leanmae.errors import CheckpointError
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
-from leanmae.models.mae import CheckpointError, encoder_kwargs, load_mae
+from leanmae.models.mae import encoder_kwargs, load_mae
 from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTClassifier, LeanViTConfig
 
 __all__ = ["LeanViTClassifier", "build_classifier", "load_classifier"]

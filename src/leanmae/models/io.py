@@ -12,10 +12,12 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from leanmae.errors import CheckpointError
+from leanmae.files import atomic_dir
 from leanmae.models import modeling_leanmae_vit
 from leanmae.models.card import write_card
 from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTConfig
-from leanmae.training.checkpoint import CheckpointError, atomic_dir
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
@@ -59,7 +61,7 @@ def save_model(
 def load_preprocessing(folder: Path) -> tuple[list[float], list[float], dict[str, Any]]:
     """(mean, std, leanmae extras) saved beside a model; ImageNet statistics if the folder has none."""
     folder = Path(folder)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     processor = _json_object(folder / PREPROCESSOR_FILE)
     mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
     return mean, std, _json_object(folder / LEANMAE_FILE)
@@ -159,3 +161,9 @@ def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> 
             f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed"
         )
     return model
+
+
+def model_folder(path: str | Path) -> Path:
+    """Accept a model folder or a run folder holding ``model/``."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").exists() else path

@@ -19,8 +19,8 @@ from transformers.models.vit_mae.modeling_vit_mae import (
 
 from leanmae.config import ModelConfig
 from leanmae.data.rand import MASK_STREAM, uniform
+from leanmae.errors import CheckpointError
 from leanmae.models.io import load_pretrained, require_kind
-from leanmae.training.checkpoint import CheckpointError
 
 
 def mae_config(model: ModelConfig) -> ViTMAEConfig:

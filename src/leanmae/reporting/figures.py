@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from leanmae.evaluation.stats import estimate
 from leanmae.reporting.learning import METRIC, METRIC_NAME, Answer
 from leanmae.reporting.plots import confidence_boxplot, save_figure
 from leanmae.reporting.runs import Run, arms, by_cell, labels_at, pct
-from leanmae.reporting.safe_csv import unescape
 from leanmae.reporting.tables import METRICS, NAMES
+from leanmae.safe_csv import unescape
 
 
 def _colors(names: list[str]) -> dict[str, str]:
-    return dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    return dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
 
 
 def _label_ticks(ax: Axes, ticks: dict[float, str]) -> None:
@@ -36,10 +37,12 @@ def _label_ticks(ax: Axes, ticks: dict[float, str]) -> None:
     positions = sorted(ticks)
     labels = [ticks[x] for x in positions]
     lowered = [False]
-    for before, x in zip(positions, positions[1:]):
+    for before, x in pairwise(positions):
         lowered.append(x / before < 3 and not lowered[-1])  # a close neighbour: print this one a row lower
     ax.set_xticks(
-        positions, [("\n\n" if low else "") + text for low, text in zip(lowered, labels)], fontsize=8
+        positions,
+        [("\n\n" if low else "") + text for low, text in zip(lowered, labels, strict=True)],
+        fontsize=8,
     )
 
 
@@ -96,7 +99,7 @@ def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
     at = labels_at(runs)
     _label_ticks(
         ax,
-        {float(l.total): f"{l.total:,}\n{pct(f)}" for f, l in at.items() if l.total}
+        {float(n.total): f"{n.total:,}\n{pct(f)}" for f, n in at.items() if n.total}
         or {x: f"{x:,.0f}" for x in xs},
     )
     ax.set(
@@ -116,8 +119,10 @@ def label_efficiency_figure(runs: list[Run], path: Path) -> Path:
     groups, names = by_cell(runs), arms(runs)
     fractions = sorted({r.fraction for r in runs})
     at = labels_at(runs)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), sharey=True, layout="constrained")
-    for ax, metric in zip(axes, METRICS):
+    fig, axes = plt.subplots(
+        1, len(METRICS), figsize=(4 * len(METRICS), 4.4), sharey=True, layout="constrained"
+    )
+    for ax, metric in zip(axes, METRICS, strict=True):
         for arm in names:
             xs, est = [], []
             for f in fractions:

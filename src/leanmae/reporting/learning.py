@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from leanmae.config import ConfigError
+from leanmae.errors import ConfigError
 from leanmae.evaluation.learning_curve import Curves, Interval, fit_arms
 from leanmae.reporting.runs import BASELINE, Run, arms, labels_at
 from leanmae.reporting.tables import Table

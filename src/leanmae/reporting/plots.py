@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from leanmae.files import write_atomic  # noqa: E402
+
 
 def save_figure(fig: Figure, path: Path | str, dpi: int = 110) -> Path:
     """Save ``fig`` to ``path`` by rename, so a half-written PNG never replaces a good one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -180,4 +181,21 @@ def risk_coverage_figure(
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def reconstruction_grid(panels: dict[str, np.ndarray], path: Path | str, title: str) -> Path:
+    """reconstructions.png: one row per image, one column per panel (evaluation.reconstruction_panels)."""
+    names = list(panels)
+    rows = len(panels[names[0]])
+    fig, axes = plt.subplots(rows, len(names), figsize=(2 * len(names), 2 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        for c, name in enumerate(names):
+            axes[r, c].imshow(panels[name][r], interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)

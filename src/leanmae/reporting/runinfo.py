@@ -20,15 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from leanmae.training.checkpoint import write_json
+from leanmae.errors import OutputFolderError
+from leanmae.files import write_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resumption: more epochs, another progress display, other trackers.
 RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch", "run.report_to")
-
-
-class OutputFolderError(ValueError):
-    """An output folder that already holds something the command would overwrite."""
 
 
 def versions() -> dict[str, str]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BASELINE = "scratch"
+from leanmae.config import BASELINE_ARM, arm_of
+
+BASELINE = BASELINE_ARM
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def load_runs(study: Path) -> list[Run]:
         metrics = json.loads(metrics_file.read_text())
         with open(folder / "history.csv") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        arm = folder.name.rsplit("_f", 1)[0]
+        arm = arm_of(folder.name)
         runs.append(
             Run(
                 folder,

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import leanmae
+from leanmae.errors import OutputFolderError
 from leanmae.evaluation.stats import METHOD
+from leanmae.files import write_atomic
 from leanmae.reporting.figures import (
     confidence_figures,
     curves_figure,
@@ -31,10 +33,8 @@ from leanmae.reporting.figures import (
 )
 from leanmae.reporting.findings import findings, problems
 from leanmae.reporting.learning import Answer, answer, headline, learning_table
-from leanmae.reporting.runinfo import OutputFolderError
 from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
 from leanmae.reporting.tables import Table, tables, times_table
-from leanmae.training.checkpoint import write_atomic
 
 __all__ = ["Table", "findings", "load_runs", "report", "tables", "times_table", "write_report"]
 

@@ -22,7 +22,7 @@ from leanmae.reporting.runs import (
     labels_at,
     pct,
 )
-from leanmae.reporting.safe_csv import csv_text
+from leanmae.safe_csv import csv_text
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 NAMES = {
@@ -290,7 +290,7 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     if timed:
         starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, i in timed]
         ends = [
-            start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed)
+            start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed, strict=True)
         ]  # not file times: a git checkout resets them
         rows.append(
             ["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"]

@@ -1,7 +1,5 @@
-"""Atomic writes and resumable training checkpoints, in safetensors and JSON only.
+"""Resumable training checkpoints, in safetensors and JSON only, written atomically (leanmae.files).
 
-Every file is written to a temporary name, flushed to disk and renamed over the target, so a
-killed process (or a full disk) leaves either the old file or the new one, never half of one.
 A checkpoint is a folder ``checkpoints/epoch-NNNN`` that appears only by rename once complete;
 resuming takes the newest such folder. Optimizer state goes into safetensors too, so resuming
 never unpickles anything.
@@ -9,91 +7,18 @@ never unpickles anything.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or model folder that cannot be used; the message names it and says why."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@functools.cache
-def umask_mode() -> int:
-    """The permissions a new file gets under this process's umask (0o644 under the usual 022); read once."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: Path | str, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename; the previous content survives any failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json(path: Path | str, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-@contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it replaces ``final`` in one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for file in tmp.iterdir():
-            if file.is_file():
-                os.chmod(
-                    file, umask_mode()
-                )  # safetensors writes 0600; the group should read models as it reads the rest
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+from leanmae.errors import CheckpointError
+from leanmae.files import atomic_dir, write_atomic
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -193,8 +118,4 @@ def _read(file: Path, map_location: torch.device) -> dict[str, torch.Tensor]:
 
 def save_weights(module: torch.nn.Module, path: Path | str) -> None:
     """One module's weights as safetensors, replaced atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(model_tensors(module), tmp)
-    os.chmod(tmp, umask_mode())
-    os.replace(tmp, path)
+    write_atomic(path, save(model_tensors(module)))

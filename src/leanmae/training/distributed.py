@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from leanmae.config import ConfigError
+from leanmae.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanmae.config import OptimConfig, RunConfig, absolute_lr
+from leanmae.errors import NonFiniteLossError
+from leanmae.files import write_atomic
 from leanmae.progress import bar_disabled
 from leanmae.tracking import open_trackers
-from leanmae.training.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    write_atomic,
-)
+from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from leanmae.training.distributed import Context, autocast_dtype
 from leanmae.training.losses import CHECK_EVERY, StepLosses
 from leanmae.training.prefetch import Inputs
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint is still valid."""
 
 
 def param_groups(
@@ -104,7 +97,6 @@ class TrainResult:
     best_value: float | None
     seconds: float
     resumed_from: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
