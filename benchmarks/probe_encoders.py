@@ -27,11 +27,11 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from leanmae.commands.reconstruct import load_images, model_folder
+from leanmae.commands.reconstruct import load_images
 from leanmae.config import PretrainConfig, resolve
 from leanmae.data.split import label_fraction, read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
-from leanmae.models.io import load_preprocessing
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.mae import build_mae, load_mae
 
 

@@ -133,7 +133,8 @@ def main() -> None:
     ]
     for r in sorted(rows, key=lambda r: (r["arm"], r["fraction"], r["step"], r["seed"])):
         lines.append(
-            f"| {r['arm']} | {r['fraction']:.0%} | {r['step']}: {STEPS[r['step']][0]} | {r['val_f1']:.3f} | {r['test_f1']:.3f} |"
+            f"| {r['arm']} | {r['fraction']:.0%} | {r['step']}: {STEPS[r['step']][0]} "
+            f"| {r['val_f1']:.3f} | {r['test_f1']:.3f} |"
         )
     table = "\n".join(lines)
     (out / "ablation.md").write_text(table + "\n")

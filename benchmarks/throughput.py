@@ -18,14 +18,17 @@ what to read, not the absolute numbers.
 
 Also reported: model FLOPs per image (forward + backward, counted by FlopCounterMode), achieved
 GFLOP/s as a share of the matmul peak measured here at the same thread count, the share of step
-time spent waiting for data (host time, as history.csv's data_seconds), memory, and the time of one whole epoch through ``engine.fit``.
+time spent waiting for data (host time, as history.csv's data_seconds), memory, and the time of one whole
+epoch through ``engine.fit``.
 
     python benchmarks/throughput.py --quick        # <= 5 minutes on a 2-core CPU
     python benchmarks/throughput.py                # longer, steadier, whole epochs
-    python benchmarks/throughput.py --ablate       # what each optimisation buys (CPU); --ablate threads adamw: some
-    python benchmarks/throughput.py --device cuda --without-prefetch --jsonl benchmarks/results/<device>-<date>.jsonl
-                                                   # GPU plan: ViT-B/16 and cpu-preset MAE, leanmae bf16 (with and
-                                                   # without prefetching) vs the fp32 reference; benchmarks/gpu_check.sh runs it
+    python benchmarks/throughput.py --ablate       # what each optimisation buys (CPU)
+    python benchmarks/throughput.py --ablate threads adamw                    # some of them
+    python benchmarks/throughput.py --device cuda --without-prefetch --with-compile
+        --gpu-batch 128 384 --jsonl benchmarks/results/<device>-<date>.jsonl
+        # GPU plan: ViT-B/16 and cpu-preset MAE, leanmae bf16 (as by default, without prefetching, compiled)
+        # vs the fp32 reference; benchmarks/gpu_check.sh runs it
 
 Output: one JSON line per case, then a table. Data: the PBC white-cell images at
 ../shared/data/pbc when present, otherwise synthetic smear tiles (leanmae.data.synthetic).
@@ -63,10 +66,10 @@ from torch import nn
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, read before anything changes it
 
-from leanmae.commands.finetune import LabelledData, _finetune_task  # noqa: E402
+from leanmae.commands.finetune import LabelledData, finetune_task  # noqa: E402
 from leanmae.commands.pretrain import eval_pixels, pretrain_task  # noqa: E402
 from leanmae.config import FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, absolute_lr, resolve  # noqa: E402
-from leanmae.data.augment import (
+from leanmae.data.augment import (  # noqa: E402
     AUGMENT_DRAWS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -138,7 +141,8 @@ class Case:
 
 
 def cpu_cases(quick: bool) -> list[Case]:
-    """The CPU plan: the cpu preset at its own batch sizes, ViT-S/16 and ViT-B/16 at 224 px with small batches.
+    """The CPU plan: the cpu preset at its own batch sizes, ViT-S/16 and ViT-B/16 at 224 px with small
+    batches.
 
     ``--quick`` takes fewer and shorter repetitions and skips ViT-B/16 (one reference step of it took
     over a minute on the loaded 2-core machine this was written on).
@@ -161,7 +165,8 @@ def cpu_cases(quick: bool) -> list[Case]:
 
 
 def leanmae_config(task: str, model: str, device: str = "cpu") -> PretrainConfig | FinetuneConfig:
-    """The config a ``leanmae pretrain|finetune --preset cpu`` run would resolve, with the model shape of ``model``."""
+    """The config a ``leanmae pretrain|finetune --preset cpu`` run would resolve, with the model shape of
+    ``model``."""
     cls = PretrainConfig if task == "pretrain" else FinetuneConfig
     return resolve(cls, task, "cpu", None, {"run": {"progress": False, "device": device}}, MODELS[model])
 
@@ -200,7 +205,8 @@ def use_threads(n: int) -> None:
 
 @dataclass
 class ImageSet:
-    """Image files with integer labels: what both paths train on (entry i of a cache built from them is file i)."""
+    """Image files with integer labels: what both paths train on (entry i of a cache built from them is file
+    i)."""
 
     records: list[ImageRecord]
     labels: np.ndarray
@@ -209,7 +215,8 @@ class ImageSet:
 
 
 def benchmark_images(n: int, work: Path, pbc: Path | None, seed: int = 0) -> ImageSet:
-    """``n`` PBC white-cell JPEGs (a fixed random choice) if the folder is there, else ``n`` synthetic 160 px PNG tiles."""
+    """``n`` PBC white-cell JPEGs (a fixed random choice) if the folder is there, else ``n`` synthetic 160 px
+    PNG tiles."""
     if pbc is not None and pbc.is_dir():
         records = scan(pbc, WBC, labelled=True)
         pick = np.sort(np.random.default_rng(seed).permutation(len(records))[: min(n, len(records))])
@@ -230,7 +237,8 @@ def benchmark_images(n: int, work: Path, pbc: Path | None, seed: int = 0) -> Ima
 
 
 def wbc_train_split(pbc: Path | None, limit: int | None, work: Path) -> tuple[ImageSet, int]:
-    """The train split of PBC's white cells (make_split, 70/10/20) or up to ``limit`` of it; and the full split's size."""
+    """The train split of PBC's white cells (make_split, 70/10/20) or up to ``limit`` of it; and the full
+    split's size."""
     if pbc is None or not pbc.is_dir():
         images = benchmark_images(min(limit or 1000, 512), work, None)
         return images, WBC_TRAIN_IMAGES
@@ -246,7 +254,8 @@ def wbc_train_split(pbc: Path | None, limit: int | None, work: Path) -> tuple[Im
 
 
 def decode_once(images: ImageSet, size: int, work: Path) -> tuple[ImageCache, float]:
-    """leanmae's decode-once cache of ``images`` at working size ``size``, and the seconds building it took."""
+    """leanmae's decode-once cache of ``images`` at working size ``size``, and the seconds building it
+    took."""
     started = time.perf_counter()
     cache = load_or_build(
         images.records, DecodeSpec(size=size), cache_dir=work / "cache", workers=2, progress=False
@@ -287,6 +296,9 @@ def endless(task: Task) -> Iterator[tuple[np.ndarray, int]]:
         epoch += 1
 
 
+COMPILE_WARMUP = 3  # untimed steps of a compiled path: the first compiles, a second may recompile
+
+
 class LeanmaePath:
     """leanmae's training step: the model from its builders, the Task its commands build, and the engine's
     own ``TrainStep`` fed by its ``Inputs`` (the next batch prepared on a background thread where
@@ -308,6 +320,8 @@ class LeanmaePath:
     ) -> None:
         self.device = torch.device(device)
         self.name, self.batch, self.prefetch = name, batch, prefetching(cfg.run, self.device)
+        self.compiled = cfg.run.compile
+        self.warmup = COMPILE_WARMUP if self.compiled else 0  # at least this many untimed steps
         self.threads = threads or cpu_threads()  # what ``setup`` gives a lone run
         ctx = Context(device=self.device, rank=rank, world_size=world_size)
         torch.manual_seed(cfg.run.seed)
@@ -337,7 +351,7 @@ class LeanmaePath:
             class_weight = torch.tensor(
                 len(train) / (len(images.names) * counts), dtype=torch.float32, device=self.device
             )
-            _, self.task = _finetune_task(
+            _, self.task = finetune_task(
                 self.model,
                 data,
                 cfg,
@@ -356,7 +370,12 @@ class LeanmaePath:
         self.cfg = cfg
         self.optimizer = engine_optimizer(self.model, cfg.optim, self.layer_scale, self.device)
         self.train_step = TrainStep(
-            self.model, self.optimizer, cfg.optim, autocast_dtype(cfg.run.amp, self.device), ctx
+            self.model,
+            self.optimizer,
+            cfg.optim,
+            autocast_dtype(cfg.run.amp, self.device),
+            ctx,
+            compile_model=cfg.run.compile,
         )
         self.lr = absolute_lr(cfg.optim, world_size)
         self._items = endless(self.task)
@@ -368,7 +387,8 @@ class LeanmaePath:
 
     def enter(self) -> None:
         """Process-wide settings as ``training.distributed.setup`` makes them, and no batch prepared yet:
-        a timed repetition starts as an epoch does, instead of with a batch prepared while another path was timed."""
+        a timed repetition starts as an epoch does, instead of with a batch prepared while another path was
+        timed."""
         self.inputs.close()
         self.inputs = self._inputs()
         if self.device.type == "cpu":
@@ -378,7 +398,8 @@ class LeanmaePath:
             torch.backends.cudnn.allow_tf32 = True
 
     def step(self) -> float:
-        """One optimizer step of ``engine.TrainStep`` (accum_steps 1); returns the seconds it waited for its inputs,
+        """One optimizer step of ``engine.TrainStep`` (accum_steps 1); returns the seconds it waited for its
+        inputs,
         as ``engine.fit`` counts ``data_seconds`` (host time; with prefetching the batch is usually ready)."""
         waited = self.inputs.waited
         self.train_step(self.task.loss, self.inputs, 1, self.lr)
@@ -389,7 +410,8 @@ class LeanmaePath:
 
 
 class PilTrainTransform:
-    """torchvision's RandomResizedCrop(bicubic) + RandomHorizontalFlip + ToTensor + Normalize, one PIL image at a time."""
+    """torchvision's RandomResizedCrop(bicubic) + RandomHorizontalFlip + ToTensor + Normalize, one PIL image
+    at a time."""
 
     def __init__(
         self,
@@ -404,7 +426,8 @@ class PilTrainTransform:
         self.rng = random.Random(seed)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """torchvision's RandomResizedCrop.get_params: ten tries at a random area and aspect, else a centre crop."""
+        """torchvision's RandomResizedCrop.get_params: ten tries at a random area and aspect, else a centre
+        crop."""
         area, log_ratio = width * height, (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
             target = area * self.rng.uniform(*self.scale)
@@ -451,7 +474,8 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def reference_model(task: str, model: ModelConfig, labels: int, attention: str | None = None) -> nn.Module:
-    """The same transformers architecture built from a plain config (transformers' default attention unless given)."""
+    """The same transformers architecture built from a plain config (transformers' default attention unless
+    given)."""
     from transformers import ViTConfig, ViTForImageClassification, ViTMAEConfig, ViTMAEForPreTraining
 
     shape = {
@@ -480,7 +504,8 @@ def reference_model(task: str, model: ModelConfig, labels: int, attention: str |
 
 
 class ReferencePath:
-    """A plain eager loop as transformers' example scripts train: files decoded per epoch, PIL transforms per image,
+    """A plain eager loop as transformers' example scripts train: files decoded per epoch, PIL transforms per
+    image,
     DataLoader defaults (num_workers=0), default AdamW, default threads, fp32, clipping at 1.0."""
 
     def __init__(
@@ -524,7 +549,8 @@ class ReferencePath:
             torch.backends.cudnn.allow_tf32 = True
 
     def step(self) -> float:
-        """Next batch from the DataLoader, forward, backward, clip, step; returns the seconds spent waiting for the batch."""
+        """Next batch from the DataLoader, forward, backward, clip, step; returns the seconds spent waiting
+        for the batch."""
         t0 = time.perf_counter()
         batch = {k: v.to(self.device) for k, v in next(self._batches).items()}
         if self.task == "pretrain":
@@ -564,7 +590,8 @@ def cpu_snapshot() -> tuple[float, float, float]:
 def others_cores(
     before: tuple[float, float, float], after: tuple[float, float, float], own_extra: float = 0.0
 ) -> float:
-    """How many cores other processes kept busy between two snapshots (``own_extra``: CPU seconds of our own child processes)."""
+    """How many cores other processes kept busy between two snapshots (``own_extra``: CPU seconds of our own
+    child processes)."""
     wall = after[0] - before[0]
     return max(0.0, (after[1] - before[1]) - (after[2] - before[2]) - own_extra) / wall
 
@@ -587,7 +614,8 @@ def _trim_heap() -> None:
 
 
 class MemoryProbe:
-    """Peak memory while a block runs: process RSS sampled every 10 ms on CPUs, the CUDA allocator's peak on GPUs.
+    """Peak memory while a block runs: process RSS sampled every 10 ms on CPUs, the CUDA allocator's peak on
+    GPUs.
 
     ``extra_mib`` is the peak above what was resident when the block started (activations, gradients,
     data in flight); ``peak_mib`` is the absolute peak of the process. The sampling thread slowed a
@@ -635,6 +663,7 @@ class PathResult:
     images_per_s: list[float]
     data_share: list[float]
     others_cores: list[float]  # cores kept busy by other processes during each repetition
+    warmup_seconds: float = 0.0  # the untimed warm-up steps (with torch.compile: mostly compiling)
 
     @property
     def median(self) -> float:
@@ -668,7 +697,8 @@ def matmul_gflops(threads: int, n: int = 2048, count: int = 2) -> float:
 
 
 def matmul_peak(threads: list[int], reps: int = 4) -> dict[int, float]:
-    """Best fp32 matmul GFLOP/s at each thread count over ``reps`` interleaved tries (the least-disturbed one)."""
+    """Best fp32 matmul GFLOP/s at each thread count over ``reps`` interleaved tries (the least-disturbed
+    one)."""
     best = {t: 0.0 for t in threads}
     for rep in range(reps):
         for t in threads if rep % 2 == 0 else threads[::-1]:
@@ -679,17 +709,23 @@ def matmul_peak(threads: list[int], reps: int = 4) -> dict[int, float]:
 def interleaved(
     paths: list[Any], steps: int, reps: int, warmup: int, peak_threads: tuple[int, ...] = ()
 ) -> tuple[dict[str, PathResult], dict[int, list[float]]]:
-    """Time every path ``reps`` times for ``steps`` steps each, alternating the order (ABBA...) to share out drifting load.
+    """Time every path ``reps`` times for ``steps`` steps each, alternating the order (ABBA...) to share out
+    drifting load.
 
     With ``peak_threads`` each repetition also times a large matmul at those thread counts, so that
     "share of peak" compares numbers taken under the same load; returns those GFLOP/s too.
     Nothing else runs during a timed block (a memory-sampling thread cost 25 % here: see MemoryProbe).
     """
     device = paths[0].device
+    warmed: dict[str, float] = {}
     for path in paths:
         path.enter()
-        for _ in range(warmup):
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(max(warmup, getattr(path, "warmup", 0))):
             path.step()
+        sync(device)
+        warmed[path.name] = time.perf_counter() - started
     runs: dict[str, list[tuple[float, float, float]]] = {p.name: [] for p in paths}
     peaks: dict[int, list[float]] = {t: [] for t in peak_threads}
     for rep in range(reps):
@@ -706,12 +742,16 @@ def interleaved(
             )
         for t in peak_threads:
             peaks[t].append(matmul_gflops(t))
-    results = {name: PathResult(*(list(column) for column in zip(*rs))) for name, rs in runs.items()}
+    results = {
+        name: PathResult(*(list(column) for column in zip(*rs, strict=True)), warmup_seconds=warmed[name])
+        for name, rs in runs.items()
+    }
     return results, peaks
 
 
 def step_memory(path: LeanmaePath | ReferencePath) -> MemoryProbe:
-    """Memory of one extra, untimed step of ``path`` (1 thread on CPUs; memory hardly depends on the thread count)."""
+    """Memory of one extra, untimed step of ``path`` (1 thread on CPUs; memory hardly depends on the thread
+    count)."""
     path.enter()
     if path.device.type == "cpu":
         use_threads(1)
@@ -722,7 +762,7 @@ def step_memory(path: LeanmaePath | ReferencePath) -> MemoryProbe:
 
 def pair_ratio(a: PathResult, b: PathResult) -> float:
     """Median over repetition pairs of a's images/s over b's (each pair ran back to back)."""
-    return statistics.median(x / y for x, y in zip(a.images_per_s, b.images_per_s))
+    return statistics.median(x / y for x, y in zip(a.images_per_s, b.images_per_s, strict=True))
 
 
 def gpu_bf16_peak(n: int = 8192, iters: int = 20) -> float:
@@ -771,9 +811,12 @@ def run_case(
     device: str = "cpu",
     gpu_peak_tflops: float | None = None,
     without_prefetch: bool = False,
+    with_compile: bool = False,
 ) -> dict[str, Any]:
     """Measure one case on both paths (on CPUs at the default thread count, and at 1 thread where asked; with
-    ``without_prefetch`` also leanmae preparing each batch inline); returns (and prints) its JSON record.
+    ``without_prefetch`` also leanmae preparing each batch inline, with ``with_compile`` also leanmae with
+    ``run.compile``, its compilation excluded from the timing as warm-up); returns (and prints) its JSON
+    record, then one short JSON line per path (``variant_line``).
 
     Share of peak (CPU), two ways: over the matmul GFLOP/s measured at the path's thread count in the
     same repetitions (median; the load was the same), and over the best matmul GFLOP/s seen in the
@@ -790,6 +833,11 @@ def run_case(
         inline = replace(cfg, run=replace(cfg.run, prefetch=False))
         bases.append(
             LeanmaePath(case.task, inline, images, cache, case.batch, device, name="leanmae_no_prefetch")
+        )
+    if with_compile:
+        compiled = replace(cfg, run=replace(cfg.run, compile=True))
+        bases.append(
+            LeanmaePath(case.task, compiled, images, cache, case.batch, device, name="leanmae_compiled")
         )
     one_thread = (
         [Variant(lean, "leanmae_1thread", 1), Variant(reference, "reference_1thread", 1)]
@@ -830,6 +878,8 @@ def run_case(
             "images_per_s_reps": r.images_per_s,
             "threads": path.threads if device == "cpu" else None,
             "prefetch": path.prefetch,
+            "compile": getattr(getattr(path, "path", path), "compiled", False),
+            "warmup_seconds": r.warmup_seconds,
             "gflop_per_s": achieved,
             "peak_gflop_per_s": peak,
             "share_of_peak": achieved / peak,
@@ -846,16 +896,42 @@ def run_case(
         record["ratio_1thread"] = pair_ratio(results["leanmae_1thread"], results["reference_1thread"])
     if without_prefetch:
         record["prefetch_gain"] = pair_ratio(results["leanmae"], results["leanmae_no_prefetch"])
+    if with_compile:
+        record["compile_gain"] = pair_ratio(results["leanmae_compiled"], results["leanmae"])
     emit(record)
+    for path in paths:
+        emit(variant_line(record, path.name))
     del paths, bases, one_thread, lean, reference
+    if with_compile:
+        torch.compiler.reset()  # drop the compiled code and the models it holds on to
     gc.collect()
     return record
+
+
+def variant_line(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """The figures of issue 18 for one path of a case, on one short JSON line: images/s, share of the
+    peak (on GPUs the measured bf16 matmul peak) and the share of step time spent waiting for data."""
+    path = record[name]
+    return {
+        "case": "variant",
+        "of": record["case"],
+        "batch": record["batch"],
+        "variant": name,
+        "compile": path["compile"],
+        "prefetch": path["prefetch"],
+        "images_per_s": path["images_per_s"],
+        "share_of_peak": path["share_of_peak"],
+        "peak": path["peak"],
+        "data_wait_share": path["data_wait_share"],
+        "warmup_seconds": path["warmup_seconds"],
+    }
 
 
 def engine_epoch(
     task: str, images: ImageSet, full_images: int, work: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """One epoch through ``engine.fit`` itself (cpu preset, batch from the preset), from the decode-once cache.
+    """One epoch through ``engine.fit`` itself (cpu preset, batch from the preset), from the decode-once
+    cache.
 
     Returns fit's own epoch seconds and data seconds; when ``images`` is a subset of ``full_images``
     the time is extrapolated by images trained (and the record says so).
@@ -969,42 +1045,84 @@ def table(records: list[dict[str, Any]]) -> str:
     def rate(r: dict[str, Any], name: str, ratio: str) -> str:
         return f"{r[name]['images_per_s']:.1f} ({r[ratio]:.2f}x)" if name in r else "-"
 
-    lines = [
-        (
-            "| case | batch | leanmae img/s | reference img/s | ratio | leanmae / reference at 1 thread img/s (ratio) | leanmae without prefetch img/s (prefetch gain) | GFLOP/img "
-            "| leanmae GFLOP/s (% peak: same load / best) | reference GFLOP/s (% peak: same load / best) | data wait leanmae / ref. | step memory MiB leanmae / ref. | others' load (cores) |"
-        ),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    header = [
+        "case",
+        "batch",
+        "leanmae img/s",
+        "reference img/s",
+        "ratio",
+        "leanmae / reference at 1 thread img/s (ratio)",
+        "leanmae without prefetch img/s (prefetch gain)",
+        "leanmae compiled img/s (compile gain)",
+        "GFLOP/img",
+        "leanmae GFLOP/s (% peak: same load / best)",
+        "reference GFLOP/s (% peak: same load / best)",
+        "data wait leanmae / ref.",
+        "step memory MiB leanmae / ref.",
+        "others' load (cores)",
     ]
+    lines = [markdown_row(header), markdown_row(["---"] + ["---:"] * (len(header) - 1))]
     for r in records:
         if "ratio" not in r:
             continue
         lean, ref = r["leanmae"], r["reference"]
         one = (
-            f"{r['leanmae_1thread']['images_per_s']:.1f} / {r['reference_1thread']['images_per_s']:.1f} ({r['ratio_1thread']:.2f}x)"
+            f"{r['leanmae_1thread']['images_per_s']:.1f} / {r['reference_1thread']['images_per_s']:.1f}"
+            f" ({r['ratio_1thread']:.2f}x)"
             if "ratio_1thread" in r
             else "-"
         )
-        lines.append(
-            f"| {r['case']} | {r['batch']} | {lean['images_per_s']:.1f} | {ref['images_per_s']:.1f} | {r['ratio']:.2f}x | {one} | {rate(r, 'leanmae_no_prefetch', 'prefetch_gain')} "
-            f"| {r['gflop_per_image']:.2f} | {lean['gflop_per_s']:.0f} ({share(lean)}) | {ref['gflop_per_s']:.0f} ({share(ref)}) "
-            f"| {lean['data_wait_share']:.1%} / {ref['data_wait_share']:.1%} | {lean['step_extra_mib']:.0f} / {ref['step_extra_mib']:.0f} | {r['others_load_cores']:.1f} |"
-        )
+        cells = [
+            r["case"],
+            r["batch"],
+            f"{lean['images_per_s']:.1f}",
+            f"{ref['images_per_s']:.1f}",
+            f"{r['ratio']:.2f}x",
+            one,
+            rate(r, "leanmae_no_prefetch", "prefetch_gain"),
+            rate(r, "leanmae_compiled", "compile_gain"),
+            f"{r['gflop_per_image']:.2f}",
+            f"{lean['gflop_per_s']:.0f} ({share(lean)})",
+            f"{ref['gflop_per_s']:.0f} ({share(ref)})",
+            f"{lean['data_wait_share']:.1%} / {ref['data_wait_share']:.1%}",
+            f"{lean['step_extra_mib']:.0f} / {ref['step_extra_mib']:.0f}",
+            f"{r['others_load_cores']:.1f}",
+        ]
+        lines.append(markdown_row(cells))
     epochs = [r for r in records if r["case"].startswith("epoch/")]
     if epochs:
-        lines += [
-            "",
-            "| engine.fit epoch | images | seconds | img/s | data wait | full epoch (s) | decode once (s) | others' load (cores) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        header = [
+            "engine.fit epoch",
+            "images",
+            "seconds",
+            "img/s",
+            "data wait",
+            "full epoch (s)",
+            "decode once (s)",
+            "others' load (cores)",
         ]
+        lines += ["", markdown_row(header), markdown_row(["---"] + ["---:"] * (len(header) - 1))]
         for r in epochs:
             full = f"{r['full_epoch_seconds']:.0f}" + (
                 f" (extrapolated from {r['images']} to {r['full_epoch_images']})" if r["extrapolated"] else ""
             )
-            lines.append(
-                f"| {r['case']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['data_wait_share']:.1%} | {full} | {r['decode_once_seconds']:.1f} | {r['others_load_cores']:.1f} |"
-            )
+            cells = [
+                r["case"],
+                r["images"],
+                f"{r['seconds']:.1f}",
+                f"{r['images_per_s']:.1f}",
+                f"{r['data_wait_share']:.1%}",
+                full,
+                f"{r['decode_once_seconds']:.1f}",
+                f"{r['others_load_cores']:.1f}",
+            ]
+            lines.append(markdown_row(cells))
     return "\n".join(lines)
+
+
+def markdown_row(cells: list[Any]) -> str:
+    """One row of a markdown table."""
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -1017,7 +1135,16 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     for case in cpu_cases(args.quick):
         if args.only and case.name not in args.only:
             continue
-        records.append(run_case(case, images, work, peak, without_prefetch=args.without_prefetch))
+        records.append(
+            run_case(
+                case,
+                images,
+                work,
+                peak,
+                without_prefetch=args.without_prefetch,
+                with_compile=args.with_compile,
+            )
+        )
     if not args.no_epoch:
         subset, full = wbc_train_split(args.pbc, 1000 if args.quick else None, work)
         for task in ("pretrain", "finetune"):
@@ -1035,18 +1162,24 @@ def run_cpu(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 
 def gpu_cases(args: argparse.Namespace) -> list[Case]:
-    """The GPU plan: ViT-B/16 224 px MAE pretraining at ``--gpu-batch``, and the cpu preset's MAE at its own batch size."""
+    """The GPU plan: ViT-B/16 224 px MAE pretraining at each ``--gpu-batch``, and the cpu preset's MAE at its
+    own batch size."""
     cpu_batch = leanmae_config("pretrain", "cpu").optim.batch_size
     return [
-        Case("pretrain", "vit-b16", args.gpu_batch, steps=args.gpu_steps, reps=3, warmup=3),
+        *(
+            Case("pretrain", "vit-b16", batch, steps=args.gpu_steps, reps=3, warmup=3)
+            for batch in args.gpu_batch
+        ),
         Case("pretrain", "cpu", min(cpu_batch, args.gpu_images), steps=args.gpu_steps, reps=3, warmup=3),
     ]
 
 
 def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """The GPU plan (``gpu_cases``, then one whole epoch of the cpu preset's MAE through ``engine.fit``) on ``--device``:
+    """The GPU plan (``gpu_cases``, then one whole epoch of the cpu preset's MAE through ``engine.fit``) on
+    ``--device``:
     leanmae (bf16 autocast on CUDA) against the fp32 reference. On a CPU (``--plan gpu --device cpu``,
-    with tiny sizes) it only checks that the plan runs end to end; share of peak is then of the fp32 matmul rate."""
+    with tiny sizes) it only checks that the plan runs end to end; share of peak is then of the fp32 matmul
+    rate."""
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is visible to torch")
@@ -1070,6 +1203,7 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 device=device,
                 gpu_peak_tflops=gpu_peak,
                 without_prefetch=args.without_prefetch,
+                with_compile=args.with_compile,
             )
         )
     if not args.no_epoch:
@@ -1084,7 +1218,8 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def data_ablation(
     images: ImageSet, work: Path, reps: int, model: str = "cpu", batch: int = 128
 ) -> dict[str, Any]:
-    """ms per batch of normalised, augmented training inputs of ``model`` made four ways, 1 thread, interleaved."""
+    """ms per batch of normalised, augmented training inputs of ``model`` made four ways, 1 thread,
+    interleaved."""
     cfg = leanmae_config("pretrain", model)
     size, aug = cache_size(cfg), cfg.augment
     cache, _ = decode_once(images, size, work)
@@ -1165,7 +1300,8 @@ def threads_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[str
                 "ratio_1_over_n": pair_ratio(res["1 thread"], res[f"{DEFAULT_THREADS} threads"]),
                 "reps": {
                     k: [
-                        {"images_per_s": i, "others_cores": o} for i, o in zip(v.images_per_s, v.others_cores)
+                        {"images_per_s": i, "others_cores": o}
+                        for i, o in zip(v.images_per_s, v.others_cores, strict=True)
                     ]
                     for k, v in res.items()
                 },
@@ -1178,7 +1314,8 @@ def threads_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[str
 
 
 def attention_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[str, Any]]:
-    """The cpu preset's leanmae step with SDPA attention (leanmae's setting) against transformers' eager attention."""
+    """The cpu preset's leanmae step with SDPA attention (leanmae's setting) against transformers' eager
+    attention."""
     out = []
     for task, batch in (("pretrain", 128), ("finetune", 64)):
         cfg = leanmae_config(task, "cpu")
@@ -1201,7 +1338,8 @@ def attention_ablation(images: ImageSet, work: Path, quick: bool) -> list[dict[s
 
 
 def adamw_ablation(reps: int) -> list[dict[str, Any]]:
-    """ms per AdamW step (param groups as the engine makes them, 1 thread): for-loop (torch's CPU default), foreach, fused (leanmae)."""
+    """ms per AdamW step (param groups as the engine makes them, 1 thread): for-loop (torch's CPU default),
+    foreach, fused (leanmae)."""
     out = []
     use_threads(1)
     for model in ("cpu", "vit-b16"):
@@ -1246,7 +1384,8 @@ def _ddp_worker(
     reps: int,
     queue: Any,
 ) -> None:
-    """One of two 1-thread DDP (gloo) processes running the cpu preset's leanmae MAE step; reports its rates and CPU use."""
+    """One of two 1-thread DDP (gloo) processes running the cpu preset's leanmae MAE step; reports its rates
+    and CPU use."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -1270,7 +1409,8 @@ def _ddp_worker(
 
 
 def processes_ablation(images: ImageSet, work: Path, quick: bool) -> dict[str, Any]:
-    """cpu-preset MAE, effective batch 128: one 1-thread process; one 2-thread process; two 1-thread DDP processes (batch 64 each).
+    """cpu-preset MAE, effective batch 128: one 1-thread process; one 2-thread process; two 1-thread DDP
+    processes (batch 64 each).
 
     Single-process runs are measured before and after the two-process run (which starts fresh processes).
     """
@@ -1365,18 +1505,28 @@ def ablation_table(records: list[dict[str, Any]]) -> str:
         for k, v in (values or r["images_per_s"]).items():
             others = load.get(k) if isinstance(load, dict) else load
             lines.append(
-                f"| {r['ablation']} | {r.get('case', '')} | {k} | {v:.1f} {unit} | {'' if others is None else f'{others:.1f}'} |"
+                markdown_row(
+                    [
+                        r["ablation"],
+                        r.get("case", ""),
+                        k,
+                        f"{v:.1f} {unit}",
+                        "" if others is None else f"{others:.1f}",
+                    ]
+                )
             )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the options and run the CPU benchmark, the ablations or the GPU benchmark in a temporary folder."""
+    """Parse the options and run the CPU benchmark, the ablations or the GPU benchmark in a temporary
+    folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer, shorter repetitions, no ViT-B/16, a 1,000-image epoch extrapolated to the whole set (<= 5 min on 2 cores)",
+        help="fewer, shorter repetitions, no ViT-B/16, a 1,000-image epoch extrapolated to the whole set "
+        "(<= 5 min on 2 cores)",
     )
     parser.add_argument(
         "--ablate",
@@ -1384,14 +1534,16 @@ def main(argv: list[str] | None = None) -> None:
         choices=ABLATIONS,
         default=None,
         metavar="NAME",
-        help=f"measure what each optimisation buys instead of the main table (CPU); names: {', '.join(ABLATIONS)} (default: all)",
+        help="measure what each optimisation buys instead of the main table (CPU); "
+        f"names: {', '.join(ABLATIONS)} (default: all)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--plan",
         choices=["cpu", "gpu"],
         default=None,
-        help="which cases: the CPU plan or the GPU plan (ViT-B/16 and cpu-preset MAE, one cpu-preset epoch); default: the --device's own; "
+        help="which cases: the CPU plan or the GPU plan (ViT-B/16 and cpu-preset MAE, one cpu-preset epoch); "
+        "default: the --device's own; "
         "'--plan gpu --device cpu' with tiny --gpu-* sizes checks the GPU plan end to end without a GPU",
     )
     parser.add_argument(
@@ -1401,7 +1553,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--without-prefetch",
         action="store_true",
-        help="also time leanmae with run.prefetch=false (each batch prepared inline), interleaved with the others",
+        help="also time leanmae with run.prefetch=false (each batch prepared inline), "
+        "interleaved with the others",
+    )
+    parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="also time leanmae with run.compile=true "
+        "(torch.compile; its warm-up steps, which compile, are not timed)",
     )
     parser.add_argument(
         "--jsonl",
@@ -1416,7 +1575,11 @@ def main(argv: list[str] | None = None) -> None:
         help="PBC folder (default ../shared/data/pbc; synthetic images when absent)",
     )
     parser.add_argument(
-        "--gpu-batch", type=int, default=128, help="GPU plan: ViT-B/16 batch size (default 128)"
+        "--gpu-batch",
+        type=int,
+        nargs="+",
+        default=[128],
+        help="GPU plan: ViT-B/16 batch sizes, one case each (default 128)",
     )
     parser.add_argument(
         "--gpu-steps", type=int, default=10, help="GPU plan: steps per timed repetition (default 10)"

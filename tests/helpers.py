@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 
 def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """An RGB uint8 image with low-frequency structure (blobs on a gradient): learnable, unlike white noise."""
+    """An RGB uint8 image with low-frequency structure (blobs on a gradient): learnable, unlike white
+    noise."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     image = np.zeros((height, width, 3))
     image += rng.uniform(0.3, 0.7, 3) + 0.3 * (xx / width)[..., None] * rng.uniform(-1, 1, 3)
@@ -47,7 +48,8 @@ def write_images(
 
 
 def copy_subset(source: Path, dest: Path, classes: list[str], per_class: int) -> Path:
-    """Copy the first ``per_class`` images of each class of ``source`` into ``dest/<class>/`` (never into the repo)."""
+    """Copy the first ``per_class`` images of each class of ``source`` into ``dest/<class>/`` (never into the
+    repo)."""
     for name in classes:
         files = sorted((source / name).glob("*.jpg"))[:per_class]
         if len(files) < per_class:

@@ -47,7 +47,10 @@ def layer(module: str) -> int:
 
 
 def imports_of(source: str, modules: set[str]) -> set[str]:
-    """The leanmae modules a module's source imports (``from leanmae.a import b`` counts b if b is a module)."""
+    """The leanmae modules a module's source imports.
+
+    ``from leanmae.a import b`` counts ``leanmae.a.b`` when b is a module, else ``leanmae.a``.
+    """
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

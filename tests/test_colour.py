@@ -1,4 +1,5 @@
-"""Stain and colour augmentation: shapes and ranges kept, per-image keyed draws, the HED space of scikit-image."""
+"""Stain and colour augmentation: shapes and ranges kept, per-image keyed draws, the HED space of
+scikit-image."""
 
 from __future__ import annotations
 

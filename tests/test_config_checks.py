@@ -72,6 +72,7 @@ WRONG: dict[str, Any] = {
     "run.progress": "maybe",
     "run.prefetch": "sometimes",
     "run.report_to": ["wandb"],
+    "run.compile": "always",
     "recon_images": -1,
     "probe_split": "",
     "probe_every": 0,

@@ -103,15 +103,15 @@ def test_symlink_leading_outside_the_data_folder_is_refused(tmp_path: Path) -> N
 def test_tile_500_cuts_a_2000_pixel_image_into_16_tiles() -> None:
     boxes = tile_boxes(2000, 2000, 500, None, 64)
     assert len(boxes) == 16
-    assert all((r - l, b - t) == (500, 500) for l, t, r, b in boxes)
+    assert all((right - left, bottom - top) == (500, 500) for left, top, right, bottom in boxes)
     assert boxes[0] == (0, 0, 500, 500) and boxes[-1] == (1500, 1500, 2000, 2000)
 
 
 def test_tiles_cover_the_image_without_overlap() -> None:
     boxes = tile_boxes(2000, 1000, 500, None, 64)
     covered = np.zeros((1000, 2000), dtype=int)
-    for l, t, r, b in boxes:
-        covered[t:b, l:r] += 1
+    for left, top, right, bottom in boxes:
+        covered[top:bottom, left:right] += 1
     assert (covered == 1).all()
 
 
@@ -127,7 +127,7 @@ def test_grid_2x2_cuts_four_equal_quadrants() -> None:
 def test_grid_is_rows_by_columns() -> None:
     boxes = tile_boxes(300, 200, None, "2x3", 10)
     assert len(boxes) == 6
-    assert all((r - l, b - t) == (100, 100) for l, t, r, b in boxes)
+    assert all((right - left, bottom - top) == (100, 100) for left, top, right, bottom in boxes)
 
 
 def test_without_tile_or_grid_the_whole_image_is_one_box() -> None:
@@ -410,7 +410,7 @@ def test_horizontal_flips_really_flip() -> None:
     images = _images(32)
     out = random_resized_crop(images, 40, (1.0, 1.0), (1.0, 1.0), True, False, _draws(len(images), 0))
     flipped = []
-    for original, result in zip(images, out):
+    for original, result in zip(images, out, strict=True):
         if torch.allclose(result, original, atol=1e-5):
             flipped.append(False)
         else:
@@ -423,7 +423,7 @@ def test_vertical_flips_really_flip() -> None:
     images = _images(32)
     out = random_resized_crop(images, 40, (1.0, 1.0), (1.0, 1.0), False, True, _draws(len(images), 0))
     flipped = []
-    for original, result in zip(images, out):
+    for original, result in zip(images, out, strict=True):
         if torch.allclose(result, original, atol=1e-5):
             flipped.append(False)
         else:
@@ -436,7 +436,7 @@ def test_both_flips_give_one_of_the_four_orientations() -> None:
     images = _images(32)
     out = random_resized_crop(images, 40, (1.0, 1.0), (1.0, 1.0), True, True, _draws(len(images), 0))
     seen = set()
-    for original, result in zip(images, out):
+    for original, result in zip(images, out, strict=True):
         variants = {
             "none": original,
             "h": original.flip(-1),

@@ -1,4 +1,5 @@
-"""DDP on CPUs: ``torchrun --nproc_per_node=2`` (gloo) with batch B per process against one process with batch 2B.
+"""DDP on CPUs: ``torchrun --nproc_per_node=2`` (gloo) with batch B per process against one process with batch
+2B.
 
 Batch order is sharded like DistributedSampler and augmentation and masks are keyed per image, so
 two processes with B images each see, step by step, the same 2B images with the same crops and
@@ -62,7 +63,8 @@ def _free_port() -> int:
 
 
 def torchrun(args: list[str], cwd: Path, cache: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --nproc_per_node=2 -m leanmae ARGS`` on this machine, offline (127.0.0.1)."""
+    """``python -m torch.distributed.run --nproc_per_node=2 -m leanmae ARGS`` on this machine, offline
+    (127.0.0.1)."""
     command = [
         sys.executable,
         "-m",
@@ -91,7 +93,7 @@ def history(out: Path) -> list[dict[str, float]]:
 def assert_same_curves(a: Path, b: Path, keys: tuple[str, ...]) -> None:
     rows_a, rows_b = history(a), history(b)
     assert len(rows_a) == len(rows_b) > 0
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in keys:
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (
                 f"epoch {int(ra['epoch'])}: {key} {ra[key]} != {rb[key]}"
@@ -187,7 +189,8 @@ def test_a_run_resumed_under_torchrun_equals_an_uninterrupted_one(pretrain_runs:
 
 
 def test_two_processes_finetune_like_one_process_with_twice_the_batch(tmp_path: Path) -> None:
-    """64 training images: the batch cap (a quarter of each process's images: 8 of 32, 16 of 64) leaves B and 2B alone."""
+    """64 training images: the batch cap (a quarter of each process's images: 8 of 32, 16 of 64) leaves B and
+    2B alone."""
     from leanmae import finetune, split
 
     cache = tmp_path / "cache"

@@ -18,7 +18,8 @@ from leanmae.errors import DataError
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A one-epoch classifier on synthetic cells, and an 'external' folder holding two of its classes in other letter case."""
+    """A one-epoch classifier on synthetic cells, and an 'external' folder holding two of its classes in other
+    letter case."""
     root = tmp_path_factory.mktemp("external")
     data = make_synthetic_wbc(root / "cells", n_per_class=10, size=40)
     labels = sorted(p.name for p in data.iterdir() if p.is_dir())

@@ -79,7 +79,8 @@ def _classifier_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def mae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained MAE of the test preset's shape, saved as leanmae saves one (safetensors + preprocessing)."""
+    """An untrained MAE of the test preset's shape, saved as leanmae saves one (safetensors +
+    preprocessing)."""
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("mae") / "model"
     save_model(build_mae(_test_model()), folder, MEAN, STD, {"kind": "mae", "cache_size": 40})
@@ -197,7 +198,8 @@ def _twins() -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def test_mean_and_cls_pooling_feed_the_head_different_tokens() -> None:
-    """CLS pooling reads token 0; mean pooling (MAE's fine-tuning) averages the patch tokens, then a LayerNorm."""
+    """CLS pooling reads token 0; mean pooling (MAE's fine-tuning) averages the patch tokens, then a
+    LayerNorm."""
     cls, mean = _twins()
     shared = {k: v for k, v in mean.state_dict().items() if not k.startswith("fc_norm.")}
     assert_same_weights(cls.state_dict(), shared)
@@ -390,7 +392,8 @@ SCRATCH = {"epochs": 3, "seed": 0, "sets": ["classifier.drop_path=0.1", "classif
 
 @pytest.fixture(scope="module")
 def scratch_run(cells: dict[str, Any]) -> dict[str, Any]:
-    """3 epochs from scratch on every training image (with drop path, so that resumption must replay its draws)."""
+    """3 epochs from scratch on every training image (with drop path, so that resumption must replay its
+    draws)."""
     out = cells["root"] / "scratch"
     metrics = tiny_finetune(cells["split"], out, **SCRATCH)
     return {"out": out, "metrics": metrics, "history": read_csv(out / "history.csv")}
@@ -483,13 +486,14 @@ def test_the_model_is_selected_on_validation_macro_f1_and_never_on_test(scratch_
 def test_the_test_labels_cannot_influence_the_trained_model(
     cells: dict[str, Any], scratch_run: dict[str, Any]
 ) -> None:
-    """Shuffle the labels of the test images in the manifest: the same weights come out, only the test score moves."""
+    """Shuffle the labels of the test images in the manifest: the same weights come out, only the test score
+    moves."""
     lines = cells["split"].read_text().splitlines(keepends=True)
     test_rows = [i for i, line in enumerate(lines) if ",test," in line]
     labels = [lines[i].split(",")[1] for i in test_rows]
     rotated = labels[4:] + labels[:4]  # every test image gets another class
-    assert all(a != b for a, b in zip(labels, rotated))
-    for i, label in zip(test_rows, rotated):
+    assert all(a != b for a, b in zip(labels, rotated, strict=True))
+    for i, label in zip(test_rows, rotated, strict=True):
         path, _, split, *rest = lines[i].split(",")
         lines[i] = ",".join([path, label, split, *rest])
     relabelled = cells["root"] / "relabelled-test.csv"
@@ -509,7 +513,7 @@ def test_the_test_labels_cannot_influence_the_trained_model(
     assert [r["predicted_label"] for r in after] == [r["predicted_label"] for r in before], (
         "the same predictions..."
     )
-    assert all(a["true_label"] != b["true_label"] for a, b in zip(after, before)), (
+    assert all(a["true_label"] != b["true_label"] for a, b in zip(after, before, strict=True)), (
         "...scored against the shuffled labels"
     )
 
@@ -562,7 +566,8 @@ def test_run_json_records_the_run(cells: dict[str, Any], scratch_run: dict[str, 
 
 
 def test_one_percent_of_the_labels_still_trains_every_class(cells: dict[str, Any], tmp_path: Path) -> None:
-    """14 training images per class at 1 %: two per class, and every epoch takes optimizer steps (at least min_steps in all)."""
+    """14 training images per class at 1 %: two per class, and every epoch takes optimizer steps (at least
+    min_steps in all)."""
     chosen = label_fraction(cells["items"], 0.01, seed=0)
     assert {c: sum(it.label == c for it in chosen) for c in LABELS} == dict.fromkeys(LABELS, 2)
     metrics = tiny_finetune(
@@ -653,7 +658,8 @@ def test_a_run_interrupted_after_its_first_epoch_resumes_to_identical_weights(
 def test_finetuning_with_prefetch_gives_the_same_weights_and_history(
     cells: dict[str, Any], scratch_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The scratch run prepared its batches inline (the CPU default); on the prefetch thread no number changes."""
+    """The scratch run prepared its batches inline (the CPU default); on the prefetch thread no number
+    changes."""
     out = tmp_path / "inline"
     tiny_finetune(cells["split"], out, **{**SCRATCH, "sets": [*SCRATCH["sets"], "run.prefetch=true"]})
     assert_same_weights(load_weights(out / "model"), load_weights(scratch_run["out"] / "model"))
@@ -767,7 +773,8 @@ def test_predict_with_skip_bad_lists_an_unreadable_file_as_an_error_row(
 def test_an_error_row_carries_no_prediction(
     scratch_run: dict[str, Any], new_images: dict[str, Any], tmp_path: Path
 ) -> None:
-    """An unreadable file has no class: its row must not show a label or probabilities made up from a blank image,
+    """An unreadable file has no class: its row must not show a label or probabilities made up from a blank
+    image,
     or counts of predicted labels would include files that were never read."""
     rows = read_csv(
         leanmae.predict(
@@ -803,7 +810,8 @@ def test_predict_without_skip_bad_stops_at_an_unreadable_file(
 
 
 def test_a_short_finetune_on_real_white_blood_cells_beats_chance(pbc_dir: Path, tmp_path: Path) -> None:
-    """40 PBC images per WBC class (28 train, 4 val, 8 test), the tiny test model at 32 px: better than 1 in 5."""
+    """40 PBC images per WBC class (28 train, 4 val, 8 test), the tiny test model at 32 px: better than 1 in
+    5."""
     data = copy_subset(pbc_dir, tmp_path / "pbc", LABELS, 40)
     leanmae.split(data, classes=LABELS, out=tmp_path / "split.csv")
     metrics = tiny_finetune(
@@ -920,7 +928,8 @@ def _labels_of(items: list[Any], chosen: list[Any]) -> dict[str, int]:
 
 
 def test_a_run_at_a_fraction_uses_that_share_of_the_val_labels_and_records_the_counts(tmp_path: Path) -> None:
-    """Label-honest by default: selection and calibration see the run's own val draw, and metrics.json says how many."""
+    """Label-honest by default: selection and calibration see the run's own val draw, and metrics.json says
+    how many."""
     from leanmae.data.split import label_fraction
 
     data = make_synthetic_wbc(tmp_path / "cells", n_per_class=60, size=40)

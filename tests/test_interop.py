@@ -210,7 +210,8 @@ def test_mae_card_describes_its_pretraining_and_a_finetuned_card_cites_it(
     assert "masked autoencoder" in ft_body and f"{run['images']['train']} unlabelled images" in ft_body
 
 
-# =========================================================================== ONNX export and in-memory predict
+# =========================================================================== ONNX export and in-memory
+# predict
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ def test_predict_takes_pil_images_and_returns_rows_without_writing(
     from_files = leanmae.predict(classifier_run, files, device="cpu", progress=False)
     assert [r["path"] for r in rows] == [f"image {i}" for i in range(len(files))]
     assert [r["path"] for r in from_files] == [str(f) for f in files]
-    for memory, disk in zip(rows, from_files):
+    for memory, disk in zip(rows, from_files, strict=True):
         assert memory["predicted_label"] == disk["predicted_label"]
         probs = [memory[f"p_{label}"] for label in WBC_CLASSES[:3]]
         assert sum(probs) == pytest.approx(1.0, abs=1e-5) and memory["confidence"] == pytest.approx(

@@ -81,7 +81,8 @@ def test_width_not_divisible_by_heads_is_an_error(test_model_config) -> None:
 def test_position_embeddings_are_the_fixed_sine_cosine_table_in_encoder_and_decoder(
     test_model_config, tmp_path
 ) -> None:
-    """transformers 5 leaves them at zero on a fresh ViTMAE; without them the decoder paints every masked patch alike."""
+    """transformers 5 leaves them at zero on a fresh ViTMAE; without them the decoder paints every masked
+    patch alike."""
     from leanmae.models.mae import load_mae, sincos_positions
 
     model = build_mae(test_model_config)

@@ -30,7 +30,8 @@ STEP_SECONDS = 0.1  # each loss sleeps at least this long: a slow step
 
 
 class SlowTask:
-    """A regression task whose ``prepare`` and ``loss`` are slow on purpose; it notes which batches are prepared.
+    """A regression task whose ``prepare`` and ``loss`` are slow on purpose; it notes which batches are
+    prepared.
 
     Inputs are drawn from generators keyed by (epoch, batch), as leanmae's augmentation is keyed per image.
     With ``wait_for_next`` the loss of batch k does not return before batch k+1 is prepared (within 30 s):
@@ -102,8 +103,9 @@ def train(
 def test_with_prefetch_the_next_batch_is_ready_when_a_slow_step_ends(tmp_path: Path) -> None:
     _, history = train(SlowTask(wait_for_next=True), tmp_path / "ahead", prefetch=True)
     _, inline = train(SlowTask(), tmp_path / "inline", prefetch=False)
-    for row, slow in zip(history, inline):
-        # Inline, every prepare is waited for; ahead, only the epoch's first (nothing runs before it) and the hand-overs.
+    for row, slow in zip(history, inline, strict=True):
+        # Inline, every prepare is waited for; ahead, only the epoch's first (nothing runs before it) and the
+        # hand-overs.
         assert slow["data_seconds"] >= BATCHES * PREPARE_SECONDS
         assert row["data_seconds"] < 2 * PREPARE_SECONDS, (
             f"a step waited {row['data_seconds']:.3f} s for data in epoch {row['epoch']}"

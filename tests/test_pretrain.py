@@ -154,7 +154,8 @@ def test_the_same_seed_gives_the_same_weights(finished_run: dict[str, Any], tmp_
 def test_pretraining_with_prefetch_gives_the_same_weights_and_losses(
     finished_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The finished run prepared its batches inline (the CPU default); on the prefetch thread no number changes."""
+    """The finished run prepared its batches inline (the CPU default); on the prefetch thread no number
+    changes."""
     root = finished_run["out"].parent
     sets = [
         f"data.cache_dir={root / 'cache'}",
@@ -279,7 +280,8 @@ def test_resume_and_overwrite_together_are_refused(data_folder: Path, tmp_path: 
 def test_resuming_a_constant_schedule_run_for_more_epochs_equals_an_uninterrupted_run(
     data_folder: Path, tmp_path: Path
 ) -> None:
-    """2 epochs, then --resume --epochs 3 == 3 epochs straight (the constant schedule does not depend on the epoch count)."""
+    """2 epochs, then --resume --epochs 3 == 3 epochs straight (the constant schedule does not depend on the
+    epoch count)."""
     sets = ["optim.schedule=constant"]
     tiny_pretrain(data_folder, tmp_path / "a", epochs=3, sets=sets)
     tiny_pretrain(data_folder, tmp_path / "b", epochs=2, sets=sets)
@@ -296,7 +298,8 @@ def test_resuming_a_constant_schedule_run_for_more_epochs_equals_an_uninterrupte
 def test_a_run_interrupted_after_epoch_2_and_resumed_equals_an_uninterrupted_run(
     data_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default cosine schedule: interrupt a 3-epoch run just after its epoch-2 checkpoint, resume, compare."""
+    """The default cosine schedule: interrupt a 3-epoch run just after its epoch-2 checkpoint, resume,
+    compare."""
     tiny_pretrain(data_folder, tmp_path / "a", epochs=3)
 
     original = engine.write_history
@@ -323,7 +326,8 @@ def _cli(args: list[str]) -> list[str]:
 
 
 def test_a_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path: Path) -> None:
-    """Kill ``python -m leanmae pretrain`` once its first checkpoint exists, resume it, compare with an uninterrupted run."""
+    """Kill ``python -m leanmae pretrain`` once its first checkpoint exists, resume it, compare with an
+    uninterrupted run."""
     data = tmp_path / "images"
     write_images(data, 64, 40)
     epochs = 15

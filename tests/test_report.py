@@ -1,4 +1,5 @@
-"""The study report from tiny fake study folders: the answer first, labels as counts, collapsed runs withheld, a real browser."""
+"""The study report from tiny fake study folders: the answer first, labels as counts, collapsed runs withheld,
+a real browser."""
 
 from __future__ import annotations
 
@@ -261,7 +262,8 @@ CHECK = """<script>
 window.addEventListener("load", () => {
   const images = [...document.images];
   const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
-  const fetched = performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith("data:"));
+  const fetched = performance.getEntriesByType("resource").map(e => e.name)
+    .filter(n => !n.startsWith("data:"));
   const headline = (document.getElementById("headline") || {}).innerText || "";
   const out = document.createElement("pre");
   out.id = "ver" + "dict";  // split, so that this script's own text never matches
@@ -275,7 +277,8 @@ def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
         pytest.skip(
-            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it): the browser test is skipped"
+            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it): "
+            "the browser test is skipped"
         )
     return found
 

@@ -51,7 +51,7 @@ def _by(items: list[Item], split: str, label: str) -> list[Item]:
 def test_every_class_is_divided_70_10_20(labelled: Path) -> None:
     items = make_split(labelled, list(SIZES))
     for label, n in SIZES.items():
-        for split, share in zip(SPLITS, (0.7, 0.1, 0.2)):
+        for split, share in zip(SPLITS, (0.7, 0.1, 0.2), strict=True):
             got = len(_by(items, split, label))
             assert abs(got - share * n) <= 1, (
                 f"{label}: {got} of {n} in {split}, expected about {share * n:g}"
@@ -75,7 +75,8 @@ def test_the_split_is_deterministic_for_a_seed_and_changes_with_it(labelled: Pat
 
 
 def test_a_class_split_does_not_depend_on_the_other_classes(labelled: Path) -> None:
-    """Naming the classes in another order, or adding one, leaves each class's test images unchanged (as for label fractions)."""
+    """Naming the classes in another order, or adding one, leaves each class's test images unchanged (as for
+    label fractions)."""
 
     def test_images(classes: list[str]) -> dict[str, set[str]]:
         return {
@@ -229,7 +230,8 @@ def test_an_old_manifest_with_a_root_comment_line_still_reads(labelled: Path, tm
 
 
 def test_a_hand_written_manifest_without_hashes_simply_works(tmp_path: Path) -> None:
-    """``path,label,split`` beside the class folders: the root is the manifest's folder, the files are hashed on verify."""
+    """``path,label,split`` beside the class folders: the root is the manifest's folder, the files are hashed
+    on verify."""
     for seed, name in enumerate(("a", "b")):
         write_images(tmp_path / name, 3, 16, seed=seed)
     manifest = tmp_path / "mine.csv"
@@ -462,7 +464,8 @@ FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 
 @pytest.fixture(scope="module")
 def pbc_like() -> list[Item]:
-    """A manifest of PBC-like class counts (train as above, plus val and test images), built from Items directly."""
+    """A manifest of PBC-like class counts (train as above, plus val and test images), built from Items
+    directly."""
     items = []
     for label, n in PBC_TRAIN.items():
         for split, k in (("train", n), ("val", max(1, n // 7)), ("test", max(1, 2 * n // 7))):
@@ -472,7 +475,9 @@ def pbc_like() -> list[Item]:
 
 def test_fractions_are_nested_for_a_seed(pbc_like: list[Item]) -> None:
     sets = [{it.relpath for it in label_fraction(pbc_like, f, seed=0)} for f in FRACTIONS]
-    for smaller, larger, (f_small, f_large) in zip(sets, sets[1:], zip(FRACTIONS, FRACTIONS[1:])):
+    for smaller, larger, (f_small, f_large) in zip(
+        sets, sets[1:], zip(FRACTIONS, FRACTIONS[1:], strict=False), strict=False
+    ):
         assert smaller < larger, f"the {f_small:g} set is not inside the {f_large:g} set"
 
 
@@ -539,12 +544,13 @@ def test_a_fraction_outside_0_1_is_refused(pbc_like: list[Item], fraction: float
 
 
 def test_label_honest_val_draws_are_nested_stratified_and_keep_two_per_class(pbc_like: list[Item]) -> None:
-    """A run at fraction f sees f of the val labels too: the same nested, stratified draw as train, >= 2 per class."""
+    """A run at fraction f sees f of the val labels too: the same nested, stratified draw as train, >= 2 per
+    class."""
     sets = [label_fraction(pbc_like, f, seed=0, split="val") for f in FRACTIONS]
-    for smaller, larger in zip(sets, sets[1:]):
+    for smaller, larger in zip(sets, sets[1:], strict=False):
         assert {it.relpath for it in smaller} < {it.relpath for it in larger}
     val_sizes = Counter(it.label for it in pbc_like if it.split == "val")
-    for fraction, chosen in zip(FRACTIONS, sets):
+    for fraction, chosen in zip(FRACTIONS, sets, strict=True):
         assert {it.split for it in chosen} == {"val"}
         per_class = Counter(it.label for it in chosen)
         for label, n in val_sizes.items():

@@ -167,7 +167,7 @@ def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_ima
     files = [data / it.relpath for it in items if it.split == "test"]
     rows = leanmae.predict(out, files, device="cpu", progress=False)
     run = {r["path"]: r for r in read_csv(out / "predictions.csv")}
-    for row, file in zip(rows, files):
+    for row, file in zip(rows, files, strict=True):
         same = run[f"{file.parent.name}/{file.name}"]
         assert row["predicted_label"] == same["predicted_label"]
         assert row["confidence"] == pytest.approx(float(same["confidence"]), abs=1e-4)

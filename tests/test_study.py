@@ -125,7 +125,8 @@ def test_extra_seeds_run_only_at_the_small_fractions_after_the_main_seeds(tmp_pa
 
 
 def test_arm_set_gives_one_arm_its_own_recipe(tmp_path: Path) -> None:
-    """Each arm its own best recipe: an ARM:KEY=VALUE override reaches that arm's runs only, after the common --set."""
+    """Each arm its own best recipe: an ARM:KEY=VALUE override reaches that arm's runs only, after the common
+    --set."""
     cfg = StudyConfig(
         data="x",
         fractions=[0.01],
@@ -280,7 +281,8 @@ def test_run_times_cover_pretraining_every_cell_and_the_total(finished_study: Pa
 def test_findings_state_gains_with_intervals_or_withhold_them_where_runs_collapsed(
     finished_study: Path,
 ) -> None:
-    """The tiny study's runs may collapse to one class: a gain at such a fraction is withheld, never stated."""
+    """The tiny study's runs may collapse to one class: a gain at such a fraction is withheld, never
+    stated."""
     runs = load_runs(finished_study)
     lines = findings(runs)
     for fraction, words in ((0.5, "50 % of the labels"), (1.0, "100 % of the labels")):

@@ -152,11 +152,10 @@ def test_without_a_terminal_each_finished_run_prints_one_progress_line(
     ]
     run_local(jobs, workers=1, progress=False, costs={"pretrain": 100.0, "a": 10.0, "b": 10.0})
     lines = capsys.readouterr().out.splitlines()
-    assert (
-        lines
-        == [
-            "study: 1 of 3 runs done (1 pretraining), ~12 min left",  # the fine-tunes borrow pretraining's 36 s per image
-            "study: 2 of 3 runs done (1 pretraining, 1 fine-tuning), ~1 min left",  # now their own 6 s per image
-            "study: 3 of 3 runs done (1 pretraining, 2 fine-tuning)",
-        ]
-    )
+    assert lines == [
+        # the fine-tunes borrow pretraining's 36 s per image
+        "study: 1 of 3 runs done (1 pretraining), ~12 min left",
+        # now their own 6 s per image
+        "study: 2 of 3 runs done (1 pretraining, 1 fine-tuning), ~1 min left",
+        "study: 3 of 3 runs done (1 pretraining, 2 fine-tuning)",
+    ]

@@ -126,6 +126,8 @@ class RunConfig:
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"]
     )  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
+    # torch.compile the model: for CUDA (nothing gained on CPUs); its first steps compile.
+    compile: bool = False
 
 
 @dataclass
@@ -561,6 +563,7 @@ CHECKS: dict[str, Check] = {
         None if v is None or isinstance(v, bool) else "true, false or null (on CUDA only)"
     ),
     "run.report_to": each(choice("tensorboard", "mlflow"), unique=True),
+    "run.compile": is_bool,
     "recon_images": number(0),
     "probe_split": text(optional=True),
     "probe_every": POSITIVE_INT,

@@ -46,7 +46,8 @@ def main(data: Path, split: Path, pack: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "sha256"])
         writer.writerows(
-            [str(Path(it.relpath).with_suffix(".jpg")), it.label, it.split, h] for it, h in zip(kept, hashes)
+            [str(Path(it.relpath).with_suffix(".jpg")), it.label, it.split, h]
+            for it, h in zip(kept, hashes, strict=False)
         )
     print(f"packed {len(jobs)} images ({len(kept)} WBC train/val) into {pack}")
 

@@ -80,7 +80,8 @@ def main() -> None:
     per_epoch = max((seen[r][3] - seen[r][1]) / 2 for r in runs)
     epochs = int(min(1000, max(20, BUDGET / per_epoch)))
     print(
-        f"calibration: {per_epoch:.2f} s per epoch with {len(runs)} runs sharing the device -> {epochs} epochs",
+        f"calibration: {per_epoch:.2f} s per epoch with {len(runs)} runs sharing the device "
+        f"-> {epochs} epochs",
         flush=True,
     )
 
@@ -98,7 +99,8 @@ def main() -> None:
         if history:
             last = history[-1]
             print(
-                f"{r}: epochs {len(history)}, val_loss {float(last['val_loss']):.4f}, knn {last.get('knn_macro_f1')}, probe {last.get('probe_macro_f1')}"
+                f"{r}: epochs {len(history)}, val_loss {float(last['val_loss']):.4f}, "
+                f"knn {last.get('knn_macro_f1')}, probe {last.get('probe_macro_f1')}"
             )
         with tarfile.open(OUT / f"{r[0]}-{r[1]}.tar.gz", "w:gz") as tar:
             tar.add(f"{folder}.log", arcname=f"{folder.name}/pretrain.log")

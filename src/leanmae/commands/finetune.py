@@ -336,7 +336,7 @@ def run_finetune(
         layer_scale = None
     else:
         add_drop_path(model, opts.drop_path)
-        trained, task = _finetune_task(
+        trained, task = finetune_task(
             model, data, cfg, mean, std, ctx, batch_size, passes, sample_weight, class_weight
         )
         layer_scale = layer_decay_scale(model, opts.layer_decay) if opts.layer_decay < 1 else None
@@ -570,7 +570,7 @@ def _val_metrics(logits: torch.Tensor, y: np.ndarray, labels: list[str]) -> dict
     return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
 
 
-def _finetune_task(
+def finetune_task(
     model: LeanViTClassifier,
     data: LabelledData,
     cfg: FinetuneConfig,
@@ -582,6 +582,10 @@ def _finetune_task(
     sample_weight,
     class_weight,
 ) -> tuple[nn.Module, Task]:
+    """What the engine needs to fine-tune ``model`` on ``data``'s train split: ``passes`` passes of
+    batches per epoch (weighted by ``sample_weight`` if given), augmentation and mixup keyed per image,
+    the (class-weighted) cross-entropy and the validation metrics. Public so that benchmarks time the
+    very task ``run_finetune`` trains."""
     opts, aug, image_size = cfg.classifier, cfg.augment, cfg.model.image_size
     train_idx, classes = data.index["train"], len(data.labels)
 

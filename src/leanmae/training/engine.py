@@ -39,6 +39,7 @@ from leanmae.progress import bar_disabled
 from leanmae.tracking import open_trackers
 from leanmae.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from leanmae.training.distributed import Context, autocast_dtype
+from leanmae.training.losses import CHECK_EVERY, StepLosses
 from leanmae.training.prefetch import Inputs
 
 
@@ -148,11 +149,16 @@ def build_optimizer(
 class TrainStep:
     """One optimizer step exactly as ``fit`` takes it; public so that benchmarks time the engine's own step.
 
-    It owns the DDP wrapper, autocast and the fp16 GradScaler around ``optimizer``: set every group's
-    lr (times its ``lr_scale``); for each micro-batch, the loss under autocast, its value on the host
-    (the non-finite stop, before any backward: a bad loss never reaches the weights), backward of
-    loss / micro-batches (DDP syncs gradients on the last micro-batch only); then unscale, clip, step
-    and zero the gradients.
+    It owns the DDP wrapper, ``torch.compile`` (``compile_model``), autocast and the fp16 GradScaler
+    around ``optimizer``: set every group's lr (times its ``lr_scale``); for each micro-batch, the loss
+    under autocast and backward of loss / micro-batches (DDP syncs gradients on the last micro-batch
+    only); then unscale, clip, step and zero the gradients. Nothing in it waits for the device: the
+    losses stay device tensors, and ``fit`` checks them for non-finite values every few steps
+    (``leanmae.training.losses``).
+
+    ``compile_model`` (``run.compile``) compiles the model with ``torch.compile``; meant for CUDA. It
+    brings nothing on CPUs (measured by the project), and its first steps compile (tens of seconds),
+    which benchmarks exclude from timing as warm-up.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class TrainStep:
         optim: OptimConfig,
         amp: torch.dtype | None,
         ctx: Context,
+        compile_model: bool = False,
     ) -> None:
         self.model, self.optimizer, self.clip_grad, self.amp, self.device = (
             model,
@@ -171,10 +178,10 @@ class TrainStep:
             ctx.device,
         )
         self.distributed = ctx.distributed
-        self.trained = model
+        self.trained = torch.compile(model) if compile_model else model
         if ctx.distributed:
             self.trained = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+                self.trained, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
         self.scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
@@ -184,11 +191,9 @@ class TrainStep:
         inputs: Iterator[Any],
         micro_batches: int,
         lr: float,
-    ) -> list[float]:
+    ) -> list[torch.Tensor]:
         """Train on the next ``micro_batches`` items of ``inputs`` (taken one at a time, so that they
-        can still be in preparation) at learning rate ``lr``; returns their losses.
-
-        Raises ``NonFiniteLossError`` ("loss is nan") before the backward of a non-finite loss.
+        can still be in preparation) at learning rate ``lr``; returns their losses, detached, on the device.
         """
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -199,12 +204,9 @@ class TrainStep:
             with self.trained.no_sync() if not sync else nullcontext():  # type: ignore[operator]
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     batch_loss = loss(self.trained, batch)
-                value = batch_loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(f"loss is {value}")
                 scaled = batch_loss / micro_batches
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            values.append(value)
+            values.append(batch_loss.detach())
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad:
@@ -216,6 +218,25 @@ class TrainStep:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return values
+
+
+def checked_losses(pending: StepLosses, epoch: int, out_dir: Path) -> list[float]:
+    """The loss of each pending step (the sum of its micro-batches, as ``train_loss`` adds them up).
+
+    Raises ``NonFiniteLossError`` naming the first step whose loss is NaN or infinite; nothing has been
+    saved since the last checkpoint, which the message points to.
+    """
+    sums = []
+    for step, values in pending.read():
+        for value in values:
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss is {value} at epoch {epoch + 1}, step {step}; the last checkpoint in "
+                    f"{out_dir / 'checkpoints'} is intact. "
+                    "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
+                )
+        sums.append(sum(values))
+    return sums
 
 
 def fit(
@@ -252,7 +273,7 @@ def fit(
         if ctx.is_main:
             print(f"resuming from {checkpoints[-1]} (epoch {start_epoch} of {optim.epochs} done)")
 
-    train_step = TrainStep(model, optimizer, optim, amp, ctx)
+    train_step = TrainStep(model, optimizer, optim, amp, ctx, compile_model=run.compile)
     trackers = open_trackers(run.report_to, out_dir, start_epoch * steps_per_epoch) if ctx.is_main else None
 
     started = time.perf_counter()
@@ -262,7 +283,7 @@ def fit(
         )  # dropout / drop path; data randomness is keyed per image
         batches = task.batches(epoch)
         train_step.trained.train()
-        epoch_start, loss_sum = time.perf_counter(), 0.0
+        epoch_start, loss_sum, pending = time.perf_counter(), 0.0, StepLosses()
         step = epoch * steps_per_epoch
         bar = tqdm(
             total=len(batches),
@@ -281,17 +302,15 @@ def fit(
             for group_start in range(0, len(batches), optim.accum_steps):
                 micro_batches = len(batches[group_start : group_start + optim.accum_steps])
                 lr = lr_at(step, peak_lr, optim, steps_per_epoch)
-                try:
-                    values = train_step(task.loss, inputs, micro_batches, lr)
-                except NonFiniteLossError as err:
-                    raise NonFiniteLossError(
-                        f"{err} at epoch {epoch + 1}, step {step}; the last checkpoint in {out_dir / 'checkpoints'} is intact. "
-                        "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
-                    ) from None
-                loss_sum += sum(values)
+                pending.add(step, train_step(task.loss, inputs, micro_batches, lr))
                 bar.update(micro_batches)
-                bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
                 step += 1
+                if len(pending) >= CHECK_EVERY or group_start + optim.accum_steps >= len(batches):
+                    # The loop's only host synchronisation: every CHECK_EVERY steps and at the epoch's end.
+                    losses = checked_losses(pending, epoch, out_dir)
+                    for value in losses:  # one at a time, as before: the same float sum, the same history
+                        loss_sum += value
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         data_time = (
             inputs.waited
         )  # the time steps waited for their inputs: all of prepare without prefetching
