@@ -16,7 +16,10 @@ from leanmae import __version__
 from leanmae.config import preset_names
 from leanmae.errors import USER_ERRORS
 
-EPILOG = "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 --set model.mask_ratio=0.5."
+EPILOG = (
+    "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 "
+    "--set model.mask_ratio=0.5."
+)
 
 
 def _training_options(parser: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
@@ -34,7 +37,8 @@ def _training_options(parser: argparse.ArgumentParser, default_preset: str = "cp
     )
     parser.add_argument(
         "--config",
-        help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, finetune)",
+        help="YAML file overriding the preset (sections: model, data, augment, optim, run, pretrain, "
+        "finetune)",
     )
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides the preset)")
     parser.add_argument(
@@ -90,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="DIR[:CLASSES]",
-        help="image folder, searched recursively, or a MedMNIST PATH.npz (its train images); repeatable; DIR:a,b keeps only classes a and b",
+        help="image folder, searched recursively, or a MedMNIST PATH.npz (its train images); repeatable; "
+        "DIR:a,b keeps only classes a and b",
     )
     p.add_argument(
         "--init",
@@ -99,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probe",
         metavar="SPLIT.csv",
-        help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images while pretraining",
+        help="score the frozen encoder (kNN, linear probe) on this split manifest's labelled val images "
+        "while pretraining",
     )
     _data_options(p)
     _training_options(p)
@@ -124,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "data",
-        help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test split is kept)",
+        help="folder with one subfolder per class, or a MedMNIST .npz file (its official train/val/test "
+        "split is kept)",
     )
     p.add_argument(
         "--classes",
-        help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required for a folder; default for .npz: all)",
+        help="comma-separated classes, e.g. basophil,eosinophil,lymphocyte,monocyte,neutrophil (required "
+        "for a folder; default for .npz: all)",
     )
     p.add_argument("--out", required=True, help="manifest CSV to write (path, label, split, sha256, root)")
     p.add_argument("--ratios", default="0.7,0.1,0.2", help="train,val,test shares (default 0.7,0.1,0.2)")
@@ -153,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         default="scratch",
-        help="scratch (default), a pretraining run folder, an MAE model folder, or a local transformers ViT/ViT-MAE folder",
+        help="scratch (default), a pretraining run folder, an MAE model folder, or a local transformers "
+        "ViT/ViT-MAE folder",
     )
     p.add_argument(
         "--linear-probe",
@@ -167,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ood",
         action="append",
         metavar="DIR[:CLASSES]",
-        help="images of classes never trained on (e.g. pbc:erythroblast,ig,platelet) for the out-of-distribution report and flag; repeatable",
+        help="images of classes never trained on (e.g. pbc:erythroblast,ig,platelet) for the "
+        "out-of-distribution report and flag; repeatable",
     )
     p.add_argument(
         "--data-root",
@@ -183,14 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="score a trained classifier on a subset of a split or on any labelled image folder (e.g. another lab's)",
+        help="score a trained classifier on a subset of a split or on any labelled image folder (e.g. "
+        "another lab's)",
     )
     p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", help="split manifest")
     source.add_argument(
         "--data",
-        help="labelled image folder: one subfolder per class, named as the model's classes (case ignored; a subset of them is fine)",
+        help="labelled image folder: one subfolder per class, named as the model's classes (case ignored; "
+        "a subset of them is fine)",
     )
     p.add_argument(
         "--subset",
@@ -200,18 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        help="folder for metrics.json, predictions.csv and confusion_matrix.png (default: RUN/evaluate-SUBSET or RUN/evaluate-FOLDERNAME)",
+        help="folder for metrics.json, predictions.csv and confusion_matrix.png (default: "
+        "RUN/evaluate-SUBSET or RUN/evaluate-FOLDERNAME)",
     )
     p.add_argument("--data-root", help="image folder the manifest's paths are relative to")
     p.add_argument(
         "--shifts",
         action="store_true",
-        help="the robustness benchmark instead: macro-F1 under stain, colour and zoom shifts (robustness.json)",
+        help="the robustness benchmark instead: macro-F1 under stain, colour and zoom shifts "
+        "(robustness.json)",
     )
     p.add_argument(
         "--shift-reference",
         metavar="FOLDER",
-        help="with --shifts: images whose colours the colour-transfer shift aims at (default: built-in LC25000 lung)",
+        help="with --shifts: images whose colours the colour-transfer shift aims at (default: built-in "
+        "LC25000 lung)",
     )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
@@ -261,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "study",
-        help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, report",
+        help="the label-efficiency study: pretrain once, split once, fine-tune fractions x arms x seeds, "
+        "report",
     )
     p.add_argument(
         "--out", required=True, help="study folder (rerun the same command to continue an interrupted study)"
@@ -282,23 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ood-data",
         action="append",
         metavar="DIR[:CLASSES]",
-        help="images of classes never trained on, for out-of-distribution AUROC (e.g. pbc:erythroblast,ig,platelet); repeatable",
+        help="images of classes never trained on, for out-of-distribution AUROC (e.g. "
+        "pbc:erythroblast,ig,platelet); repeatable",
     )
     p.add_argument(
         "--pool",
         choices=["other", "in-domain"],
-        help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train split's images, unlabelled",
+        help="other: only --pretrain-data (the seed's setting, default); in-domain: also the train "
+        "split's images, unlabelled",
     )
     p.add_argument(
         "--external",
         action="append",
         metavar="DIR",
-        help="another lab's labelled folder (class subfolders named as --classes) every run is also scored on; repeatable",
+        help="another lab's labelled folder (class subfolders named as --classes) every run is also "
+        "scored on; repeatable",
     )
     p.add_argument(
         "--shift-reference",
         metavar="DIR",
-        help="images whose colours the robustness benchmark's colour transfer aims at (default: built-in LC25000 lung)",
+        help="images whose colours the robustness benchmark's colour transfer aims at (default: built-in "
+        "LC25000 lung)",
     )
     p.add_argument("--preset", choices=preset_names(), help="preset of every run (default cpu)")
     p.add_argument("--fractions", help="label fractions, comma-separated (default 0.01,0.1,0.5,1.0)")
@@ -309,13 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--arms",
-        help="comma-separated: scratch, mae (the --pool's MAE), mae-in-domain, mae-other, mae-linear, hf:FOLDER (default scratch,mae)",
+        help="comma-separated: scratch, mae (the --pool's MAE), mae-in-domain, mae-other, mae-linear, "
+        "hf:FOLDER (default scratch,mae)",
     )
     p.add_argument(
         "--mae",
         action="append",
         metavar="[POOL=]FOLDER",
-        help="use this MAE instead of pretraining one: FOLDER for the --pool's, in-domain=FOLDER or other=FOLDER; repeatable",
+        help="use this MAE instead of pretraining one: FOLDER for the --pool's, in-domain=FOLDER or "
+        "other=FOLDER; repeatable",
     )
     p.add_argument("--pretrain-epochs", type=int, help="MAE epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default: the preset's)")
@@ -350,13 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--arm-set",
         action="append",
         metavar="ARM:KEY=VALUE",
-        help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each arm its own recipe); repeatable",
+        help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each "
+        "arm its own recipe); repeatable",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument(
         "--target",
         type=float,
-        help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with all labels)",
+        help="macro-F1 the report's labels-needed answer aims at (default: 95 %% of scratch's score with "
+        "all labels)",
     )
     p.set_defaults(func="study")
 

@@ -64,10 +64,10 @@ class DataConfig:
     val_fraction: float = 0.05
     skip_bad: bool = False
     workers: int = 2  # decoding processes when the cache is built
-    stain_norm: str = "none"  # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
-    cell_crop: float | None = (
-        None  # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
-    )
+    # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
+    stain_norm: str = "none"
+    # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
+    cell_crop: float | None = None
 
 
 @dataclass
@@ -120,9 +120,9 @@ class RunConfig:
     )
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     progress: bool = True
-    prefetch: bool | None = (
-        None  # prepare the next batch on a background thread while a step trains (same results either way); None: on CUDA only
-    )
+    # prepare the next batch on a background thread while a step trains (same results either way);
+    # None: on CUDA only
+    prefetch: bool | None = None
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"]
     )  # experiment trackers: tensorboard, mlflow (leanmae.tracking)
@@ -154,11 +154,14 @@ class ClassifierOptions:
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off (the default: it hurts at 1 % of the labels)
     cutmix: float = 0.0
     layer_decay: float = 0.75
-    balance: str = "sqrt"  # sqrt (loss weights 1/sqrt(class count)) | loss (1/count) | sampler (class-balanced sampling) | none
+    # sqrt (loss weights 1/sqrt(class count)) | loss (1/count) | sampler (class-balanced sampling) | none
+    balance: str = "sqrt"
     select: str = (
         "last"  # keep the last epoch, or val_macro_f1 (the best epoch on the run's validation images)
     )
-    val: str = "honest"  # honest: the run's share of the val split (as many as its label fraction, nested, >= 2 per class) | full: all of it (uses more labels than the budget)
+    # honest: the run's share of the val split (as many as its label fraction, nested, >= 2 per class) |
+    # full: all of it (uses more labels than the budget)
+    val: str = "honest"
     temperature_prior: float | None = (
         0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
     )
@@ -252,7 +255,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``"optim.base_lr=0.001"`` -> ``{"optim": {"base_lr": 0.001}}`` (value parsed as YAML; typed fields convert it)."""
+    """``"optim.base_lr=0.001"`` -> ``{"optim": {"base_lr": 0.001}}`` (value parsed as YAML; typed fields
+    convert it)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
@@ -260,7 +264,8 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(
-            f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example {key}='...'"
+            f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example "
+            f"{key}='...'"
         ) from None
     nested: dict[str, Any] = {}
     cursor = nested
@@ -285,7 +290,8 @@ def _expand_model_size(layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(cls: type, layers: list[dict[str, Any]], checks: dict[str, Check] | None = None) -> Any:
-    """Merge ``layers`` (first = lowest priority) into a ``cls`` instance whose values pass ``checks`` (default: CHECKS)."""
+    """Merge ``layers`` (first = lowest priority) into a ``cls`` instance whose values pass ``checks``
+    (default: CHECKS)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = merge(merged, _expand_model_size(layer))
@@ -483,14 +489,18 @@ def each(inner: Check, unique: bool = False, non_empty: bool = False) -> Check:
             if problem:
                 return f"{item!r}: {problem}"
         if unique and len(set(v)) != len(v):
-            return f"values repeat ({', '.join(map(str, sorted({x for x in v if v.count(x) > 1})))}); give each once"
+            return (
+                f"values repeat ({', '.join(map(str, sorted({x for x in v if v.count(x) > 1})))}); give "
+                "each once"
+            )
         return None
 
     return check
 
 
 def text(optional: bool = False, missing: str = "must not be empty") -> Check:
-    """A non-empty string (a path, a name); ``optional`` also accepts None; ``missing`` says what to give instead."""
+    """A non-empty string (a path, a name); ``optional`` also accepts None; ``missing`` says what to give
+    instead."""
     return lambda v: None if (v is None and optional) or (isinstance(v, str) and v.strip()) else missing
 
 
@@ -689,7 +699,9 @@ class StudyConfig:
     )  # images of classes never trained on, for the OOD report
     external: list[str] = field(default_factory=list)  # other labs' labelled folders, scored by every run
     shift_reference: str | None = None  # the robustness colour transfer's target images (None: built-in)
-    pool: str = "other"  # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train split, unlabelled
+    # the "mae" arm's pool. other: only --pretrain-data (the seed's setting) | in-domain: also the train
+    # split, unlabelled
+    pool: str = "other"
     preset: str = "cpu"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

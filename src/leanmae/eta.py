@@ -1,11 +1,11 @@
 """The whole-study ETA: a cost for every job before it runs, and seconds per unit cost learned per kind.
 
-A bar over runs averages one long MAE pretraining with many short fine-tunes, so its rate (and its
-ETA) means nothing. Here a job's cost is the number of images it handles (mostly epochs x images
-per epoch), known from its config and data before it starts; the seconds per image are learned separately for
-pretraining and fine-tuning from the jobs that finished in this call (a kind with none yet borrows
-the other's rate; with no finished job there is no ETA). Costs are approximate: evaluation,
-start-up and the linear probe's cheaper steps are modelled coarsely or not at all; the estimate sharpens as jobs finish.
+A bar over runs averages one long MAE pretraining with many short fine-tunes, so its rate (and its ETA) means
+nothing. Here a job's cost is the number of images it handles (mostly epochs x images per epoch), known from
+its config and data before it starts; the seconds per image are learned separately for pretraining and
+fine-tuning from the jobs that finished in this call (a kind with none yet borrows the other's rate; with no
+finished job there is no ETA). Costs are approximate: evaluation, start-up and the linear probe's cheaper
+steps are modelled coarsely or not at all; the estimate sharpens as jobs finish.
 """
 
 from __future__ import annotations

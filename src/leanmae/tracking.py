@@ -116,7 +116,8 @@ class Trackers:
 
 
 def open_trackers(report_to: list[str], out_dir: Path, start_step: int) -> Trackers:
-    """The trackers named in ``run.report_to`` for the run in ``out_dir``; TensorBoard purges events past ``start_step`` (resume)."""
+    """The trackers named in ``run.report_to`` for the run in ``out_dir``; TensorBoard purges events past
+    ``start_step`` (resume)."""
     check_report_to(report_to)
     makers = {
         "tensorboard": lambda: TensorBoardTracker(out_dir, start_step),
@@ -154,7 +155,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def mlflow_run_id(out_dir: Path, client: Any) -> str:
-    """The MLflow run of ``out_dir``: the one recorded there (resume), or a new one with the run's config as params."""
+    """The MLflow run of ``out_dir``: the one recorded there (resume), or a new one with the run's config as
+    params."""
     record = Path(out_dir) / MLFLOW_RUN_FILE
     if record.exists():
         return json.loads(record.read_text())["run_id"]
@@ -220,7 +222,8 @@ def finish_run(out_dir: Path, report_to: list[str], results: dict[str, Any]) -> 
 
 
 def study_report_to(sets: list[str]) -> list[str]:
-    """The trackers a study's runs report to, from its ``--set run.report_to=...`` overrides (default: TensorBoard)."""
+    """The trackers a study's runs report to, from its ``--set run.report_to=...`` overrides (default:
+    TensorBoard)."""
     from leanmae.config import parse_override
 
     wanted = ["tensorboard"]

@@ -1,4 +1,5 @@
-"""``leanmae evaluate``: score a trained classifier on a split's subset or on another lab's labelled folder."""
+"""``leanmae evaluate``: score a trained classifier on a split's subset or on another lab's labelled
+folder."""
 
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def evaluate(
         f"{name}: {split or data}",
     )
     print(
-        f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} images of {len(present)} classes; wrote {target}"
+        f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} "
+        f"images of {len(present)} classes; wrote {target}"
     )
     return report
 

@@ -96,7 +96,9 @@ def export(
             "working_size": working_size(size, extra.get("cache_size")),
             "image_mean": mean,
             "image_std": std,
-            "input": f"pixel_values float32 (N, 3, {size}, {size}): RGB centre-cropped to a square, resized to working_size (bicubic), then to image_size (bilinear), scaled to [0, 1], normalised with image_mean / image_std",
+            "input": f"pixel_values float32 (N, 3, {size}, {size}): RGB centre-cropped to a square, resized "
+            "to working_size (bicubic), then to image_size (bilinear), scaled to [0, 1], normalised "
+            "with image_mean / image_std",
             "temperature": extra.get("temperature", 1.0),
             "refer_threshold": extra.get("refer_threshold"),
             "energy_threshold": extra.get("energy_threshold"),
@@ -112,10 +114,12 @@ def export(
     diff = float(np.abs(got - expected).max())
     if diff > tolerance:
         raise RuntimeError(
-            f"ONNX export of {folder}: onnxruntime differs from PyTorch by {diff:.2e} (> {tolerance:g}); nothing written"
+            f"ONNX export of {folder}: onnxruntime differs from PyTorch by {diff:.2e} (> "
+            f"{tolerance:g}); nothing written"
         )
     write_atomic(Path(onnx), data)
     print(
-        f"wrote {onnx}: {len(labels)} classes, input (N, 3, {size}, {size}); onnxruntime matches PyTorch to {diff:.1e}"
+        f"wrote {onnx}: {len(labels)} classes, input (N, 3, {size}, {size}); onnxruntime matches "
+        f"PyTorch to {diff:.1e}"
     )
     return {**metadata, "max_abs_diff": diff}

@@ -182,7 +182,8 @@ def load_labelled(
     labels = sorted({it.label for it in items})
     if len(labels) < 2:
         raise DataError(
-            f"{split_path}: the manifest lists images of a single class ({labels[0]}); a classification task needs at least two classes"
+            f"{split_path}: the manifest lists images of a single class ({labels[0]}); a "
+            "classification task needs at least two classes"
         )
     chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
     if cfg.classifier.val == "honest":
@@ -215,7 +216,8 @@ def load_labelled(
         missing = set(range(len(labels))) - set(y[idx].tolist())
         if missing:
             raise DataError(
-                f"{split_path}: the {name} images lack class(es) {', '.join(labels[m] for m in sorted(missing))}"
+                f"{split_path}: the {name} images lack class(es) "
+                f"{', '.join(labels[m] for m in sorted(missing))}"
             )
     return LabelledData(root, items, labels, cache, y, index, spec)
 
@@ -343,8 +345,10 @@ def run_finetune(
 
     if ctx.is_main:
         print(
-            f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: {len(train_idx)} training images "
-            f"({fraction:g} of train, per class {dict(zip(labels, class_counts.tolist(), strict=True))}), {len(data.index['val'])} val ({opts.val}), {len(data.index['test'])} test; "
+            f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: "
+            f"{len(train_idx)} training images ({fraction:g} of train, per class "
+            f"{dict(zip(labels, class_counts.tolist(), strict=True))}), {len(data.index['val'])} val "
+            f"({opts.val}), {len(data.index['test'])} test; "
             f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
         write_run_info(
@@ -416,7 +420,8 @@ def run_finetune(
         finish_run(out, cfg.run.report_to, metrics)
         t = metrics["test"]
         print(
-            f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch {metrics['selected_epoch']}); results in {out}"
+            f"test: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f} (model of epoch "
+            f"{metrics['selected_epoch']}); results in {out}"
         )
     ctx.barrier()
     return metrics

@@ -41,7 +41,8 @@ def _load(item: Any) -> np.ndarray:
 def _decoded_batches(
     items: list[Any], spec: DecodeSpec, batch_size: int, skip_bad: bool, errors: dict[int, str]
 ) -> Iterator[np.ndarray]:
-    """Stream images decoded as in training (``finish_image``) in batches, so that thousands of files never sit in memory at once."""
+    """Stream images decoded as in training (``finish_image``) in batches, so that thousands of files never
+    sit in memory at once."""
     batch: list[np.ndarray] = []
     for i, item in enumerate(items):
         try:
@@ -61,7 +62,8 @@ def _decoded_batches(
 
 
 def _expand(inputs: Any) -> tuple[list[Any], list[str]]:
-    """Inputs as a flat list (folders searched recursively) and their names (paths, or ``image N`` for in-memory images)."""
+    """Inputs as a flat list (folders searched recursively) and their names (paths, or ``image N`` for
+    in-memory images)."""
     single = isinstance(inputs, (str, Path, Image.Image, np.ndarray))
     items, names = [], []
     for i, item in enumerate([inputs] if single else list(inputs)):
@@ -84,7 +86,8 @@ def _rows(
     columns: dict[str, list[Any]],
     errors: dict[int, str],
 ) -> list[dict[str, Any]]:
-    """One dict per image: the CSV's columns with numbers as floats, flags as booleans, None where a file was unreadable."""
+    """One dict per image: the CSV's columns with numbers as floats, flags as booleans, None where a file was
+    unreadable."""
     rows = []
     for i, name in enumerate(names):
         blank = i in errors
@@ -171,6 +174,7 @@ def predict(
     referred = sum(1 for flag in columns["refer"] if flag)
     flagged = sum(1 for flag in columns["ood"] if flag)
     print(
-        f"wrote {out}: {len(items)} images, {referred} to refer to an expert, {flagged} flagged out-of-distribution, {len(errors)} unreadable"
+        f"wrote {out}: {len(items)} images, {referred} to refer to an expert, {flagged} flagged "
+        f"out-of-distribution, {len(errors)} unreadable"
     )
     return Path(out)

@@ -115,7 +115,8 @@ def pretrain(
 
 @dataclass
 class Pool:
-    """The decoded pool and its fixed train / validation division (by source file, so tiles of one slide stay together)."""
+    """The decoded pool and its fixed train / validation division (by source file, so tiles of one slide stay
+    together)."""
 
     cache: ImageCache
     train: np.ndarray
@@ -134,7 +135,8 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     if len(usable) < 2:
         raise DataError(
             f"pretraining needs at least two usable image files (one is held out for the validation loss), "
-            f"found {len(usable)} of {len(cache.records)} ({len(cache.skipped)} bad, {len(cache.untiled)} without a tile)"
+            f"found {len(usable)} of {len(cache.records)} ({len(cache.skipped)} bad, "
+            f"{len(cache.untiled)} without a tile)"
         )
     n_val = min(len(usable) - 1, max(1, round(val_fraction * len(usable))))
     order = np.random.default_rng(20220511).permutation(len(cache.records))
@@ -274,9 +276,10 @@ def run_pretrain(
     lr = absolute_lr(optim, ctx.world_size)
     if ctx.is_main:
         print(
-            f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), {len(cache.skipped)} bad files skipped, "
-            f"{len(cache.untiled)} files without a tile; "
-            f"device {ctx.device} x {ctx.world_size} process(es); effective batch {effective_batch(optim, ctx.world_size)} -> {lr_rule(optim, ctx.world_size)}"
+            f"pretraining on {len(pool.train)} images ({len(pool.val)} held out for validation), "
+            f"{len(cache.skipped)} bad files skipped, {len(cache.untiled)} files without a tile; "
+            f"device {ctx.device} x {ctx.world_size} process(es); effective batch "
+            f"{effective_batch(optim, ctx.world_size)} -> {lr_rule(optim, ctx.world_size)}"
         )
         if cache.untiled:
             print(
@@ -342,7 +345,8 @@ def run_pretrain(
         write_card(out / "model")
         finish_run(out, cfg.run.report_to, summary)
         print(
-            f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model in {out / 'model'}"
+            f"done: val loss {first:.4f} -> {last:.4f} ({summary['val_loss_drop']:.0%} lower); model "
+            f"in {out / 'model'}"
         )
     ctx.barrier()
     return summary

@@ -126,12 +126,14 @@ def given_maes(cfg: StudyConfig) -> dict[str, Path]:
 
 
 def pretrain_folder(out: Path, pool: str, cfg: StudyConfig) -> Path:
-    """Where the study pretrains a pool's MAE: pretrain/ for the study's --pool (as before), pretrain-POOL/ otherwise."""
+    """Where the study pretrains a pool's MAE: pretrain/ for the study's --pool (as before), pretrain-POOL/
+    otherwise."""
     return out / "pretrain" if pool == cfg.pool else out / f"pretrain-{pool}"
 
 
 def plan(cfg: StudyConfig, out: Path) -> list[Job]:
-    """The study's jobs: an MAE pretraining per pool the arms need (unless given), then the fine-tuning grid."""
+    """The study's jobs: an MAE pretraining per pool the arms need (unless given), then the fine-tuning
+    grid."""
     jobs: list[Job] = []
     common = {"preset": cfg.preset, "set": list(cfg.set), "progress": False}
     maes, waits = given_maes(cfg), {}
@@ -141,7 +143,8 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         sources = list(cfg.pretrain_data) + ([str(out / "split.csv")] if pool == "in-domain" else [])
         if not sources:
             raise ConfigError(
-                f"the study pretrains an MAE on the {pool!r} pool but no --pretrain-data was given (or pass --mae {pool}=CHECKPOINT)"
+                f"the study pretrains an MAE on the {pool!r} pool but no --pretrain-data was given "
+                f"(or pass --mae {pool}=CHECKPOINT)"
             )
         maes[pool] = pretrain_folder(out, pool, cfg)
         waits[pool] = maes[pool].name
@@ -203,7 +206,8 @@ def pool_images(sources: list[str]) -> int:
 
 
 def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
-    """Each job's cost for the study's ETA (see leanmae.eta): images handled, from its resolved config and the data."""
+    """Each job's cost for the study's ETA (see leanmae.eta): images handled, from its resolved config and the
+    data."""
     _, items = read_manifest(out / "split.csv")
     train = sum(item.split == "train" for item in items)
     costs = {}
@@ -258,7 +262,10 @@ def _launch_local(job: Job) -> int:
     """One job as a child process with one torch thread; its output goes to runs/<name>.log."""
     job.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    code = "import json, sys; from leanmae.commands.study import run_child; run_child(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))"
+    code = (
+        "import json, sys; from leanmae.commands.study import run_child; run_child(int(sys.argv[1]), "
+        "sys.argv[2], json.loads(sys.argv[3]))"
+    )
     args = [sys.executable, "-c", code, str(os.getpid()), job.command, json.dumps(_with_resume(job))]
     with open(job.out.parent / f"{job.out.name}.log", "a") as log:
         return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -378,7 +385,8 @@ def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
             for job in later:
                 submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
     print(
-        f"submitted {len(submitted)} job(s): {', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}"
+        f"submitted {len(submitted)} job(s): "
+        f"{', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}"
     )
     if not cfg.wait:
         return {**state, **{j.name: "submitted" for j, _ in submitted}}
@@ -474,7 +482,8 @@ def study(
         )
         if changed:
             raise OutputFolderError(
-                f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out (growing fractions, seeds or arms is fine)"
+                f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out "
+                "(growing fractions, seeds or arms is fine)"
             )
     elif out.exists() and any(out.iterdir()):
         raise OutputFolderError(
@@ -501,11 +510,13 @@ def study(
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
     print(
-        f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished ({time.time() - started:.0f} s this call); report {report}"
+        f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished "
+        f"({time.time() - started:.0f} s this call); report {report}"
     )
     if failed:
         raise RuntimeError(
-            f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same command to continue"
+            f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same "
+            "command to continue"
         )
     return states
 

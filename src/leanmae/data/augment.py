@@ -1,9 +1,9 @@
 """Augmentation on whole batches of tensors, on the training device.
 
-RandomResizedCrop and both flips are one affine transform per image; ``affine_grid`` +
-``grid_sample`` apply a whole batch of them in a single call, with no per-image Python work
-and no PIL round trip. The random draws are keyed by (seed, epoch, image), so a resumed run
-sees exactly the augmentations an uninterrupted run would have seen, and DDP processes see what one process would.
+RandomResizedCrop and both flips are one affine transform per image; ``affine_grid`` + ``grid_sample`` apply a
+whole batch of them in a single call, with no per-image Python work and no PIL round trip. The random draws
+are keyed by (seed, epoch, image), so a resumed run sees exactly the augmentations an uninterrupted run would
+have seen, and DDP processes see what one process would.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def normalize(
 def dataset_stats(
     images: np.ndarray, indices: np.ndarray, limit: int = 2000, seed: int = 0
 ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (up to ``limit`` of) the cached uint8 ``images[indices]``, in [0, 1] units."""
+    """Per-channel mean and std of (up to ``limit`` of) the cached uint8 ``images[indices]``, in [0, 1]
+    units."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(indices, size=min(limit, len(indices)), replace=False))
     pixels = np.asarray(images[pick], dtype=np.float64).reshape(-1, 3) / 255.0

@@ -60,7 +60,8 @@ _KEYED_WHEN_SET = (
 
 
 def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
-    """One decoded image (or tile) as the model sees it: cell-centred crop, square resize, stain normalisation."""
+    """One decoded image (or tile) as the model sees it: cell-centred crop, square resize, stain
+    normalisation."""
     if spec.cell_crop:
         region = cell_centred_crop(region, spec.cell_crop)
     square = square_resize(region, spec.size)
@@ -68,7 +69,8 @@ def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
 
 
 def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit: int = 64) -> DecodeSpec:
-    """``spec`` with the stain reference of ``method`` taken from (up to ``limit``, a fixed choice of) the training images."""
+    """``spec`` with the stain reference of ``method`` taken from (up to ``limit``, a fixed choice of) the
+    training images."""
     if method == "none":
         return spec
     pick = np.sort(np.random.default_rng(0).permutation(len(training))[:limit])
@@ -115,7 +117,8 @@ def spec_from_extras(extra: dict[str, Any], image_size: int) -> DecodeSpec:
 def _decode_file(
     path: str, spec: DecodeSpec
 ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]] | str:
-    """Worker: tiles of one file, finished as the model sees them; a bad file returns its error message instead."""
+    """Worker: tiles of one file, finished as the model sees them; a bad file returns its error message
+    instead."""
     try:
         rgb = decode_rgb(path)
     except BadImageError as err:

@@ -21,7 +21,8 @@ _MIN_AREA = 0.002  # a blob under this share of the image is noise, not a nucleu
 
 
 def find_nucleus(rgb: np.ndarray) -> tuple[float, float, float, np.ndarray] | None:
-    """(centre row, centre column, extent, background colour) of the largest nucleus, in ``rgb``'s pixels; None if none is found.
+    """(centre row, centre column, extent, background colour) of the largest nucleus, in ``rgb``'s pixels;
+    None if none is found.
 
     ``extent`` is the longer side of the blob's bounding box; the background colour is the
     median of the pixels outside the haematoxylin-rich class (to pad crops that leave the image).

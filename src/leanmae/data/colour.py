@@ -37,7 +37,8 @@ def colour_active(aug: AugmentConfig) -> bool:
 def augment_colour(
     images: torch.Tensor, aug: AugmentConfig, seed: int, epoch: int, ids: np.ndarray
 ) -> torch.Tensor:
-    """The configured perturbations of a (B, 3, H, W) [0, 1] batch, drawn per image id; unchanged when all are off.
+    """The configured perturbations of a (B, 3, H, W) [0, 1] batch, drawn per image id; unchanged when all are
+    off.
 
     Order: HED stain perturbation, brightness, contrast, saturation, hue, blur (fixed, so that a
     draw means the same thing in every batch). The result stays in [0, 1].
@@ -67,7 +68,8 @@ def augment_colour(
 
 
 def hed_perturb(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Tellez's HED augmentation: each stain's optical density becomes ``density * scale + shift`` (per image, (B, 3) each).
+    """Tellez's HED augmentation: each stain's optical density becomes ``density * scale + shift`` (per image,
+    (B, 3) each).
 
     Optical density is -ln(RGB); it is projected onto the haematoxylin, eosin and DAB stain
     vectors of Ruifrok and Johnston (scikit-image's matrices), changed, and projected back.

@@ -51,7 +51,8 @@ def is_npz(source: str | Path) -> bool:
 
 
 def class_names(path: Path, count: int) -> list[str]:
-    """Names of the ``count`` classes: MedMNIST's own for a known data set (by file name), else class_0, class_1, ..."""
+    """Names of the ``count`` classes: MedMNIST's own for a known data set (by file name), else class_0,
+    class_1, ..."""
     for flag, names in CLASS_NAMES.items():
         if path.name.lower().startswith(flag) and len(names) >= count:
             return names
@@ -80,7 +81,8 @@ def _labels(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> n
     flat = labels.reshape(len(labels), -1)
     if flat.shape[1] != 1:
         raise DataError(
-            f"{path}: {split}_labels has {flat.shape[1]} labels per image (multi-label); leanmae needs one class per image"
+            f"{path}: {split}_labels has {flat.shape[1]} labels per image (multi-label); leanmae "
+            "needs one class per image"
         )
     if len(flat) != len(images) or images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{path}: {split}_images must be uint8 (N, H, W[, 3]) with one label each")
@@ -113,7 +115,8 @@ def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
 def official_split(
     path: str | Path, classes: list[str] | None = None, cache_dir: str | Path | None = None
 ) -> tuple[Path, list[Item]]:
-    """(root, manifest items) of the file's own train / val / test split, keeping only ``classes`` (default: all)."""
+    """(root, manifest items) of the file's own train / val / test split, keeping only ``classes`` (default:
+    all)."""
     root = unpack(path, cache_dir)
     present = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     chosen = classes or present
@@ -134,7 +137,8 @@ def official_split(
 
 
 def pool_folders(source: str) -> tuple[Path, list[str] | None]:
-    """``PATH.npz[:classes]`` as a pretraining source: the unpacked train split (never val or test), optionally a class subset."""
+    """``PATH.npz[:classes]`` as a pretraining source: the unpacked train split (never val or test),
+    optionally a class subset."""
     path, _, classes = source.partition(":")
     root = unpack(path)
     return root / "train", [c.strip() for c in classes.split(",") if c.strip()] or None

@@ -69,7 +69,8 @@ def make_split(
         group = by_class[label]
         if len(group) < 3:
             raise DataError(
-                f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in train, val and test"
+                f"{root / label}: {len(group)} image(s); a class needs at least 3 to appear in "
+                "train, val and test"
             )
         order = _class_rng(seed, label).permutation(
             len(group)
@@ -78,7 +79,8 @@ def make_split(
         n_test = max(1, round(ratios[2] * len(group)))
         if n_val + n_test >= len(group):
             raise DataError(
-                f"{root / label}: {len(group)} images cannot give train, val and test one each with ratios {ratios}"
+                f"{root / label}: {len(group)} images cannot give train, val and test one each with "
+                f"ratios {ratios}"
             )
         for rank, idx in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
@@ -88,7 +90,8 @@ def make_split(
     if conflicts:
         a, b = conflicts[0]
         raise DataError(
-            f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes; remove one of them (or the one that is mislabelled) and split again"
+            f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image "
+            "in two classes; remove one of them (or the one that is mislabelled) and split again"
         )
     return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.relpath))
 
@@ -130,7 +133,8 @@ def read_manifest(path: Path | str, root: Path | str | None = None) -> tuple[Pat
     missing = [c for c in ("path", "label", "split") if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(
-            f"{path}: manifest lacks the column(s) {', '.join(missing)}; expected a header path,label,split[,sha256][,root]"
+            f"{path}: manifest lacks the column(s) {', '.join(missing)}; expected a header "
+            "path,label,split[,sha256][,root]"
         )
     rows = list(reader)
     roots = {row.get("root") or "" for row in rows} - {""}
@@ -145,7 +149,8 @@ def read_manifest(path: Path | str, root: Path | str | None = None) -> tuple[Pat
         rel = PurePosixPath(relpath)
         if not relpath or rel.is_absolute() or ".." in rel.parts:
             raise DataError(
-                f"{path}: path {row['path']!r} (row {line}) leaves the data root; manifest paths must be relative and inside it"
+                f"{path}: path {row['path']!r} (row {line}) leaves the data root; manifest paths "
+                "must be relative and inside it"
             )
         if row["split"] not in SPLITS:
             raise DataError(f"{path}: unknown split {row['split']!r} for {relpath}; use {', '.join(SPLITS)}")
@@ -167,7 +172,8 @@ def check_listing(items: list[Item], where: Path | str) -> None:
             continue
         if seen.label != it.label:
             raise DataError(
-                f"{where}: {it.relpath} is listed with two labels ({seen.label}, {it.label}); give each image one label"
+                f"{where}: {it.relpath} is listed with two labels ({seen.label}, {it.label}); give "
+                "each image one label"
             )
         if seen.split != it.split:
             raise DataError(
@@ -210,19 +216,22 @@ def verify(items: list[Item], root: Path) -> list[Item]:
         digest = file_hash(file)
         if it.sha256 and digest != it.sha256:
             raise DataError(
-                f"{file}: content changed since the split was made (hash mismatch); make a new split or restore the file"
+                f"{file}: content changed since the split was made (hash mismatch); make a new split "
+                "or restore the file"
             )
         hashed.append(Item(it.relpath, it.label, it.split, digest))
     for a, b in content_conflicts(hashed):
         print(
-            f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image in two classes",
+            f"warning: {root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the "
+            "same image in two classes",
             file=sys.stderr,
         )
     return hashed
 
 
 def label_fraction(items: list[Item], fraction: float, seed: int, split: str = "train") -> list[Item]:
-    """The images of one label fraction of ``split``: stratified, nested across fractions, every class present.
+    """The images of one label fraction of ``split``: stratified, nested across fractions, every class
+    present.
 
     With ``split="val"`` this is a run's label-honest validation set: a run that may use 1 % of the
     training labels also sees only 1 % of the validation labels (at least two per class) for

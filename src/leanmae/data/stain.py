@@ -26,7 +26,8 @@ def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reinhard_reference(images: Iterable[np.ndarray]) -> tuple[float, ...]:
-    """The reference of a set of images: the average of their LAB means, then of their LAB stds (6 numbers)."""
+    """The reference of a set of images: the average of their LAB means, then of their LAB stds (6
+    numbers)."""
     stats = [lab_stats(rgb) for rgb in images]
     if not stats:
         raise ValueError("a stain reference needs at least one image")

@@ -461,7 +461,8 @@ def make_synthetic_wbc(out_dir: Path, n_per_class: int = 60, size: int = 96, see
 
 
 def make_synthetic_tiles(out_dir: Path, n: int = 200, size: int = 128, seed: int = 0) -> Path:
-    """Unlabelled smear-field tiles (several red cells, occasional platelets / nucleated cells), out_dir/tile_0000.png ...; returns out_dir.
+    """Unlabelled smear-field tiles (several red cells, occasional platelets / nucleated cells),
+    out_dir/tile_0000.png ...; returns out_dir.
 
     Why: MAE pretraining in the demo needs unlabelled pathology-like images
     with the same stain statistics and cell scale as the labelled set, but

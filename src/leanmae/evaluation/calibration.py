@@ -115,7 +115,8 @@ def selective(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, f
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Negative free energy T * logsumexp(logits / T): higher for inputs like the training data (Liu et al. 2020)."""
+    """Negative free energy T * logsumexp(logits / T): higher for inputs like the training data (Liu et al.
+    2020)."""
     return (
         temperature
         * torch.logsumexp(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=-1).numpy()
@@ -134,7 +135,8 @@ def ood_report(
     temperature: float,
     keep: float = 0.95,
 ) -> dict[str, Any]:
-    """AUROC of MSP and energy for in-distribution test vs OOD images, and the energy threshold that keeps ``keep`` of validation cells."""
+    """AUROC of MSP and energy for in-distribution test vs OOD images, and the energy threshold that keeps
+    ``keep`` of validation cells."""
     inside, outside = ood_scores(in_logits, temperature), ood_scores(out_logits, temperature)
     labels = np.r_[np.ones(len(in_logits)), np.zeros(len(out_logits))]
     threshold = float(np.quantile(energy(val_logits), 1 - keep))

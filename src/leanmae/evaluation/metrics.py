@@ -112,7 +112,8 @@ def write_predictions(
     extra: dict[str, list[Any]] | None = None,
     blank_rows: set[int] | frozenset[int] = frozenset(),
 ) -> None:
-    """predictions.csv: path, [true label], predicted label, confidence, extra columns, probability of every class.
+    """predictions.csv: path, [true label], predicted label, confidence, extra columns, probability of every
+    class.
 
     Rows in ``blank_rows`` (files that could not be read) get no prediction, only their extra columns.
     """

@@ -88,7 +88,8 @@ def trivial_errors(
 def reconstruction_errors(
     model: ViTMAEForPreTraining, pixels: torch.Tensor, ratios: list[float], batch_size: int = 64
 ) -> dict[str, dict[str, float]]:
-    """{ratio: {masked_mse, visible_mse, visible_mean_mse, neighbour_mse}} over ``pixels`` (normalised, B x 3 x H x W).
+    """{ratio: {masked_mse, visible_mse, visible_mean_mse, neighbour_mse}} over ``pixels`` (normalised, B x 3
+    x H x W).
 
     The last two are the trivial predictors' masked-patch errors on the same masks (``trivial_errors``).
     """
@@ -126,7 +127,8 @@ def reconstruction_errors(
 
 
 def trivial_warning(errors: dict[str, dict[str, float]], ratio: float, factor: float = 0.7) -> str | None:
-    """A sentence when the masked error at ``ratio`` is not below ``factor`` x the better trivial predictor."""
+    """A sentence when the masked error at ``ratio`` is not below ``factor`` x the better trivial
+    predictor."""
     row = errors.get(f"{ratio:g}")
     if not row or "neighbour_mse" not in row:
         return None
@@ -134,9 +136,10 @@ def trivial_warning(errors: dict[str, dict[str, float]], ratio: float, factor: f
     if row["masked_mse"] <= factor * best:
         return None
     return (
-        f"the MAE's masked-patch error at mask ratio {ratio:g} ({row['masked_mse']:.3f}) is not below {factor:g} x the better "
-        f"trivial predictor ({best:.3f}: mean colour of the visible patches {row['visible_mean_mse']:.3f}, of the visible "
-        f"neighbours {row['neighbour_mse']:.3f}); it has learned little image structure: pretrain longer or on more images"
+        f"the MAE's masked-patch error at mask ratio {ratio:g} ({row['masked_mse']:.3f}) is not "
+        f"below {factor:g} x the better trivial predictor ({best:.3f}: mean colour of the visible "
+        f"patches {row['visible_mean_mse']:.3f}, of the visible neighbours {row['neighbour_mse']:.3f}); "
+        "it has learned little image structure: pretrain longer or on more images"
     )
 
 

@@ -19,9 +19,10 @@ from leanmae.files import write_atomic
 
 CARD_FILE = "README.md"
 LIMITS = (
-    "Research use only. This model is **not a medical device** and must not be used for diagnosis or to guide treatment. "
-    "It was trained and tested on one data set and split; images from other scanners, stains, magnifications or laboratories "
-    "may be classified worse without warning, and its confidence is calibrated only on this run's validation images."
+    "Research use only. This model is **not a medical device** and must not be used for diagnosis or "
+    "to guide treatment. It was trained and tested on one data set and split; images from other "
+    "scanners, stains, magnifications or laboratories may be classified worse without warning, and "
+    "its confidence is calibrated only on this run's validation images."
 )
 
 
@@ -44,8 +45,9 @@ def _pct(value: float) -> str:
 
 def _architecture(config: dict[str, Any]) -> str:
     return (
-        f"ViT, {config.get('image_size')} px input, patch {config.get('patch_size')}, width {config.get('hidden_size')}, "
-        f"{config.get('num_hidden_layers')} blocks, {config.get('num_attention_heads')} heads"
+        f"ViT, {config.get('image_size')} px input, patch {config.get('patch_size')}, "
+        f"width {config.get('hidden_size')}, {config.get('num_hidden_layers')} blocks, "
+        f"{config.get('num_attention_heads')} heads"
     )
 
 
@@ -59,8 +61,8 @@ def _preprocessing(processor: dict[str, Any], extra: dict[str, Any], image_size:
         f"3. resize to {image_size} x {image_size} px (bilinear, antialiased) and scale to [0, 1];\n"
         f"4. normalise per channel with mean ({mean}) and std ({std});\n"
         f"5. feed as float32 `pixel_values` of shape (N, 3, {image_size}, {image_size}).\n\n"
-        "`leanmae predict` and `leanmae.predict` do exactly this; `preprocessor_config.json` holds the normalisation "
-        "in the `ViTImageProcessor` format."
+        "`leanmae predict` and `leanmae.predict` do exactly this; `preprocessor_config.json` holds "
+        "the normalisation in the `ViTImageProcessor` format."
     )
 
 
@@ -68,7 +70,10 @@ def _pretraining(run: dict[str, Any]) -> str:
     """How the encoder was initialised: scratch, an MAE run (with its own numbers), or another checkpoint."""
     init = str(run.get("config", {}).get("init", "scratch"))
     if init == "scratch":
-        return "None: the encoder was initialised at random and trained on the labelled images only (the *scratch* arm)."
+        return (
+            "None: the encoder was initialised at random and trained on the labelled images only (the "
+            "*scratch* arm)."
+        )
     source = Path(init)
     mae_run = next(
         (
@@ -83,12 +88,16 @@ def _pretraining(run: dict[str, Any]) -> str:
     info = _read(mae_run / "run.json")
     model, data = info.get("config", {}).get("model", {}), info.get("config", {}).get("data", {})
     text = (
-        f"The encoder comes from a masked autoencoder (MAE, He et al. 2022) pretrained by leanmae (`{init}`) on "
-        f"{info.get('images', {}).get('train', '?')} unlabelled images from {', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unrecorded sources'}, "
+        "The encoder comes from a masked autoencoder (MAE, He et al. 2022) pretrained by leanmae "
+        f"(`{init}`) on {info.get('images', {}).get('train', '?')} unlabelled images from "
+        f"{', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unrecorded sources'}, "
         f"for {info.get('epochs', '?')} epochs at mask ratio {model.get('mask_ratio')}"
     )
     if "val_loss_first" in info:
-        text += f"; its held-out reconstruction loss fell from {info['val_loss_first']:.4f} to {info['val_loss_last']:.4f}"
+        text += (
+            f"; its held-out reconstruction loss fell from {info['val_loss_first']:.4f} to "
+            f"{info['val_loss_last']:.4f}"
+        )
     return text + "."
 
 
@@ -134,13 +143,18 @@ def _classifier_sections(
                 for name, c in test.get("per_class", {}).items()
             )
         )
-        text = f"## Evaluation\n\nScored once on the held-out test split ({test.get('images', '?')} images), never used for a choice.\n\n{table}\n{per_class}"
+        text = (
+            f"## Evaluation\n\nScored once on the held-out test split ({test.get('images', '?')} "
+            f"images), never used for a choice.\n\n{table}\n{per_class}"
+        )
         calibration = metrics.get("calibration")
         if calibration:
             before, after = calibration["before"], calibration["after"]
             text += (
-                f"\n**Calibration** (15 bins, test split): expected calibration error {before['ece']:.4f} before and {after['ece']:.4f} after "
-                f"temperature scaling (T = {calibration['temperature']:.3f}, fitted on validation); NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+                "\n**Calibration** (15 bins, test split): expected calibration error "
+                f"{before['ece']:.4f} before and {after['ece']:.4f} after temperature scaling "
+                f"(T = {calibration['temperature']:.3f}, fitted on validation); "
+                f"NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
                 f"Brier {before['brier']:.4f} -> {after['brier']:.4f}.\n"
             )
         refer = metrics.get("refer")
@@ -152,8 +166,9 @@ def _classifier_sections(
                 else "refers every image"
             )
             text += (
-                f"\n**Refer to an expert**: below a calibrated confidence of {refer['threshold']:.3f} (chosen on validation for "
-                f"{_pct(extra.get('target_accuracy', 0.99))} accuracy) a prediction is flagged `refer`; on test this {outcome}.\n"
+                f"\n**Refer to an expert**: below a calibrated confidence of {refer['threshold']:.3f} "
+                f"(chosen on validation for {_pct(extra.get('target_accuracy', 0.99))} accuracy) a "
+                f"prediction is flagged `refer`; on test this {outcome}.\n"
             )
         sections.append(text)
         index = [
@@ -181,11 +196,15 @@ def _mae_sections(run: dict[str, Any], recon: dict[str, Any]) -> list[str]:
     data = run.get("config", {}).get("data", {})
     text = (
         "## Data\n\n"
-        f"- {run.get('images', {}).get('train', '?')} unlabelled training images ({run.get('images', {}).get('val', '?')} held out for the validation loss) from "
+        f"- {run.get('images', {}).get('train', '?')} unlabelled training images "
+        f"({run.get('images', {}).get('val', '?')} held out for the validation loss) from "
         f"{', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unrecorded sources'}.\n\n## Training\n\n"
     )
     if "val_loss_first" in run:
-        text += f"{run.get('epochs')} epochs; held-out reconstruction loss {run['val_loss_first']:.4f} -> {run['val_loss_last']:.4f}.\n"
+        text += (
+            f"{run.get('epochs')} epochs; held-out reconstruction loss {run['val_loss_first']:.4f} -> "
+            f"{run['val_loss_last']:.4f}.\n"
+        )
     by_ratio = recon.get("by_mask_ratio", {})
     if by_ratio:
         text += "\n| mask ratio | masked-patch MSE | visible-patch MSE |\n| --- | --- | --- |\n" + "".join(
@@ -213,26 +232,33 @@ def model_card(folder: Path) -> str:
         metrics = _read(run_dir / "metrics.json") if run_dir else {}
         body, index = _classifier_sections(extra, run, metrics)
         what = (
-            f"A Vision Transformer classifier ({_architecture(config)}; {config.get('pooling', 'cls')} pooling) for "
-            f"{len(extra.get('labels', []))} classes, fine-tuned by leanmae"
+            f"A Vision Transformer classifier ({_architecture(config)}; {config.get('pooling', 'cls')} "
+            f"pooling) for {len(extra.get('labels', []))} classes, fine-tuned by leanmae"
             + (
                 " as a linear probe on a frozen encoder"
                 if run.get("config", {}).get("classifier", {}).get("linear_probe")
                 else ""
             )
-            + ". It is a transformers checkpoint (safetensors) with its model code in `modeling_leanmae_vit.py`: "
+            + ". It is a transformers checkpoint (safetensors) with its model code in "
+            "`modeling_leanmae_vit.py`: "
             "`AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` and "
-            "`pipeline('image-classification', model=folder, trust_remote_code=True)` give leanmae's predictions "
-            "(without `trust_remote_code` transformers refuses it, rather than read it as a plain ViT with "
-            "another head); `leanmae predict` adds the calibrated "
-            "confidence, the refer-to-expert flag and the out-of-distribution flag saved in `leanmae.json`."
+            "`pipeline('image-classification', model=folder, trust_remote_code=True)` give leanmae's "
+            "predictions (without `trust_remote_code` transformers refuses it, rather than read it as a "
+            "plain ViT with another head); `leanmae predict` adds the calibrated confidence, the "
+            "refer-to-expert flag and the out-of-distribution flag saved in `leanmae.json`."
         )
         body.insert(1, "## Pretraining\n\n" + _pretraining(run))
-        use = "Research on label efficiency and confidence of pathology image classifiers; a baseline to compare with."
+        use = (
+            "Research on label efficiency and confidence of pathology image classifiers; a baseline to "
+            "compare with."
+        )
     else:
         body = _mae_sections(run, _read(run_dir / "recon_metrics.json") if run_dir else {})
         index = []
-        what = f"A masked autoencoder (MAE, He et al. 2022; {_architecture(config)}) pretrained by leanmae on unlabelled images; a transformers `ViTMAEForPreTraining` checkpoint (safetensors)."
+        what = (
+            f"A masked autoencoder (MAE, He et al. 2022; {_architecture(config)}) pretrained by leanmae "
+            "on unlabelled images; a transformers `ViTMAEForPreTraining` checkpoint (safetensors)."
+        )
         use = "Research: an encoder to fine-tune (`leanmae finetune --init`) or to probe on pathology images."
     meta: dict[str, Any] = {
         "library_name": "transformers",
@@ -270,7 +296,8 @@ def model_card(folder: Path) -> str:
             else ""
         )
         + (
-            f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, leanmae {versions.get('leanmae')}. "
+            f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, leanmae "
+            f"{versions.get('leanmae')}. "
             if versions
             else ""
         )

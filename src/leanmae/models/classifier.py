@@ -44,7 +44,8 @@ def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> LeanViTCo
 
 
 def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
-    """Resize (1, 1 + g*g, D) position embeddings to a ``grid`` x ``grid`` patch grid (bicubic, as timm/MAE do)."""
+    """Resize (1, 1 + g*g, D) position embeddings to a ``grid`` x ``grid`` patch grid (bicubic, as timm/MAE
+    do)."""
     cls, patches = weight[:, :1], weight[:, 1:]
     old = int(patches.shape[1] ** 0.5)
     if old == grid:
@@ -102,7 +103,8 @@ def build_classifier(
     for key, value in wanted.items():
         if shape[key] != value:
             raise CheckpointError(
-                f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for {value}; use the preset the MAE was pretrained with"
+                f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for "
+                f"{value}; use the preset the MAE was pretrained with"
             )
     key = "vit.embeddings.position_embeddings"
     weights[key] = _interpolate_positions(weights[key], model.image_size // model.patch_size)
@@ -118,7 +120,8 @@ def build_classifier(
 
 
 def add_drop_path(model: LeanViTClassifier, rate: float) -> None:
-    """Stochastic depth: drop each block's attention / MLP branch per sample, rate rising linearly with depth."""
+    """Stochastic depth: drop each block's attention / MLP branch per sample, rate rising linearly with
+    depth."""
     if rate <= 0:
         return
     layers = model.vit.layers
@@ -158,7 +161,8 @@ def layer_decay_scale(model: LeanViTClassifier, decay: float):
 
 
 def load_classifier(folder: Path) -> LeanViTClassifier:
-    """A fine-tuned classifier saved by leanmae (pooling is read from its config.json); an MAE or bare encoder is refused."""
+    """A fine-tuned classifier saved by leanmae (pooling is read from its config.json); an MAE or bare encoder
+    is refused."""
     require_kind(
         folder,
         ("classifier",),

@@ -81,7 +81,8 @@ def _json_object(file: Path) -> dict[str, Any]:
 
 
 def check_model_folder(folder: Path) -> dict[str, Any]:
-    """A save_pretrained folder must hold a readable config.json and safetensors weights (never a pickle); returns the config."""
+    """A save_pretrained folder must hold a readable config.json and safetensors weights (never a pickle);
+    returns the config."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder does not exist")
@@ -158,7 +159,8 @@ def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> 
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise CheckpointError(
-            f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. {', '.join(missing[:3])}); it was saved from another model or its keys were renamed"
+            f"{folder}: model.safetensors lacks {len(missing)} of the model's weights (e.g. "
+            f"{', '.join(missing[:3])}); it was saved from another model or its keys were renamed"
         )
     return model
 

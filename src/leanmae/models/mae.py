@@ -76,7 +76,8 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     ):
         if getattr(saved, key) != getattr(config, key):
             raise CheckpointError(
-                f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but {getattr(config, key)} in this config"
+                f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but "
+                f"{getattr(config, key)} in this config"
             )
     return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, folder, config=config))
 

@@ -1,4 +1,5 @@
-"""The study's figures: learning curves with targets, label efficiency, training curves, confidence, MAE errors.
+"""The study's figures: learning curves with targets, label efficiency, training curves, confidence, MAE
+errors.
 
 Readable first: x ticks only at the label counts actually run, labelled with the count and the
 percentage, no minor-tick labels on log axes, markers on every line (a one-epoch curve is a point),
@@ -31,7 +32,8 @@ def _colors(names: list[str]) -> dict[str, str]:
 
 
 def _label_ticks(ax: Axes, ticks: dict[float, str]) -> None:
-    """Log x axis with ticks only where runs are, each labelled (count over percentage); alternate rows when crowded."""
+    """Log x axis with ticks only where runs are, each labelled (count over percentage); alternate rows when
+    crowded."""
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(NullLocator())
     positions = sorted(ticks)
@@ -110,7 +112,8 @@ def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(
-        f"Learning curves: test {METRIC_NAME} against labelled images (hollow points: collapsed runs, not fitted)"
+        f"Learning curves: test {METRIC_NAME} against labelled images (hollow points: collapsed "
+        "runs, not fitted)"
     )
     return save_figure(fig, path)
 

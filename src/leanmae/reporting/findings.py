@@ -29,7 +29,8 @@ def problems(runs: list[Run], failed: list[str] | None = None) -> list[str]:
             collapsed = [r.seed for r in by_cell(runs).get((arm, f), []) if r.collapsed()]
             if collapsed:
                 lines.append(
-                    f"Collapsed: {arm} at {pct(f)} predicted a single class for seed(s) {collapsed}; findings that depend on it are withheld."
+                    f"Collapsed: {arm} at {pct(f)} predicted a single class for seed(s) {collapsed}; "
+                    "findings that depend on it are withheld."
                 )
     return lines
 
@@ -53,20 +54,25 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
             broken = _collapsed_in(runs, f, arm, BASELINE)
             if broken:
                 lines.append(
-                    f"Withheld: {arm} minus scratch macro-F1 at {pct(f)} of the labels, because {', '.join(broken)} collapsed."
+                    f"Withheld: {arm} minus scratch macro-F1 at {pct(f)} of the labels, because "
+                    f"{', '.join(broken)} collapsed."
                 )
             elif g.n == 1:
                 lines.append(
-                    f"At {pct(f)} of the labels, {arm} minus scratch macro-F1 is {g.mean:+.3f} from one seed: no interval, so it cannot be told from noise."
+                    f"At {pct(f)} of the labels, {arm} minus scratch macro-F1 is {g.mean:+.3f} from "
+                    "one seed: no interval, so it cannot be told from noise."
                 )
             elif g.excludes_zero():
                 verb = "adds" if g.mean > 0 else "costs"
                 lines.append(
-                    f"At {pct(f)} of the labels, {arm} initialisation {verb} {abs(g.mean):.3f} macro-F1 (95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds)."
+                    f"At {pct(f)} of the labels, {arm} initialisation {verb} {abs(g.mean):.3f} "
+                    f"macro-F1 (95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds)."
                 )
             else:
                 lines.append(
-                    f"At {pct(f)} of the labels, the macro-F1 difference {arm} minus scratch ({g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is within noise."
+                    f"At {pct(f)} of the labels, the macro-F1 difference {arm} minus scratch "
+                    f"({g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is "
+                    "within noise."
                 )
         for f in fractions:
             if _collapsed_in(runs, f, arm, BASELINE):
@@ -91,8 +97,9 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
                 else ("within noise" if d.n > 1 else "one seed, no interval")
             )
             lines.append(
-                f"At {pct(f)} of the labels, wrong predictions of {arm} models are {direction} confident than from scratch: "
-                f"median confidence {np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
+                f"At {pct(f)} of the labels, wrong predictions of {arm} models are {direction} "
+                f"confident than from scratch: median confidence {np.mean(list(a.values())):.2f} vs "
+                f"{np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
             )
     top = max(fractions)
     for arm in arms(runs):
@@ -101,7 +108,8 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
             continue
         if _collapsed_in(runs, top, arm):
             lines.append(
-                f"Withheld: calibration of {arm} at {pct(top)} of the labels, because {', '.join(_collapsed_in(runs, top, arm))} collapsed."
+                f"Withheld: calibration of {arm} at {pct(top)} of the labels, because "
+                f"{', '.join(_collapsed_in(runs, top, arm))} collapsed."
             )
             continue
         before = estimate([r.metrics["calibration"]["before"]["ece"] for r in rs])
@@ -109,7 +117,9 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
         coverage = estimate([r.metrics["refer"]["test"]["coverage"] for r in rs])
         target = rs[0].metrics["refer"]["target_accuracy"]
         lines.append(
-            f"{arm} at {pct(top)} of the labels: expected calibration error {before.mean:.3f} before and {after.mean:.3f} after temperature scaling; "
-            f"referring predictions under the validation-chosen threshold keeps {coverage.mean:.0%} of test images for a {target:.0%} accuracy target."
+            f"{arm} at {pct(top)} of the labels: expected calibration error {before.mean:.3f} before "
+            f"and {after.mean:.3f} after temperature scaling; referring predictions under the "
+            f"validation-chosen threshold keeps {coverage.mean:.0%} of test images for a {target:.0%} "
+            "accuracy target."
         )
     return lines

@@ -145,7 +145,9 @@ def learning_table(a: Answer) -> Table:
                 f"{count(needed_own.value)} [{interval_text(needed_own)}] {_mark(a, needed_own)}".strip(),
                 ""
                 if needed_common is None
-                else f"{count(needed_common.value)} [{interval_text(needed_common)}] {_mark(a, needed_common)}".strip(),
+                else (
+                    f"{count(needed_common.value)} [{interval_text(needed_common)}] {_mark(a, needed_common)}"
+                ).strip(),
                 "" if s is None else f"{_ratio(s.value)} [{interval_text(s, _ratio)}]",
                 "; ".join(a.excluded[arm]),
             ]
@@ -153,7 +155,9 @@ def learning_table(a: Answer) -> Table:
     target = "" if a.target is None else f"{a.target:.3f} ({a.target_source})"
     return Table(
         "labels_needed",
-        f"Labelled images needed, from the fitted learning curves (inverse power law, weighted least squares; [95 % percentile interval, bootstrap over seeds]). Common target {METRIC_NAME} {target}",
+        "Labelled images needed, from the fitted learning curves (inverse power law, weighted least "
+        f"squares; [95 % percentile interval, bootstrap over seeds]). Common target {METRIC_NAME} "
+        f"{target}",
         [
             "arm",
             f"{METRIC_NAME} with all labels",
@@ -171,7 +175,8 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
     """One or two sentences that answer the question, computed from the fit."""
     if a is None and runs and all(r.collapsed() for r in runs):
         return [
-            "Withheld: every run collapsed to predicting one class, so no learning curve is fitted and no labels-needed answer is given."
+            "Withheld: every run collapsed to predicting one class, so no learning curve is fitted "
+            "and no labels-needed answer is given."
         ]
     if a is None:
         return [
@@ -192,7 +197,10 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             lines.append(f"Withheld for {arm}: {a.withheld[arm]}, so its learning curve is not fitted.")
             continue
         needed, s = a.needed(arm, a.target), a.savings(arm)
-        head = f"With {arm}, {count(needed.value)} labelled images ({_per_class(a, needed.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(needed)}{_note(a, needed)})"
+        head = (
+            f"With {arm}, {count(needed.value)} labelled images ({_per_class(a, needed.value)}) reach "
+            f"{METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(needed)}{_note(a, needed)})"
+        )
         if base is None or s is None:
             lines.append(
                 head
@@ -209,12 +217,14 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             else ("costs labels" if s.high < 1 else "cannot be told apart from scratch")
         )
         lines.append(
-            head
-            + f"; from scratch it takes {count(base.value)} (95 % interval {interval_text(base)}{_note(a, base)}), {_ratio(s.value)} times as many (95 % interval {interval_text(s, _ratio)}): {arm} {verdict}."
+            head + f"; from scratch it takes {count(base.value)} (95 % interval "
+            f"{interval_text(base)}{_note(a, base)}), {_ratio(s.value)} times as many (95 % interval "
+            f"{interval_text(s, _ratio)}): {arm} {verdict}."
         )
     if not lines and base is not None:
         lines.append(
-            f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach {METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)})."
+            f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach "
+            f"{METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)})."
         )
     if any(a.excluded.values()):
         lines.append(

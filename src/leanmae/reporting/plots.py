@@ -128,7 +128,8 @@ def reliability_figure(
     path: Path | str,
     title: str,
 ) -> Path:
-    """reliability.png: accuracy against confidence per bin, with the confidence histogram, before and after scaling."""
+    """reliability.png: accuracy against confidence per bin, with the confidence histogram, before and after
+    scaling."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     for col, (bins, name, e) in enumerate(
         [

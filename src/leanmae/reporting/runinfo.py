@@ -24,7 +24,8 @@ from leanmae.errors import OutputFolderError
 from leanmae.files import write_json
 
 RUN_FILE = "run.json"
-# Keys that may change between a run and its resumption: more epochs, another progress display, other trackers.
+# Keys that may change between a run and its resumption: more epochs, another progress display, other
+# trackers.
 RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch", "run.report_to")
 
 
@@ -97,7 +98,8 @@ def claim(out: Path) -> None:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise OutputFolderError(
-            f"{out}: another leanmae command (process {holder}) is writing into this folder; wait for it to end or choose another --out"
+            f"{out}: another leanmae command (process {holder}) is writing into this folder; wait "
+            "for it to end or choose another --out"
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
@@ -129,7 +131,8 @@ def _read_info(out: Path) -> dict[str, Any]:
 def prepare_output(
     out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None] = ()
 ) -> bool:
-    """Claim ``out`` (see ``claim``) and make it ready; returns True when an earlier run there is being resumed.
+    """Claim ``out`` (see ``claim``) and make it ready; returns True when an earlier run there is being
+    resumed.
 
     An empty or new folder is used as is, and so is the folder of a start that failed before its
     first checkpoint. A folder holding a run needs ``resume`` (with the same config, apart from
@@ -217,7 +220,8 @@ def check_result_folder(folder: Path, results: Sequence[str], overwrite: bool) -
     owner = next((name for name in (RUN_FILE, "study.json", "config.json") if (folder / name).exists()), None)
     if owner:
         raise OutputFolderError(
-            f"--out {folder}: holds a leanmae run, study or model ({owner}); write these results to another folder"
+            f"--out {folder}: holds a leanmae run, study or model ({owner}); write these results to "
+            "another folder"
         )
     existing = [name for name in results if (folder / name).exists()]
     if existing and not overwrite:

@@ -22,7 +22,8 @@ BASELINE = BASELINE_ARM
 
 @dataclass(frozen=True)
 class Labels:
-    """The labelled images one run used, per class: its training labels and, if honest, its validation labels."""
+    """The labelled images one run used, per class: its training labels and, if honest, its validation
+    labels."""
 
     train: dict[str, int]
     val: dict[str, int]
@@ -100,7 +101,8 @@ def _manifest(study: Path) -> list[Any] | None:
 
 
 def load_runs(study: Path) -> list[Run]:
-    """Finished runs (run.json status "finished"), scratch first, then the other arms sorted; by fraction, seed."""
+    """Finished runs (run.json status "finished"), scratch first, then the other arms sorted; by fraction,
+    seed."""
     runs, manifest = [], _manifest(study)
     for folder in sorted((study / "runs").glob("*_f*_s*")):
         run_info, metrics_file = info(folder), folder / "metrics.json"
@@ -164,7 +166,8 @@ def label_text(labels: Labels | None, fraction: float) -> str:
 
 
 def pretrain_folders(study: Path, settings: dict[str, Any]) -> dict[str, Path]:
-    """The study's MAE pretraining folders that exist, by pool name: ``pretrain/``, ``pretrain-<pool>/``, study.json's ``mae``.
+    """The study's MAE pretraining folders that exist, by pool name: ``pretrain/``, ``pretrain-<pool>/``,
+    study.json's ``mae``.
 
     ``mae`` may be a path, or a list of paths or ``pool=PATH`` strings; a relative path is looked up
     as given and then inside the study folder.

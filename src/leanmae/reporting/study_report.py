@@ -39,23 +39,33 @@ from leanmae.reporting.tables import Table, tables, times_table
 
 __all__ = ["Table", "findings", "load_runs", "report", "tables", "times_table", "write_report"]
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}
-th{background:#f3f3f3}td:first-child{white-space:nowrap}img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}
-pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.note{color:#a33}
-.answer{font-size:18px;line-height:1.45;background:#eef5ee;border-left:5px solid #4c9f70;padding:.6em 1em}
-.warn{background:#fdecea;border-left:5px solid #d1495b;padding:.6em 1em}.meta{color:#555;font-size:13px}"""
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\n"
+    "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}\n"
+    "th{background:#f3f3f3}td:first-child{white-space:nowrap}img{max-width:100%}"
+    "figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}\n"
+    "pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.note{color:#a33}\n"
+    ".answer{font-size:18px;line-height:1.45;"
+    "background:#eef5ee;border-left:5px solid #4c9f70;padding:.6em 1em}\n"
+    ".warn{background:#fdecea;border-left:5px solid #d1495b;padding:.6em 1em}"
+    ".meta{color:#555;font-size:13px}"
+)
 
 
 def _img(path: Path, caption: str) -> str:
     if not path.exists():
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{html.escape(caption)}" '
+        f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
 
 
 def expected_runs(settings: dict[str, Any]) -> int:
-    """Fine-tuning runs a study's settings ask for: every seed at every fraction, extra seeds at the small ones."""
+    """Fine-tuning runs a study's settings ask for: every seed at every fraction, extra seeds at the small
+    ones."""
     fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])
     extra = [s for s in settings.get("extra_seeds", []) if s not in seeds]
     small = [f for f in fractions if f <= settings.get("extra_seeds_up_to", 0.1)]
@@ -122,7 +132,8 @@ def _provenance(study: Path, runs: list[Run], settings: dict[str, Any], target: 
 
 
 def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], str]:
-    """(warnings to show at the top, the MAE pretraining section): errors beside the trivial predictors', probes."""
+    """(warnings to show at the top, the MAE pretraining section): errors beside the trivial predictors',
+    probes."""
     warnings, parts = [], []
     for pool, folder in folders.items():
         recon_file = folder / "recon_metrics.json"
@@ -148,7 +159,8 @@ def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], st
         parts.append(
             Table(
                 "recon",
-                f"Reconstruction error ({recon['space']}) by mask ratio: the MAE beside two trivial predictors of the masked patches",
+                f"Reconstruction error ({recon['space']}) by mask ratio: the MAE beside two trivial "
+                "predictors of the masked patches",
                 [
                     "mask ratio",
                     "MAE masked",
@@ -206,12 +218,15 @@ def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list
     parts = [
         _img(
             learning_curve_figure(runs, a, results / "learning_curves.png"),
-            "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % bootstrap band, the target and the labels each arm needs for it (triangles)",
+            "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % "
+            "bootstrap band, the target and the labels each arm needs for it (triangles)",
         )
     ]
     if a.val_mode == "full":
         parts.append(
-            "<p class='note'>These runs chose their epoch on the whole validation split (validation mode 'full'); those labels are not counted above, so a lab with this budget would need somewhat more.</p>"
+            "<p class='note'>These runs chose their epoch on the whole validation split (validation "
+            "mode 'full'); those labels are not counted above, so a lab with this budget would need "
+            "somewhat more.</p>"
         )
     parts.append(learning_table(a).html())
     return lines, "".join(parts)
@@ -244,7 +259,8 @@ def write_report(study: Path, target: float | None = None) -> Path:
     mae_warnings, mae_html = _mae_section(pretrains, results)
 
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study report</title><style>{CSS}</style></head><body>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study "
+        f"report</title><style>{CSS}</style></head><body>"
     ]
     parts.append("<h1>How many labels do we need, and does MAE pretraining cut that number?</h1>")
     parts.append(_provenance(study, runs, settings, target))
@@ -269,7 +285,8 @@ def write_report(study: Path, target: float | None = None) -> Path:
     if "summary" in all_tables:
         parts.append(all_tables["summary"].html())
     parts.append(
-        f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>"
+        f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's "
+        "range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>"
     )
     parts.append(
         "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>"
@@ -314,7 +331,8 @@ def report(study: str | Path, target: float | None = None) -> Path:
     """
     if not (Path(study) / "study.json").exists() and not (Path(study) / "runs").is_dir():
         raise OutputFolderError(
-            f"{study}: not a study folder (no study.json or runs/); give the folder `leanmae study --out` wrote"
+            f"{study}: not a study folder (no study.json or runs/); give the folder `leanmae study "
+            "--out` wrote"
         )
     path = write_report(Path(study), target)
     print(f"wrote {path} and {Path(study) / 'results'}")

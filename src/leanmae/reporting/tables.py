@@ -1,4 +1,5 @@
-"""The study's tables (CSV, Markdown, HTML): the seed's table, paired gains, trust, per class, every run, times."""
+"""The study's tables (CSV, Markdown, HTML): the seed's table, paired gains, trust, per class, every run,
+times."""
 
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ class Table:
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows
         )
-        return f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return (
+            f"<h3>{html.escape(self.title)}</h3>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
 
 
 def gain(runs: list[Run], metric: str, fraction: float, arm: str, base: str = BASELINE) -> Estimate:
@@ -103,7 +107,8 @@ def labels_table(runs: list[Run]) -> Table:
     ]
     return Table(
         "labels",
-        "Labels used per fraction (training labels, plus validation labels where they were a fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)",
+        "Labels used per fraction (training labels, plus validation labels where they were a "
+        "fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)",
         ["labels", "labelled images", *classes, "validation"],
         rows,
     )
@@ -191,7 +196,8 @@ def tables(runs: list[Run]) -> list[Table]:
         ),
         Table(
             "paired",
-            "Paired comparison with scratch (same seed, same labelled subset): mean difference and 95 % interval (logit-scale t on [-1, 1])",
+            "Paired comparison with scratch (same seed, same labelled subset): mean difference and "
+            "95 % interval (logit-scale t on [-1, 1])",
             [
                 "labels",
                 "comparison",
@@ -206,7 +212,8 @@ def tables(runs: list[Run]) -> list[Table]:
         ),
         Table(
             "trust",
-            "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
+            "Confidence you can trust (test split): ECE before / after temperature scaling, AURC, "
+            "coverage and accuracy at the refer-to-expert threshold, OOD AUROC",
             [
                 "labels",
                 "arm",

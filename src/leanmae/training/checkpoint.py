@@ -100,7 +100,8 @@ def load_checkpoint(
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(
-            f"{path}: checkpoint state is unreadable ({err}); delete this folder to resume from the one before"
+            f"{path}: checkpoint state is unreadable ({err}); delete this folder to resume from the "
+            "one before"
         ) from err
     _restore_optimizer(optimizer, _read(path / "optimizer.safetensors", map_location), plain)
     return state

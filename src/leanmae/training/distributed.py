@@ -78,7 +78,8 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
     chosen = torch.device(device)
     if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
         raise ConfigError(
-            f"device {device}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu or auto"
+            f"device {device}: no such CUDA GPU here ({torch.cuda.device_count()} found); use "
+            "--device cpu or auto"
         )
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)

@@ -1,10 +1,10 @@
 """The one training engine that pretraining and fine-tuning share.
 
-A task gives the engine three things: the batches of an epoch, a loss for one batch, and a
-validation function. The engine owns the rest: AdamW and its per-iteration schedule, gradient
-accumulation (without DDP gradient sync on non-final micro-steps), clipping, autocast, the
-non-finite-loss stop, progress bars, history.csv and the trackers of ``run.report_to`` (TensorBoard, MLflow), atomic checkpoints every epoch
-and resuming from them.
+A task gives the engine three things: the batches of an epoch, a loss for one batch, and a validation
+function. The engine owns the rest: AdamW and its per-iteration schedule, gradient accumulation (without DDP
+gradient sync on non-final micro-steps), clipping, autocast, the non-finite-loss stop, progress bars,
+history.csv and the trackers of ``run.report_to`` (TensorBoard, MLflow), atomic checkpoints every epoch and
+resuming from them.
 
 While a step trains, the next batch is prepared on a background thread (``run.prefetch``,
 ``leanmae.training.prefetch``); ``TrainStep`` is the step itself, which benchmarks time too.
@@ -106,9 +106,11 @@ class Task:
     ``batches(epoch)`` lists this process's batches (cheap index arrays) for one epoch;
     ``prepare(batch, epoch)`` turns one into model inputs (gather, augment, masks; the engine runs it
     one batch ahead on a background thread, so it must not draw from torch's global generator, and
-    logs the time a step waited for it as ``data_seconds``); ``loss(model, inputs)`` returns the mean loss of one batch; ``validate(model, epoch)`` returns metrics (at least ``val_loss``)
-    on rank 0 after ``epoch`` epochs (the same keys every epoch: history.csv has one header). ``select`` names the validation metric to maximise for model selection (None: the
-    last epoch is kept); ``on_best(model)`` is called on rank 0 when it improves.
+    logs the time a step waited for it as ``data_seconds``); ``loss(model, inputs)`` returns the mean
+    loss of one batch; ``validate(model, epoch)`` returns metrics (at least ``val_loss``) on rank 0
+    after ``epoch`` epochs (the same keys every epoch: history.csv has one header). ``select`` names
+    the validation metric to maximise for model selection (None: the last epoch is kept);
+    ``on_best(model)`` is called on rank 0 when it improves.
     """
 
     batches: Callable[[int], Sequence[Any]]
@@ -262,7 +264,8 @@ def fit(
         len(set(seen)) > 1
     ):  # every process must resume from the same epoch, or DDP's collectives fall out of step
         raise RuntimeError(
-            f"processes see different checkpoints in {out_dir / 'checkpoints'} ({', '.join(f'rank {r}: {n}' for r, n in enumerate(seen))}); "
+            f"processes see different checkpoints in {out_dir / 'checkpoints'} "
+            f"({', '.join(f'rank {r}: {n}' for r, n in enumerate(seen))}); "
             "with several nodes, --out must be on a file system they all share"
         )
     if checkpoints:
@@ -292,7 +295,8 @@ def fit(
             disable=bar_disabled(ctx.is_main and run.progress),
             leave=False,
         )
-        # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint, as without prefetching.
+        # One epoch at a time: the next epoch's first batch is prepared after validation and the checkpoint,
+        # as without prefetching.
         with Inputs(
             lambda batch, epoch=epoch: task.prepare(batch, epoch),
             batches,

@@ -117,7 +117,8 @@ def _work(
     device: torch.device,
     stream: Any,
 ) -> None:
-    """The thread: prepare every item in order and queue it (one ahead), then ``_END``; hand over any exception."""
+    """The thread: prepare every item in order and queue it (one ahead), then ``_END``; hand over any
+    exception."""
     try:
         for item in items:
             if stream is None:
