@@ -216,6 +216,17 @@ def test_mean_and_cls_pooling_feed_the_head_different_tokens() -> None:
         assert torch.allclose(mean.features(pixels), pooled, atol=1e-5)
 
 
+def test_the_classifier_returns_logits_only_and_refuses_labels() -> None:
+    """Training computes its own weighted loss, so forward has no labels argument: passing one fails
+    loudly instead of returning loss=None."""
+    cls, _ = _twins()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert cls(pixel_values=pixels).loss is None
+        with pytest.raises(TypeError, match="labels"):
+            cls(pixel_values=pixels, labels=torch.tensor([0, 1]))
+
+
 def test_pooling_is_saved_with_the_model(tmp_path: Path) -> None:
     _, mean = _twins()
     save_model(mean, tmp_path / "model", MEAN, STD, {})

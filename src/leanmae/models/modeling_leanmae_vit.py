@@ -19,7 +19,6 @@ Keep this file free of leanmae imports: it must run where only torch and transfo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -54,13 +53,10 @@ class LeanViTClassifier(ViTForImageClassification):
             else None
         )
 
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object
-    ) -> ImageClassifierOutput:  # type: ignore[override]
-        logits = self.classifier(self.features(pixel_values))
-        return ImageClassifierOutput(
-            loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits
-        )
+    def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:  # type: ignore[override]
+        """Logits only: leanmae's training computes its own (class-weighted, mixed) loss, so there is no
+        ``labels`` argument; a caller that passes one gets a TypeError rather than a silent ``loss=None``."""
+        return ImageClassifierOutput(logits=self.classifier(self.features(pixel_values)))
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled representation the head sees (used by the linear probe)."""
