@@ -40,7 +40,7 @@ from leanmae.cli import main
 from leanmae.config import FinetuneConfig, ModelConfig, resolve
 from leanmae.data.split import label_fraction, read_manifest
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
-from leanmae.errors import BadImageError, CheckpointError, ConfigError, DataError
+from leanmae.errors import BadImageError, CheckpointError, ConfigError, DataError, OutputFolderError
 from leanmae.evaluation.metrics import classification_report
 from leanmae.models.classifier import (
     add_drop_path,
@@ -592,6 +592,32 @@ def test_one_percent_of_the_labels_still_trains_every_class(cells: dict[str, Any
     assert state["step"] >= 12, f"{state['step']} optimizer steps in 2 epochs"
     for row in read_csv(tmp_path / "run" / "history.csv"):
         assert float(row["train_loss"]) > 0, "an epoch without a single training step"
+
+
+def test_run_json_config_records_the_fitted_batch_and_a_resume_accepts_it(
+    cells: dict[str, Any], tmp_path: Path
+) -> None:
+    """At 1 % (10 training images) the preset's batch of 16 is cut to a quarter of the images: the
+    config in run.json is the one the run used, and resuming with the same options still matches it."""
+    out = tmp_path / "run"
+    tiny_finetune(cells["split"], out, fraction=0.01, epochs=1)
+    info = json.loads((out / "run.json").read_text())
+    assert info["batch_size"] == 2 and info["config"]["optim"]["batch_size"] == 2
+    tiny_finetune(cells["split"], out, fraction=0.01, epochs=2, resume=True)
+    info = json.loads((out / "run.json").read_text())
+    assert info["resumed_from_epoch"] == 1 and info["config"]["optim"]["batch_size"] == 2
+
+
+def test_resuming_with_a_batch_size_that_changes_the_fitted_batch_is_refused(
+    cells: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    tiny_finetune(cells["split"], out, fraction=0.01, epochs=1)
+    with pytest.raises(
+        OutputFolderError, match=r"--resume with a different config \(optim.batch_size: 2 -> 1\)"
+    ):
+        tiny_finetune(cells["split"], out, fraction=0.01, epochs=2, batch_size=1, resume=True)
+    assert not (out / "checkpoints" / "epoch-0002").exists()
 
 
 def test_finetuning_from_an_mae_run_trains_its_encoder_with_its_normalisation(

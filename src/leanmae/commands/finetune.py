@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ from leanmae.reporting.plots import (
     risk_coverage_figure,
     training_curves,
 )
-from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
+from leanmae.reporting.runinfo import check_resumed_value, guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
@@ -272,14 +272,15 @@ def run_finetune(
             cfg.classifier.ood_data
         )  # a missing folder or misspelt class in --ood fails now, not after training
     ctx = setup(cfg.run.device, cfg.run.threads)
-    config_dict = to_dict(cfg)
+    run_keys = {"fraction": fraction, "init": str(init), "split": str(split_path)}
     init_folder = None if str(init) == "scratch" else model_folder(init)
     resumed = ctx.is_main and prepare_output(
         out,
-        {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+        {**to_dict(cfg), **run_keys},
         resume,
         overwrite,
         inputs=[split_path, init_folder, data_root],
+        deferred=["optim.batch_size"],  # fitted to the training images below, then checked
     )
     ctx.barrier()
     data_check: dict[str, Any] = {}
@@ -318,7 +319,11 @@ def run_finetune(
     batch_size = max(1, min(cfg.optim.batch_size, per_rank // 4 or 1))
     steps_per_pass = math.ceil((per_rank // batch_size or 1) / cfg.optim.accum_steps)
     passes = max(1, math.ceil(opts.min_steps / (cfg.optim.epochs * steps_per_pass)))
-    optim = type(cfg.optim)(**{**cfg.optim.__dict__, "batch_size": batch_size})
+    optim = replace(cfg.optim, batch_size=batch_size)
+    if resumed:
+        check_resumed_value(out, "optim.batch_size", "batch_size", batch_size)
+    # run.json records the config the run used: the fitted batch, not the one asked for.
+    config_dict = {**to_dict(replace(cfg, optim=optim)), **run_keys}
 
     if opts.linear_probe:
         trained, task = _linear_probe_task(
@@ -354,7 +359,7 @@ def run_finetune(
         write_run_info(
             out,
             "finetune",
-            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+            config_dict,
             preset=preset,
             seed=cfg.run.seed,
             device=str(ctx.device),
@@ -410,7 +415,7 @@ def run_finetune(
         write_run_info(
             out,
             "finetune",
-            {**config_dict, "fraction": fraction, "init": str(init), "split": str(split_path)},
+            config_dict,
             status="finished",
             resumed_from_epoch=result.resumed_from,
             test=_headline(metrics["test"]),

@@ -129,7 +129,12 @@ def _read_info(out: Path) -> dict[str, Any]:
 
 
 def prepare_output(
-    out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+    out: Path,
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    inputs: Sequence[str | Path | None] = (),
+    deferred: Sequence[str] = (),
 ) -> bool:
     """Claim ``out`` (see ``claim``) and make it ready; returns True when an earlier run there is being
     resumed.
@@ -138,7 +143,9 @@ def prepare_output(
     first checkpoint. A folder holding a run needs ``resume`` (with the same config, apart from
     more epochs) or ``overwrite``. A non-empty folder that holds no run is never deleted, even with
     ``overwrite``: it may be someone's data; nor is a folder holding one of ``inputs`` (the
-    checkpoint a fine-tuning starts from, its manifest, its data).
+    checkpoint a fine-tuning starts from, its manifest, its data). The config keys in ``deferred``
+    are left out of the resume comparison: the command fits them to the data and checks the fitted
+    value itself (``check_resumed_value``).
     """
     if resume and overwrite:
         raise OutputFolderError("--resume and --overwrite contradict each other; give one")
@@ -152,14 +159,19 @@ def prepare_output(
     out.mkdir(parents=True, exist_ok=True)
     claim(out)
     try:
-        return _prepare_claimed(out, config, resume, overwrite, inputs)
+        return _prepare_claimed(out, config, resume, overwrite, inputs, deferred)
     except BaseException:
         release(out)
         raise
 
 
 def _prepare_claimed(
-    out: Path, config: dict[str, Any], resume: bool, overwrite: bool, inputs: Sequence[str | Path | None]
+    out: Path,
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    inputs: Sequence[str | Path | None],
+    deferred: Sequence[str],
 ) -> bool:
     if not _entries(out):
         return False
@@ -176,7 +188,9 @@ def _prepare_claimed(
     saved = _flatten(_read_info(out).get("config", {}))
     now = _flatten(config)
     changed = sorted(
-        k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+        k
+        for k in set(saved) | set(now)
+        if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES and k not in deferred
     )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -184,6 +198,20 @@ def _prepare_claimed(
             f"{out}: --resume with a different config ({details}); use the run's own settings or a new --out"
         )
     return True
+
+
+def check_resumed_value(out: Path, key: str, field: str, value: Any) -> None:
+    """Refuse resuming a run whose ``value`` of the deferred config ``key`` differs from the one it used.
+
+    The comparison is with run.json's top-level ``field``, which has recorded the used value since
+    before the config did (a run without it resumes unchecked).
+    """
+    saved = _read_info(out).get(field)
+    if saved is not None and saved != value:
+        raise OutputFolderError(
+            f"{out}: --resume with a different config ({key}: {saved!r} -> {value!r}); "
+            "use the run's own settings or a new --out"
+        )
 
 
 @contextmanager
