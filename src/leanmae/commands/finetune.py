@@ -323,7 +323,7 @@ def run_finetune(
     if resumed:
         check_resumed_value(out, "optim.batch_size", "batch_size", batch_size)
     # run.json records the config the run used: the fitted batch, not the one asked for.
-    config_dict = {**to_dict(replace(cfg, optim=optim)), **run_keys}
+    used_config = {**to_dict(replace(cfg, optim=optim)), **run_keys}
 
     if opts.linear_probe:
         trained, task = _linear_probe_task(
@@ -359,7 +359,7 @@ def run_finetune(
         write_run_info(
             out,
             "finetune",
-            config_dict,
+            used_config,
             preset=preset,
             seed=cfg.run.seed,
             device=str(ctx.device),
@@ -415,7 +415,7 @@ def run_finetune(
         write_run_info(
             out,
             "finetune",
-            config_dict,
+            used_config,
             status="finished",
             resumed_from_epoch=result.resumed_from,
             test=_headline(metrics["test"]),
