@@ -40,7 +40,7 @@ class OutputFolderError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint is still valid."""
+    """The loss became NaN or infinite; the message says whether a checkpoint is left to resume from."""
 
 
 # The errors a command reports as one line instead of a traceback (see cli.main).
