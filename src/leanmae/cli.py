@@ -14,7 +14,7 @@ from typing import Any
 
 from leanmae import __version__
 from leanmae.config import preset_names
-from leanmae.errors import USER_ERRORS
+from leanmae.errors import USER_ERRORS, os_error_line
 
 EPILOG = (
     "Any config key can also be set with --set KEY=VALUE (repeatable), e.g. --set optim.base_lr=1e-3 "
@@ -453,11 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"leanmae {name}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        # A read-only or full disk, a path that is a file: the system's own words, on one line.
-        print(
-            f"leanmae {name}: error: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""),
-            file=sys.stderr,
-        )
+        line = os_error_line(err)  # a full or read-only disk, a permission: one line; anything else is a bug
+        if line is None:
+            raise
+        print(f"leanmae {name}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -7,6 +7,7 @@ a layer above it.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -40,7 +41,7 @@ class OutputFolderError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint is still valid."""
+    """The loss became NaN or infinite; the message says whether a checkpoint is left to resume from."""
 
 
 # The errors a command reports as one line instead of a traceback (see cli.main).
@@ -52,3 +53,28 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     OutputFolderError,
     NonFiniteLossError,
 )
+
+
+# System errors that describe the machine rather than a bug in leanmae: a full or read-only disk, a
+# missing permission, a failing device. Any of them is worth one line; the path kinds below need a
+# named path to be (a missing file with no name says nothing the user can act on).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_OR_PERMISSION = _NO_SPACE | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_PATH = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def os_error_line(err: OSError) -> str | None:
+    """The one line the command line prints for ``err``: the path (when known) and the system's words.
+
+    None for any other ``OSError`` (a broken pipe, a bad file descriptor, one without an errno): those are
+    bugs, and their traceback is what a report of them needs.
+    """
+    if err.errno not in _DISK_OR_PERMISSION and not (err.errno in _PATH and err.filename):
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    hint = (
+        "; free some space, then run the command again (a training run continues with --resume)"
+        if err.errno in _NO_SPACE
+        else ""
+    )
+    return f"{where}{err.strerror or err}{hint}"

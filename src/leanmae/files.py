@@ -3,7 +3,8 @@
 A file is written to a dotted temporary name ``.NAME.tmp-PID`` beside its target, flushed and
 fsynced, then renamed over the target, so a killed process or a full disk leaves either the old
 content or the new, never half of one (readers skip the dotted leftovers). Folders (checkpoints,
-models, caches) are filled under a temporary name the same way and appear by one rename.
+models, caches) are filled under a temporary name the same way and appear by one rename. A system
+error while writing (a full disk) names the file or folder being written.
 """
 
 from __future__ import annotations
@@ -11,16 +12,64 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from safetensors import SafetensorError  # the Rust extension alone: no torch
 
 
 def temporary_name(path: Path) -> Path:
     """Where ``path`` is built before its rename: dotted, so folder scans pass over leftovers."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+# What temporary_name and atomic_dir's set-aside old folder look like: ".NAME.tmp-PID", ".NAME.old-PID".
+_TEMPORARY = re.compile(r"\..+\.(?:tmp|old)-(\d+)")
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files and folders killed processes left in ``folder`` (not in its subfolders).
+
+    Only for a folder whose lock this process holds (``reporting.runinfo.claim``): while it is held no other
+    leanmae command writes there, so every entry named like a temporary of another process is a leftover.
+    Their PIDs are not looked up, because a container reuses small PIDs and a PID from another node of
+    a shared file system means nothing here. Nothing else is touched: a dotted name must end in
+    ``.tmp-PID`` or ``.old-PID`` to go.
+    """
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        found = _TEMPORARY.fullmatch(entry.name)
+        if not found or int(found.group(1)) == os.getpid():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+# How a system error ends the text of a SafetensorError: "... No space left on device (os error 28) ...".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _raise_naming(err: BaseException, path: Path) -> NoReturn:
+    """Raise ``err``, as an ``OSError`` naming ``path`` when it is a system error that names no file.
+
+    Why: a failed ``write`` or ``fsync`` names no file, and safetensors gives the system's error as text,
+    so a full disk would reach the user as "No space left on device" (or a traceback) without saying where.
+    """
+    code = None
+    if isinstance(err, OSError):
+        code = err.errno if err.filename is None else None
+    elif isinstance(err, SafetensorError) and (found := _RUST_OS_ERROR.search(str(err))):
+        code = int(found.group(1))
+    if code is None:
+        raise err
+    raise OSError(code, os.strerror(code), str(path)) from err
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,9 +103,9 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        _raise_naming(err, path)
     _fsync_dir(path.parent)
 
 
@@ -94,6 +143,6 @@ def atomic_dir(final: Path | str, replace: bool = True) -> Iterator[Path]:
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _raise_naming(err, final)

@@ -105,6 +105,9 @@ def test_a_finetune_killed_with_sigkill_resumes_to_the_result_of_an_uninterrupte
 
     assert main([*_finetune_args(cells, out), "--resume"]) == 0
     assert_same_result(out, reference)
+    assert not _tmp_entries(out, "*") and not _tmp_entries(checkpoints, "*"), (
+        "the killed writes' leftovers are gone"
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["resumed_from_epoch"] == int(done[-1].name.split("-")[1])
 

@@ -3,6 +3,7 @@ root."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from helpers import tiny_finetune, write_images
 from leanmae.data.sources import scan
 from leanmae.data.split import make_split
 from leanmae.errors import DataError
+from leanmae.reporting.tables import Table
 
 
 def test_class_and_folder_names_are_escaped_in_the_study_report(reference_study: Path) -> None:
@@ -24,6 +26,33 @@ def test_class_and_folder_names_are_escaped_in_the_study_report(reference_study:
     assert "<script" not in text.lower() and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)" in text, "the class name is shown, escaped"
     assert "&lt;img src=x onerror=alert(1)&gt;" in text, "the data folder is shown, escaped"
+
+
+def test_class_names_are_escaped_in_the_studys_markdown_tables(reference_study: Path) -> None:
+    """results/tables.md shows the class ``<script>alert(1)`` as text, not as a tag a renderer would run."""
+    text = (reference_study / "results" / "tables.md").read_text()
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(1)" in text, "the class name is shown, escaped"
+
+
+def test_names_with_pipes_and_line_breaks_keep_their_markdown_cell() -> None:
+    """A ``|`` or a line break in a name would split the cell or end the table; a backslash before a ``|``
+    would unescape it."""
+    names = ["a|b", "two\nlines", "back\\", "x\\|y", "<b>&amp;"]
+    table = Table("t", "Per class <i>", ["class", "f1"], [[name, 0.5] for name in names])
+    lines = table.markdown().splitlines()
+    assert lines[0] == "### Per class &lt;i&gt;"
+    rows = lines[4:]
+    assert len(rows) == len(names), "a line break in a name did not end the table"
+    cell_borders = r"(?<!\\)(?:\\\\)*\|"  # a pipe after an even number of backslashes (none, too)
+    assert all(len(re.findall(cell_borders, row)) == 3 for row in rows), rows
+    assert rows == [
+        "| a\\|b | 0.5 |",
+        "| two lines | 0.5 |",
+        "| back\\\\ | 0.5 |",
+        "| x\\\\\\|y | 0.5 |",
+        "| &lt;b&gt;&amp;amp; | 0.5 |",
+    ]
 
 
 def _outside_class(tmp_path: Path) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from leanmae.errors import OutputFolderError
-from leanmae.files import write_json
+from leanmae.files import remove_leftovers, write_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resumption: more epochs, another progress display, other
@@ -141,7 +141,8 @@ def prepare_output(
 
     An empty or new folder is used as is, and so is the folder of a start that failed before its
     first checkpoint. A folder holding a run needs ``resume`` (with the same config, apart from
-    more epochs) or ``overwrite``. A non-empty folder that holds no run is never deleted, even with
+    more epochs) or ``overwrite``; a resume deletes the temporaries a killed process left in the run
+    and its checkpoints (``files.remove_leftovers``). A non-empty folder that holds no run is never deleted, even with
     ``overwrite``: it may be someone's data; nor is a folder holding one of ``inputs`` (the
     checkpoint a fine-tuning starts from, its manifest, its data). The config keys in ``deferred``
     are left out of the resume comparison: the command fits them to the data and checks the fitted
@@ -197,6 +198,8 @@ def _prepare_claimed(
         raise OutputFolderError(
             f"{out}: --resume with a different config ({details}); use the run's own settings or a new --out"
         )
+    for folder in (out, out / "checkpoints"):  # the killed process's half-written files and folders
+        remove_leftovers(folder)
     return True
 
 

@@ -35,6 +35,17 @@ NAMES = {
 }
 
 
+def markdown_text(value: Any) -> str:
+    """``value`` as the text of one Markdown table cell, shown as written and never run.
+
+    Class and folder names come from the data: ``<script>`` in a name would run in a renderer that lets
+    raw HTML through, a ``|`` would split the cell, a line break would end the table. So HTML's special
+    characters become entities, backslashes and pipes are escaped, and line breaks become spaces.
+    """
+    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 @dataclass
 class Table:
     name: str
@@ -47,12 +58,12 @@ class Table:
 
     def markdown(self) -> str:
         lines = [
-            f"### {self.title}",
+            f"### {markdown_text(self.title)}",
             "",
-            "| " + " | ".join(self.headers) + " |",
+            "| " + " | ".join(markdown_text(h) for h in self.headers) + " |",
             "|" + "---|" * len(self.headers),
         ]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
     def html(self) -> str:

@@ -222,20 +222,37 @@ class TrainStep:
         return values
 
 
+def after_non_finite_loss(epoch: int, out_dir: Path) -> str:
+    """What is left after a non-finite loss in (0-based) ``epoch``, and how to go on from there.
+
+    A checkpoint is written at the end of every epoch, so one exists exactly when the run stopped after
+    its first epoch; before that there is nothing to resume, and the failed start lets the corrected
+    command start afresh (``reporting.runinfo.guarded_output``).
+    """
+    fix = "Lower the learning rate (optim.base_lr) or set optim.clip_grad"
+    if epoch == 0:
+        return (
+            f"no checkpoint was written yet (it stopped in the first epoch). {fix}, "
+            "then run the command again without --resume."
+        )
+    return (
+        f"the last checkpoint in {out_dir / 'checkpoints'} (epoch {epoch}) is intact. {fix}, then --resume."
+    )
+
+
 def checked_losses(pending: StepLosses, epoch: int, out_dir: Path) -> list[float]:
     """The loss of each pending step (the sum of its micro-batches, as ``train_loss`` adds them up).
 
     Raises ``NonFiniteLossError`` naming the first step whose loss is NaN or infinite; nothing has been
-    saved since the last checkpoint, which the message points to.
+    saved since the last checkpoint, if there is one (``after_non_finite_loss``).
     """
     sums = []
     for step, values in pending.read():
         for value in values:
             if not math.isfinite(value):
+                where = f"epoch {epoch + 1}, step {step}"
                 raise NonFiniteLossError(
-                    f"loss is {value} at epoch {epoch + 1}, step {step}; the last checkpoint in "
-                    f"{out_dir / 'checkpoints'} is intact. "
-                    "Lower the learning rate (optim.base_lr) or set optim.clip_grad, then --resume."
+                    f"loss is {value} at {where}; {after_non_finite_loss(epoch, out_dir)}"
                 )
         sums.append(sum(values))
     return sums
