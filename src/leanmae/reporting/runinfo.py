@@ -142,8 +142,8 @@ def prepare_output(
     An empty or new folder is used as is, and so is the folder of a start that failed before its
     first checkpoint. A folder holding a run needs ``resume`` (with the same config, apart from
     more epochs) or ``overwrite``; a resume deletes the temporaries a killed process left in the run
-    and its checkpoints (``files.remove_leftovers``). A non-empty folder that holds no run is never deleted, even with
-    ``overwrite``: it may be someone's data; nor is a folder holding one of ``inputs`` (the
+    and its checkpoints (``files.remove_leftovers``). A non-empty folder that holds no run is never
+    deleted, even with ``overwrite``: it may be someone's data; nor is a folder holding one of ``inputs`` (the
     checkpoint a fine-tuning starts from, its manifest, its data). The config keys in ``deferred``
     are left out of the resume comparison: the command fits them to the data and checks the fitted
     value itself (``check_resumed_value``).
