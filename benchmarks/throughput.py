@@ -346,6 +346,7 @@ class LeanmaePath:
                 cache=cache,
                 y=y,
                 index={"train": train, "val": val, "test": val},
+                spec=DecodeSpec(size=cache.images.shape[1]),  # the working size it was decoded at
             )
             counts = np.bincount(y, minlength=len(images.names)).clip(min=1)
             class_weight = torch.tensor(
@@ -354,14 +355,14 @@ class LeanmaePath:
             _, self.task = finetune_task(
                 self.model,
                 data,
-                cfg,
-                list(IMAGENET_MEAN),
-                list(IMAGENET_STD),
-                ctx,
-                batch,
-                1,
-                None,
-                class_weight,
+                cfg=cfg,
+                mean=list(IMAGENET_MEAN),
+                std=list(IMAGENET_STD),
+                ctx=ctx,
+                batch_size=batch,
+                passes_per_epoch=1,
+                sample_weight=None,
+                class_weight=class_weight,
             )
             self.layer_scale = layer_decay_scale(self.model, cfg.classifier.layer_decay)
         if attention:

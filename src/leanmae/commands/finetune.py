@@ -143,7 +143,17 @@ def finetune(
     }
     cfg = resolve(FinetuneConfig, "finetune", preset, config, flags, set)
     with guarded_output(out):
-        return run_finetune(cfg, Path(split), Path(out), fraction, init, data_root, resume, overwrite, preset)
+        return run_finetune(
+            cfg,
+            split_path=Path(split),
+            out=Path(out),
+            fraction=fraction,
+            init=init,
+            data_root=data_root,
+            resume=resume,
+            overwrite=overwrite,
+            preset=preset,
+        )
 
 
 @dataclass
@@ -257,6 +267,7 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
 
 def run_finetune(
     cfg: FinetuneConfig,
+    *,
     split_path: Path,
     out: Path,
     fraction: float,
@@ -325,27 +336,22 @@ def run_finetune(
     # run.json records the config the run used: the fitted batch, not the one asked for.
     used_config = {**to_dict(replace(cfg, optim=optim)), **run_keys}
 
+    task_options = {
+        "cfg": cfg,
+        "mean": mean,
+        "std": std,
+        "ctx": ctx,
+        "batch_size": batch_size,
+        "passes_per_epoch": passes,
+        "sample_weight": sample_weight,
+        "class_weight": class_weight,
+    }
     if opts.linear_probe:
-        trained, task = _linear_probe_task(
-            model,
-            data,
-            mean,
-            std,
-            ctx,
-            opts.eval_batch_size,
-            batch_size,
-            passes,
-            cfg.run.seed,
-            sample_weight,
-            class_weight,
-        )
-        task.select = None if opts.select == "last" else opts.select
+        trained, task = _linear_probe_task(model, data, **task_options)
         layer_scale = None
     else:
         add_drop_path(model, opts.drop_path)
-        trained, task = finetune_task(
-            model, data, cfg, mean, std, ctx, batch_size, passes, sample_weight, class_weight
-        )
+        trained, task = finetune_task(model, data, **task_options)
         layer_scale = layer_decay_scale(model, opts.layer_decay) if opts.layer_decay < 1 else None
 
     if ctx.is_main:
@@ -580,32 +586,43 @@ def _val_metrics(logits: torch.Tensor, y: np.ndarray, labels: list[str]) -> dict
     return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
 
 
+def _selected_metric(cfg: FinetuneConfig) -> str | None:
+    """The validation metric that picks the model (``Task.select``); None keeps the last epoch."""
+    return None if cfg.classifier.select == "last" else cfg.classifier.select
+
+
 def finetune_task(
     model: LeanViTClassifier,
     data: LabelledData,
+    *,
     cfg: FinetuneConfig,
-    mean,
-    std,
+    mean: list[float],
+    std: list[float],
     ctx: Context,
     batch_size: int,
-    passes: int,
-    sample_weight,
-    class_weight,
+    passes_per_epoch: int,
+    sample_weight: np.ndarray | None,
+    class_weight: torch.Tensor | None,
 ) -> tuple[nn.Module, Task]:
-    """What the engine needs to fine-tune ``model`` on ``data``'s train split: ``passes`` passes of
-    batches per epoch (weighted by ``sample_weight`` if given), augmentation and mixup keyed per image,
-    the (class-weighted) cross-entropy and the validation metrics. Public so that benchmarks time the
-    very task ``run_finetune`` trains."""
+    """What the engine needs to fine-tune ``model`` on ``data``'s train split: ``passes_per_epoch``
+    passes of batches per epoch (weighted by ``sample_weight`` if given), augmentation and mixup keyed
+    per image, the (class-weighted) cross-entropy and the validation metrics. Public so that
+    benchmarks time the very task ``run_finetune`` trains."""
     opts, aug, image_size = cfg.classifier, cfg.augment, cfg.model.image_size
     train_idx, classes = data.index["train"], len(data.labels)
 
     def batches(epoch: int) -> list[np.ndarray]:
         return [
             batch
-            for p in range(passes)
+            for p in range(passes_per_epoch)
             for batch in split_batches(
                 epoch_order(
-                    train_idx, epoch * passes + p, cfg.run.seed, ctx.rank, ctx.world_size, sample_weight
+                    train_idx,
+                    epoch * passes_per_epoch + p,
+                    cfg.run.seed,
+                    ctx.rank,
+                    ctx.world_size,
+                    sample_weight,
                 ),
                 batch_size,
                 drop_last=True,
@@ -644,13 +661,18 @@ def finetune_task(
         prepare=prepare,
         loss=loss,
         validate=validate,
-        select=None if opts.select == "last" else opts.select,
+        select=_selected_metric(cfg),
     )
 
 
 @torch.inference_mode()
 def _features(
-    model: LeanViTClassifier, data: LabelledData, split: str, mean, std, batch_size: int
+    model: LeanViTClassifier,
+    data: LabelledData,
+    split: str,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
 ) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
@@ -664,19 +686,21 @@ def _features(
 def _linear_probe_task(
     model: LeanViTClassifier,
     data: LabelledData,
-    mean,
-    std,
+    *,
+    cfg: FinetuneConfig,
+    mean: list[float],
+    std: list[float],
     ctx: Context,
-    eval_batch: int,
     batch_size: int,
-    passes: int,
-    seed: int,
-    sample_weight,
-    class_weight,
+    passes_per_epoch: int,
+    sample_weight: np.ndarray | None,
+    class_weight: torch.Tensor | None,
 ) -> tuple[nn.Module, Task]:
     """Frozen encoder: features of every image computed once, then only the head trains on them."""
     model.requires_grad_(False)
-    feats = {s: _features(model, data, s, mean, std, eval_batch) for s in ("train", "val")}
+    feats = {
+        s: _features(model, data, s, mean, std, cfg.classifier.eval_batch_size) for s in ("train", "val")
+    }
     head = ProbeHead(model.config.hidden_size, len(data.labels)).to(ctx.device)
     positions = np.arange(len(data.index["train"]))
     y_train = torch.as_tensor(data.y[data.index["train"]], device=ctx.device)
@@ -684,9 +708,16 @@ def _linear_probe_task(
     def batches(epoch: int) -> list[np.ndarray]:
         return [
             b
-            for p in range(passes)
+            for p in range(passes_per_epoch)
             for b in split_batches(
-                epoch_order(positions, epoch * passes + p, seed, ctx.rank, ctx.world_size, sample_weight),
+                epoch_order(
+                    positions,
+                    epoch * passes_per_epoch + p,
+                    cfg.run.seed,
+                    ctx.rank,
+                    ctx.world_size,
+                    sample_weight,
+                ),
                 batch_size,
                 drop_last=True,
             )
@@ -702,4 +733,6 @@ def _linear_probe_task(
     def validate(module: nn.Module, epoch: int) -> dict[str, float]:
         return _val_metrics(module(feats["val"]), data.y[data.index["val"]], data.labels)
 
-    return head, Task(batches=batches, prepare=prepare, loss=loss, validate=validate, select="val_macro_f1")
+    return head, Task(
+        batches=batches, prepare=prepare, loss=loss, validate=validate, select=_selected_metric(cfg)
+    )
