@@ -66,7 +66,7 @@ from torch import nn
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, read before anything changes it
 
-from leanmae.commands.finetune import LabelledData, finetune_task  # noqa: E402
+from leanmae.commands.finetune import finetune_task  # noqa: E402
 from leanmae.commands.pretrain import eval_pixels, pretrain_task  # noqa: E402
 from leanmae.config import FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, absolute_lr, resolve  # noqa: E402
 from leanmae.data.augment import (  # noqa: E402
@@ -80,6 +80,7 @@ from leanmae.data.augment import (  # noqa: E402
 from leanmae.data.batches import gather  # noqa: E402
 from leanmae.data.cache import DecodeSpec, ImageCache, load_or_build  # noqa: E402
 from leanmae.data.decode import decode_rgb, square_resize  # noqa: E402
+from leanmae.data.labelled import LabelledData  # noqa: E402
 from leanmae.data.rand import AUGMENT_STREAM, uniform  # noqa: E402
 from leanmae.data.sources import ImageRecord, scan  # noqa: E402
 from leanmae.data.split import make_split  # noqa: E402

@@ -1001,7 +1001,7 @@ def test_an_unknown_recipe_choice_is_refused_before_any_work(cells: dict[str, An
 
 
 def test_sqrt_class_weights_pull_half_as_hard_as_inverse_frequency() -> None:
-    from leanmae.commands.finetune import class_weights
+    from leanmae.data.labelled import class_weights
 
     counts = np.array([10, 40])
     inverse, sqrt = class_weights(counts, "loss"), class_weights(counts, "sqrt")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import leanmae.commands.finetune as finetune_module
+import leanmae.data.labelled as labelled_module
 from helpers import tiny_finetune, tiny_pretrain, write_images
 from leanmae.cli import main
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
@@ -131,7 +131,7 @@ def test_resuming_a_finetuning_run_after_the_split_changed_is_refused_before_dec
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded images before refusing the resume")
 
-    monkeypatch.setattr(finetune_module, "build_cache_for", no_decoding)
+    monkeypatch.setattr(labelled_module, "build_cache_for", no_decoding)
     with pytest.raises(DataError, match=r"--resume refused: the split .* changed") as caught:
         tiny_finetune(split, out, epochs=2, resume=True)
     assert "the training images" not in str(caught.value)
@@ -154,12 +154,12 @@ def test_resuming_a_finetuning_run_whose_label_draw_changed_is_refused(
     classifier_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     split, out = classifier_run
-    draw = finetune_module.label_fraction
+    draw = labelled_module.label_fraction
 
     def another_draw(items, fraction, seed, split="train"):  # as a changed drawing rule would
         return draw(items, fraction, seed, split)[1:]
 
-    monkeypatch.setattr(finetune_module, "label_fraction", another_draw)
+    monkeypatch.setattr(labelled_module, "label_fraction", another_draw)
     with pytest.raises(
         DataError, match=r"the images drawn for this label fraction and seed \(25 then, 23 now\)"
     ):

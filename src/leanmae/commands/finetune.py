@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,30 +52,15 @@ from leanmae.data.augment import (
     to_float,
 )
 from leanmae.data.batches import epoch_order, gather, split_batches
-from leanmae.data.cache import (
-    DecodeSpec,
-    ImageCache,
-    build_cache_for,
-    load_or_build,
-    spec_extras,
-    stain_spec,
-    working_size,
-)
+from leanmae.data.cache import DecodeSpec, working_size
 from leanmae.data.colour import augment_colour
 from leanmae.data.fingerprint import check_resume, manifest_parts
+from leanmae.data.labelled import LabelledData, class_weights, labels_used, load_labelled
 from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.sources import ImageRecord
-from leanmae.data.split import Item, counts, label_fraction, read_manifest, verify
-from leanmae.errors import DataError
-from leanmae.evaluation.calibration import (
-    confidence_columns,
-    confidence_report,
-    reliability_bins,
-    risk_coverage,
-    softmax,
-)
-from leanmae.evaluation.metrics import classification_report, summary, write_predictions
+from leanmae.data.split import counts
+from leanmae.evaluation.final import final_evaluation, headline
+from leanmae.evaluation.metrics import summary
 from leanmae.evaluation.predict import cached_batches, predict_logits
 from leanmae.files import write_json
 from leanmae.models.card import write_card
@@ -86,15 +70,10 @@ from leanmae.models.classifier import (
     build_classifier,
     layer_decay_scale,
 )
-from leanmae.models.io import load_preprocessing, model_folder, save_model
+from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.linear_probe import ProbeHead, fold_probe_into
-from leanmae.reporting.plots import (
-    confidence_boxplot,
-    confusion_plot,
-    reliability_figure,
-    risk_coverage_figure,
-    training_curves,
-)
+from leanmae.reporting.classifier_figures import write_test_figures
+from leanmae.reporting.plots import training_curves
 from leanmae.reporting.runinfo import check_resumed_value, guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
@@ -156,115 +135,6 @@ def finetune(
         )
 
 
-@dataclass
-class LabelledData:
-    """The split's images in the decode-once cache, with integer labels and index sets per split."""
-
-    root: Path
-    items: list[Item]
-    labels: list[str]
-    cache: ImageCache
-    y: np.ndarray  # cache entry -> class index
-    index: dict[str, np.ndarray]  # "train" (this fraction), "val", "test" -> cache entries
-    spec: DecodeSpec  # how the images were decoded (with the stain reference of the train split)
-
-    def paths(self, split: str) -> list[str]:
-        return [self.items[s].relpath for s in self.cache.sources[self.index[split]]]
-
-
-def load_labelled(
-    split_path: Path,
-    data_root: str | Path | None,
-    fraction: float,
-    seed: int,
-    spec: DecodeSpec,
-    cfg: FinetuneConfig,
-    ctx: Context,
-    before_decode: Callable[[list[Item], set[str]], None] | None = None,
-) -> LabelledData:
-    """Read and verify the manifest, decode its images once, and pick this run's label fraction.
-
-    ``before_decode`` sees the verified items (with their sha256) and the drawn train / val paths
-    before anything is decoded (on the main process): the resume check of the data.
-    """
-    root, items = read_manifest(split_path, data_root)
-    hashed = verify(items, root) if ctx.is_main else items
-    labels = sorted({it.label for it in items})
-    if len(labels) < 2:
-        raise DataError(
-            f"{split_path}: the manifest lists images of a single class ({labels[0]}); a "
-            "classification task needs at least two classes"
-        )
-    chosen = {it.relpath for it in label_fraction(items, fraction, seed)}
-    if cfg.classifier.val == "honest":
-        chosen |= {it.relpath for it in label_fraction(items, fraction, seed, split="val")}
-    if before_decode is not None and ctx.is_main:
-        before_decode(hashed, chosen)
-    records = [ImageRecord(root / it.relpath, root, it.label) for it in items]
-    spec = stain_spec(
-        spec, cfg.data.stain_norm, [r for r, it in zip(records, items, strict=True) if it.split == "train"]
-    )
-    cache = build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx)
-    item_of_entry = [items[s] for s in cache.sources]
-    y = np.array([labels.index(it.label) for it in item_of_entry], dtype=np.int64)
-    index = {
-        "train": np.array(
-            [i for i, it in enumerate(item_of_entry) if it.split == "train" and it.relpath in chosen],
-            dtype=np.int64,
-        ),
-        "val": np.array(
-            [
-                i
-                for i, it in enumerate(item_of_entry)
-                if it.split == "val" and (cfg.classifier.val == "full" or it.relpath in chosen)
-            ],
-            dtype=np.int64,
-        ),
-        "test": np.array([i for i, it in enumerate(item_of_entry) if it.split == "test"], dtype=np.int64),
-    }
-    for name, idx in index.items():
-        missing = set(range(len(labels))) - set(y[idx].tolist())
-        if missing:
-            raise DataError(
-                f"{split_path}: the {name} images lack class(es) "
-                f"{', '.join(labels[m] for m in sorted(missing))}"
-            )
-    return LabelledData(root, items, labels, cache, y, index, spec)
-
-
-def labels_used(data: LabelledData, val_mode: str) -> dict[str, Any]:
-    """The labels a run used, as counts: train and val per class and in total (metrics.json, tables)."""
-    per = {
-        s: dict(
-            zip(
-                data.labels,
-                np.bincount(data.y[data.index[s]], minlength=len(data.labels)).tolist(),
-                strict=True,
-            )
-        )
-        for s in ("train", "val")
-    }
-    return {
-        "train": per["train"],
-        "val": per["val"],
-        "total": int(len(data.index["train"]) + len(data.index["val"])),
-        "val_mode": val_mode,
-    }
-
-
-def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
-    """Loss weights per class, mean 1 over the training images: 1/count (loss) or 1/sqrt(count) (sqrt).
-
-    Why sqrt by default: full inverse-frequency weights over-correct on tiny, uneven label sets (a
-    1 % run predicted one class three times as often as it occurs); the square root halves the pull.
-    """
-    power = {"loss": 1.0, "sqrt": 0.5}.get(balance)
-    if power is None:
-        return None
-    weights = counts.astype(np.float64) ** -power
-    return weights * counts.sum() / (weights * counts).sum()
-
-
 def run_finetune(
     cfg: FinetuneConfig,
     *,
@@ -298,15 +168,16 @@ def run_finetune(
     opts, image_size = cfg.classifier, cfg.model.image_size
     data = load_labelled(
         split_path,
-        data_root,
-        fraction,
-        cfg.run.seed,
-        DecodeSpec(size=working_size(image_size, cfg.data.cache_size), cell_crop=cfg.data.cell_crop),
-        cfg,
-        ctx,
-        lambda items, drawn: data_check.update(check_resume(out, manifest_parts(items, drawn), resumed)),
+        data_root=data_root,
+        fraction=fraction,
+        seed=cfg.run.seed,
+        spec=DecodeSpec(size=working_size(image_size, cfg.data.cache_size), cell_crop=cfg.data.cell_crop),
+        cfg=cfg,
+        ctx=ctx,
+        before_decode=lambda items, drawn: data_check.update(
+            check_resume(out, manifest_parts(items, drawn), resumed)
+        ),
     )
-    spec = data.spec
     labels, train_idx = data.labels, data.index["train"]
     used = labels_used(data, opts.val)  # recorded in run.json at the start and in metrics.json at the end
 
@@ -393,16 +264,16 @@ def run_finetune(
             trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
             fold_probe_into(model, trained)
-        metrics = _final_evaluation(
+        metrics, test_logits = final_evaluation(
             model,
             data,
-            cfg,
-            spec,
-            mean,
-            std,
-            out,
-            result.best_epoch if opts.select != "last" else len(result.history),
+            cfg=cfg,
+            mean=mean,
+            std=std,
+            out=out,
+            selected_epoch=result.best_epoch if opts.select != "last" else len(result.history),
         )
+        write_test_figures(out, metrics, labels, data.y[data.index["test"]], test_logits)
         metrics.update(
             {
                 "fraction": fraction,
@@ -424,7 +295,7 @@ def run_finetune(
             used_config,
             status="finished",
             resumed_from_epoch=result.resumed_from,
-            test=_headline(metrics["test"]),
+            test=headline(metrics["test"]),
             wall_seconds=metrics["wall_seconds"],
         )
         write_card(out / "model")
@@ -436,143 +307,6 @@ def run_finetune(
         )
     ctx.barrier()
     return metrics
-
-
-def _final_evaluation(
-    model: LeanViTClassifier,
-    data: LabelledData,
-    cfg: FinetuneConfig,
-    spec: DecodeSpec,
-    mean: list[float],
-    std: list[float],
-    out: Path,
-    selected_epoch: int | None,
-) -> dict[str, Any]:
-    """Score the selected model once on the test split, fit its confidence tools on validation, save it.
-
-    Writes model/ (with temperature and thresholds in leanmae.json), predictions.csv and the figures;
-    returns metrics.json's content (without the run's bookkeeping).
-    """
-    opts, labels = cfg.classifier, data.labels
-    logits = {
-        s: _logits(model, data.cache.images, data.index[s], mean, std, opts.eval_batch_size, cfg.run.progress)
-        for s in ("val", "test")
-    }
-    truth = {s: data.y[data.index[s]] for s in ("val", "test")}
-    ood_logits = None
-    if opts.ood_data:
-        ood = load_or_build(
-            collect(opts.ood_data),
-            spec,
-            cfg.data.cache_dir,
-            cfg.data.skip_bad,
-            cfg.data.workers,
-            cfg.run.progress,
-        )
-        ood_logits = _logits(
-            model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress
-        )
-    confidence = confidence_report(
-        logits["val"],
-        truth["val"],
-        logits["test"],
-        truth["test"],
-        opts.target_accuracy,
-        ood_logits,
-        opts.temperature_prior,
-    )
-    temperature, threshold = confidence["calibration"]["temperature"], confidence["refer"]["threshold"]
-    probs = {s: softmax(v) for s, v in logits.items()}
-    metrics = {
-        "selection": opts.select,
-        "selected_epoch": selected_epoch,
-        "test": classification_report(truth["test"], probs["test"], labels),
-        "val": classification_report(truth["val"], probs["val"], labels),
-        **confidence,
-    }
-    energy_threshold = confidence.get("ood", {}).get("energy_threshold")
-    save_model(
-        model,
-        out / "model",
-        mean,
-        std,
-        {
-            "kind": "classifier",
-            "labels": labels,
-            **spec_extras(spec),
-            "temperature": temperature,
-            "refer_threshold": threshold,
-            "target_accuracy": opts.target_accuracy,
-            "energy_threshold": energy_threshold,
-        },
-    )
-    scaled = softmax(logits["test"], temperature)
-    write_predictions(
-        out / "predictions.csv",
-        data.paths("test"),
-        probs["test"],
-        labels,
-        truth["test"],
-        extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold),
-    )
-    confusion_plot(
-        metrics["test"]["confusion_matrix"]["rows_true_cols_predicted"],
-        labels,
-        out / "confusion_matrix.png",
-        "test split",
-    )
-    confidence_boxplot(
-        {"test": {"true": truth["test"], "probs": probs["test"]}},
-        labels,
-        out / "confidence.png",
-        "confidence on the test split (correct vs wrong, per true class)",
-    )
-    eces = (confidence["calibration"]["before"]["ece"], confidence["calibration"]["after"]["ece"])
-    reliability_figure(
-        reliability_bins(probs["test"], truth["test"]),
-        reliability_bins(scaled, truth["test"]),
-        eces,
-        temperature,
-        out / "reliability.png",
-        "reliability on the test split (temperature fitted on validation)",
-    )
-    kept = confidence["refer"]["test"]
-    risk_coverage_figure(
-        {
-            "before scaling": risk_coverage(probs["test"], truth["test"]),
-            "after scaling": risk_coverage(scaled, truth["test"]),
-        },
-        (kept["coverage"], 1 - kept["accuracy_kept"]) if kept["coverage"] > 0 else None,
-        out / "risk_coverage.png",
-        "refer to expert: risk against coverage (test)",
-    )
-    return metrics
-
-
-def _headline(report: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
-    }
-
-
-def _logits(
-    model: LeanViTClassifier,
-    images: np.ndarray,
-    idx: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    batch_size: int,
-    progress: bool,
-) -> np.ndarray:
-    return predict_logits(
-        model,
-        cached_batches(images, idx, batch_size),
-        model.config.image_size,
-        mean,
-        std,
-        total=len(idx),
-        progress=progress,
-    )
 
 
 def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
