@@ -116,7 +116,9 @@ def test_killing_the_study_process_alone_also_stops_the_run_it_launched(
         )  # the run's process has started
         os.kill(proc.pid, signal.SIGKILL)  # the study process only, as `kill -9 PID` does
         proc.wait(timeout=60)
-        deadline = time.monotonic() + 5
+        # The run polls its parent once a second; 30 s leaves room for a machine loaded by other work
+        # (5 s failed once beside a running study), while a run left training would still be caught.
+        deadline = time.monotonic() + 30
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         orphans = [c for c in children if _alive(c)]
