@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers.configuration_utils as configuration_utils
 import transformers.dynamic_module_utils as dynamic_modules
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
@@ -121,3 +122,27 @@ def test_leanmae_itself_loads_the_folder_without_running_its_code(run: dict[str,
     assert type(model).__module__ == "leanmae.models.modeling_leanmae_vit"
     rows = leanmae.predict(run["model"], [str(next((run["images"] / LABELS[0]).glob("*.png")))])
     assert rows[0]["predicted_label"] in LABELS
+
+
+def test_a_classifier_saved_before_its_own_model_type_loads_silently_with_the_same_logits(
+    run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders written before ``leanmae_vit`` say ``model_type: vit`` (the label-honest study's runs):
+    leanmae still reads them as its classifier, without transformers' warning about a `vit` config."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for item in run["model"].iterdir():
+        if item.name != "modeling_leanmae_vit.py":
+            (old / item.name).write_bytes(item.read_bytes())
+    config = json.loads((old / "config.json").read_text())
+    config["model_type"] = "vit"
+    config.pop("auto_map")
+    (old / "config.json").write_text(json.dumps(config))
+    _, pixels = _pixels(run["model"], run["images"])
+    warnings: list[str] = []
+    monkeypatch.setattr(
+        configuration_utils.logger, "warning", lambda message, *a, **k: warnings.append(message)
+    )
+    logits = _leanmae_logits(old, pixels)
+    assert not [w for w in warnings if "leanmae_vit" in w], warnings
+    assert torch.equal(logits, _leanmae_logits(run["model"], pixels))

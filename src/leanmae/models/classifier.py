@@ -168,4 +168,9 @@ def load_classifier(folder: Path) -> LeanViTClassifier:
         ("classifier",),
         "predict and evaluate need a classifier (a `leanmae finetune` run or its model/)",
     )
+    config = check_model_folder(folder)
+    if config.get("model_type") == "vit":
+        # Saved before classifiers had their own model type: the same weights and keys, read into
+        # LeanViTConfig directly, so transformers does not warn that a `vit` config makes a `leanmae_vit`.
+        return load_pretrained(LeanViTClassifier, folder, config=LeanViTConfig.from_dict(config))
     return load_pretrained(LeanViTClassifier, folder)
