@@ -109,6 +109,16 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     _fsync_dir(path.parent)
 
 
+RUN_FILE = "run.json"
+
+
+def run_info(folder: Path | str) -> dict[str, Any]:
+    """A run folder's ``run.json``, or ``{}`` where there is none yet; one reader for the report and
+    the robustness benchmark (both look for finished runs)."""
+    path = Path(folder) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     """``obj`` as indented JSON, atomically; values JSON does not know (paths, dates) as text."""
     write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")

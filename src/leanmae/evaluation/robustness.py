@@ -54,7 +54,7 @@ from leanmae.evaluation.shifts import (
     apply_shift,
     image_keys,
 )
-from leanmae.files import write_json
+from leanmae.files import run_info, write_json
 from leanmae.progress import bar_disabled
 
 ROBUSTNESS_FILE = "robustness.json"
@@ -242,18 +242,14 @@ def split_test_records(split: Path) -> list[ImageRecord]:
     return [ImageRecord(root / it.relpath, root, it.label) for it in items if it.split == "test"]
 
 
-def _status(run: Path) -> str | None:
-    """A run's status in its run.json (read here: the run folders' reader is in the reporting layer above)."""
-    path = run / "run.json"
-    return json.loads(path.read_text()).get("status") if path.exists() else None
-
-
 def finished_runs(study: Path) -> list[Path]:
     """The study's fine-tuning runs that finished and saved a classifier."""
     return [
         folder
         for folder in sorted((Path(study) / "runs").glob("*_f*_s*"))
-        if folder.is_dir() and _status(folder) == "finished" and (folder / "model" / "config.json").exists()
+        if folder.is_dir()
+        and run_info(folder).get("status") == "finished"
+        and (folder / "model" / "config.json").exists()
     ]
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from leanmae.errors import OutputFolderError
-from leanmae.files import remove_leftovers, write_json
+from leanmae.files import RUN_FILE, remove_leftovers, run_info, write_json
 
-RUN_FILE = "run.json"
 # Keys that may change between a run and its resumption: more epochs, another progress display, other
 # trackers.
 RESUMABLE_CHANGES = ("optim.epochs", "run.progress", "run.prefetch", "run.report_to")
@@ -274,7 +273,7 @@ def check_output_file(path: Path, overwrite: bool, option: str = "--out") -> Non
 def write_run_info(out: Path, command: str, config: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """Write (or update) run.json; earlier fields are kept, so the end of a run can add results."""
     path = Path(out) / RUN_FILE
-    info = json.loads(path.read_text()) if path.exists() else {}
+    info = run_info(out)
     info.update({"command": command, "config": config, "versions": versions(), **fields})
     info.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json(path, info)

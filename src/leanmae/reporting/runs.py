@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from leanmae.config import BASELINE_ARM, arm_of
+from leanmae.files import run_info
 
 BASELINE = BASELINE_ARM
 
@@ -73,11 +74,6 @@ def pct(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
 
-def info(folder: Path) -> dict[str, Any]:
-    path = folder / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _labels(metrics: dict[str, Any], manifest: list[Any] | None) -> Labels:
     used = metrics.get("labels_used")
     if used:
@@ -105,8 +101,8 @@ def load_runs(study: Path) -> list[Run]:
     seed."""
     runs, manifest = [], _manifest(study)
     for folder in sorted((study / "runs").glob("*_f*_s*")):
-        run_info, metrics_file = info(folder), folder / "metrics.json"
-        if not metrics_file.exists() or run_info.get("status") != "finished":
+        details, metrics_file = run_info(folder), folder / "metrics.json"
+        if not metrics_file.exists() or details.get("status") != "finished":
             continue
         metrics = json.loads(metrics_file.read_text())
         with open(folder / "history.csv") as f:
@@ -120,7 +116,7 @@ def load_runs(study: Path) -> list[Run]:
                 int(metrics["seed"]),
                 metrics,
                 history,
-                run_info,
+                details,
                 _labels(metrics, manifest),
             )
         )
@@ -133,7 +129,7 @@ def failed_runs(study: Path) -> list[str]:
     return [
         folder.name
         for folder in sorted((study / "runs").glob("*_f*_s*"))
-        if folder.is_dir() and info(folder).get("status") == "failed"
+        if folder.is_dir() and run_info(folder).get("status") == "failed"
     ]
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from leanmae.evaluation.stats import Estimate, estimate, paired
+from leanmae.files import run_info
 from leanmae.reporting.runs import (
     BASELINE,
     Labels,
     Run,
     arms,
     by_cell,
-    info,
     label_text,
     labels_at,
     pct,
@@ -279,7 +279,7 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     interruption.
     """
     rows: list[list[Any]] = []
-    finished = [(folder, info(folder)) for folder in pretrains]
+    finished = [(folder, run_info(folder)) for folder in pretrains]
     finished = [(folder, i) for folder, i in finished if i.get("status") == "finished"]
     for folder, pre in finished:
         name = "MAE pretraining" if len(finished) == 1 else f"MAE pretraining ({folder.name})"
