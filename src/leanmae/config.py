@@ -663,6 +663,12 @@ def run_name(arm: str, fraction: float, seed: int) -> str:
     return f"{label}_f{fraction:g}_s{seed}"
 
 
+def run_folders(study: Path | str) -> list[Path]:
+    """A study's run folders (named by ``run_name``), sorted; the report and the robustness benchmark
+    both start from them."""
+    return sorted((Path(study) / "runs").glob("*_f*_s*"))
+
+
 def arm_of(run_folder: str) -> str:
     """The arm of a run folder named by ``run_name``."""
     return run_folder.rsplit("_f", 1)[0]

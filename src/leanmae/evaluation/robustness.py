@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanmae.config import run_folders
 from leanmae.data.cache import (
     DecodeSpec,
     ImageCache,
@@ -246,7 +247,7 @@ def finished_runs(study: Path) -> list[Path]:
     """The study's fine-tuning runs that finished and saved a classifier."""
     return [
         folder
-        for folder in sorted((Path(study) / "runs").glob("*_f*_s*"))
+        for folder in run_folders(study)
         if folder.is_dir()
         and run_info(folder).get("status") == "finished"
         and (folder / "model" / "config.json").exists()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leanmae.config import BASELINE_ARM, arm_of
+from leanmae.config import BASELINE_ARM, arm_of, run_folders
 from leanmae.files import run_info
 
 BASELINE = BASELINE_ARM
@@ -100,7 +100,7 @@ def load_runs(study: Path) -> list[Run]:
     """Finished runs (run.json status "finished"), scratch first, then the other arms sorted; by fraction,
     seed."""
     runs, manifest = [], _manifest(study)
-    for folder in sorted((study / "runs").glob("*_f*_s*")):
+    for folder in run_folders(study):
         details, metrics_file = run_info(folder), folder / "metrics.json"
         if not metrics_file.exists() or details.get("status") != "finished":
             continue
@@ -128,7 +128,7 @@ def failed_runs(study: Path) -> list[str]:
     """Run folders whose run.json says the run failed (not those still running or waiting)."""
     return [
         folder.name
-        for folder in sorted((study / "runs").glob("*_f*_s*"))
+        for folder in run_folders(study)
         if folder.is_dir() and run_info(folder).get("status") == "failed"
     ]
 
