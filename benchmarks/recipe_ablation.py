@@ -8,6 +8,10 @@ are chosen on validation). The test macro-F1 each run wrote is listed beside, fo
     python benchmarks/recipe_ablation.py --split SPLIT.csv --mae MAE_FOLDER --out runs/ablation \\
         --fractions 0.01,0.1 --seeds 0 --jobs 2
 
+Step 4 is today's default recipe, so with ``--default-runs STUDY`` it reads that study's runs
+(same split, same MAE, same seed) instead of training them again: the 1 % seed-0 runs of both arms
+were trained both ways and came out bit-identical (test macro-F1 0.8598 and 0.6674).
+
 Prints a Markdown table (also written to OUT/ablation.md).
 """
 
@@ -20,6 +24,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from leanmae.config import run_name
+from leanmae.files import run_info
 
 # The recipe of the committed starved study, then one change at a time to today's default.
 OLD = [
@@ -41,6 +48,8 @@ STEPS: list[tuple[str, list[str]]] = [
     ("default with CLS pooling", ["classifier.pooling=cls"]),
     ("default with 2x min_steps", ["classifier.min_steps=600"]),
 ]
+DEFAULT_STEP = 4
+STUDY_ARM = {"mae": "mae-in-domain", "scratch": "scratch"}  # the study arm each ablation arm matches
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -49,10 +58,24 @@ def run(cmd: list[str], log: Path) -> None:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
 
 
-def one(split: str, out: Path, arm: str, init: str, step: int, fraction: float, seed: int) -> dict:
-    folder = out / f"{arm}_step{step}_f{fraction:g}_s{seed}"
+def one(
+    split: str,
+    out: Path,
+    arm: str,
+    init: str,
+    step: int,
+    fraction: float,
+    seed: int,
+    default_runs: Path | None,
+) -> dict:
+    name = f"{arm}_step{step}_f{fraction:g}_s{seed}"
+    folder = out / name
     leanmae = [sys.executable, "-m", "leanmae"]
-    if not (folder / "metrics.json").exists():
+    if step == DEFAULT_STEP and default_runs is not None:
+        folder = default_runs / "runs" / run_name(STUDY_ARM[arm], fraction, seed)
+        if run_info(folder).get("status") != "finished":
+            raise SystemExit(f"{folder}: not a finished study run; drop --default-runs to train step 4")
+    elif not (folder / "metrics.json").exists():
         sets = [a for s in STEPS[step][1] for a in ("--set", s)]
         run(
             leanmae
@@ -74,11 +97,11 @@ def one(split: str, out: Path, arm: str, init: str, step: int, fraction: float, 
             ],
             Path(f"{folder}.log"),
         )
-    val = folder / "val-full"
+    val = out / name / "val-full"
     if not (val / "metrics.json").exists():
         run(
             leanmae + ["evaluate", str(folder), "--split", split, "--subset", "val", "--out", str(val)],
-            Path(f"{folder}.log"),
+            Path(f"{out / name}.log"),
         )
     metrics = json.loads((folder / "metrics.json").read_text())
     return {
@@ -104,6 +127,11 @@ def main() -> None:
     parser.add_argument("--arms", default="mae,scratch")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
+        "--default-runs",
+        type=Path,
+        help="a study folder (same split and MAE) whose runs stand in for step 4, the default recipe",
+    )
+    parser.add_argument(
         "--table-only",
         action="store_true",
         help="only tabulate the runs (and their val scoring) already finished in --out",
@@ -126,7 +154,9 @@ def main() -> None:
             if (out / f"{g[0]}_step{g[1]}_f{g[2]:g}_s{g[3]}" / "val-full" / "metrics.json").exists()
         ]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:]), grid))
+        rows = list(
+            pool.map(lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:], args.default_runs), grid)
+        )
     lines = [
         "| arm | labels | step | val macro-F1 (whole val split) | test macro-F1 (read only) |",
         "| --- | --- | --- | --- | --- |",
