@@ -87,6 +87,7 @@ WRONG: dict[str, Any] = {
     "classifier.val": "half",
     "classifier.temperature_prior": 0,
     "classifier.linear_probe": "maybe",
+    "classifier.lp_ft": "maybe",
     "classifier.min_steps": -1,
     "classifier.eval_batch_size": 0,
     "classifier.target_accuracy": 1.5,

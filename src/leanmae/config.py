@@ -166,6 +166,8 @@ class ClassifierOptions:
         0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
     )
     linear_probe: bool = False  # frozen encoder, features computed once, linear head only
+    # LP-FT: fit that linear probe first, then fine-tune the whole network starting from its head
+    lp_ft: bool = False
     min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
     eval_batch_size: int = 256
     target_accuracy: float = (
@@ -588,6 +590,7 @@ CHECKS: dict[str, Check] = {
     "classifier.val": choice("honest", "full"),
     "classifier.temperature_prior": number(0, low_open=True, optional=True),
     "classifier.linear_probe": is_bool,
+    "classifier.lp_ft": is_bool,
     "classifier.min_steps": number(0),
     "classifier.eval_batch_size": POSITIVE_INT,
     "classifier.target_accuracy": number(0, 1, low_open=True),

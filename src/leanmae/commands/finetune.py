@@ -1,7 +1,8 @@
 """``leanmae finetune``: a ViT classifier from scratch or from an MAE encoder, at a fraction of the labels.
 
 The seed's method: the MAE's encoder with a new classifier head, the whole network fine-tuned
-(``--linear-probe`` trains only the head on frozen features instead). Training uses the train
+(``--linear-probe`` trains only the head on frozen features instead; ``classifier.lp_ft`` trains that
+probe first and fine-tunes from its head). Training uses the train
 split's images of one label fraction; the model is selected on the validation split (best
 macro-F1, or the last epoch); the test split is scored once, at the end, and never used for a
 choice. Output folder:
@@ -15,12 +16,14 @@ choice. Output folder:
     predictions.csv         test images: path, true, predicted, confidence, calibrated confidence,
                             refer, energy, ood, every class's probability
     training_curves.png, confusion_matrix.png, confidence.png, reliability.png, risk_coverage.png
+    probe/                  with classifier.lp_ft: the probe stage's history.csv and checkpoints
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from torch import nn
 from leanmae.config import (
     CHECKS,
     FinetuneConfig,
+    OptimConfig,
     absolute_lr,
     check_values,
     lr_rule,
@@ -59,6 +63,7 @@ from leanmae.data.labelled import LabelledData, class_weights, labels_used, load
 from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.split import counts
+from leanmae.errors import ConfigError
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
 from leanmae.evaluation.predict import cached_batches, predict_logits
@@ -78,7 +83,9 @@ from leanmae.reporting.runinfo import check_resumed_value, guarded_output, prepa
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
-from leanmae.training.engine import Task, fit
+from leanmae.training.engine import Task, TrainResult, fit
+
+PROBE_FOLDER = "probe"  # LP-FT's probe stage, inside the run folder
 
 
 def finetune(
@@ -148,6 +155,11 @@ def run_finetune(
     preset: str | None,
 ) -> dict[str, Any]:
     check_values(cfg, CHECKS)  # also for a config built in Python rather than resolved
+    if cfg.classifier.lp_ft and cfg.classifier.linear_probe:
+        raise ConfigError(
+            "classifier.lp_ft (a linear probe, then full fine-tuning) contradicts classifier.linear_probe "
+            "(the probe alone); set one of them"
+        )
     if cfg.classifier.ood_data:
         collect(
             cfg.classifier.ood_data
@@ -227,7 +239,7 @@ def run_finetune(
 
     if ctx.is_main:
         print(
-            f"fine-tuning ({'linear probe' if opts.linear_probe else 'full'}) from {init}: "
+            f"fine-tuning ({_mode(opts.linear_probe, opts.lp_ft)}) from {init}: "
             f"{len(train_idx)} training images ({fraction:g} of train, per class "
             f"{dict(zip(labels, class_counts.tolist(), strict=True))}), {len(data.index['val'])} val "
             f"({opts.val}), {len(data.index['test'])} test; "
@@ -253,15 +265,13 @@ def run_finetune(
             status="running",
         )
 
-    task.on_best = lambda module: save_weights(module, out / "best.safetensors")
     started = time.time()
-    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
-    result = fit(trained, task, optim, cfg.run, ctx, out, steps_per_epoch, layer_scale)
+    if opts.lp_ft:
+        start_from_probe(model, data, out / PROBE_FOLDER, optim, task_options)
+    result = _fit_selected(trained, task, optim, cfg, ctx, out, layer_scale)
 
     metrics: dict[str, Any] = {}
     if ctx.is_main:
-        if opts.select != "last" and (out / "best.safetensors").exists():
-            trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
             fold_probe_into(model, trained)
         metrics, test_logits = final_evaluation(
@@ -280,6 +290,7 @@ def run_finetune(
                 "init": str(init),
                 "seed": cfg.run.seed,
                 "linear_probe": opts.linear_probe,
+                "lp_ft": opts.lp_ft,
                 "train_images": int(len(train_idx)),
                 "labels_used": used,
                 "train_seconds": result.seconds,
@@ -307,6 +318,61 @@ def run_finetune(
         )
     ctx.barrier()
     return metrics
+
+
+def _mode(linear_probe: bool, lp_ft: bool) -> str:
+    return "linear probe" if linear_probe else "linear probe, then full" if lp_ft else "full"
+
+
+def _fit_selected(
+    trained: nn.Module,
+    task: Task,
+    optim: OptimConfig,
+    cfg: FinetuneConfig,
+    ctx: Context,
+    out: Path,
+    layer_scale: Callable[[str], float] | None = None,
+) -> TrainResult:
+    """Train with the engine in ``out``; rank 0 then holds the weights ``classifier.select`` picked."""
+    task.on_best = lambda module: save_weights(module, out / "best.safetensors")
+    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
+    result = fit(trained, task, optim, cfg.run, ctx, out, steps_per_epoch, layer_scale)
+    if ctx.is_main and cfg.classifier.select != "last" and (out / "best.safetensors").exists():
+        trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
+    return result
+
+
+def start_from_probe(
+    model: LeanViTClassifier,
+    data: LabelledData,
+    out: Path,
+    optim: OptimConfig,
+    task_options: dict[str, Any],
+) -> ProbeHead:
+    """LP-FT's first stage (Kumar et al., ICLR 2022): make ``model``'s head a linear probe fitted on the
+    frozen encoder's features of the run's training images; returns the probe.
+
+    Why: a random head's large early gradients distort the pretrained features before the head fits;
+    a head that already fits them leaves the encoder to adapt gently. The probe is ``--linear-probe``'s
+    own (``_linear_probe_task``: features computed once in eval mode, without augmentation or drop
+    path, from the pooled and normalised output the head reads), trained by the engine with the run's
+    optimiser settings and selection, in ``out`` with its own checkpoints: a resumed run reloads the
+    finished probe (or continues an unfinished one) exactly. Its BatchNorm is folded into the head, so
+    at step 0 of fine-tuning the classifier gives the probe's logits. Only the run's training and
+    validation images are used. Under DDP rank 0's head wins: DDP broadcasts rank 0's parameters
+    when it wraps the model for fine-tuning.
+    """
+    cfg, ctx = task_options["cfg"], task_options["ctx"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head, task = _linear_probe_task(model, data, **task_options)
+    if ctx.is_main:
+        print(f"LP-FT: fitting a linear probe on frozen features first (history in {out})")
+    # The probe stage reports to no tracker: the run's trackers follow the fine-tuning.
+    _fit_selected(head, task, optim, replace(cfg, run=replace(cfg.run, report_to=[])), ctx, out)
+    fold_probe_into(model, head)
+    for param in trainable:
+        param.requires_grad_(True)
+    return head
 
 
 def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
