@@ -47,6 +47,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("+ label-honest val, last epoch (default)", []),
     ("default with CLS pooling", ["classifier.pooling=cls"]),
     ("default with 2x min_steps", ["classifier.min_steps=600"]),
+    ("default with LP-FT (linear probe, then full fine-tuning)", ["classifier.lp_ft=true"]),
 ]
 DEFAULT_STEP = 4
 STUDY_ARM = {"mae": "mae-in-domain", "scratch": "scratch"}  # the study arm each ablation arm matches
