@@ -64,7 +64,8 @@ class DataConfig:
     val_fraction: float = 0.05
     skip_bad: bool = False
     workers: int = 2  # decoding processes when the cache is built
-    # reinhard: colours moved to the training images' LAB statistics at decode time (saved with the model)
+    # at decode time, to a reference from the training images (saved with the model): reinhard moves the
+    # colours to their LAB statistics, macenko re-expresses each image's two stains in theirs
     stain_norm: str = "none"
     # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
     cell_crop: float | None = None
@@ -542,7 +543,7 @@ CHECKS: dict[str, Check] = {
     "data.val_fraction": number(0, 1, high_open=True),
     "data.skip_bad": is_bool,
     "data.workers": POSITIVE_INT,
-    "data.stain_norm": choice("none", "reinhard"),
+    "data.stain_norm": choice("none", "reinhard", "macenko"),
     "data.cell_crop": number(1, 10, optional=True),
     "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
     "augment.crop_ratio": ordered_pair(number(0, low_open=True)),

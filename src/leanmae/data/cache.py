@@ -24,7 +24,7 @@ from leanmae.config import DataConfig
 from leanmae.data.cellcrop import cell_centred_crop
 from leanmae.data.decode import decode_rgb, square_resize, tile_boxes
 from leanmae.data.sources import ImageRecord
-from leanmae.data.stain import reinhard, reinhard_reference
+from leanmae.data.stain import NORMALISERS, REFERENCES
 from leanmae.errors import BadImageError, DataError
 from leanmae.files import atomic_dir
 from leanmae.progress import bar_disabled
@@ -40,9 +40,10 @@ def default_cache_dir() -> Path:
 class DecodeSpec:
     """How files become cache entries: working size, tiling, cell-centred crop and stain normalisation.
 
-    ``cell_crop`` (k) and ``stain_reference`` (Reinhard's six LAB numbers) change the pixels, so
-    they are part of the cache key and are saved with a model (``spec_extras``), so that
-    ``predict`` decodes its images exactly as training did (``finish_image``).
+    ``cell_crop`` (k) and ``stain_reference`` (Reinhard's six LAB numbers or Macenko's eight,
+    ``stain_method`` says which) change the pixels, so they are part of the cache key and are saved
+    with a model (``spec_extras``), so that ``predict`` decodes its images exactly as training did
+    (``finish_image``).
     """
 
     size: int
@@ -51,12 +52,11 @@ class DecodeSpec:
     min_tile_size: int = 64
     cell_crop: float | None = None
     stain_reference: tuple[float, ...] | None = None
+    stain_method: str = "reinhard"  # which normalisation stain_reference is for
 
 
-_KEYED_WHEN_SET = (
-    "cell_crop",
-    "stain_reference",
-)  # left out of the key while unset, so older caches keep theirs
+# settings left out of the cache key while they hold these values, so caches built before them keep theirs
+_UNKEYED_VALUES = {"cell_crop": None, "stain_reference": None, "stain_method": "reinhard"}
 
 
 def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
@@ -65,7 +65,9 @@ def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
     if spec.cell_crop:
         region = cell_centred_crop(region, spec.cell_crop)
     square = square_resize(region, spec.size)
-    return reinhard(square, spec.stain_reference) if spec.stain_reference else square
+    if not spec.stain_reference:
+        return square
+    return NORMALISERS[spec.stain_method](square, spec.stain_reference)
 
 
 def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit: int = 64) -> DecodeSpec:
@@ -82,7 +84,11 @@ def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit
             continue  # the cache build reports (or skips) bad files itself
     if not images:
         raise DataError("no readable training image to take the stain reference from")
-    return replace(spec, stain_reference=reinhard_reference(images))
+    try:
+        reference = REFERENCES[method](images)
+    except ValueError as err:  # Macenko: no training image shows two stains
+        raise DataError(f"data.stain_norm={method}: {err}") from err
+    return replace(spec, stain_reference=reference, stain_method=method)
 
 
 def working_size(image_size: int, cache_size: int | None = None) -> int:
@@ -97,7 +103,7 @@ def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
     return {
         "cache_size": spec.size,
         "cell_crop": spec.cell_crop,
-        "stain_norm": {"method": "reinhard", "reference": list(spec.stain_reference)}
+        "stain_norm": {"method": spec.stain_method, "reference": list(spec.stain_reference)}
         if spec.stain_reference
         else None,
     }
@@ -111,6 +117,7 @@ def spec_from_extras(extra: dict[str, Any], image_size: int) -> DecodeSpec:
         size=working_size(image_size, extra.get("cache_size")),
         cell_crop=extra.get("cell_crop"),
         stain_reference=reference,
+        stain_method=stain.get("method", "reinhard"),
     )
 
 
@@ -130,7 +137,7 @@ def _decode_file(
 
 def manifest_hash(records: list[ImageRecord], spec: DecodeSpec) -> str:
     """Hash of the file list (path, size, mtime) and decoding settings: the cache key."""
-    settings = {k: v for k, v in spec.__dict__.items() if k not in _KEYED_WHEN_SET or v is not None}
+    settings = {k: v for k, v in spec.__dict__.items() if k not in _UNKEYED_VALUES or v != _UNKEYED_VALUES[k]}
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, settings]).encode())
     for rec in records:
         st = rec.path.stat()

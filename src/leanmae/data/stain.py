@@ -1,4 +1,5 @@
-"""Reinhard stain normalisation at decode time: every image's colour statistics moved to a reference's.
+"""Stain normalisation at decode time: Reinhard here (every image's colour statistics moved to a
+reference's), Macenko in ``leanmae.data.macenko``, both reached through ``REFERENCES`` and ``NORMALISERS``.
 
 Why at decode time: a classifier that sees every image, in training and in ``predict``, mapped to
 the same colour statistics no longer depends on which lab stained it. Reinhard et al. 2001
@@ -11,12 +12,14 @@ images, enters the cache key, and is saved with the model (leanmae.json) so ``pr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
-STAIN_METHODS = ("none", "reinhard")
+from leanmae.data.macenko import macenko, macenko_reference
+
+STAIN_METHODS = ("none", "reinhard", "macenko")
 
 
 def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,3 +46,14 @@ def reinhard(rgb: np.ndarray, reference: tuple[float, ...] | list[float]) -> np.
     mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
     lab = (lab - mean) / np.maximum(std, 1e-6) * ref[3:] + ref[:3]
     return (np.clip(lab2rgb(lab), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# method -> how its reference is taken from training images, and how an image is moved to it
+REFERENCES: dict[str, Callable[[Iterable[np.ndarray]], tuple[float, ...]]] = {
+    "reinhard": reinhard_reference,
+    "macenko": macenko_reference,
+}
+NORMALISERS: dict[str, Callable[[np.ndarray, tuple[float, ...] | list[float]], np.ndarray]] = {
+    "reinhard": reinhard,
+    "macenko": macenko,
+}
