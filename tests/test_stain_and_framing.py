@@ -126,19 +126,31 @@ def test_unset_options_keep_the_cache_key_of_caches_built_before_them(tmp_path: 
     )
 
 
-def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(tmp_path: Path) -> None:
+STAIN_NUMBERS = {"reinhard": 6, "macenko": 8}  # the reference: LAB means and stds; two stain vectors, maxima
+
+
+@pytest.mark.parametrize("method", STAIN_NUMBERS)
+def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(
+    tmp_path: Path, method: str
+) -> None:
     write_images(tmp_path / "imgs", 4, (50, 70))
     records = scan(tmp_path / "imgs")
-    spec = stain_spec(DecodeSpec(size=32, cell_crop=2.5), "reinhard", records)
+    spec = stain_spec(DecodeSpec(size=32, cell_crop=2.5), method, records)
     cache = load_or_build(records, spec, cache_dir=tmp_path / "cache", workers=1, progress=False)
     restored = spec_from_extras(json.loads(json.dumps(spec_extras(spec))), image_size=999)
     assert restored == spec
     for i, rec in enumerate(records):
         np.testing.assert_array_equal(cache.images[i], finish_image(decode_rgb(rec.path), restored))
+    unnormalised = DecodeSpec(size=32, cell_crop=2.5)
+    assert any(  # the normalisation did change pixels
+        not np.array_equal(cache.images[i], finish_image(decode_rgb(rec.path), unnormalised))
+        for i, rec in enumerate(records)
+    )
 
 
+@pytest.mark.parametrize("method", STAIN_NUMBERS)
 def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_images_as_its_run_did(
-    tmp_path: Path,
+    tmp_path: Path, method: str
 ) -> None:
     data = make_synthetic_wbc(tmp_path / "cells", n_per_class=10, size=40)
     split = tmp_path / "split.csv"
@@ -150,7 +162,7 @@ def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_ima
         out,
         epochs=1,
         sets=[
-            "data.stain_norm=reinhard",
+            f"data.stain_norm={method}",
             "data.cell_crop=2.0",
             "augment.hed=0.05",
             "augment.brightness=0.1",
@@ -160,8 +172,8 @@ def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_ima
     saved = json.loads((out / "model" / "leanmae.json").read_text())
     assert (
         saved["cell_crop"] == 2.0
-        and saved["stain_norm"]["method"] == "reinhard"
-        and len(saved["stain_norm"]["reference"]) == 6
+        and saved["stain_norm"]["method"] == method
+        and len(saved["stain_norm"]["reference"]) == STAIN_NUMBERS[method]
     )
     _, items = read_manifest(split)
     files = [data / it.relpath for it in items if it.split == "test"]

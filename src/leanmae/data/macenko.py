@@ -14,8 +14,10 @@ The steps, per image (an RGB uint8 array):
   the rebuild ``256 exp(-OD) - 1`` inverts it exactly);
 - pixels with OD below ``BETA`` = 0.15 in any channel are near-transparent background and are dropped;
 - the remaining ODs are projected on the plane of the two largest eigenvectors of their covariance;
-  the angles at the ``ALPHA`` = 1 and 99 percentiles give the two stain vectors, the one with the
-  larger red OD first (haematoxylin-like, as torchstain orders them);
+  the angles at the ``ALPHA`` = 1 and 99 percentiles give the two stain vectors, ordered to match the
+  reference's (when taking the reference: the one with the larger red OD first, haematoxylin-like, as
+  torchstain orders them). Matching matters for blood smears: their two stain colours often absorb
+  red alike, and on PBC the red-OD rule alone swapped the stains between a frame and its 2x zoom;
 - concentrations by least squares for every pixel; each stain's 99th percentile over the stained
   pixels is scaled to the reference's (over stained pixels, not all pixels, so a frame that is mostly
   background does not pull the percentile into the background);
