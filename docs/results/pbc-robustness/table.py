@@ -1,8 +1,11 @@
-"""Tabulate the robustness.json files of this folder's runs: macro-F1 per shift and its drop.
+"""Tabulate the robustness benchmark of the option runs beside the default recipe: macro-F1 per shift.
 
 Run from the repository root: ``python docs/results/pbc-robustness/table.py``; writes ``table.md``
-beside it. Each run folder holds the ``robustness.json`` that ``leanmae evaluate RUN --split SPLIT
---shifts`` (or a study) wrote for it.
+beside it. A recipe's runs are this folder's ``RECIPE-sSEED/robustness.json`` (made by ``run.sh``);
+the default recipe's are the label-honest study's own 10 % in-domain MAE runs. Each cell is the mean
+over the recipe's seeds (± sd where there are several); in brackets the mean change against the
+same runs' unshifted images. The last column pairs each recipe's clean score with the default's on
+the same seeds.
 """
 
 from __future__ import annotations
@@ -10,33 +13,60 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from leanmae.files import write_atomic
 
 HERE = Path("docs/results/pbc-robustness")
-RUNS = {
-    "default recipe (pbc-honest mae-in-domain_f0.1_s0)": "default",
-    "+ Reinhard stain norm, HED 0.1 + colour jitter, crops 0.1-1": "stain-norm-aug",
-    "+ HED 0.1 + colour jitter, crops 0.1-1 (no stain norm)": "aug",
+STUDY_RUNS = Path("docs/results/pbc-honest/runs")
+RECIPES = {
+    "aug": "+ HED 0.1 + colour jitter, crops 0.1-1",
+    "stain-norm-aug": "+ Reinhard stain norm, HED 0.1 + colour jitter, crops 0.1-1",
+    "macenko-aug": "+ Macenko stain norm, HED 0.1 + colour jitter, crops 0.1-1",
 }
 
 
+def seeds_of(recipe: str | None) -> dict[int, dict]:
+    """seed -> robustness.json of a recipe's finished runs (None: the default recipe's study runs)."""
+    if recipe is None:
+        files = {s: STUDY_RUNS / f"mae-in-domain_f0.1_s{s}" / "robustness.json" for s in range(10)}
+    else:
+        files = {s: HERE / f"{recipe}-s{s}" / "robustness.json" for s in range(10)}
+    return {s: json.loads(f.read_text()) for s, f in files.items() if f.exists()}
+
+
+def cell(values: list[float], signed: bool = False) -> str:
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    text = fmt.format(np.mean(values))
+    return text + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
+
 def main() -> None:
-    found = {name: HERE / folder / "robustness.json" for name, folder in RUNS.items()}
-    found = {name: json.loads(path.read_text()) for name, path in found.items() if path.exists()}
-    shifts = next(iter(found.values()))["benchmark"]["shifts"]
+    default = seeds_of(None)
+    shifts = next(iter(default.values()))["benchmark"]["shifts"]
     lines = [
-        "MAE in-domain, 10 % of the labels, seed 0: test macro-F1 under each shift (change against clean).",
+        "MAE in-domain, 10 % of the labels: test macro-F1 under each shift, mean ± sd over seeds "
+        "(in brackets: the change against clean).",
         "",
-        "| recipe | " + " | ".join(shifts) + " |",
-        "| --- |" + " --- |" * len(shifts),
+        "| recipe | seeds | " + " | ".join(shifts) + " | clean vs default, same seeds |",
+        "| --- | --- |" + " --- |" * (len(shifts) + 1),
     ]
-    for name, result in found.items():
+    for recipe, name in [(None, "default recipe (the pbc-honest study's runs)"), *RECIPES.items()]:
+        runs = seeds_of(recipe)
+        if not runs:
+            continue
         cells = []
         for shift in shifts:
-            score = result["shifts"][shift]
-            change = "" if shift == "clean" else f" ({-score['drop']:+.3f})"
-            cells.append(f"{score['macro_f1']:.3f}{change}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            scores = [r["shifts"][shift]["macro_f1"] for r in runs.values()]
+            drops = [-r["shifts"][shift]["drop"] for r in runs.values()]
+            cells.append(cell(scores) + ("" if shift == "clean" else f" ({cell(drops, signed=True)})"))
+        paired = [
+            r["shifts"]["clean"]["macro_f1"] - default[s]["shifts"]["clean"]["macro_f1"]
+            for s, r in runs.items()
+            if s in default
+        ]
+        vs_default = "" if recipe is None else cell(paired, signed=True)
+        lines.append(f"| {name} | {','.join(map(str, runs))} | " + " | ".join(cells) + f" | {vs_default} |")
     write_atomic(HERE / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
