@@ -167,7 +167,8 @@ class ClassifierOptions:
         0.5  # sd of the normal prior on log T for temperature scaling (MAP); None: plain NLL
     )
     linear_probe: bool = False  # frozen encoder, features computed once, linear head only
-    # LP-FT: fit that linear probe first, then fine-tune the whole network starting from its head
+    # LP-FT: fit a logistic-regression probe of the frozen encoder first, then fine-tune the whole
+    # network starting from it as the head
     lp_ft: bool = False
     min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
     eval_batch_size: int = 256

@@ -1,8 +1,8 @@
 """``leanmae finetune``: a ViT classifier from scratch or from an MAE encoder, at a fraction of the labels.
 
 The seed's method: the MAE's encoder with a new classifier head, the whole network fine-tuned
-(``--linear-probe`` trains only the head on frozen features instead; ``classifier.lp_ft`` trains that
-probe first and fine-tunes from its head). Training uses the train
+(``--linear-probe`` trains only the head on frozen features instead; ``classifier.lp_ft`` fits a
+logistic-regression probe first and fine-tunes from it as the head). Training uses the train
 split's images of one label fraction; the model is selected on the validation split (best
 macro-F1, or the last epoch); the test split is scored once, at the end, and never used for a
 choice. Output folder:
@@ -16,14 +16,12 @@ choice. Output folder:
     predictions.csv         test images: path, true, predicted, confidence, calibrated confidence,
                             refer, energy, ood, every class's probability
     training_curves.png, confusion_matrix.png, confidence.png, reliability.png, risk_coverage.png
-    probe/                  with classifier.lp_ft: the probe stage's history.csv and checkpoints
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,6 @@ from torch import nn
 from leanmae.config import (
     CHECKS,
     FinetuneConfig,
-    OptimConfig,
     absolute_lr,
     check_values,
     lr_rule,
@@ -77,15 +74,14 @@ from leanmae.models.classifier import (
 )
 from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.linear_probe import ProbeHead, fold_probe_into
+from leanmae.models.logistic_probe import LogisticProbe, fit_logistic_probe, set_probe_as_head
 from leanmae.reporting.classifier_figures import write_test_figures
 from leanmae.reporting.plots import training_curves
 from leanmae.reporting.runinfo import check_resumed_value, guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
-from leanmae.training.engine import Task, TrainResult, fit
-
-PROBE_FOLDER = "probe"  # LP-FT's probe stage, inside the run folder
+from leanmae.training.engine import Task, fit
 
 
 def finetune(
@@ -266,12 +262,19 @@ def run_finetune(
         )
 
     started = time.time()
-    if opts.lp_ft:
-        start_from_probe(model, data, out / PROBE_FOLDER, optim, task_options)
-    result = _fit_selected(trained, task, optim, cfg, ctx, out, layer_scale)
+    probe = (
+        start_from_probe(model, data, cfg, mean, std, ctx, class_weight, sample_weight)
+        if opts.lp_ft
+        else None
+    )
+    task.on_best = lambda module: save_weights(module, out / "best.safetensors")
+    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
+    result = fit(trained, task, optim, cfg.run, ctx, out, steps_per_epoch, layer_scale)
 
     metrics: dict[str, Any] = {}
     if ctx.is_main:
+        if opts.select != "last" and (out / "best.safetensors").exists():
+            trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
         if opts.linear_probe:
             fold_probe_into(model, trained)
         metrics, test_logits = final_evaluation(
@@ -291,6 +294,7 @@ def run_finetune(
                 "seed": cfg.run.seed,
                 "linear_probe": opts.linear_probe,
                 "lp_ft": opts.lp_ft,
+                "lp_ft_probe": probe.train if probe else None,
                 "train_images": int(len(train_idx)),
                 "labels_used": used,
                 "train_seconds": result.seconds,
@@ -324,55 +328,38 @@ def _mode(linear_probe: bool, lp_ft: bool) -> str:
     return "linear probe" if linear_probe else "linear probe, then full" if lp_ft else "full"
 
 
-def _fit_selected(
-    trained: nn.Module,
-    task: Task,
-    optim: OptimConfig,
-    cfg: FinetuneConfig,
-    ctx: Context,
-    out: Path,
-    layer_scale: Callable[[str], float] | None = None,
-) -> TrainResult:
-    """Train with the engine in ``out``; rank 0 then holds the weights ``classifier.select`` picked."""
-    task.on_best = lambda module: save_weights(module, out / "best.safetensors")
-    steps_per_epoch = math.ceil(len(task.batches(0)) / optim.accum_steps)
-    result = fit(trained, task, optim, cfg.run, ctx, out, steps_per_epoch, layer_scale)
-    if ctx.is_main and cfg.classifier.select != "last" and (out / "best.safetensors").exists():
-        trained.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
-    return result
-
-
 def start_from_probe(
     model: LeanViTClassifier,
     data: LabelledData,
-    out: Path,
-    optim: OptimConfig,
-    task_options: dict[str, Any],
-) -> ProbeHead:
-    """LP-FT's first stage (Kumar et al., ICLR 2022): make ``model``'s head a linear probe fitted on the
-    frozen encoder's features of the run's training images; returns the probe.
+    cfg: FinetuneConfig,
+    mean: list[float],
+    std: list[float],
+    ctx: Context,
+    class_weight: torch.Tensor | None,
+    sample_weight: np.ndarray | None,
+) -> LogisticProbe:
+    """LP-FT's first stage (Kumar et al., ICLR 2022): make ``model``'s head a converged logistic-regression
+    probe of the frozen encoder's features of the run's training images; returns the probe.
 
     Why: a random head's large early gradients distort the pretrained features before the head fits;
-    a head that already fits them leaves the encoder to adapt gently. The probe is ``--linear-probe``'s
-    own (``_linear_probe_task``: features computed once in eval mode, without augmentation or drop
-    path, from the pooled and normalised output the head reads), trained by the engine with the run's
-    optimiser settings and selection, in ``out`` with its own checkpoints: a resumed run reloads the
-    finished probe (or continues an unfinished one) exactly. Its BatchNorm is folded into the head, so
-    at step 0 of fine-tuning the classifier gives the probe's logits. Only the run's training and
-    validation images are used. Under DDP rank 0's head wins: DDP broadcasts rank 0's parameters
-    when it wraps the model for fine-tuning.
+    a head that already fits them leaves the encoder to adapt gently. The features are ``--linear-probe``'s
+    (``_features``: computed once in eval mode, without augmentation or drop path, the pooled and
+    normalised output the head reads), so at step 0 of fine-tuning the classifier's logits are the
+    probe's decision function. The probe's loss is weighted like the run's (``classifier.balance``: its
+    class weights, or the sampler's inverse class frequencies); label smoothing and mixup are not
+    applied to it. Only the run's training images are used: nothing is selected, so no validation
+    labels are needed. The fit is deterministic: a resumed run refits the same probe, and the engine
+    then loads the fine-tuning checkpoint over it. Under DDP every rank fits it on the same features,
+    and rank 0's head wins anyway: DDP broadcasts rank 0's parameters when it wraps the model.
     """
-    cfg, ctx = task_options["cfg"], task_options["ctx"]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    head, task = _linear_probe_task(model, data, **task_options)
+    features = _features(model, data, "train", mean, std, cfg.classifier.eval_batch_size)
+    y = data.y[data.index["train"]]
+    weights = sample_weight if class_weight is None else class_weight.cpu().numpy()[y]
+    probe = fit_logistic_probe(features.cpu().numpy(), y, weights)
+    set_probe_as_head(model, probe)
     if ctx.is_main:
-        print(f"LP-FT: fitting a linear probe on frozen features first (history in {out})")
-    # The probe stage reports to no tracker: the run's trackers follow the fine-tuning.
-    _fit_selected(head, task, optim, replace(cfg, run=replace(cfg.run, report_to=[])), ctx, out)
-    fold_probe_into(model, head)
-    for param in trainable:
-        param.requires_grad_(True)
-    return head
+        print(f"LP-FT: logistic-regression probe on frozen features first: {probe.train}")
+    return probe
 
 
 def _targets(y: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:

@@ -27,9 +27,19 @@ class ProbeHead(nn.Module):
 
 def fold_probe_into(model: LeanViTClassifier, head: ProbeHead) -> None:
     """Fold the probe's BatchNorm into one linear layer and make it the classifier's head."""
-    scale = 1.0 / torch.sqrt(head.norm.running_var + head.norm.eps)
-    weight = head.linear.weight * scale
-    bias = head.linear.bias - (head.linear.weight * scale) @ head.norm.running_mean
+    scale = torch.sqrt(head.norm.running_var + head.norm.eps)
+    fold_standardised_head(model, head.linear.weight, head.linear.bias, head.norm.running_mean, scale)
+
+
+def fold_standardised_head(
+    model: LeanViTClassifier,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+) -> None:
+    """Make the classifier's head compute ``weight @ ((x - mean) / scale) + bias`` as one linear layer."""
+    folded = weight / scale
     with torch.no_grad():
-        model.classifier.weight.copy_(weight)
-        model.classifier.bias.copy_(bias)
+        model.classifier.weight.copy_(folded)
+        model.classifier.bias.copy_(bias - folded @ mean)
