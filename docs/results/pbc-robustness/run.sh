@@ -23,5 +23,5 @@ mkdir -p runs/pbc-robustness "$keep"
 $PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction 0.1 --seed "$seed" --preset cpu \
   --init docs/results/gpu-mae/in-domain-pix/model --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
 $PY -m leanmae evaluate "$run" --split docs/results/pbc-honest/split.csv --shifts >> "$run.log" 2>&1
-cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$run"/robustness.json "$keep"/
+cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$run"/robustness-test/robustness.json "$keep"/
 cp "$run.log" "$keep"/finetune.log
