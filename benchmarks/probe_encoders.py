@@ -22,16 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from leanmae.commands.reconstruct import load_images
 from leanmae.config import PretrainConfig, resolve
 from leanmae.data.split import label_fraction, read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
 from leanmae.models.io import load_preprocessing, model_folder
+from leanmae.models.logistic_probe import probe_pipeline
 from leanmae.models.mae import build_mae, load_mae
 
 
@@ -75,9 +73,7 @@ def main() -> None:
         test = split == "test"
         for fraction in map(float, args.fractions.split(",")):
             train = np.array([where[it.relpath] for it in label_fraction(items, fraction, 0)])
-            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(
-                feats[train], y[train]
-            )
+            probe = probe_pipeline(max_iter=3000).fit(feats[train], y[train])
             row[f"train {fraction:g} -> test macro-F1"] = float(
                 f1_score(y[test], probe.predict(feats[test]), average="macro")
             )

@@ -19,8 +19,6 @@ from skimage.color import lab2rgb, rgb2lab
 
 from leanmae.data.macenko import macenko, macenko_reference
 
-STAIN_METHODS = ("none", "reinhard", "macenko")
-
 
 def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of an RGB uint8 image in CIELAB."""

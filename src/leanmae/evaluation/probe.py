@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from transformers import ViTMAEForPreTraining
 
 from leanmae.evaluation.reconstruction import mask_ratio
+from leanmae.models.logistic_probe import probe_pipeline
 
 KNN_NEIGHBOURS = 20
 
@@ -52,7 +50,7 @@ def representation_scores(features: np.ndarray, labels: np.ndarray, seed: int = 
     k = min(KNN_NEIGHBOURS, int(len(labels) * (folds - 1) / folds) - 1)
     models = {
         "knn": KNeighborsClassifier(n_neighbors=max(1, k), metric="cosine"),
-        "probe": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)),
+        "probe": probe_pipeline(max_iter=2000),
     }
     scores: dict[str, float] = {}
     for name, estimator in models.items():

@@ -22,11 +22,18 @@ from leanmae.models.classifier import LeanViTClassifier
 from leanmae.models.linear_probe import fold_standardised_head
 
 # Inverse L2 strength on standardised features, fixed: nothing is selected (a sweep would need val
-# labels the label-honest protocol keeps for model choice). C = 1 is the probe the project already
-# reads (evaluation/probe.py, benchmarks/probe_encoders.py: the issue's 0.60 macro-F1 at 1 % of PBC).
-# The penalty does not grow with the data, so it matters most where labels are fewest.
+# labels the label-honest protocol keeps for model choice). C = 1 is the project's one linear probe
+# (``probe_pipeline``: also the MAE's representation signal in evaluation/probe.py and
+# benchmarks/probe_encoders.py, the issue's 0.60 macro-F1 at 1 % of PBC). The penalty does not grow
+# with the data, so it matters most where labels are fewest.
 PROBE_C = 1.0
 MAX_ITER = 10_000  # lbfgs converges in hundreds of iterations on standardised features; a ceiling only
+
+
+def probe_pipeline(max_iter: int = MAX_ITER) -> Pipeline:
+    """The project's linear probe, unfitted: standardised features, then multinomial logistic
+    regression with ``PROBE_C``; standardising first makes one C mean the same for every encoder."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=max_iter))
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,8 @@ class LogisticProbe:
     """The fitted probe (standardisation, then multinomial logistic regression) and its training fit."""
 
     pipeline: Pipeline
-    train: dict[
-        str, float
-    ]  # C, iterations, accuracy and unweighted mean cross-entropy on the training images
+    # C, iterations, accuracy and unweighted mean cross-entropy on the training images
+    train: dict[str, float]
 
 
 def fit_logistic_probe(
@@ -48,7 +54,7 @@ def fit_logistic_probe(
     same for every encoder and pooling; the standardisation folds into the head exactly.
     """
     weights = None if sample_weight is None else sample_weight * len(sample_weight) / sample_weight.sum()
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=MAX_ITER))
+    pipeline = probe_pipeline()
     pipeline.fit(features, y, logisticregression__sample_weight=weights)
     probabilities = pipeline.predict_proba(features)
     train = {
