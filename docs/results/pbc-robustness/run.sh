@@ -1,27 +1,35 @@
 #!/bin/sh
 # Issue 16: one fine-tuning run of a robustness recipe, then its robustness benchmark; the light files
 # (metrics, config, history, log, robustness.json) are copied to docs/results/pbc-robustness/RECIPE-sSEED.
-#   sh docs/results/pbc-robustness/run.sh RECIPE SEED        (from the repository root)
-# MAE in-domain, 10 % of the labels, the pbc-honest split: compare with that study's own runs
+#   sh docs/results/pbc-robustness/run.sh RECIPE SEED [ARM]   (from the repository root)
+# ARM: mae (default; from the in-domain GPU MAE, folder RECIPE-sSEED) or scratch (folder
+# scratch-RECIPE-sSEED). 10 % of the labels, the pbc-honest split: compare with that study's own runs
 # (the default recipe, seeds 0-4, whose robustness.json files sit in its run folders).
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src).
 set -eu
-recipe=$1 seed=$2
+recipe=$1 seed=$2 arm=${3:-mae}
 AUG="--set finetune.augment.hed=0.1 --set finetune.augment.brightness=0.1 --set finetune.augment.contrast=0.1
  --set finetune.augment.saturation=0.1 --set finetune.augment.hue=0.02 --set finetune.augment.crop_scale=[0.1,1.0]"
 case $recipe in
   aug) sets="$AUG" ;;
   stain-norm-aug) sets="$AUG --set data.stain_norm=reinhard" ;;
   macenko-aug) sets="$AUG --set data.stain_norm=macenko" ;;
-  *) echo "unknown recipe $recipe (aug, stain-norm-aug, macenko-aug)" >&2; exit 2 ;;
+  cellcrop-aug) sets="$AUG --set data.cell_crop=2.5" ;;
+  aug-long) sets="$AUG --set finetune.classifier.min_steps=600" ;;
+  *) echo "unknown recipe $recipe (aug, stain-norm-aug, macenko-aug, cellcrop-aug, aug-long)" >&2; exit 2 ;;
+esac
+case $arm in
+  mae) init="--init docs/results/gpu-mae/in-domain-pix/model" name=$recipe-s$seed ;;
+  scratch) init="" name=scratch-$recipe-s$seed ;;
+  *) echo "unknown arm $arm (mae, scratch)" >&2; exit 2 ;;
 esac
 export PYTHONPATH="${LEANMAE_CODE:-$PWD}/src" OMP_NUM_THREADS=1
 PY=${PY:-python}
-run=runs/pbc-robustness/$recipe-s$seed keep=docs/results/pbc-robustness/$recipe-s$seed
+run=runs/pbc-robustness/$name keep=docs/results/pbc-robustness/$name
 mkdir -p runs/pbc-robustness "$keep"
-# shellcheck disable=SC2086  # $sets is a list of options
+# shellcheck disable=SC2086  # $init and $sets are lists of options
 $PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction 0.1 --seed "$seed" --preset cpu \
-  --init docs/results/gpu-mae/in-domain-pix/model --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
+  $init --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
 $PY -m leanmae evaluate "$run" --split docs/results/pbc-honest/split.csv --shifts >> "$run.log" 2>&1
 cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$run"/robustness-test/robustness.json "$keep"/
 cp "$run.log" "$keep"/finetune.log
