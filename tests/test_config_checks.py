@@ -43,6 +43,7 @@ WRONG: dict[str, Any] = {
     "data.workers": 0,
     "augment.crop_scale": [0.9, 0.1],
     "augment.crop_ratio": [0, 1],
+    "augment.crop_shift": 1.5,
     "augment.hflip": "maybe",
     "augment.vflip": "maybe",
     "augment.normalize": "imagnet",

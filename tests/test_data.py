@@ -406,6 +406,15 @@ def test_full_crop_without_flips_is_the_identity() -> None:
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
 
+def test_crop_shift_zero_takes_the_centre_and_one_moves_crops_off_it() -> None:
+    images = _images(16)
+    centre = images[:, :, 10:30, 10:30]  # a quarter of the area, square, in the middle
+    args = (20, (0.25, 0.25), (1.0, 1.0), False, False, _draws(len(images), 3))
+    torch.testing.assert_close(random_resized_crop(images, *args, shift=0.0), centre, atol=1e-5, rtol=0)
+    moved = random_resized_crop(images, *args, shift=1.0)
+    assert all(not torch.allclose(m, c, atol=1e-3) for m, c in zip(moved, centre, strict=True))
+
+
 def test_horizontal_flips_really_flip() -> None:
     images = _images(32)
     out = random_resized_crop(images, 40, (1.0, 1.0), (1.0, 1.0), True, False, _draws(len(images), 0))

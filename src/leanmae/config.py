@@ -82,6 +82,9 @@ class AugmentConfig:
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
+    # how far a crop's centre may sit from the image's, as a fraction of the room it has: 1 anywhere it
+    # fits (torchvision), 0 always centred; below 1, zoomed-in crops keep a centred cell whole
+    crop_shift: float = 1.0
     hflip: bool = True
     vflip: bool = True
     normalize: str = "imagenet"  # or "dataset": mean/std measured on the training images
@@ -548,6 +551,7 @@ CHECKS: dict[str, Check] = {
     "data.cell_crop": number(1, 10, optional=True),
     "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
     "augment.crop_ratio": ordered_pair(number(0, low_open=True)),
+    "augment.crop_shift": number(0, 1),
     "augment.hflip": is_bool,
     "augment.vflip": is_bool,
     "augment.normalize": choice("imagenet", "dataset"),

@@ -16,7 +16,11 @@ case $recipe in
   macenko-aug) sets="$AUG --set data.stain_norm=macenko" ;;
   cellcrop-aug) sets="$AUG --set data.cell_crop=2.5" ;;
   aug-long) sets="$AUG --set finetune.classifier.min_steps=600" ;;
-  *) echo "unknown recipe $recipe (aug, stain-norm-aug, macenko-aug, cellcrop-aug, aug-long)" >&2; exit 2 ;;
+  aug-long-hires) sets="$AUG --set finetune.classifier.min_steps=600 --set data.cache_size=112" ;;
+  aug-long-centred) sets="$AUG --set finetune.classifier.min_steps=600 --set finetune.augment.crop_shift=0.5" ;;
+  *) echo "unknown recipe $recipe (aug, stain-norm-aug, macenko-aug, cellcrop-aug, aug-long, aug-long-hires," \
+    "aug-long-centred)" >&2
+    exit 2 ;;
 esac
 case $arm in
   mae) init="--init docs/results/gpu-mae/in-domain-pix/model" name=$recipe-s$seed ;;

@@ -420,7 +420,7 @@ def finetune_task(
         images = to_float(gather(data.cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(
-            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws
+            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws, aug.crop_shift
         )
         images = normalize(augment_colour(images, aug, cfg.run.seed, epoch, batch), mean, std)
         targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)

@@ -205,7 +205,7 @@ def pretrain_task(
         images = to_float(gather(cache.images, batch), ctx.device)
         draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(
-            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws
+            images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws, aug.crop_shift
         )
         images = augment_colour(images, aug, cfg.run.seed, epoch, batch)
         return normalize(images, mean, std), masking_noise(

@@ -38,13 +38,15 @@ def random_resized_crop(
     hflip: bool,
     vflip: bool,
     draws: np.ndarray,
+    shift: float = 1.0,
 ) -> torch.Tensor:
     """torchvision's RandomResizedCrop (+ flips) for a whole (B, 3, H, W) batch at once.
 
     ``draws`` holds AUGMENT_DRAWS uniform numbers per image (see ``leanmae.data.rand``).
     Area fraction and log aspect ratio are drawn as torchvision draws them; a crop that would not
-    fit is shrunk to fit instead of retried. Bilinear sampling; the cache's working size is only a
-    little above ``out_size``, so aliasing stays small.
+    fit is shrunk to fit instead of retried. ``shift`` scales how far the crop's centre may move from
+    the image's (1: anywhere the crop fits, as torchvision; 0: centred). Bilinear sampling; the
+    cache's working size is only a little above ``out_size``, so aliasing stays small.
     """
     b = images.shape[0]
     u = torch.as_tensor(draws, dtype=torch.float32)
@@ -52,8 +54,8 @@ def random_resized_crop(
     aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
     width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image side
     height = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (u[:, 2] * 2 - 1) * (1 - width)  # centre in [-1, 1] coordinates
-    cy = (u[:, 3] * 2 - 1) * (1 - height)
+    cx = (u[:, 2] * 2 - 1) * (1 - width) * shift  # centre in [-1, 1] coordinates
+    cy = (u[:, 3] * 2 - 1) * (1 - height) * shift
     fx = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
     fy = torch.where(u[:, 5] < 0.5, -1.0, 1.0) if vflip else torch.ones(b)
     theta = torch.zeros(b, 2, 3)
