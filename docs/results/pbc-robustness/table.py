@@ -24,9 +24,9 @@ ARMS = {"mae": ("MAE in-domain", "mae-in-domain", ""), "scratch": ("Scratch", "s
 RECIPES = {
     "aug": "+ HED 0.1 + colour jitter, crops 0.1-1",
     "aug-long": "+ HED 0.1 + colour jitter, crops 0.1-1, min_steps 600",
-    "cellcrop-aug": "+ cell-centred crop 2.5, HED 0.1 + colour jitter, crops 0.1-1",
-    "aug-long-hires": "+ HED 0.1 + colour jitter, crops 0.1-1, min_steps 600, cache size 112",
     "aug-long-centred": "+ HED 0.1 + colour jitter, crops 0.1-1 shift 0.5, min_steps 600",
+    "aug-long-hires": "+ HED 0.1 + colour jitter, crops 0.1-1, min_steps 600, cache size 112",
+    "cellcrop-aug": "+ cell-centred crop 2.5, HED 0.1 + colour jitter, crops 0.1-1",
     "stain-norm-aug": "+ Reinhard stain norm, HED 0.1 + colour jitter, crops 0.1-1",
     "macenko-aug": "+ Macenko stain norm, HED 0.1 + colour jitter, crops 0.1-1",
 }
