@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from leanmae.config import (
+    FINETUNE_AUGMENT,
     MODEL_SIZES,
+    FinetuneConfig,
     OptimConfig,
     PretrainConfig,
     absolute_lr,
@@ -62,6 +64,33 @@ def test_seed_experiment_presets_expand_size_base() -> None:
     cfg = pretrain_config("seed-exp1")
     assert (cfg.model.hidden_size, cfg.model.depth, cfg.model.heads) == (768, 12, 12)
     assert cfg.optim.accum_steps == 8
+
+
+@pytest.mark.parametrize("preset", [None, "cpu", "test"])
+def test_fine_tuning_perturbs_stain_and_colour_and_zooms_in_by_default_and_pretraining_does_not(
+    preset: str | None,
+) -> None:
+    """The defaults the robustness benchmark chose (docs/robustness.md) hold without a preset and in the
+    shipped cpu and test presets; the MAE's pretraining crops stay colour-free."""
+    fine = resolve(FinetuneConfig, "finetune", preset, None, {})
+    assert fine.augment == FINETUNE_AUGMENT
+    assert (
+        FINETUNE_AUGMENT.hed > 0 and FINETUNE_AUGMENT.crop_shift < 1 and FINETUNE_AUGMENT.crop_scale[0] <= 0.1
+    )
+    pre = pretrain_config(preset).augment
+    assert (pre.hed, pre.brightness, pre.hue, pre.crop_shift) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_the_cpu_preset_fine_tunes_for_at_least_600_steps() -> None:
+    assert resolve(FinetuneConfig, "finetune", "cpu", None, {}).classifier.min_steps == 600
+    assert FinetuneConfig().classifier.min_steps == 600
+
+
+@pytest.mark.parametrize("name", ["seed-exp1", "seed-exp2", "seed-exp3"])
+def test_the_seed_experiment_presets_keep_the_seeds_colour_free_fine_tuning(name: str) -> None:
+    aug = resolve(FinetuneConfig, "finetune", name, None, {}).augment
+    assert (aug.hed, aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0.0,) * 5
+    assert (aug.crop_scale, aug.crop_shift) == ((0.35, 1.0), 1.0)
 
 
 def test_unknown_preset_is_an_error_suggesting_the_nearest() -> None:

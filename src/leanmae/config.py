@@ -75,9 +75,9 @@ class DataConfig:
 class AugmentConfig:
     """Batch augmentation. Cells have no orientation, so both flips are on.
 
-    Stain and colour perturbations (``leanmae.data.colour``) are off by default until the
-    robustness benchmark of issue 16 has chosen strengths; Tellez et al. 2019 used HED strengths
-    of 0.05 ("light") to 0.2 ("strong").
+    These defaults (used by pretraining) have no stain or colour perturbation; fine-tuning's
+    (``FINETUNE_AUGMENT``) adds them, chosen by the robustness benchmark (docs/robustness.md).
+    Tellez et al. 2019 used HED strengths of 0.05 ("light") to 0.2 ("strong").
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -173,7 +173,9 @@ class ClassifierOptions:
     # LP-FT: fit a logistic-regression probe of the frozen encoder first, then fine-tune the whole
     # network starting from it as the head
     lp_ft: bool = False
-    min_steps: int = 300  # small fractions repeat passes per epoch to reach this many optimizer steps
+    # small fractions repeat passes per epoch to reach this many optimizer steps (600: the stain, colour
+    # and zoom augmentation of FINETUNE_AUGMENT needs them to keep the clean score; docs/robustness.md)
+    min_steps: int = 600
     eval_batch_size: int = 256
     target_accuracy: float = (
         0.99  # refer-to-expert threshold: kept predictions reach this accuracy on validation
@@ -181,11 +183,19 @@ class ClassifierOptions:
     ood_data: list[str] = field(default_factory=list)  # DIR[:classes] of images from classes never trained on
 
 
+# Fine-tuning's augmentation, chosen by the robustness benchmark on PBC (docs/robustness.md): HED stain
+# and colour jitter keep a model working under another lab's stain, and zoomed-in crops that keep the
+# cell near the centre (crop_shift 0.5) under another lab's tighter framing.
+FINETUNE_AUGMENT = AugmentConfig(
+    crop_scale=(0.1, 1.0), crop_shift=0.5, hed=0.1, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02
+)
+
+
 @dataclass
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.35, 1.0)))
+    augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(FINETUNE_AUGMENT))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             base_lr=1e-3,
