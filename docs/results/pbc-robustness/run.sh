@@ -8,7 +8,10 @@
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src).
 set -eu
 recipe=$1 seed=$2 arm=${3:-mae}
-AUG="--set finetune.augment.hed=0.1 --set finetune.augment.brightness=0.1 --set finetune.augment.contrast=0.1
+# Every recipe starts from the recipe before issue 16's defaults (300 steps, crops anywhere), so that
+# the names mean the same whichever defaults the code has; recipes set their own values after it.
+BASE="--set finetune.classifier.min_steps=300 --set finetune.augment.crop_shift=1.0"
+AUG="$BASE --set finetune.augment.hed=0.1 --set finetune.augment.brightness=0.1 --set finetune.augment.contrast=0.1
  --set finetune.augment.saturation=0.1 --set finetune.augment.hue=0.02 --set finetune.augment.crop_scale=[0.1,1.0]"
 case $recipe in
   aug) sets="$AUG" ;;
