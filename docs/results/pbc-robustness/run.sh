@@ -1,13 +1,14 @@
 #!/bin/sh
 # Issue 16: one fine-tuning run of a robustness recipe, then its robustness benchmark; the light files
 # (metrics, config, history, log, robustness.json) are copied to docs/results/pbc-robustness/RECIPE-sSEED.
-#   sh docs/results/pbc-robustness/run.sh RECIPE SEED [ARM]   (from the repository root)
+#   sh docs/results/pbc-robustness/run.sh RECIPE SEED [ARM [FRACTION]]   (from the repository root)
 # ARM: mae (default; from the in-domain GPU MAE, folder RECIPE-sSEED) or scratch (folder
-# scratch-RECIPE-sSEED). 10 % of the labels, the pbc-honest split: compare with that study's own runs
-# (the default recipe, seeds 0-4, whose robustness.json files sit in its run folders).
+# scratch-RECIPE-sSEED). FRACTION of the labels (default 0.1; another adds -fFRACTION to the folder),
+# the pbc-honest split: compare with that study's own runs (the previous default recipe, whose
+# robustness.json files sit in its run folders).
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src).
 set -eu
-recipe=$1 seed=$2 arm=${3:-mae}
+recipe=$1 seed=$2 arm=${3:-mae} fraction=${4:-0.1}
 # Every recipe starts from the recipe before issue 16's defaults (300 steps, crops anywhere), so that
 # the names mean the same whichever defaults the code has; recipes set their own values after it.
 BASE="--set finetune.classifier.min_steps=300 --set finetune.augment.crop_shift=1.0"
@@ -30,12 +31,13 @@ case $arm in
   scratch) init="" name=scratch-$recipe-s$seed ;;
   *) echo "unknown arm $arm (mae, scratch)" >&2; exit 2 ;;
 esac
+[ "$fraction" = 0.1 ] || name=$name-f$fraction
 export PYTHONPATH="${LEANMAE_CODE:-$PWD}/src" OMP_NUM_THREADS=1
 PY=${PY:-python}
 run=runs/pbc-robustness/$name keep=docs/results/pbc-robustness/$name
 mkdir -p runs/pbc-robustness "$keep"
 # shellcheck disable=SC2086  # $init and $sets are lists of options
-$PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction 0.1 --seed "$seed" --preset cpu \
+$PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction "$fraction" --seed "$seed" --preset cpu \
   $init --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
 $PY -m leanmae evaluate "$run" --split docs/results/pbc-honest/split.csv --shifts >> "$run.log" 2>&1
 cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$run"/robustness-test/robustness.json "$keep"/
