@@ -55,18 +55,25 @@ def cell(values: list[float], signed: bool = False) -> str:
     return text + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
 
 
-def losses(runs: dict[int, dict], shift: str) -> list[float]:
-    """Macro-F1 lost under ``shift`` against the same run's clean images, per seed."""
-    return [r["shifts"][shift]["drop"] for r in runs.values()]
+def losses(runs: dict[int, dict], shift: str, seeds: list[int] | None = None) -> list[float]:
+    """Macro-F1 lost under ``shift`` against the same run's clean images, per seed (all, or ``seeds``)."""
+    return [runs[s]["shifts"][shift]["drop"] for s in (runs if seeds is None else seeds)]
 
 
-def clean_vs(runs: dict[int, dict], previous: dict[int, dict]) -> list[float]:
-    """Clean macro-F1 minus the previous default's, on the seeds both have."""
-    return [
-        r["shifts"]["clean"]["macro_f1"] - previous[s]["shifts"]["clean"]["macro_f1"]
-        for s, r in runs.items()
-        if s in previous
-    ]
+def change(drops: list[float]) -> str:
+    """Mean (± sd) change of macro-F1 against clean: the losses with their sign turned."""
+    return cell([-d for d in drops], signed=True)
+
+
+def clean(runs: dict[int, dict], seeds: list[int]) -> list[float]:
+    """Clean macro-F1 of the runs of ``seeds``."""
+    return [runs[s]["shifts"]["clean"]["macro_f1"] for s in seeds]
+
+
+def paired(runs: dict[int, dict], other: dict[int, dict]) -> tuple[list[int], list[float]]:
+    """The seeds both have, and clean macro-F1 of ``runs`` minus ``other``'s on each."""
+    both = sorted(set(runs) & set(other))
+    return both, np.subtract(clean(runs, both), clean(other, both)).tolist()
 
 
 def arm_table(arm: str) -> list[str]:
@@ -87,9 +94,8 @@ def arm_table(arm: str) -> list[str]:
         cells = []
         for shift in shifts:
             scores = [r["shifts"][shift]["macro_f1"] for r in runs.values()]
-            change = "" if shift == "clean" else f" ({cell([-d for d in losses(runs, shift)], signed=True)})"
-            cells.append(cell(scores) + change)
-        vs_previous = "" if recipe is None else cell(clean_vs(runs, previous), signed=True)
+            cells.append(cell(scores) + ("" if shift == "clean" else f" ({change(losses(runs, shift))})"))
+        vs_previous = "" if recipe is None else cell(paired(runs, previous)[1], signed=True)
         label = f"**{name} (the default now)**" if recipe == CHOSEN else name
         lines.append(f"| {label} | {','.join(map(str, runs))} | " + " | ".join(cells) + f" | {vs_previous} |")
     return lines
@@ -104,19 +110,16 @@ def aims(arm: str) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    stain, zoom, clean = losses(runs, STRONGEST_STAIN), losses(runs, ZOOM), clean_vs(runs, previous)
+    stain, zoom, vs_previous = losses(runs, STRONGEST_STAIN), losses(runs, ZOOM), paired(runs, previous)[1]
     stain_before, zoom_before = losses(previous, STRONGEST_STAIN), losses(previous, ZOOM)
-
-    def change(drops: list[float]) -> str:
-        return cell([-d for d in drops], signed=True)
 
     return (
         f"- **{ARMS[arm][0]}** (seeds {','.join(map(str, runs))}): against its clean score, macro-F1 changes "
         f"by {change(stain)} under `{STRONGEST_STAIN}` (previous default {change(stain_before)}; "
         f"aim >= -{MAX_LOSS}: {verdict(np.mean(stain) <= MAX_LOSS)}) and by {change(zoom)} under `{ZOOM}` "
         f"(previous {change(zoom_before)}; {verdict(np.mean(zoom) <= MAX_LOSS)}); the clean score "
-        f"changes by {cell(clean, signed=True)} against the previous default on the same seeds (aim >= "
-        f"-{MAX_CLEAN_DROP}: {verdict(np.mean(clean) >= -MAX_CLEAN_DROP)})."
+        f"changes by {cell(vs_previous, signed=True)} against the previous default on the same seeds (aim >= "
+        f"-{MAX_CLEAN_DROP}: {verdict(np.mean(vs_previous) >= -MAX_CLEAN_DROP)})."
     )
 
 
@@ -124,11 +127,7 @@ def mae_gain() -> str:
     """One line: the in-domain MAE's clean macro-F1 over scratch's, paired by seed, for both recipes."""
 
     def gain(recipe: str | None) -> str:
-        mae, scratch = seeds_of("mae", recipe), seeds_of("scratch", recipe)
-        both = sorted(set(mae) & set(scratch))
-        diffs = [
-            mae[s]["shifts"]["clean"]["macro_f1"] - scratch[s]["shifts"]["clean"]["macro_f1"] for s in both
-        ]
+        both, diffs = paired(seeds_of("mae", recipe), seeds_of("scratch", recipe))
         return f"{cell(diffs, signed=True)} (seeds {','.join(map(str, both))})" if both else "not measured"
 
     return (
@@ -137,29 +136,21 @@ def mae_gain() -> str:
     )
 
 
-def change(runs: dict[int, dict], shift: str, seeds: list[int]) -> str:
-    """Mean (± sd) change of macro-F1 under ``shift`` against clean, over ``seeds``."""
-    return cell([-runs[s]["shifts"][shift]["drop"] for s in seeds], signed=True)
-
-
 def budget_table(fraction: str) -> list[str]:
     """The chosen recipe against the previous default at another label budget, on the seeds both have."""
     rows = []
     for arm in ARMS:
         chosen, previous = seeds_of(arm, CHOSEN, fraction), seeds_of(arm, None, fraction)
-        both = sorted(set(chosen) & set(previous))
+        both, vs_previous = paired(chosen, previous)
         if not both:
             continue
-        clean = {
-            name: [r[s]["shifts"]["clean"]["macro_f1"] for s in both]
-            for name, r in (("c", chosen), ("p", previous))
-        }
-        paired = np.subtract(clean["c"], clean["p"]).tolist()
-        stain = f"{change(previous, STRONGEST_STAIN, both)} / {change(chosen, STRONGEST_STAIN, both)}"
-        zoom = f"{change(previous, ZOOM, both)} / {change(chosen, ZOOM, both)}"
+        stain, zoom = (
+            f"{change(losses(previous, shift, both))} / {change(losses(chosen, shift, both))}"
+            for shift in (STRONGEST_STAIN, ZOOM)
+        )
         rows.append(
-            f"| {ARMS[arm][0]} | {','.join(map(str, both))} | {cell(clean['p'])} | {cell(clean['c'])} | "
-            f"{cell(paired, signed=True)} | {stain} | {zoom} |"
+            f"| {ARMS[arm][0]} | {','.join(map(str, both))} | {cell(clean(previous, both))} | "
+            f"{cell(clean(chosen, both))} | {cell(vs_previous, signed=True)} | {stain} | {zoom} |"
         )
     if not rows:
         return []
