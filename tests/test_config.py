@@ -81,7 +81,7 @@ def test_fine_tuning_perturbs_stain_and_colour_and_zooms_in_by_default_and_pretr
     assert (pre.hed, pre.brightness, pre.hue, pre.crop_shift) == (0.0, 0.0, 0.0, 1.0)
 
 
-def test_the_cpu_preset_fine_tunes_for_at_least_600_steps() -> None:
+def test_fine_tuning_takes_600_steps_by_default_and_in_the_cpu_preset() -> None:
     assert resolve(FinetuneConfig, "finetune", "cpu", None, {}).classifier.min_steps == 600
     assert FinetuneConfig().classifier.min_steps == 600
 
