@@ -18,8 +18,9 @@ from leanmae.data.split import (
 from leanmae.errors import DataError
 from leanmae.evaluation.calibration import calibration, confidence_columns, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
-from leanmae.evaluation.predict import cached_batches, predict_logits, trained_classifier
+from leanmae.evaluation.predict import cached_batches, predict_outputs, trained_classifier
 from leanmae.evaluation.robustness import ROBUSTNESS_FILE, score_shifts
+from leanmae.evaluation.shift_alarm import NO_REFERENCE, alarm_message, kept_accuracy, screen
 from leanmae.files import write_json
 from leanmae.reporting.plots import confusion_plot
 from leanmae.reporting.runinfo import check_result_folder
@@ -77,7 +78,7 @@ def evaluate(
     cache = load_or_build(records, spec_from_extras(extra, classifier.config.image_size))
     entries = np.arange(len(cache))
     y = np.array([labels.index(records[s].label) for s in cache.sources])
-    logits = predict_logits(
+    logits, features = predict_outputs(
         classifier,
         cached_batches(cache.images, entries, batch_size),
         classifier.config.image_size,
@@ -95,15 +96,26 @@ def evaluate(
         "before": calibration(probs, y),
         "after": calibration(softmax(logits, temperature), y),
     }
+    extras = confidence_columns(
+        logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold")
+    )
+    by_confidence = np.array([r == "refer" for r in extras["refer"]])
+    extras, alarm = screen(extras, features, trained.shift)
+    report["shift"] = alarm
+    report["kept"] = kept_accuracy(
+        probs.argmax(1) == y, by_confidence, np.array([r == "refer" for r in extras["refer"]])
+    )
+    where = f"{split} ({subset})" if split is not None else str(data)
+    if alarm is None:
+        print(NO_REFERENCE.format(model=folder))
+    elif alarm["alarm"]:
+        print(alarm_message(where, alarm))
     source = (
         {"subset": subset, "split": str(split)}
         if split is not None
         else {"subset": name, "data": str(data), "classes_present": [labels[i] for i in present]}
     )
     write_json(target / "metrics.json", {"model": str(folder), **source, name: report})
-    extras = confidence_columns(
-        logits, temperature, extra.get("refer_threshold", 0.0), extra.get("energy_threshold")
-    )
     write_predictions(
         target / "predictions.csv",
         [records[s].relpath for s in cache.sources],
@@ -118,9 +130,11 @@ def evaluate(
         target / "confusion_matrix.png",
         f"{name}: {split or data}",
     )
+    kept = report["kept"]["confidence_and_shift"]
     print(
         f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} "
-        f"images of {len(present)} classes; wrote {target}"
+        f"images of {len(present)} classes; {kept['kept']} kept (not referred), accuracy "
+        f"{kept['accuracy_kept']:.4f}; wrote {target}"
     )
     return report
 

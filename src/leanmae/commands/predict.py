@@ -20,7 +20,8 @@ from leanmae.data.sources import image_files
 from leanmae.errors import BadImageError, DataError
 from leanmae.evaluation.calibration import confidence_columns, softmax
 from leanmae.evaluation.metrics import write_predictions
-from leanmae.evaluation.predict import predict_logits, trained_classifier
+from leanmae.evaluation.predict import predict_outputs, trained_classifier
+from leanmae.evaluation.shift_alarm import NO_REFERENCE, alarm_message, screen
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import check_output_file
 
@@ -100,6 +101,9 @@ def _rows(
         row["refer"] = columns["refer"][i] == "refer"
         row["energy"] = float(columns["energy"][i]) if not blank else None
         row["ood"] = columns["ood"][i] == "ood"
+        if "shift_score" in columns:
+            row["shift_score"] = float(columns["shift_score"][i]) if not blank else None
+            row["unlike_training"] = columns["unlike_training"][i] == "unlike"
         row["error"] = errors.get(i, "")
         row.update(
             {f"p_{label}": None if blank else float(p) for label, p in zip(labels, probs[i], strict=True)}
@@ -134,8 +138,11 @@ def predict(
 
     Each row: ``path``, ``predicted_label``, ``confidence`` (softmax maximum),
     ``confidence_calibrated`` (temperature fitted on validation), ``refer`` (calibrated confidence under
-    the threshold chosen for the target accuracy), ``energy`` and ``ood`` (under the out-of-distribution
-    threshold of models trained with ``--ood``), ``error`` and ``p_<class>`` for every class.
+    the threshold chosen for the target accuracy, or the image unlike the training images), ``energy``
+    and ``ood`` (under the out-of-distribution threshold of models trained with ``--ood``),
+    ``shift_score`` and ``unlike_training`` (the image's distance from the training images' features
+    above the threshold calibrated on held-out images of the training lab, or the whole set so far from
+    them that the shift alarm fired: leanmae.evaluation.shift_alarm), ``error`` and ``p_<class>``.
     Returns the rows (``out=None``) or the path of the CSV written.
     """
     if batch_size < 1:
@@ -154,7 +161,7 @@ def predict(
                 bar.update(len(batch))
                 yield batch
 
-        logits = predict_logits(
+        logits, features = predict_outputs(
             classifier, counted(), classifier.config.image_size, trained.mean, trained.std
         )
     probs = softmax(logits)
@@ -164,6 +171,18 @@ def predict(
         extra.get("refer_threshold", 0.0),
         extra.get("energy_threshold"),
     )
+    readable = np.setdiff1d(np.arange(len(items)), list(errors))
+    screened, alarm = screen(
+        {k: [v[i] for i in readable] for k, v in columns.items()}, features[readable], trained.shift
+    )
+    columns = {k: [""] * len(items) for k in screened}
+    for k, values in screened.items():
+        for i, value in zip(readable, values, strict=True):
+            columns[k][i] = value
+    if alarm is None:
+        print(NO_REFERENCE.format(model=trained.folder))
+    elif alarm["alarm"]:
+        print(alarm_message(f"{len(readable)} images given to predict", alarm))
     for values in columns.values():  # unreadable files get no prediction, only their error
         for i in errors:
             values[i] = ""

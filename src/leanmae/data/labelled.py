@@ -37,6 +37,10 @@ class LabelledData:
     def paths(self, split: str) -> list[str]:
         return [self.items[s].relpath for s in self.cache.sources[self.index[split]]]
 
+    def all_of(self, split: str) -> np.ndarray:
+        """Every cache entry of ``split``, whatever this run's label draw: for uses that read no label."""
+        return np.flatnonzero([self.items[s].split == split for s in self.cache.sources])
+
 
 def load_labelled(
     split_path: Path,

@@ -18,7 +18,14 @@ from leanmae.data.labelled import LabelledData
 from leanmae.data.pool import collect
 from leanmae.evaluation.calibration import confidence_columns, confidence_report, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
-from leanmae.evaluation.predict import cached_batches, predict_logits
+from leanmae.evaluation.predict import cached_batches, predict_outputs
+from leanmae.evaluation.shift_alarm import (
+    fit_reference,
+    folder_alarm,
+    kept_accuracy,
+    mahalanobis_scores,
+    shift_columns,
+)
 from leanmae.models.classifier import LeanViTClassifier
 from leanmae.models.io import save_model
 
@@ -35,17 +42,22 @@ def final_evaluation(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score the selected model once on the test split, fit its confidence tools on validation, save it.
 
-    Writes model/ (with temperature and thresholds in leanmae.json) and predictions.csv; returns
+    Writes model/ (with temperature, thresholds and the shift reference) and predictions.csv; returns
     metrics.json's content (without the run's bookkeeping) and the test logits (for the figures).
+    The shift reference takes the run's training images (whose labels the run has) and the validation
+    split's images without their labels (leanmae.evaluation.shift_alarm), so no label beyond the budget.
     """
     opts, labels, spec = cfg.classifier, data.labels, data.spec
-    logits = {
-        s: _class_logits(
-            model, data.cache.images, data.index[s], mean, std, opts.eval_batch_size, cfg.run.progress
-        )
-        for s in ("val", "test")
+    index = {**data.index, "held_out": data.all_of("val")}
+    outputs = {
+        s: _class_outputs(model, data.cache.images, idx, mean, std, opts.eval_batch_size, cfg.run.progress)
+        for s, idx in index.items()
     }
+    logits = {s: outputs[s][0] for s in ("val", "test")}
     truth = {s: data.y[data.index[s]] for s in ("val", "test")}
+    reference = fit_reference(outputs["train"][1], data.y[data.index["train"]], outputs["held_out"][1])
+    test_scores = mahalanobis_scores(outputs["test"][1], reference.means, reference.precision)
+    test_alarm = folder_alarm(test_scores, reference)
     ood_logits = None
     if opts.ood_data:
         ood = load_or_build(
@@ -56,9 +68,9 @@ def final_evaluation(
             cfg.data.workers,
             cfg.run.progress,
         )
-        ood_logits = _class_logits(
+        ood_logits = _class_outputs(
             model, ood.images, np.arange(len(ood)), mean, std, opts.eval_batch_size, cfg.run.progress
-        )
+        )[0]
     confidence = confidence_report(
         logits["val"],
         truth["val"],
@@ -76,6 +88,7 @@ def final_evaluation(
         "test": classification_report(truth["test"], probs["test"], labels),
         "val": classification_report(truth["val"], probs["val"], labels),
         **confidence,
+        "shift": {"reference": reference.settings(), "test": test_alarm},
     }
     energy_threshold = confidence.get("ood", {}).get("energy_threshold")
     save_model(
@@ -91,7 +104,17 @@ def final_evaluation(
             "refer_threshold": threshold,
             "target_accuracy": opts.target_accuracy,
             "energy_threshold": energy_threshold,
+            "shift": reference.settings(),
         },
+        shift_reference=reference.arrays(),
+    )
+    columns = confidence_columns(logits["test"], temperature, threshold, energy_threshold)
+    columns = shift_columns(columns, test_scores, reference, test_alarm["alarm"])
+    referred = np.array([r == "refer" for r in columns["refer"]])
+    metrics["shift"]["test_kept"] = kept_accuracy(
+        probs["test"].argmax(1) == truth["test"],
+        softmax(logits["test"], temperature).max(1) < threshold,
+        referred,
     )
     write_predictions(
         out / "predictions.csv",
@@ -99,7 +122,7 @@ def final_evaluation(
         probs["test"],
         labels,
         truth["test"],
-        extra=confidence_columns(logits["test"], temperature, threshold, energy_threshold),
+        extra=columns,
     )
     return metrics, logits["test"]
 
@@ -111,7 +134,7 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _class_logits(
+def _class_outputs(
     model: LeanViTClassifier,
     images: np.ndarray,
     idx: np.ndarray,
@@ -119,9 +142,9 @@ def _class_logits(
     std: list[float],
     batch_size: int,
     progress: bool,
-) -> np.ndarray:
-    """The classifier's logits for the cached images ``images[idx]``, in batches."""
-    return predict_logits(
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's logits and pooled features for the cached images ``images[idx]``, in batches."""
+    return predict_outputs(
         model,
         cached_batches(images, idx, batch_size),
         model.config.image_size,

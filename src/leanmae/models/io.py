@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -22,10 +24,16 @@ from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTConfig
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
 MODELING_FILE = "modeling_leanmae_vit.py"
+SHIFT_FILE = "shift_reference.safetensors"  # the training images' feature statistics (shift alarm)
 
 
 def save_model(
-    model: PreTrainedModel, folder: Path, mean: list[float], std: list[float], extra: dict[str, Any]
+    model: PreTrainedModel,
+    folder: Path,
+    mean: list[float],
+    std: list[float],
+    extra: dict[str, Any],
+    shift_reference: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """``save_pretrained`` (config.json + model.safetensors) plus the image preprocessing, atomically.
 
@@ -33,7 +41,8 @@ def save_model(
     the normalisation; leanmae.json adds what leanmae itself needs (working size, class names...);
     README.md is the model card (``leanmae.models.card``). A classifier also gets
     modeling_leanmae_vit.py, the code its config.json's auto_map names, so that plain transformers
-    loads it with ``trust_remote_code=True`` and predicts as leanmae does.
+    loads it with ``trust_remote_code=True`` and predicts as leanmae does, and ``shift_reference``'s
+    arrays (the training images' feature statistics, ``leanmae.evaluation.shift_alarm``) in SHIFT_FILE.
     """
     size = model.config.image_size
     processor = {
@@ -54,6 +63,8 @@ def save_model(
             shutil.copyfile(modeling_leanmae_vit.__file__, tmp / MODELING_FILE)
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
         (tmp / LEANMAE_FILE).write_text(json.dumps(extra, indent=2))
+        if shift_reference is not None:
+            save_file({k: np.ascontiguousarray(v) for k, v in shift_reference.items()}, tmp / SHIFT_FILE)
     write_card(Path(folder))  # refreshed by the command once the run's results exist
     return Path(folder)
 
@@ -65,6 +76,18 @@ def load_preprocessing(folder: Path) -> tuple[list[float], list[float], dict[str
     processor = _json_object(folder / PREPROCESSOR_FILE)
     mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
     return mean, std, _json_object(folder / LEANMAE_FILE)
+
+
+def load_shift_reference(folder: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a classifier's shift reference (None for a model saved without one); a damaged file is
+    a CheckpointError naming it."""
+    file = Path(folder) / SHIFT_FILE
+    if not file.exists():
+        return None
+    try:
+        return load_file(file)
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{file}: cannot be read ({err})") from None
 
 
 def _json_object(file: Path) -> dict[str, Any]:
