@@ -238,12 +238,13 @@ def benchmark_images(n: int, work: Path, pbc: Path | None, seed: int = 0) -> Ima
 
 
 def wbc_train_split(pbc: Path | None, limit: int | None, work: Path) -> tuple[ImageSet, int]:
-    """The train split of PBC's white cells (make_split, 70/10/20) or up to ``limit`` of it; and the full
-    split's size."""
+    """The train split of PBC's white cells (make_split, 70/10/20, leaving out the pair of identical images
+    PBC files under two classes, as ``leanmae split --drop-conflicts`` does) or up to ``limit`` of it; and
+    the full split's size."""
     if pbc is None or not pbc.is_dir():
         images = benchmark_images(min(limit or 1000, 512), work, None)
         return images, WBC_TRAIN_IMAGES
-    train = [it for it in make_split(pbc, WBC) if it.split == "train"]
+    train = [it for it in make_split(pbc, WBC, drop_conflicts=True) if it.split == "train"]
     full = len(train)
     if limit and limit < full:
         pick = np.sort(np.random.default_rng(1).permutation(full)[:limit])

@@ -288,6 +288,39 @@ def test_the_same_image_in_two_classes_is_refused_by_split(tmp_path: Path) -> No
         make_split(tmp_path, ["a", "b"])
 
 
+def test_drop_conflicts_leaves_every_copy_out_names_each_and_splits_the_rest_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed, name in enumerate(["a", "b"]):
+        write_images(tmp_path / name, 4, 16, seed=seed)
+    before = make_split(tmp_path, ["a", "b"], (0.5, 0.25, 0.25))
+    (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img_0001.png").read_bytes())
+    with pytest.raises(DataError, match="--drop-conflicts"):
+        make_split(tmp_path, ["a", "b"], (0.5, 0.25, 0.25))
+    kept = make_split(tmp_path, ["a", "b"], (0.5, 0.25, 0.25), drop_conflicts=True)
+    out = capsys.readouterr().out
+    assert "a/img_0001.png (a)" in out and "b/copy.png (b)" in out
+    assert {it.relpath for it in kept} == {it.relpath for it in before} - {"a/img_0001.png"}
+    assert [it for it in kept if it.label == "b"] == [it for it in before if it.label == "b"]
+    assert (
+        main(
+            [
+                "split",
+                str(tmp_path),
+                "--classes",
+                "a,b",
+                "--ratios",
+                "0.5,0.25,0.25",
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--drop-conflicts",
+            ]
+        )
+        == 0
+    )
+    assert "copy.png" not in (tmp_path / "s.csv").read_text()
+
+
 def test_the_same_image_in_two_classes_of_a_manifest_is_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

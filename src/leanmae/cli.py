@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the split (default 0); keep it fixed for a study"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--drop-conflicts",
+        action="store_true",
+        help="leave out every copy of an image found in two class folders (an error otherwise), naming each",
+    )
     p.set_defaults(func="split")
 
     p = sub.add_parser(

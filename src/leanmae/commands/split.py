@@ -25,11 +25,14 @@ def split(
     ratios: str | tuple[float, float, float] = (0.7, 0.1, 0.2),
     seed: int = 0,
     overwrite: bool = False,
+    drop_conflicts: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Make the study's fixed split manifest of ``data``: a folder of class subfolders (stratified
     train/val/test by ``ratios`` and ``seed``) or a MedMNIST ``.npz`` file (its official split kept;
     ``ratios`` and ``seed`` do not apply). ``classes`` keeps a subset (required for a folder).
     An existing ``out`` is replaced only with ``overwrite``: a study's runs are tied to its split.
+    The same image in two class folders is an error; ``drop_conflicts`` leaves every copy out, each
+    named in a line (for data one cannot edit).
     """
     names = (
         ([c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes))
@@ -53,7 +56,7 @@ def split(
             parts = ()
         if len(parts) != 3:
             raise DataError(f"--ratios {ratios!r}: expected three numbers train,val,test such as 0.7,0.1,0.2")
-        items = make_split(Path(data), names, parts, seed)  # type: ignore[arg-type]
+        items = make_split(Path(data), names, parts, seed, drop_conflicts)  # type: ignore[arg-type]
         write_manifest(items, out, data)
     table = counts(items)
     print(f"wrote {out}: " + "; ".join(f"{s} {sum(table[s].values())}" for s in SPLITS))

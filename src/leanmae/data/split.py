@@ -17,7 +17,7 @@ import hashlib
 import io
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -49,9 +49,18 @@ def file_hash(path: Path) -> str:
 
 
 def make_split(
-    root: Path | str, classes: list[str], ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0
+    root: Path | str,
+    classes: list[str],
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    drop_conflicts: bool = False,
 ) -> list[Item]:
-    """Stratified split of the class folders ``classes`` under ``root``; each class in every split."""
+    """Stratified split of the class folders ``classes`` under ``root``; each class in every split.
+
+    The same image in two classes is an error, since one of its labels is wrong; ``drop_conflicts`` leaves
+    every copy of such an image out instead, saying which (the way to split data one may not edit, such
+    as PBC, which holds one such pair). Without conflicts the split is the same either way.
+    """
     problem = ratios_problem(ratios)
     if problem:
         raise DataError(f"split ratios {','.join(f'{r:g}' for r in ratios)}: {problem}")
@@ -60,10 +69,25 @@ def make_split(
     if not 0 <= seed < 2**32:
         raise DataError(f"split seed {seed}: must be in 0 .. 2**32-1")
     root = Path(root)
-    records = scan(root, classes, labelled=True)
-    by_class: dict[str, list] = {c: [] for c in classes}
-    for rec in records:
-        by_class[rec.label].append(rec)  # type: ignore[index]
+    hashed = [
+        Item(rec.relpath, rec.label, "", file_hash(rec.path)) for rec in scan(root, classes, labelled=True)
+    ]
+    conflicts = content_conflicts(hashed)
+    if conflicts and not drop_conflicts:
+        a, b = conflicts[0]
+        raise DataError(
+            f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image "
+            "in two classes; remove one of them (or the one that is mislabelled) and split again, or "
+            "pass --drop-conflicts to leave every copy out"
+        )
+    dropped = {it.sha256 for pair in conflicts for it in pair}
+    for it in hashed:
+        if it.sha256 in dropped:
+            print(f"left out {root / it.relpath} ({it.label}): the same image is in another class")
+    by_class: dict[str, list[Item]] = {c: [] for c in classes}
+    for it in hashed:
+        if it.sha256 not in dropped:
+            by_class[it.label].append(it)
     items: list[Item] = []
     for label in classes:
         group = by_class[label]
@@ -84,15 +108,7 @@ def make_split(
             )
         for rank, idx in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            rec = group[idx]
-            items.append(Item(rec.relpath, label, split, file_hash(rec.path)))
-    conflicts = content_conflicts(items)
-    if conflicts:
-        a, b = conflicts[0]
-        raise DataError(
-            f"{root / a.relpath} ({a.label}) and {root / b.relpath} ({b.label}) are the same image "
-            "in two classes; remove one of them (or the one that is mislabelled) and split again"
-        )
+            items.append(replace(group[idx], split=split))
     return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.relpath))
 
 
