@@ -49,6 +49,7 @@ WRONG: dict[str, Any] = {
     "augment.normalize": "imagnet",
     "data.stain_norm": "macenko-ish",
     "data.cell_crop": 0.5,
+    "data.grey": "maybe",
     "augment.hed": -0.1,
     "augment.brightness": 2.0,
     "augment.contrast": -1,

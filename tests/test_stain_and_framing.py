@@ -148,6 +148,22 @@ def test_cache_entries_equal_what_a_saved_models_decoding_makes_of_the_file(
     )
 
 
+def test_grey_inputs_carry_the_luma_in_every_channel_and_round_trip_through_a_saved_model(
+    tmp_path: Path,
+) -> None:
+    write_images(tmp_path / "imgs", 3, (40, 60))
+    records = scan(tmp_path / "imgs")
+    spec = DecodeSpec(size=32, grey=True)
+    cache = load_or_build(records, spec, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert spec_from_extras(json.loads(json.dumps(spec_extras(spec))), image_size=999) == spec
+    images = np.asarray(cache.images)
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
+    colour = finish_image(decode_rgb(records[0].path), DecodeSpec(size=32))
+    luma = colour.astype(float) @ np.array([0.299, 0.587, 0.114])  # ITU-R 601, not one channel
+    assert np.abs(images[0, ..., 0] - luma).max() <= 1
+    assert manifest_hash(records, spec) != manifest_hash(records, DecodeSpec(size=32))
+
+
 @pytest.mark.parametrize("method", STAIN_NUMBERS)
 def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_images_as_its_run_did(
     tmp_path: Path, method: str
@@ -167,11 +183,13 @@ def test_a_model_trained_with_normalisation_and_cell_crops_predicts_its_test_ima
             "augment.hed=0.05",
             "augment.brightness=0.1",
             "augment.blur=0.5",
+            "data.grey=true",
         ],
     )
     saved = json.loads((out / "model" / "leanmae.json").read_text())
     assert (
-        saved["cell_crop"] == 2.0
+        saved["grey"] is True
+        and saved["cell_crop"] == 2.0
         and saved["stain_norm"]["method"] == method
         and len(saved["stain_norm"]["reference"]) == STAIN_NUMBERS[method]
     )

@@ -69,6 +69,9 @@ class DataConfig:
     stain_norm: str = "none"
     # k: crop a square of k x the nucleus extent around it at decode time (saved with the model); None = off
     cell_crop: float | None = None
+    # greyscale inputs at decode time (saved with the model): a model that never sees colour cannot be
+    # fooled by another lab's stain or background colour (docs/robustness.md, cross-lab)
+    grey: bool = False
 
 
 @dataclass
@@ -559,6 +562,7 @@ CHECKS: dict[str, Check] = {
     "data.workers": POSITIVE_INT,
     "data.stain_norm": choice("none", "reinhard", "macenko"),
     "data.cell_crop": number(1, 10, optional=True),
+    "data.grey": is_bool,
     "augment.crop_scale": ordered_pair(number(0, 1, low_open=True)),
     "augment.crop_ratio": ordered_pair(number(0, low_open=True)),
     "augment.crop_shift": number(0, 1),

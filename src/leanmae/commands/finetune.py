@@ -179,7 +179,11 @@ def run_finetune(
         data_root=data_root,
         fraction=fraction,
         seed=cfg.run.seed,
-        spec=DecodeSpec(size=working_size(image_size, cfg.data.cache_size), cell_crop=cfg.data.cell_crop),
+        spec=DecodeSpec(
+            size=working_size(image_size, cfg.data.cache_size),
+            cell_crop=cfg.data.cell_crop,
+            grey=cfg.data.grey,
+        ),
         cfg=cfg,
         ctx=ctx,
         before_decode=lambda items, drawn: data_check.update(

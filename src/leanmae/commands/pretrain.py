@@ -253,6 +253,7 @@ def run_pretrain(
         grid=cfg.data.grid,
         min_tile_size=cfg.data.min_tile_size,
         cell_crop=cfg.data.cell_crop,
+        grey=cfg.data.grey,
     )
     records = collect(cfg.data.sources)
     data_check = check_resume(out, {"images": pool_images(records)}, resumed) if ctx.is_main else {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from leanmae.config import DataConfig
@@ -53,21 +54,29 @@ class DecodeSpec:
     cell_crop: float | None = None
     stain_reference: tuple[float, ...] | None = None
     stain_method: str = "reinhard"  # which normalisation stain_reference is for
+    grey: bool = False  # luma in all three channels, after stain normalisation
 
 
 # settings left out of the cache key while they hold these values, so caches built before them keep theirs
-_UNKEYED_VALUES = {"cell_crop": None, "stain_reference": None, "stain_method": "reinhard"}
+_UNKEYED_VALUES = {"cell_crop": None, "stain_reference": None, "stain_method": "reinhard", "grey": False}
 
 
 def finish_image(region: np.ndarray, spec: DecodeSpec) -> np.ndarray:
     """One decoded image (or tile) as the model sees it: cell-centred crop, square resize, stain
-    normalisation."""
+    normalisation, greyscale."""
     if spec.cell_crop:
         region = cell_centred_crop(region, spec.cell_crop)
     square = square_resize(region, spec.size)
-    if not spec.stain_reference:
-        return square
-    return NORMALISERS[spec.stain_method](square, spec.stain_reference)
+    if spec.stain_reference:
+        square = NORMALISERS[spec.stain_method](square, spec.stain_reference)
+    return grey_rgb(square) if spec.grey else square
+
+
+def grey_rgb(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (as PIL's "L" mode) in all three channels: the model's input shape is unchanged, and
+    an MAE pretrained on colour images still fits."""
+    luma = np.asarray(Image.fromarray(rgb).convert("L"))
+    return np.repeat(luma[..., None], 3, axis=2)
 
 
 def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit: int = 64) -> DecodeSpec:
@@ -106,6 +115,7 @@ def spec_extras(spec: DecodeSpec) -> dict[str, Any]:
         "stain_norm": {"method": spec.stain_method, "reference": list(spec.stain_reference)}
         if spec.stain_reference
         else None,
+        "grey": spec.grey,
     }
 
 
@@ -118,6 +128,7 @@ def spec_from_extras(extra: dict[str, Any], image_size: int) -> DecodeSpec:
         cell_crop=extra.get("cell_crop"),
         stain_reference=reference,
         stain_method=stain.get("method", "reinhard"),
+        grey=bool(extra.get("grey", False)),
     )
 
 
