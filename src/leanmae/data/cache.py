@@ -81,14 +81,15 @@ def grey_rgb(rgb: np.ndarray) -> np.ndarray:
 
 def stain_spec(spec: DecodeSpec, method: str, training: list[ImageRecord], limit: int = 64) -> DecodeSpec:
     """``spec`` with the stain reference of ``method`` taken from (up to ``limit``, a fixed choice of) the
-    training images."""
+    training images, in colour (greyscale comes after normalisation)."""
     if method == "none":
         return spec
+    colour = replace(spec, grey=False)
     pick = np.sort(np.random.default_rng(0).permutation(len(training))[:limit])
     images = []
     for i in pick:
         try:
-            images.append(finish_image(decode_rgb(training[i].path), spec))
+            images.append(finish_image(decode_rgb(training[i].path), colour))
         except BadImageError:
             continue  # the cache build reports (or skips) bad files itself
     if not images:
