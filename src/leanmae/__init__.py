@@ -12,6 +12,7 @@ from typing import Any as _Any
 __version__ = "0.1.0"
 
 _COMMANDS = {
+    "adapt": "leanmae.commands.adapt",
     "demo": "leanmae.commands.demo",
     "evaluate": "leanmae.commands.evaluate",
     "export": "leanmae.commands.export",

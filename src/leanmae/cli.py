@@ -237,6 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func="evaluate")
 
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a trained classifier to another lab's unlabelled images (TENT test-time adaptation)",
+    )
+    p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files or folders of the new lab (searched recursively; no labels read)",
+    )
+    p.add_argument("--out", required=True, help="folder for the adapted model/ and adapt.json")
+    p.add_argument(
+        "--steps", type=int, default=50, help="Adam steps on the LayerNorm parameters (default 50)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch draws (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier adaptation in --out")
+    p.set_defaults(func="adapt")
+
     p = sub.add_parser("predict", help="classify new images with a trained classifier")
     p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
