@@ -26,6 +26,7 @@ from sklearn.metrics import f1_score
 
 from leanmae.commands.reconstruct import load_images
 from leanmae.config import PretrainConfig, resolve
+from leanmae.data.cache import spec_from_extras
 from leanmae.data.split import label_fraction, read_manifest
 from leanmae.evaluation.probe import mae_features, representation_scores
 from leanmae.models.io import load_preprocessing, model_folder
@@ -49,17 +50,16 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = resolve(PretrainConfig, "pretrain", args.preset, None, {})
-    encoders = {
-        "random init": (build_mae(cfg.model).eval(), *load_preprocessing(model_folder(args.maes[0]))[:2])
-    }
+    first = model_folder(args.maes[0])
+    encoders = {"random init": (build_mae(cfg.model).eval(), *load_preprocessing(first))}
     for path in args.maes:
         folder = model_folder(path)
-        encoders[str(path)] = (load_mae(folder).eval(), *load_preprocessing(folder)[:2])
+        encoders[str(path)] = (load_mae(folder).eval(), *load_preprocessing(folder))
     results: dict[str, dict[str, float]] = {}
-    for name, (model, mean, std) in encoders.items():
+    for name, (model, mean, std, extra) in encoders.items():
         pixels = load_images(
             [root / it.relpath for it in items],
-            round(model.config.image_size * 1.25),
+            spec_from_extras(extra, model.config.image_size),  # decoded as the MAE's training images were
             model.config.image_size,
             mean,
             std,

@@ -68,6 +68,7 @@ def one(
     fraction: float,
     seed: int,
     default_runs: Path | None,
+    preset: str | None = None,
 ) -> dict:
     name = f"{arm}_step{step}_f{fraction:g}_s{seed}"
     folder = out / name
@@ -94,6 +95,7 @@ def one(
                 str(folder),
                 "--overwrite",
                 "--no-progress",
+                *(["--preset", preset] if preset else []),
                 *sets,
             ],
             Path(f"{folder}.log"),
@@ -127,6 +129,7 @@ def main() -> None:
     )
     parser.add_argument("--arms", default="mae,scratch")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--preset", help="fine-tuning preset (default: none, the built-in defaults)")
     parser.add_argument(
         "--default-runs",
         type=Path,
@@ -156,7 +159,10 @@ def main() -> None:
         ]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(
-            pool.map(lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:], args.default_runs), grid)
+            pool.map(
+                lambda g: one(args.split, out, g[0], inits[g[0]], *g[1:], args.default_runs, args.preset),
+                grid,
+            )
         )
     lines = [
         "| arm | labels | step | val macro-F1 (whole val split) | test macro-F1 (read only) |",

@@ -5,8 +5,11 @@
 #   sh docs/results/cross-lab/run.sh RECIPE SEED [ARM]   (from the repository root)
 # ARM: mae (default; the in-domain GPU MAE), mae-target (that MAE continued on the external images:
 # pretrain_target.sh) or scratch.
-# LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src).
+# LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src). SPLIT, PRESET, MAE, RUNS and
+# KEEP override the split, preset, MAE folder, run folder and results folder (the smoke test's tiny run).
 set -eu
+SPLIT=${SPLIT:-docs/results/pbc-honest/split.csv} PRESET=${PRESET:-cpu} RUNS=${RUNS:-runs/cross-lab}
+KEEP=${KEEP:-docs/results/cross-lab} MAE=${MAE:-docs/results/gpu-mae/in-domain-pix/model}
 recipe=$1 seed=$2 arm=${3:-mae}
 # WIDE: colour perturbations wide enough to cover a yellow or blue background (any hue, saturation
 # halved to doubled, stronger stain, brightness and contrast), on top of today's defaults.
@@ -24,8 +27,8 @@ case $recipe in
   *) echo "unknown recipe $recipe" >&2; exit 2 ;;
 esac
 case $arm in
-  mae) init="--init docs/results/gpu-mae/in-domain-pix/model" ;;
-  mae-target) init="--init runs/cross-lab/mae-target/model" ;;  # pretrain_target.sh's MAE
+  mae) init="--init $MAE" ;;
+  mae-target) init="--init $RUNS/mae-target/model" ;;  # pretrain_target.sh's MAE
   scratch) init="" ;;
   *) echo "unknown arm $arm (mae, mae-target, scratch)" >&2; exit 2 ;;
 esac
@@ -33,13 +36,13 @@ name=$arm-$recipe-s$seed
 export PYTHONPATH="${LEANMAE_CODE:-$PWD}/src" OMP_NUM_THREADS=1
 PY=${PY:-python}
 EXT=${EXTERNAL:-../shared/data/external_wbc}
-run=runs/cross-lab/$name keep=docs/results/cross-lab/$name
-mkdir -p runs/cross-lab "$keep"
+run=$RUNS/$name keep=$KEEP/$name
+mkdir -p "$RUNS" "$keep"
 # shellcheck disable=SC2086  # $init and $sets are lists of options
-$PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction 0.1 --seed "$seed" --preset cpu \
+$PY -m leanmae finetune --split "$SPLIT" --fraction 0.1 --seed "$seed" --preset "$PRESET" \
   $init --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
 cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$keep"/
-$PY -m leanmae evaluate "$run" --split docs/results/pbc-honest/split.csv --subset val --overwrite >> "$run.log" 2>&1
+$PY -m leanmae evaluate "$run" --split "$SPLIT" --subset val --overwrite >> "$run.log" 2>&1
 cp "$run"/evaluate-val/metrics.json "$keep"/val.json
 for set in tecom cellavision_blog; do
   $PY -m leanmae evaluate "$run" --data "$EXT/$set" --overwrite >> "$run.log" 2>&1

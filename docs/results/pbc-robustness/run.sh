@@ -6,8 +6,11 @@
 # scratch-RECIPE-sSEED). FRACTION of the labels (default 0.1; another adds -fFRACTION to the folder),
 # the pbc-honest split: compare with that study's own runs (the previous default recipe, whose
 # robustness.json files sit in its run folders).
-# LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src).
+# LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src). SPLIT, PRESET, MAE, RUNS and
+# KEEP override the split, preset, MAE folder, run folder and results folder (the smoke test's tiny run).
 set -eu
+SPLIT=${SPLIT:-docs/results/pbc-honest/split.csv} PRESET=${PRESET:-cpu} RUNS=${RUNS:-runs/pbc-robustness}
+KEEP=${KEEP:-docs/results/pbc-robustness} MAE=${MAE:-docs/results/gpu-mae/in-domain-pix/model}
 recipe=$1 seed=$2 arm=${3:-mae} fraction=${4:-0.1}
 # Every recipe starts from the recipe before issue 16's defaults (300 steps, crops anywhere), so that
 # the names mean the same whichever defaults the code has; recipes set their own values after it.
@@ -27,18 +30,18 @@ case $recipe in
     exit 2 ;;
 esac
 case $arm in
-  mae) init="--init docs/results/gpu-mae/in-domain-pix/model" name=$recipe-s$seed ;;
+  mae) init="--init $MAE" name=$recipe-s$seed ;;
   scratch) init="" name=scratch-$recipe-s$seed ;;
   *) echo "unknown arm $arm (mae, scratch)" >&2; exit 2 ;;
 esac
 [ "$fraction" = 0.1 ] || name=$name-f$fraction
 export PYTHONPATH="${LEANMAE_CODE:-$PWD}/src" OMP_NUM_THREADS=1
 PY=${PY:-python}
-run=runs/pbc-robustness/$name keep=docs/results/pbc-robustness/$name
-mkdir -p runs/pbc-robustness "$keep"
+run=$RUNS/$name keep=$KEEP/$name
+mkdir -p "$RUNS" "$keep"
 # shellcheck disable=SC2086  # $init and $sets are lists of options
-$PY -m leanmae finetune --split docs/results/pbc-honest/split.csv --fraction "$fraction" --seed "$seed" --preset cpu \
+$PY -m leanmae finetune --split "$SPLIT" --fraction "$fraction" --seed "$seed" --preset "$PRESET" \
   $init --no-progress --resume --out "$run" $sets > "$run.log" 2>&1
-$PY -m leanmae evaluate "$run" --split docs/results/pbc-honest/split.csv --shifts >> "$run.log" 2>&1
+$PY -m leanmae evaluate "$run" --split "$SPLIT" --shifts >> "$run.log" 2>&1
 cp "$run"/metrics.json "$run"/run.json "$run"/history.csv "$run"/robustness-test/robustness.json "$keep"/
 cp "$run.log" "$keep"/finetune.log

@@ -1,0 +1,163 @@
+"""Every benchmark and documented results script runs end to end on tiny sizes, so CI fails when one breaks.
+
+They run as a user runs them (a subprocess from the repository root), with the ``test`` preset, a tiny
+synthetic split and a tiny MAE where they train, and their outputs in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import leanmae
+from helpers import tiny_pretrain
+from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """Run ``cmd`` from the repository root with leanmae's source importable; its output, or a failure
+    showing it."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A synthetic white-cell split, a test-preset MAE, and a labelled 'external' folder with both sets."""
+    root = tmp_path_factory.mktemp("bench")
+    cells = make_synthetic_wbc(root / "cells", n_per_class=10, size=40)
+    leanmae.split(cells, classes=list(WBC_CLASSES), out=root / "split.csv", ratios="0.6,0.2,0.2")
+    tiny_pretrain(root / "split.csv", root / "mae", sets=["optim.epochs=1"])
+    external = root / "external"
+    for name, seed in (("tecom", 5), ("cellavision_blog", 6)):
+        make_synthetic_wbc(external / name, n_per_class=2, size=48, seed=seed)
+    return {"root": root, "split": root / "split.csv", "mae": root / "mae" / "model", "external": external}
+
+
+def test_the_throughput_benchmark_runs_its_gpu_plan_on_the_cpu_with_the_shared_pbc_split(
+    tmp_path: Path,
+) -> None:
+    """The plan gpu_check.sh runs, at tiny sizes; with ../shared/data/pbc present its epoch uses a fresh PBC
+    split (which once died on PBC's pair of identical images in two classes)."""
+    out = run(
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            "--plan",
+            "gpu",
+            "--device",
+            "cpu",
+            "--gpu-batch",
+            "2",
+            "--gpu-steps",
+            "1",
+            "--gpu-images",
+            "16",
+            "--only",
+            "pretrain/cpu",
+            "--jsonl",
+            str(tmp_path / "t.jsonl"),
+        ]
+    )
+    lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert any(line.get("case") == "epoch" or "epoch" in str(line.get("case")) for line in lines), out[-2000:]
+
+
+def test_gpu_check_runs_end_to_end_with_device_cpu(tmp_path: Path) -> None:
+    run(
+        [
+            "bash",
+            "benchmarks/gpu_check.sh",
+            "--gpu-batch",
+            "2",
+            "--gpu-steps",
+            "1",
+            "--gpu-images",
+            "16",
+            "--only",
+            "pretrain/cpu",
+            "--no-epoch",
+        ],
+        env={"DEVICE": "cpu", "OUT": str(tmp_path), "PYTHON": sys.executable},
+    )
+    assert list(tmp_path.glob("cpu-*.jsonl")) and list(tmp_path.glob("cpu-*.txt"))
+
+
+def test_the_recipe_ablation_trains_scores_on_val_and_tabulates(tiny: dict[str, Any], tmp_path: Path) -> None:
+    run(
+        [
+            sys.executable,
+            "benchmarks/recipe_ablation.py",
+            "--split",
+            str(tiny["split"]),
+            "--mae",
+            str(tiny["mae"]),
+            "--out",
+            str(tmp_path),
+            "--fractions",
+            "1",
+            "--steps",
+            "0,4",
+            "--arms",
+            "mae,scratch",
+            "--jobs",
+            "1",
+            "--preset",
+            "test",
+        ]
+    )
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(rows) == 4 and all(0 <= r["val_f1"] <= 1 for r in rows)
+
+
+def test_the_encoder_probe_scores_a_random_and_a_pretrained_encoder(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    run(
+        [
+            sys.executable,
+            "benchmarks/probe_encoders.py",
+            "--split",
+            str(tiny["split"]),
+            str(tiny["mae"]),
+            "--fractions",
+            "1",
+            "--preset",
+            "test",
+            "--out",
+            str(tmp_path / "probe.json"),
+        ]
+    )
+    assert len(json.loads((tmp_path / "probe.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("script", ["pbc-robustness", "cross-lab"])
+def test_the_results_run_scripts_run_on_a_tiny_split(
+    tiny: dict[str, Any], tmp_path: Path, script: str
+) -> None:
+    env = {
+        "SPLIT": str(tiny["split"]),
+        "PRESET": "test",
+        "MAE": str(tiny["mae"]),
+        "RUNS": str(tmp_path / "runs"),
+        "KEEP": str(tmp_path / "keep"),
+        "EXTERNAL": str(tiny["external"]),
+        "PY": sys.executable,
+    }
+    recipe = "aug" if script == "pbc-robustness" else "default"
+    run(["sh", f"docs/results/{script}/run.sh", recipe, "0", "mae"], env=env)
+    kept = next((tmp_path / "keep").iterdir())
+    assert (kept / "metrics.json").exists()
+    expected = "robustness.json" if script == "pbc-robustness" else "tecom.json"
+    assert (kept / expected).exists()
