@@ -86,6 +86,10 @@ def test_kept_accuracy_counts_only_the_predictions_neither_check_refers() -> Non
     kept = kept_accuracy(correct, by_confidence, referred)
     assert kept["confidence_only"] == {"kept": 3, "coverage": 0.75, "accuracy_kept": pytest.approx(2 / 3)}
     assert kept["confidence_and_shift"] == {"kept": 2, "coverage": 0.5, "accuracy_kept": 1.0}
+    assert (
+        kept_accuracy(correct, by_confidence, np.ones(4, bool))["confidence_and_shift"]["accuracy_kept"]
+        is None
+    )
 
 
 # --------------------------------------------------------------------------- end to end

@@ -131,10 +131,10 @@ def evaluate(
         f"{name}: {split or data}",
     )
     kept = report["kept"]["confidence_and_shift"]
+    kept_text = f"accuracy {kept['accuracy_kept']:.4f}" if kept["kept"] else "every image referred"
     print(
         f"{name}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on {len(y)} "
-        f"images of {len(present)} classes; {kept['kept']} kept (not referred), accuracy "
-        f"{kept['accuracy_kept']:.4f}; wrote {target}"
+        f"images of {len(present)} classes; {kept['kept']} kept (not referred), {kept_text}; wrote {target}"
     )
     return report
 

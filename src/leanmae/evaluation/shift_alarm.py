@@ -104,7 +104,7 @@ def folder_alarm(scores: np.ndarray, reference: ShiftReference) -> dict[str, Any
         "expected_share": reference.alpha,
         "p_value": p_value,
         "alarm": bool(n and p_value < P_ALARM),
-        "median_score": float(np.median(scores)) if n else math.nan,
+        "median_score": float(np.median(scores)) if n else None,
         "threshold": reference.threshold,
     }
 
@@ -123,13 +123,14 @@ def kept_accuracy(
     correct: np.ndarray, referred_by_confidence: np.ndarray, referred: np.ndarray
 ) -> dict[str, dict[str, float]]:
     """Coverage and accuracy of the predictions kept by the confidence threshold alone, and by the threshold,
-    the per-image shift flag and the folder alarm together (``referred``, from ``shift_columns``)."""
+    the per-image shift flag and the folder alarm together (``referred``, from ``shift_columns``); the
+    accuracy is None where nothing is kept."""
 
     def kept(mask: np.ndarray) -> dict[str, float]:
         return {
             "kept": int(mask.sum()),
             "coverage": float(mask.mean()) if len(mask) else 0.0,
-            "accuracy_kept": float(correct[mask].mean()) if mask.any() else math.nan,
+            "accuracy_kept": float(correct[mask].mean()) if mask.any() else None,
         }
 
     return {"confidence_only": kept(~referred_by_confidence), "confidence_and_shift": kept(~referred)}
