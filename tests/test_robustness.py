@@ -62,6 +62,8 @@ def test_every_finished_run_gets_a_robustness_file_with_every_shift(study: dict[
         assert row["drop"] == pytest.approx(saved["shifts"]["clean"]["macro_f1"] - row["macro_f1"])
     external = saved["external"][str(study["external"])]
     assert external["images"] == 4 and external["classes_present"] == study["labels"][:2]
+    for row in [*saved["shifts"].values(), external]:  # the study scores the shift alarm on each too
+        assert row["shift_alarm"]["images"] == row["images"] and isinstance(row["shift_alarm"]["alarm"], bool)
 
 
 def test_a_finished_runs_robustness_file_is_not_recomputed(study: dict[str, Any]) -> None:

@@ -44,7 +44,8 @@ from leanmae.data.split import read_manifest
 from leanmae.errors import DataError
 from leanmae.evaluation.calibration import softmax
 from leanmae.evaluation.metrics import classification_report
-from leanmae.evaluation.predict import TrainedClassifier, cached_batches, predict_logits, trained_classifier
+from leanmae.evaluation.predict import TrainedClassifier, cached_batches, predict_outputs, trained_classifier
+from leanmae.evaluation.shift_alarm import folder_alarm, mahalanobis_scores
 from leanmae.evaluation.shifts import (
     BUILTIN_REFERENCE_NAME,
     LC25000_LUNG_REFERENCE,
@@ -182,10 +183,11 @@ class ShiftedSet:
 def scores(
     trained: TrainedClassifier, images: np.ndarray, labels: list[str], batch_size: int
 ) -> dict[str, Any]:
-    """Macro-F1 and accuracy of ``trained`` on decoded images, over the classes present (as --data)."""
+    """Macro-F1 and accuracy of ``trained`` on decoded images, over the classes present (as --data), and the
+    shift alarm on them (None for a model without a shift reference)."""
     model = trained.model
     y = np.array([trained.labels.index(label) for label in labels])
-    logits = predict_logits(
+    logits, features = predict_outputs(
         model,
         cached_batches(images, np.arange(len(images)), batch_size),
         model.config.image_size,
@@ -194,11 +196,15 @@ def scores(
     )
     present = sorted(set(y.tolist()))
     report = classification_report(y, softmax(logits), trained.labels, scored=present)
+    reference = trained.shift
     return {
         "macro_f1": report["macro_f1"],
         "accuracy": report["accuracy"],
         "images": len(y),
         "classes_present": [trained.labels[i] for i in present],
+        "shift_alarm": None
+        if reference is None
+        else folder_alarm(mahalanobis_scores(features, reference.means, reference.precision), reference),
     }
 
 
@@ -286,13 +292,21 @@ def score_study(study: Path, bench: Benchmark, progress: bool = True) -> dict[st
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """One printed line per shift and external set: macro-F1 and its drop."""
     lines = [
-        f"  {name:16s} macro-F1 {row['macro_f1']:.4f}  drop {row['drop']:+.4f}"
+        f"  {name:16s} macro-F1 {row['macro_f1']:.4f}  drop {row['drop']:+.4f}{_alarm_text(row)}"
         for name, row in result["shifts"].items()
     ]
     lines += [
-        f"  external {name}: macro-F1 {row['macro_f1']:.4f}" for name, row in result["external"].items()
+        f"  external {name}: macro-F1 {row['macro_f1']:.4f}{_alarm_text(row)}"
+        for name, row in result["external"].items()
     ]
     return lines
+
+
+def _alarm_text(row: dict[str, Any]) -> str:
+    alarm = row.get("shift_alarm")
+    if not alarm:
+        return ""
+    return f"  flagged {alarm['flagged_share']:.0%}" + ("  SHIFT ALARM" if alarm["alarm"] else "")
 
 
 def score_shifts(
