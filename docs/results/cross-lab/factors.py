@@ -28,7 +28,7 @@ from leanmae.data.sources import ImageRecord, labelled_folder_records
 from leanmae.data.split import read_manifest
 from leanmae.data.stain import reinhard, reinhard_reference
 from leanmae.evaluation.metrics import classification_report
-from leanmae.evaluation.predict import predict_logits, trained_classifier
+from leanmae.evaluation.predict import predict_outputs, trained_classifier
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 SPLIT = Path(__file__).resolve().parents[1] / "pbc-honest" / "split.csv"
@@ -77,13 +77,13 @@ def decoded(records: list[ImageRecord], extra: dict, image_size: int, labels: li
 
 def score(trained, images: np.ndarray, y: np.ndarray) -> dict[str, float]:
     model = trained.model
-    logits = predict_logits(
+    logits = predict_outputs(
         model,
         (images[i : i + 256] for i in range(0, len(images), 256)),
         model.config.image_size,
         trained.mean,
         trained.std,
-    )
+    )[0]
     probs = torch.softmax(torch.from_numpy(logits) / trained.extra.get("temperature", 1.0), -1).numpy()
     counts = np.bincount(y, minlength=len(trained.labels))
     present = [int(c) for c in np.flatnonzero(counts)]

@@ -63,7 +63,7 @@ from leanmae.data.split import counts
 from leanmae.errors import ConfigError
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
-from leanmae.evaluation.predict import cached_batches, predict_logits
+from leanmae.evaluation.predict import cached_batches, predict_outputs
 from leanmae.files import write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
@@ -442,9 +442,9 @@ def finetune_task(
 
     def validate(module: nn.Module, epoch: int) -> dict[str, float]:
         idx = data.index["val"]
-        logits = predict_logits(
+        logits = predict_outputs(
             module, cached_batches(data.cache.images, idx, opts.eval_batch_size), image_size, mean, std
-        )
+        )[0]
         return _val_metrics(torch.as_tensor(logits), data.y[idx], data.labels)
 
     return model, Task(

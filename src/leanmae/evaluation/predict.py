@@ -1,4 +1,4 @@
-"""Class logits for many images: batched, in inference mode, with the evaluation transform."""
+"""Class logits and pooled features for many images: batched, in inference mode, with the eval transform."""
 
 from __future__ import annotations
 
@@ -19,19 +19,6 @@ from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing, load_shift_reference, model_folder
 from leanmae.progress import bar_disabled
 from leanmae.training.distributed import setup
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    batches: Iterable[np.ndarray],
-    image_size: int,
-    mean: list[float],
-    std: list[float],
-    total: int | None = None,
-    progress: bool = False,
-) -> np.ndarray:
-    """Logits (N, classes) for uint8 (B, H, W, 3) batches: resize, normalise, forward."""
-    return predict_outputs(model, batches, image_size, mean, std, total, progress)[0]
 
 
 @torch.inference_mode()
