@@ -32,7 +32,10 @@ def one_run(folder: Path) -> dict:
     if arm == "mae" and recipe.startswith("target-"):
         arm, recipe = "mae-target", recipe[len("target-") :]
     row = {"arm": arm, "recipe": recipe, "seed": int(seed), "folder": folder.name}
-    row["pbc val"] = json.loads((folder / "val.json").read_text())["val"]["macro_f1"]
+    val = json.loads((folder / "val.json").read_text())["val"]
+    row["pbc val"] = val["macro_f1"]
+    row["pbc val flagged"] = None if val.get("shift") is None else val["shift"]["flagged_share"]
+    row["pbc val alarm"] = None if val.get("shift") is None else val["shift"]["alarm"]
     test = json.loads((folder / "metrics.json").read_text()).get("shift", {}).get("test")
     row["pbc test alarm"] = None if test is None else test["alarm"]
     row["pbc test flagged"] = None if test is None else test["flagged_share"]
@@ -91,10 +94,10 @@ def summary(rows: list[dict]) -> str:
 def alarm_table(rows: list[dict]) -> str:
     """Per run: share of images flagged and whether the folder alarm fired; cells kept (accuracy)."""
     lines = [
-        "| run | PBC test flagged (2,060) | tecom flagged | cellavision flagged "
+        "| run | PBC val flagged (1,030) | PBC test flagged (2,060) | tecom flagged | cellavision flagged "
         "| tecom kept by confidence alone | tecom kept with the alarm "
         "| cellavision kept by confidence alone | cellavision kept with the alarm |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def flag(share: float | None, alarm: bool | None) -> str:
@@ -102,6 +105,7 @@ def alarm_table(rows: list[dict]) -> str:
 
     for r in rows:
         cells = [
+            flag(r["pbc val flagged"], r["pbc val alarm"]),
             flag(r["pbc test flagged"], r["pbc test alarm"]),
             flag(r["tecom flagged"], r["tecom alarm"]),
             flag(r["cellavision_blog flagged"], r["cellavision_blog alarm"]),
