@@ -161,3 +161,6 @@ def test_the_results_run_scripts_run_on_a_tiny_split(
     assert (kept / "metrics.json").exists()
     expected = "robustness.json" if script == "pbc-robustness" else "tecom.json"
     assert (kept / expected).exists()
+    if script == "cross-lab":  # TENT on that run, scored on each external set
+        run(["sh", "docs/results/cross-lab/tent.sh", "mae-default-s0"], env=env)
+        assert (tmp_path / "keep" / "tent-mae-default-s0" / "tecom-adapt.json").exists()
