@@ -1215,6 +1215,57 @@ def run_gpu_plan(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return records
 
 
+# --------------------------------------------------------------------------- profile (CPU)
+
+
+def profile_step(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Where one leanmae training step of ``--profile TASK/MODEL`` spends its time (torch.profiler, CPU):
+    self time per operator, grouped into matmuls, attention, norms, the optimizer, augmentation and the
+    rest, over ``--profile-steps`` steps after two untimed ones."""
+    task, model = args.profile.split("/")
+    cfg = leanmae_config(task, model)
+    batch = cfg.optim.batch_size
+    images = benchmark_images(max(2 * batch, 128), work, args.pbc)
+    cache, _ = decode_once(images, cache_size(cfg), work)
+    path = LeanmaePath(task, cfg, images, cache, batch)
+    path.enter()
+    for _ in range(2):
+        path.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profile_steps):
+            path.step()
+    groups = {
+        "matmul (linear, bmm, addmm, mm)": ("addmm", "mm", "bmm", "linear", "matmul", "baddbmm"),
+        "attention (softmax, sdpa)": ("softmax", "attention", "scaled_dot"),
+        "layer norm": ("layer_norm",),
+        "gelu": ("gelu",),
+        "optimizer (adamw)": ("adam",),
+        "augmentation (crop, colour, resize)": ("grid_sampler", "upsample", "interpolate", "conv2d", "clamp"),
+    }
+    totals: dict[str, float] = dict.fromkeys([*groups, "other"], 0.0)
+    top = []
+    for event in prof.key_averages():
+        us = event.self_cpu_time_total
+        name = event.key.lower()
+        top.append((us, event.key))
+        group = next((g for g, keys in groups.items() if any(k in name for k in keys)), "other")
+        totals[group] += us
+    total = sum(totals.values()) or 1.0
+    record = {
+        "case": f"profile/{args.profile}",
+        "batch": batch,
+        "steps": args.profile_steps,
+        "threads": path.threads,
+        "ms_per_step": total / 1000 / args.profile_steps,
+        "share": {g: v / total for g, v in totals.items()},
+        "top_ops_ms_per_step": {
+            k: us / 1000 / args.profile_steps for us, k in sorted(top, reverse=True)[:12]
+        },
+    }
+    emit(record)
+    return record
+
+
 # --------------------------------------------------------------------------- ablations (CPU)
 
 
@@ -1554,6 +1605,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch timing")
     parser.add_argument(
+        "--profile",
+        metavar="TASK/MODEL",
+        help="instead: where leanmae's training step spends its time (torch.profiler), e.g. finetune/cpu",
+    )
+    parser.add_argument("--profile-steps", type=int, default=10, help="profiled steps (default 10)")
+    parser.add_argument(
         "--without-prefetch",
         action="store_true",
         help="also time leanmae with run.prefetch=false (each batch prepared inline), "
@@ -1602,7 +1659,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="leanmae-bench-"))
     started = time.perf_counter()
     try:
-        if args.ablate is not None:
+        if args.profile:
+            record = profile_step(args, work)
+            print(f"\n{record['case']}: {record['ms_per_step']:.0f} ms of operator self time per step")
+            for group, share in sorted(record["share"].items(), key=lambda kv: -kv[1]):
+                print(f"  {group:40s} {share:6.1%}")
+        elif args.ablate is not None:
             records = run_ablations(args, work)
             print("\n" + ablation_table(records))
         elif (args.plan or ("gpu" if args.device == "cuda" else "cpu")) == "gpu":

@@ -74,6 +74,15 @@ def test_the_throughput_benchmark_runs_its_gpu_plan_on_the_cpu_with_the_shared_p
     assert any(line.get("case") == "epoch" or "epoch" in str(line.get("case")) for line in lines), out[-2000:]
 
 
+def test_the_throughput_profile_groups_a_training_steps_time(tmp_path: Path) -> None:
+    run(
+        [sys.executable, "benchmarks/throughput.py", "--profile", "finetune/cpu", "--profile-steps", "1",
+         "--jsonl", str(tmp_path / "p.jsonl")]
+    )  # fmt: skip
+    record = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[-1])
+    assert record["case"] == "profile/finetune/cpu" and sum(record["share"].values()) == pytest.approx(1)
+
+
 def test_gpu_check_runs_end_to_end_with_device_cpu(tmp_path: Path) -> None:
     run(
         [
