@@ -18,7 +18,7 @@ from leanmae.data.batches import gather
 from leanmae.data.cache import load_or_build, spec_from_extras
 from leanmae.data.pool import collect
 from leanmae.errors import DataError
-from leanmae.evaluation.predict import trained_classifier
+from leanmae.evaluation.predict import cached_batches, predict_outputs, trained_classifier
 from leanmae.files import write_json
 from leanmae.models.io import save_model
 from leanmae.reporting.runinfo import check_result_folder
@@ -77,9 +77,15 @@ def adapt(
     def logits(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return module(pixel_values=batch).logits.float()
 
-    before = _mean_entropy(classifier, pixels, len(cache))
+    def mean_entropy() -> float:
+        """Mean prediction entropy over all the new images, with the evaluation transform."""
+        every = cached_batches(cache.images, np.arange(len(cache)), 256)
+        outputs = predict_outputs(classifier, every, size, trained.mean, trained.std)[0]
+        return float(entropy(torch.from_numpy(outputs)))
+
+    before = mean_entropy()
     losses = tent_adapt(classifier, logits, (pixels(idx) for idx in draws), lr)
-    after = _mean_entropy(classifier, pixels, len(cache))
+    after = mean_entropy()
     settings = {"method": "tent", "steps": steps, "lr": lr, "batch_size": count, "seed": seed}
     shift = trained.shift
     save_model(
@@ -104,14 +110,3 @@ def adapt(
         f"{before:.3f} -> {after:.3f}; wrote {target / 'model'}"
     )
     return result
-
-
-@torch.inference_mode()
-def _mean_entropy(model: torch.nn.Module, pixels: Any, n: int, batch: int = 256) -> float:
-    """Mean prediction entropy over all ``n`` images (in eval mode)."""
-    model.eval()
-    total = 0.0
-    for start in range(0, n, batch):
-        idx = np.arange(start, min(n, start + batch))
-        total += float(entropy(model(pixel_values=pixels(idx)).logits.float())) * len(idx)
-    return total / n

@@ -19,13 +19,7 @@ from leanmae.data.pool import collect
 from leanmae.evaluation.calibration import confidence_columns, confidence_report, softmax
 from leanmae.evaluation.metrics import classification_report, write_predictions
 from leanmae.evaluation.predict import cached_batches, predict_outputs
-from leanmae.evaluation.shift_alarm import (
-    fit_reference,
-    folder_alarm,
-    kept_accuracy,
-    mahalanobis_scores,
-    shift_columns,
-)
+from leanmae.evaluation.shift_alarm import fit_reference, kept_accuracy, screen
 from leanmae.models.classifier import LeanViTClassifier
 from leanmae.models.io import save_model
 
@@ -56,8 +50,6 @@ def final_evaluation(
     logits = {s: outputs[s][0] for s in ("val", "test")}
     truth = {s: data.y[data.index[s]] for s in ("val", "test")}
     reference = fit_reference(outputs["train"][1], data.y[data.index["train"]], outputs["held_out"][1])
-    test_scores = mahalanobis_scores(outputs["test"][1], reference.means, reference.precision)
-    test_alarm = folder_alarm(test_scores, reference)
     ood_logits = None
     if opts.ood_data:
         ood = load_or_build(
@@ -88,7 +80,6 @@ def final_evaluation(
         "test": classification_report(truth["test"], probs["test"], labels),
         "val": classification_report(truth["val"], probs["val"], labels),
         **confidence,
-        "shift": {"reference": reference.settings(), "test": test_alarm},
     }
     energy_threshold = confidence.get("ood", {}).get("energy_threshold")
     save_model(
@@ -109,13 +100,17 @@ def final_evaluation(
         shift_reference=reference.arrays(),
     )
     columns = confidence_columns(logits["test"], temperature, threshold, energy_threshold)
-    columns = shift_columns(columns, test_scores, reference, test_alarm["alarm"])
-    referred = np.array([r == "refer" for r in columns["refer"]])
-    metrics["shift"]["test_kept"] = kept_accuracy(
-        probs["test"].argmax(1) == truth["test"],
-        softmax(logits["test"], temperature).max(1) < threshold,
-        referred,
-    )
+    by_confidence = np.array([r == "refer" for r in columns["refer"]])
+    columns, test_alarm = screen(columns, outputs["test"][1], reference)
+    metrics["shift"] = {
+        "reference": reference.settings(),
+        "test": test_alarm,
+        "test_kept": kept_accuracy(
+            probs["test"].argmax(1) == truth["test"],
+            by_confidence,
+            np.array([r == "refer" for r in columns["refer"]]),
+        ),
+    }
     write_predictions(
         out / "predictions.csv",
         data.paths("test"),

@@ -45,7 +45,7 @@ from leanmae.errors import DataError
 from leanmae.evaluation.calibration import softmax
 from leanmae.evaluation.metrics import classification_report
 from leanmae.evaluation.predict import TrainedClassifier, cached_batches, predict_outputs, trained_classifier
-from leanmae.evaluation.shift_alarm import folder_alarm, mahalanobis_scores
+from leanmae.evaluation.shift_alarm import folder_alarm
 from leanmae.evaluation.shifts import (
     BUILTIN_REFERENCE_NAME,
     LC25000_LUNG_REFERENCE,
@@ -202,9 +202,7 @@ def scores(
         "accuracy": report["accuracy"],
         "images": len(y),
         "classes_present": [trained.labels[i] for i in present],
-        "shift_alarm": None
-        if reference is None
-        else folder_alarm(mahalanobis_scores(features, reference.means, reference.precision), reference),
+        "shift_alarm": None if reference is None else folder_alarm(reference.scores(features), reference),
     }
 
 

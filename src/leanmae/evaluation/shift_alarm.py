@@ -39,6 +39,10 @@ class ShiftReference:
     alpha: float
     calibration_images: int
 
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Each image's shift score: its squared Mahalanobis distance to the nearest class mean."""
+        return mahalanobis_scores(features, self.means, self.precision)
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"means": self.means.astype(np.float32), "precision": self.precision.astype(np.float32)}
 
@@ -158,7 +162,7 @@ def screen(
     columns and None for a model saved without a shift reference."""
     if reference is None:
         return columns, None
-    scores = mahalanobis_scores(features, reference.means, reference.precision)
+    scores = reference.scores(features)
     alarm = folder_alarm(scores, reference)
     return shift_columns(columns, scores, reference, alarm["alarm"]), alarm
 
