@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,73 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
     with open(path, newline="") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+# --------------------------------------------------------------------------- fake study folders
+
+FAKE_CLASSES = ["a", "b"]
+FAKE_FRACTIONS = {0.01: 10, 0.1: 100, 0.5: 500, 1.0: 1000}  # fraction -> training labels (per class: half)
+
+
+def write_fake_run(
+    study: Path,
+    arm: str,
+    fraction: float,
+    seed: int,
+    f1: float,
+    collapsed: bool = False,
+    labels_used: bool = True,
+) -> None:
+    """A finished fine-tuning run folder as the report reads it, with every score ``f1``."""
+    folder = study / "runs" / f"{arm}_f{fraction:g}_s{seed}"
+    folder.mkdir(parents=True)
+    per_class = {
+        c: {"precision": f1, "recall": 0.0 if collapsed and c == "b" else f1, "f1": f1, "support": 10}
+        for c in FAKE_CLASSES
+    }
+    confidence = {c: {o: {"median": 0.7} for o in ("correct", "wrong")} for c in ["all", *FAKE_CLASSES]}
+    test = {
+        "accuracy": f1,
+        "balanced_accuracy": f1,
+        "macro_precision": f1,
+        "macro_recall": f1,
+        "macro_f1": f1,
+        "per_class": per_class,
+        "confidence": confidence,
+    }
+    n = FAKE_FRACTIONS[fraction]
+    metrics = {
+        "test": test,
+        "fraction": fraction,
+        "seed": seed,
+        "train_images": n,
+        "wall_seconds": 60.0,
+        "selected_epoch": 1,
+    }
+    if labels_used:
+        metrics["labels_used"] = {
+            "train": {c: n // 2 for c in FAKE_CLASSES},
+            "val": {c: 1 for c in FAKE_CLASSES},
+            "total": n + 2,
+            "val_mode": "honest",
+        }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy\n1,1.0,1.1,0.5\n")
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "device": "cpu",
+                "world_size": 1,
+                "started": "2026-11-26T05:05:02+0000",
+                "versions": {"leanmae": "0.1.0", "torch": "2.13.0"},
+            }
+        )
+    )
+    rows = [
+        "path,true_label,pred_label,confidence,p_a,p_b",
+        "x.png,a,a,0.9,0.9,0.1",
+        "y.png,b,a,0.6,0.6,0.4",
+        "z.png,b,b,0.8,0.2,0.8",
+    ]
+    (folder / "predictions.csv").write_text("\n".join(rows) + "\n")

@@ -210,10 +210,10 @@ def test_a_second_run_into_the_same_folder_is_refused(data_folder: Path, tmp_pat
 def test_overwrite_replaces_the_earlier_run(data_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     tiny_pretrain(data_folder, out, epochs=2)
-    (out / "stray.txt").write_text("from the earlier run")
+    (out / "notes.txt").write_text("not written by pretrain")
     summary = tiny_pretrain(data_folder, out, epochs=1, overwrite=True)
     assert summary["epochs"] == 1
-    assert not (out / "stray.txt").exists()
+    assert (out / "notes.txt").exists(), "--overwrite replaces only what the command writes"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
     assert json.loads((out / "run.json").read_text())["config"]["optim"]["epochs"] == 1
 

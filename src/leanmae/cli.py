@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the .onnx file to write; input pixel_values as in the model card's Preprocessing",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     p.set_defaults(func="export")
 
     p = sub.add_parser(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
+import os
 import re
 import types
 import typing
@@ -219,20 +221,87 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    text = Path(path).read_text()
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping: YAML keeps the last and drops the first without a word."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first} and {second}); keep one")
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """YAML as the 1.2 core schema reads it, and each key once per mapping.
+
+    Why: YAML 1.1 (PyYAML's default) turns words and digits into values nobody meant: yes/no/on/off become
+    booleans (``--set optim.epochs=yes`` trained 1 epoch), 010 is octal 8, 1:30 is 90, 1_000 is 1000,
+    2024-01-01 a date. Here only true/false are booleans, numbers are decimal (or 0o/0x), the rest is text.
+    """
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # PyYAML's table of implicit types, refilled below
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        return int(text, {"0o": 8, "0x": 16}.get(text[:2], 10))
+
+
+for _tag, _regex, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "float",
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+    ("merge", r"<<", "<"),
+):
+    Yaml12Loader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_regex})$"), list(_first)
+    )
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", Yaml12Loader.construct_yaml_int)
+
+
+def parse_yaml(text: str, where: str, advice: str = "") -> Any:
+    """``text`` read by ``Yaml12Loader`` (safe: it builds plain values only); a syntax error or a repeated
+    key is a ConfigError naming ``where``."""
     try:
-        loaded = yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=Yaml12Loader)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from err
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
-    return loaded
+        raise ConfigError(f"{where}: not valid YAML ({_one_line(err)}){advice}") from None
 
 
 def _one_line(err: Exception) -> str:
     """A parser's multi-line message on one line: errors are printed as a single line."""
     return " ".join(str(err).split())
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping; a file that is not UTF-8 text, not YAML or not a mapping is a
+    ConfigError naming it."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); a config "
+            "file is YAML saved as UTF-8"
+        ) from None
+    loaded = parse_yaml(text, str(path))
+    if loaded is None:  # an empty file
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {loaded!r}")
+    return loaded
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -247,19 +316,44 @@ def load_preset(name: str) -> dict[str, Any]:
     return load_yaml(resources.files("leanmae") / "presets" / f"{name}.yaml")  # type: ignore[arg-type]
 
 
-COMMAND_SECTIONS = ("pretrain", "finetune", "study")
-
-
 def section(layer: dict[str, Any], command: str) -> dict[str, Any]:
     """The part of a preset or YAML file that applies to ``command``.
 
     Shared sections (model, data, run) apply to every command; a section named after the
     command (``pretrain:``, ``finetune:``) holds that command's own keys and wins.
-    Sections for other commands are ignored, so one preset file serves all commands.
+    Sections for other commands are not applied, so one preset file serves all commands, but they are
+    checked against that command's config (``check_section``): a misspelt key there would otherwise do
+    nothing, silently, in every command.
     """
-    out = {k: v for k, v in layer.items() if k not in COMMAND_SECTIONS}
-    own = layer.get(command) or {}
-    return merge(out, own)
+    own: dict[str, Any] = {}
+    for name in COMMAND_CONFIGS:
+        values = {} if layer.get(name) is None else layer[name]  # ``finetune:`` with nothing under it
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: expected a mapping of keys to values, got {values!r}")
+        if name == command:
+            own = values
+        else:
+            check_section(name, values)
+    return merge({k: v for k, v in layer.items() if k not in COMMAND_CONFIGS}, own)
+
+
+def check_section(command: str, values: dict[str, Any]) -> None:
+    """Every key of ``command``'s section exists in its config and has a value it accepts (each key on its
+    own: how the keys combine is checked when that command resolves them with the rest of its config)."""
+    cls, checks = COMMAND_CONFIGS[command]
+    where = f"{command}."
+    given = _dotted_keys(values)
+    leaves = leaf_keys(from_dict(cls, values, where))
+    _check_leaves({key: value for key, value in leaves.items() if key in given}, checks, where)
+
+
+def _dotted_keys(values: dict[str, Any], where: str = "") -> set[str]:
+    """The dotted names of the values given in a nested mapping (``{"optim": {"epochs": 3}}`` ->
+    ``{"optim.epochs"}``)."""
+    keys: set[str] = set()
+    for key, value in values.items():
+        keys |= _dotted_keys(value, f"{where}{key}.") if isinstance(value, dict) else {f"{where}{key}"}
+    return keys
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -280,13 +374,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(
-            f"--set {text!r}: the value is not valid YAML ({_one_line(err)}); quote it, for example "
-            f"{key}='...'"
-        ) from None
+    value = parse_yaml(raw, f"--set {text!r}", f"; quote it, for example {key}='...'")
     nested: dict[str, Any] = {}
     cursor = nested
     parts = key.strip().split(".")
@@ -311,24 +399,25 @@ def _expand_model_size(layer: dict[str, Any]) -> dict[str, Any]:
 
 def build(cls: type, layers: list[dict[str, Any]], checks: dict[str, Check] | None = None) -> Any:
     """Merge ``layers`` (first = lowest priority) into a ``cls`` instance whose values pass ``checks``
-    (default: CHECKS)."""
+    (default: the checks of ``cls``, see COMMAND_CONFIGS)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = merge(merged, _expand_model_size(layer))
     cfg = from_dict(cls, merged)
-    check_values(cfg, CHECKS if checks is None else checks)
+    check_values(cfg, checks if checks is not None else checks_of(cls))
     return cfg
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Typed construction with unknown-key errors and light type coercion (YAML ints for floats...)."""
+    """Typed construction with unknown-key errors; each value must already have its field's type (see
+    ``_scalar``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{where}{key}"
         if key not in names:
-            hint = difflib.get_close_matches(key, names, n=1)
+            hint = difflib.get_close_matches(str(key), names, n=1)
             raise ConfigError(
                 f"unknown config key {path!r}" + (f"; did you mean {(where + hint[0])!r}?" if hint else "")
             )
@@ -355,23 +444,52 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, path) for a, v in zip(args, value, strict=True))
     if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        return [_coerce(args[0], v, path) for v in value]
-    try:
-        if hint is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if hint in (int, float, str):
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}") from None
-    return value
+        return [_coerce(args[0], v, path) for v in _as_list(value, path)]
+    return value if hint is Any else _scalar(hint, value, path)
+
+
+def _as_list(value: Any, path: str) -> list[Any]:
+    """A list value; one text is a list of one (a path or a name means the same either way).
+
+    Any other single value is refused rather than guessed: ``seeds: 3`` could mean seed 3 or three seeds,
+    and a mapping would become the list of its keys.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list such as [a, b], got {value!r}")
+    return list(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # True is an int in Python
+
+
+# What each scalar field accepts: in words, and the test of a value.
+_SCALARS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: (
+        "a whole number",
+        lambda v: _is_number(v) and (isinstance(v, numbers.Integral) or float(v).is_integer()),
+    ),
+    float: ("a number", _is_number),
+    str: ("text", lambda v: isinstance(v, (str, os.PathLike))),  # a Path from Python is a path's text
+}
+
+
+def _scalar(hint: type, value: Any, path: str) -> Any:
+    """``value`` as a ``hint`` field (bool, int, float or str) only where it already means one.
+
+    Why: Python converts anything (``int(True)`` is 1, ``str([1])`` is "[1]", ``float("nan")``), so a
+    converted value can silently differ from what was written. A bool field also takes the text
+    true/false (a quoted YAML value), an int field a whole float (1e3), a float field an int.
+    """
+    if hint is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    words, fits = _SCALARS[hint]
+    if not fits(value):
+        raise ConfigError(f"{path}: expected {words}, got {value!r}")
+    return os.fspath(value) if isinstance(value, os.PathLike) else hint(value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -382,6 +500,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def effective_batch(optim: OptimConfig, world_size: int) -> int:
     """Images per optimizer step across all processes: batch x accumulation x processes."""
     return optim.batch_size * optim.accum_steps * world_size
+
+
+def fit_accumulation(optim: OptimConfig, batches_per_pass: int) -> OptimConfig:
+    """``optim`` with ``accum_steps`` no larger than the batches one pass over the data holds.
+
+    Why: accumulating past the end of the data only counts the same images again, and the lr rule
+    would then scale for images that do not exist (28 images, accum_steps 50: "effective batch 800").
+    """
+    return dataclasses.replace(optim, accum_steps=max(1, min(optim.accum_steps, batches_per_pass)))
 
 
 def absolute_lr(optim: OptimConfig, world_size: int) -> float:
@@ -534,6 +661,22 @@ def is_bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "expected true or false"
 
 
+DEVICE_USE = "use auto, cpu, cuda or cuda:N"
+
+
+def device_problem(device: Any) -> str | None:
+    """What is wrong with a device name, or None. leanmae runs on CPUs and CUDA GPUs; torch knows more names
+    (mps, meta, xla...) that would fail, or compute nothing, somewhere inside a command."""
+    return None if isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) else DEVICE_USE
+
+
+def check_device(device: str) -> None:
+    """The one check of ``--device`` (and ``run.device``) for every command, before any model is loaded."""
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"--device {device!r}: {problem}")
+
+
 SEED = number(0, 2**32 - 1)
 POSITIVE_INT = number(1)
 SHARE = number(0, 1, low_open=True, high_open=True)
@@ -587,7 +730,7 @@ CHECKS: dict[str, Check] = {
     "optim.clip_grad": number(0, low_open=True, optional=True),
     "optim.lr_scaling": choice("linear", "sqrt", "none"),
     "run.seed": SEED,
-    "run.device": pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "run.device": device_problem,
     "run.threads": number(1, optional=True),
     "run.amp": choice("auto", "bf16", "fp16", "fp32"),
     "run.progress": is_bool,
@@ -635,12 +778,9 @@ def check_values(cfg: Any, checks: dict[str, Check]) -> None:
 
     A key with no entry in ``checks`` is refused too, so a new config key cannot skip its check.
     """
-    for key, value in leaf_keys(cfg).items():
-        if key not in checks:
-            raise ConfigError(f"{key}: no value check is defined for this key (add one to the config checks)")
-        problem = checks[key](value)
-        if problem:
-            raise ConfigError(f"{key} = {value!r}: {problem}")
+    _check_leaves(leaf_keys(cfg), checks)
+    if isinstance(cfg, StudyConfig):
+        check_arm_sets(cfg)
     model = getattr(cfg, "model", None)
     if isinstance(model, ModelConfig):
         for size, count, names in (
@@ -654,6 +794,18 @@ def check_values(cfg: Any, checks: dict[str, Check]) -> None:
         ):
             if size % count:
                 raise ConfigError(f"{names} = {size} / {count}: must divide evenly")
+
+
+def _check_leaves(leaves: dict[str, Any], checks: dict[str, Check], where: str = "") -> None:
+    """Each dotted key's value passes its check; ``where`` is the section the keys sit in, for the message."""
+    for key, value in leaves.items():
+        if key not in checks:
+            raise ConfigError(
+                f"{where}{key}: no value check is defined for this key (add one to the config checks)"
+            )
+        problem = checks[key](value)
+        if problem:
+            raise ConfigError(f"{where}{key} = {value!r}: {problem}")
 
 
 def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
@@ -788,4 +940,29 @@ STUDY_CHECKS: dict[str, Check] = {
     "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
     "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
     "progress": is_bool,
+}
+
+
+def check_arm_sets(cfg: StudyConfig) -> None:
+    """Every ``arm_set`` entry names an arm of the study: one for another arm would change nothing."""
+    for entry in cfg.arm_set:
+        arm = entry.split(":", 1)[0]
+        if arm not in cfg.arms:
+            raise ConfigError(
+                f"arm_set {entry!r}: the study has no arm {arm!r} (arms: {', '.join(cfg.arms)}), so it would "
+                "change nothing; add the arm to arms or leave the entry out"
+            )
+
+
+def checks_of(cls: type) -> dict[str, Check]:
+    """The value checks of a command's config class."""
+    return next(checks for config, checks in COMMAND_CONFIGS.values() if config is cls)
+
+
+# Each command's config and its value checks: ``build`` checks a config with its own, and ``section``
+# checks a section for another command (``finetune:`` read by pretrain) with that command's.
+COMMAND_CONFIGS: dict[str, tuple[type, dict[str, Check]]] = {
+    "pretrain": (PretrainConfig, CHECKS),
+    "finetune": (FinetuneConfig, CHECKS),
+    "study": (StudyConfig, STUDY_CHECKS),
 }

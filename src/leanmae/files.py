@@ -10,6 +10,7 @@ error while writing (a full disk) names the file or folder being written.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from safetensors import SafetensorError  # the Rust extension alone: no torch
+
+from leanmae.errors import DataError
 
 
 def temporary_name(path: Path) -> Path:
@@ -112,11 +115,39 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
 RUN_FILE = "run.json"
 
 
+def read_json(path: Path | str) -> Any:
+    """A JSON file leanmae wrote, or a one-line ``DataError`` naming it when it cannot be (a write cut
+    short by a full disk or an editor, a file of another kind): a traceback would name neither."""
+    try:
+        return json.loads(Path(path).read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(
+            f"{path}: not a readable JSON file ({_first_line(err)}); rerun the command that wrote it, "
+            "or delete it"
+        ) from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def run_info(folder: Path | str) -> dict[str, Any]:
     """A run folder's ``run.json``, or ``{}`` where there is none yet; one reader for the report and
     the robustness benchmark (both look for finished runs)."""
     path = Path(folder) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
+
+
+def weights_sha256(folder: Path | str) -> str:
+    """One hash of a model folder's weights (every ``*.safetensors`` in it, by name), so a run can record
+    what it started from and a later command can tell when a folder of the same name holds other weights."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: Path | str, obj: Any) -> None:

@@ -21,7 +21,7 @@ from leanmae.errors import DataError
 from leanmae.evaluation.predict import cached_batches, predict_outputs, trained_classifier
 from leanmae.files import write_json
 from leanmae.models.io import save_model
-from leanmae.reporting.runinfo import check_result_folder
+from leanmae.reporting.runinfo import result_folder
 from leanmae.training.tent import adapt as tent_adapt
 from leanmae.training.tent import entropy
 
@@ -58,8 +58,21 @@ def adapt(
     """
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise DataError(f"adapt: steps ({steps}) and batch size ({batch_size}) must be >= 1, lr ({lr}) > 0")
-    target = Path(out)
-    check_result_folder(target, ADAPT_OUTPUTS, overwrite)
+    with result_folder(Path(out), ADAPT_OUTPUTS, overwrite) as target:
+        return _adapt(model, images, target, steps, lr, batch_size, seed, device)
+
+
+def _adapt(
+    model: str | Path,
+    images: list[str | Path],
+    target: Path,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str | None,
+) -> dict[str, Any]:
+    """``adapt``'s work, in a folder this process holds (``runinfo.result_folder``)."""
     trained = trained_classifier(model, device)
     classifier, size = trained.model, trained.model.config.image_size
     records = collect([str(p) for p in images])

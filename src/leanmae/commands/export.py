@@ -28,6 +28,7 @@ from leanmae.errors import ConfigError
 from leanmae.files import write_atomic
 from leanmae.models.classifier import load_classifier
 from leanmae.models.io import load_preprocessing, model_folder
+from leanmae.reporting.runinfo import check_output_file
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -55,7 +56,11 @@ def _onnx_modules() -> tuple[Any, Any]:
 
 
 def export(
-    model: str | Path, onnx: str | Path, opset: int = OPSET, tolerance: float = TOLERANCE
+    model: str | Path,
+    onnx: str | Path,
+    opset: int = OPSET,
+    tolerance: float = TOLERANCE,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export the classifier in ``model`` (a fine-tuning run or its model/ folder) to the ONNX file ``onnx``.
 
@@ -65,11 +70,14 @@ def export(
         opset: ONNX opset version (default 17).
         tolerance: largest allowed difference between onnxruntime's and PyTorch's probabilities on a
             random check batch (default 1e-4); a larger one is an error and nothing is written.
+        overwrite: replace an existing ``onnx`` file (refused otherwise); never a file of the model, nor
+            one in a leanmae run, study, model or result folder.
 
     Returns the metadata written into the file plus ``max_abs_diff`` of the check.
     """
     onnx_lib, ort = _onnx_modules()
     folder = model_folder(model)
+    check_output_file(Path(onnx), overwrite, "--onnx", inputs=[folder], result=True)
     classifier = load_classifier(folder).eval()
     mean, std, extra = load_preprocessing(folder)
     size = classifier.config.image_size

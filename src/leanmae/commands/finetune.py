@@ -37,6 +37,7 @@ from leanmae.config import (
     FinetuneConfig,
     absolute_lr,
     check_values,
+    fit_accumulation,
     lr_rule,
     resolve,
     to_dict,
@@ -59,12 +60,13 @@ from leanmae.data.fingerprint import check_resume, manifest_parts
 from leanmae.data.labelled import LabelledData, class_weights, labels_used, load_labelled
 from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
-from leanmae.data.split import counts
-from leanmae.errors import ConfigError
+from leanmae.data.sources import ImageRecord
+from leanmae.data.split import counts, file_hash, read_manifest
+from leanmae.errors import ConfigError, DataError
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
 from leanmae.evaluation.predict import cached_batches, predict_outputs
-from leanmae.files import write_json
+from leanmae.files import weights_sha256, write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
     LeanViTClassifier,
@@ -77,7 +79,13 @@ from leanmae.models.linear_probe import ProbeHead, fold_probe_into
 from leanmae.models.logistic_probe import LogisticProbe, fit_logistic_probe, set_probe_as_head
 from leanmae.reporting.classifier_figures import write_test_figures
 from leanmae.reporting.plots import training_curves
-from leanmae.reporting.runinfo import check_resumed_value, guarded_output, prepare_output, write_run_info
+from leanmae.reporting.runinfo import (
+    TRAINING_OUTPUTS,
+    check_resumed_value,
+    guarded_output,
+    prepare_output,
+    write_run_info,
+)
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
@@ -138,6 +146,36 @@ def finetune(
         )
 
 
+def check_ood(records: list[ImageRecord], split_path: Path, data_root: str | Path | None) -> None:
+    """Refuse --ood images that are images of the split (by content): a class the model trains on, given as
+    "unknown", would make the out-of-distribution AUROC measure nothing."""
+    root, items = read_manifest(split_path, data_root)
+    listed = {item.sha256 for item in items}
+    shared = [r.path for r in records if file_hash(r.path) in listed]
+    if shared:
+        raise DataError(
+            f"--ood: {len(shared)} of its {len(records)} images are images of the split, for example "
+            f"{shared[0]}; out-of-distribution images must come from classes the model does not learn"
+        )
+
+
+# What a fine-tuning run writes at its top level (the module docstring's list): --overwrite replaces these
+# and nothing else. robustness.json is the study's scores of this run's model, stale once it is replaced.
+OUTPUTS = (
+    *TRAINING_OUTPUTS,
+    "best.safetensors",
+    "model",
+    "metrics.json",
+    "predictions.csv",
+    "robustness.json",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "confidence.png",
+    "reliability.png",
+    "risk_coverage.png",
+)
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     *,
@@ -156,10 +194,13 @@ def run_finetune(
             "classifier.lp_ft (a linear probe, then full fine-tuning) contradicts classifier.linear_probe "
             "(the probe alone); set one of them"
         )
+    if (cfg.classifier.linear_probe or cfg.classifier.lp_ft) and str(init) == "scratch":
+        raise ConfigError(
+            "--linear-probe (and classifier.lp_ft) on a random encoder measures nothing; give --init an "
+            "MAE or a pretrained model"
+        )
     if cfg.classifier.ood_data:
-        collect(
-            cfg.classifier.ood_data
-        )  # a missing folder or misspelt class in --ood fails now, not after training
+        check_ood(collect(cfg.classifier.ood_data), split_path, data_root)  # now, not after training
     ctx = setup(cfg.run.device, cfg.run.threads)
     run_keys = {"fraction": fraction, "init": str(init), "split": str(split_path)}
     init_folder = None if str(init) == "scratch" else model_folder(init)
@@ -169,8 +210,13 @@ def run_finetune(
         resume,
         overwrite,
         inputs=[split_path, init_folder, data_root],
-        deferred=["optim.batch_size"],  # fitted to the training images below, then checked
+        deferred=["optim.batch_size", "optim.accum_steps"],  # fitted to the data below, then checked
+        outputs=OUTPUTS,
     )
+    # What the run starts from, by content: a folder of the same name may hold other weights later.
+    init_hash = None if init_folder is None else weights_sha256(init_folder)
+    if resumed and init_hash is not None:
+        check_resumed_value(out, "--init weights (sha256)", "init_sha256", init_hash)
     ctx.barrier()
     data_check: dict[str, Any] = {}
     opts, image_size = cfg.classifier, cfg.model.image_size
@@ -211,11 +257,12 @@ def run_finetune(
     # to reach ``min_steps`` optimizer steps; the lr follows the batch (optim.lr_scaling).
     per_rank = math.ceil(len(train_idx) / ctx.world_size)
     batch_size = max(1, min(cfg.optim.batch_size, per_rank // 4 or 1))
-    steps_per_pass = math.ceil((per_rank // batch_size or 1) / cfg.optim.accum_steps)
+    optim = fit_accumulation(replace(cfg.optim, batch_size=batch_size), per_rank // batch_size or 1)
+    steps_per_pass = math.ceil((per_rank // batch_size or 1) / optim.accum_steps)
     passes = max(1, math.ceil(opts.min_steps / (cfg.optim.epochs * steps_per_pass)))
-    optim = replace(cfg.optim, batch_size=batch_size)
     if resumed:
         check_resumed_value(out, "optim.batch_size", "batch_size", batch_size)
+        check_resumed_value(out, "optim.accum_steps", "accum_steps", optim.accum_steps)
     # run.json records the config the run used: the fitted batch, not the one asked for.
     used_config = {**to_dict(replace(cfg, optim=optim)), **run_keys}
 
@@ -255,11 +302,13 @@ def run_finetune(
             world_size=ctx.world_size,
             data_hash=data.cache.key,
             data_check=data_check,
+            init_sha256=init_hash,
             skipped_files=data.cache.skipped,
             images={"train": len(train_idx), "val": len(data.index["val"]), "test": len(data.index["test"])},
             split_counts=counts(data.items),
             labels_used=used,
             batch_size=batch_size,
+            accum_steps=optim.accum_steps,
             passes_per_epoch=passes,
             absolute_lr=absolute_lr(optim, ctx.world_size),
             status="running",

@@ -22,6 +22,7 @@ from leanmae.evaluation.calibration import confidence_columns, softmax
 from leanmae.evaluation.metrics import write_predictions
 from leanmae.evaluation.predict import predict_outputs, trained_classifier
 from leanmae.evaluation.shift_alarm import NO_REFERENCE, alarm_message, screen
+from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import check_output_file
 
@@ -134,7 +135,8 @@ def predict(
         skip_bad: unreadable files become rows with only an ``error`` instead of stopping.
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         progress: a progress bar (on a terminal only).
-        overwrite: replace an existing ``out`` (refused otherwise).
+        overwrite: replace an existing ``out`` (refused otherwise); never one of the images, a file
+            of the model, or a file in a leanmae run, study, model or result folder.
 
     Each row: ``path``, ``predicted_label``, ``confidence`` (softmax maximum),
     ``confidence_calibrated`` (temperature fitted on validation), ``refer`` (calibrated confidence under
@@ -147,11 +149,12 @@ def predict(
     """
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: must be at least 1")
+    items, names = _expand(inputs)
     if out is not None:
-        check_output_file(Path(out), overwrite)
+        files = [item for item in items if isinstance(item, Path)]
+        check_output_file(Path(out), overwrite, inputs=[model_folder(model), *files], result=True)
     trained = trained_classifier(model, device)
     classifier, extra = trained.model, trained.extra
-    items, names = _expand(inputs)
     errors: dict[int, str] = {}
     spec = spec_from_extras(extra, classifier.config.image_size)
     with tqdm(total=len(items), desc="classifying", unit="img", disable=bar_disabled(progress)) as bar:

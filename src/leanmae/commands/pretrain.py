@@ -5,7 +5,8 @@ source files (a fixed choice, the same for every seed) are held out for the vali
 the reconstructions. Output folder:
 
     run.json            resolved config, versions, seed, device, data hash, skipped files,
-                        files without a tile, results
+                        files without a tile, files left out as copies (probe_copies_left_out,
+                        repeated_files_left_out), results
     history.csv         per epoch: train_loss, val_loss, lr, seconds, data_seconds
     tensorboard/        the same as TensorBoard events
     checkpoints/        the last complete epoch, for --resume
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from leanmae.config import (
     PretrainConfig,
     absolute_lr,
     effective_batch,
+    fit_accumulation,
     lr_rule,
     resolve,
     to_dict,
@@ -50,7 +52,7 @@ from leanmae.data.cache import DecodeSpec, ImageCache, build_cache_for, spec_ext
 from leanmae.data.colour import augment_colour
 from leanmae.data.decode import tile_boxes
 from leanmae.data.fingerprint import check_resume, part, pool_images
-from leanmae.data.pool import collect
+from leanmae.data.pool import DistinctPool, collect, distinct_images, is_manifest
 from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord
 from leanmae.data.split import read_manifest
@@ -65,7 +67,7 @@ from leanmae.models.card import write_card
 from leanmae.models.io import save_model
 from leanmae.models.mae import build_mae, masking_noise
 from leanmae.reporting.plots import loss_curve, reconstruction_grid
-from leanmae.reporting.runinfo import guarded_output, prepare_output, write_run_info
+from leanmae.reporting.runinfo import TRAINING_OUTPUTS, guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
@@ -123,6 +125,33 @@ class Pool:
     val: np.ndarray
 
 
+def pretraining_pool(cfg: PretrainConfig, say: bool = True) -> DistinctPool:
+    """The pool's files, one per content, none a copy of an image that the probe split (or a manifest
+    source) scores on: its val and test images.
+
+    A study passes its split as ``probe``; with ``--pretrain-data`` the labelled folder itself, the MAE
+    would otherwise pretrain on the very val and test images the study scores. Each kind left out is
+    said in one line (with ``say``) and counted in run.json.
+    """
+    manifests = [s for s in cfg.data.sources if is_manifest(s)] + (
+        [cfg.probe_split] if cfg.probe_split else []
+    )
+    scored = list(dict.fromkeys(manifests))  # a study's in-domain pool names its probe split as a source too
+    pool = distinct_images(collect(cfg.data.sources), *scored)
+    if say and pool.probe_copies:
+        print(
+            f"left out {len(pool.probe_copies)} files that are copies of val or test images of "
+            f"{', '.join(map(str, scored))}, so that pretraining never sees an image the study scores on "
+            f"(e.g. {pool.probe_copies[0]})"
+        )
+    if say and pool.repeats:
+        print(
+            f"left out {len(pool.repeats)} files whose bytes repeat another file of the pool (e.g. "
+            f"{pool.repeats[0]})"
+        )
+    return pool
+
+
 def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     """Hold out ``val_fraction`` of the source files with a fixed seed: the same slice for every run seed.
 
@@ -144,6 +173,10 @@ def split_pool(cache: ImageCache, val_fraction: float) -> Pool:
     is_val = np.isin(cache.sources, held_out)
     return Pool(cache=cache, train=np.flatnonzero(~is_val), val=np.flatnonzero(is_val))
 
+
+# What a pretraining run writes at its top level (the module docstring's list): --overwrite replaces these
+# and nothing else.
+OUTPUTS = (*TRAINING_OUTPUTS, "model", "loss.png", "reconstructions.png", "recon_metrics.json")
 
 PROBE_KEYS = ("knn_accuracy", "knn_macro_f1", "probe_accuracy", "probe_macro_f1")
 
@@ -244,7 +277,12 @@ def run_pretrain(
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     resumed = ctx.is_main and prepare_output(
-        out, config_dict, resume, overwrite, inputs=[*cfg.data.sources, init, cfg.probe_split]
+        out,
+        config_dict,
+        resume,
+        overwrite,
+        inputs=[*cfg.data.sources, init, cfg.probe_split],
+        outputs=OUTPUTS,
     )
     ctx.barrier()
     spec = DecodeSpec(
@@ -255,7 +293,8 @@ def run_pretrain(
         cell_crop=cfg.data.cell_crop,
         grey=cfg.data.grey,
     )
-    records = collect(cfg.data.sources)
+    distinct = pretraining_pool(cfg, say=ctx.is_main)
+    records = distinct.records
     data_check = check_resume(out, {"images": pool_images(records)}, resumed) if ctx.is_main else {}
     spec = stain_spec(spec, cfg.data.stain_norm, records)
     pool = split_pool(build_cache_for(records, spec, cfg.data, cfg.run.progress, ctx), cfg.data.val_fraction)
@@ -270,10 +309,10 @@ def run_pretrain(
 
     torch.manual_seed(cfg.run.seed)
     model = build_mae(cfg.model, init).to(ctx.device)
-    batch_size = min(cfg.optim.batch_size, max(1, len(pool.train) // ctx.world_size))
-    optim = type(cfg.optim)(
-        **{**cfg.optim.__dict__, "batch_size": batch_size}
-    )  # a batch capped by small data lowers the lr too
+    per_rank = max(1, len(pool.train) // ctx.world_size)
+    batch_size = min(cfg.optim.batch_size, per_rank)
+    # A batch (and an accumulation) capped by small data lowers the lr too.
+    optim = fit_accumulation(replace(cfg.optim, batch_size=batch_size), per_rank // batch_size)
     lr = absolute_lr(optim, ctx.world_size)
     if ctx.is_main:
         print(
@@ -300,6 +339,8 @@ def run_pretrain(
             images={"train": len(pool.train), "val": len(pool.val)},
             skipped_files=cache.skipped,
             files_without_tiles=cache.untiled,
+            probe_copies_left_out=len(distinct.probe_copies),
+            repeated_files_left_out=len(distinct.repeats),
             absolute_lr=lr,
             effective_batch=effective_batch(optim, ctx.world_size),
             init=str(init) if init else None,

@@ -29,7 +29,7 @@ from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.mae import load_mae
 from leanmae.progress import bar_disabled
 from leanmae.reporting.plots import reconstruction_grid
-from leanmae.reporting.runinfo import check_result_folder
+from leanmae.reporting.runinfo import result_folder
 from leanmae.training.distributed import setup
 
 
@@ -61,14 +61,29 @@ def reconstruct(
 ) -> dict[str, Any]:
     """Reconstruction figure and metrics of ``checkpoint`` on ``inputs``; returns the metrics.
 
-    ``out`` is never a run's own folder, and earlier results there are replaced only with ``overwrite``.
+    ``out`` is never a run's own folder, and earlier results there are replaced only with ``overwrite``;
+    the folder is locked while it is written (``runinfo.result_folder``).
     """
     if images < 1:
         raise DataError(f"--images {images}: show at least 1 image")
     if mask_ratio is not None and not 0 < mask_ratio < 1:
         raise DataError(f"--mask-ratio {mask_ratio}: must be in (0, 1)")
-    out = Path(out)
-    check_result_folder(out, ["recon_metrics.json", "reconstructions.png"], overwrite)
+    with result_folder(Path(out), RECONSTRUCT_OUTPUTS, overwrite) as folder:
+        return _reconstruct(checkpoint, inputs, folder, images, mask_ratio, device)
+
+
+RECONSTRUCT_OUTPUTS = ["recon_metrics.json", "reconstructions.png"]
+
+
+def _reconstruct(
+    checkpoint: str | Path,
+    inputs: list[str | Path] | str,
+    out: Path,
+    images: int,
+    mask_ratio: float | None,
+    device: str | None,
+) -> dict[str, Any]:
+    """``reconstruct``'s work, in a folder this process holds."""
     ctx = setup(device or "auto")
     folder = model_folder(checkpoint)
     model = (

@@ -56,9 +56,10 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
-from leanmae.files import write_json
+from leanmae.files import read_json, run_info, weights_sha256, write_json
+from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
-from leanmae.reporting.runinfo import RUN_FILE
+from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, held
 from leanmae.tracking import finish_run, study_parent, study_report_to
 
 STUDY_FILE = "study.json"
@@ -159,13 +160,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
     # Seed by seed: an interrupted study has whole seeds (every arm, every fraction) to report; the
     # extra seeds of the small fractions come last.
     grid = [(seed, f) for seed in cfg.seeds for f in cfg.fractions]
-    grid += [
-        (seed, f)
-        for seed in cfg.extra_seeds
-        if seed not in cfg.seeds
-        for f in cfg.fractions
-        if f <= cfg.extra_seeds_up_to
-    ]
+    grid += [(seed, f) for seed in cfg.extra_seeds for f in cfg.fractions if f <= cfg.extra_seeds_up_to]
     for seed, fraction in grid:
         for arm in cfg.arms:
             init, probe = arm_init(arm, maes, cfg.pool)
@@ -205,6 +200,15 @@ def pool_images(sources: list[str]) -> int:
         return 0
 
 
+def job_config(job: Job) -> PretrainConfig | FinetuneConfig:
+    """The config a job will run with (its preset, epochs and --set / --arm-set keys), resolved as its
+    command will resolve it: a mistyped key fails here, before the study writes anything."""
+    args = job.kwargs
+    flags = {"optim": {"epochs": args["epochs"]}}
+    kind = PretrainConfig if job.command == "pretrain" else FinetuneConfig
+    return resolve(kind, job.command, args["preset"], None, flags, args["set"])
+
+
 def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
     """Each job's cost for the study's ETA (see leanmae.eta): images handled, from its resolved config and the
     data."""
@@ -212,19 +216,16 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
     train = sum(item.split == "train" for item in items)
     costs = {}
     for job in jobs:
-        args = job.kwargs
-        flags = {"optim": {"epochs": args["epochs"]}}
-        if job.command == "pretrain":
-            pre = resolve(PretrainConfig, "pretrain", args["preset"], None, flags, args["set"])
-            costs[job.name] = pretrain_cost(pre.optim.epochs, pool_images(args["data"]))
+        cfg = job_config(job)
+        if isinstance(cfg, PretrainConfig):
+            costs[job.name] = pretrain_cost(cfg.optim.epochs, pool_images(job.kwargs["data"]))
         else:
-            fine = resolve(FinetuneConfig, "finetune", args["preset"], None, flags, args["set"])
             costs[job.name] = finetune_cost(
-                fine.optim.epochs,
+                cfg.optim.epochs,
                 train,
-                args["fraction"],
-                fine.optim.batch_size,
-                fine.classifier.min_steps,
+                job.kwargs["fraction"],
+                cfg.optim.batch_size,
+                cfg.classifier.min_steps,
                 len(items),
             )
     return costs
@@ -432,7 +433,7 @@ def study(
     Settings come from the YAML ``config`` and these arguments (arguments win). Rerunning the same
     call continues an interrupted study: finished runs are kept.
     """
-    from leanmae.reporting.study_report import write_report
+    from leanmae.reporting.learning import check_target
 
     layer = load_yaml(config) if config else {}
     given = {
@@ -463,40 +464,38 @@ def study(
         StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS
     )
     _check(cfg)
+    check_target(target)  # the report's macro-F1 target: refused now, not after the last run
     bench = study_benchmark(cfg)
     out = Path(out)
-    saved = out / STUDY_FILE
-    settings = to_dict(cfg)
-    comparable = {
-        k: v
-        for k, v in settings.items()
-        if k not in (*_SCORING_ONLY, "jobs", "launcher", "wait", "slurm", "progress")
-    }
-    if saved.exists():
-        before = {k: v for k, v in json.loads(saved.read_text()).items() if k in comparable}
-        changed = sorted(
-            k
-            for k in comparable
-            if json.dumps(before.get(k)) != json.dumps(comparable[k])
-            and k not in ("fractions", "seeds", "extra_seeds", "arms")
-        )
-        if changed:
-            raise OutputFolderError(
-                f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out "
-                "(growing fractions, seeds or arms is fine)"
-            )
-    elif out.exists() and any(out.iterdir()):
+    jobs_list = plan(cfg, out)
+    for job in jobs_list:  # every --set and --arm-set key checked before anything is written
+        job_config(job)
+    if not (out / STUDY_FILE).exists() and out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise OutputFolderError(
             f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, settings)
+    with held(out):  # a second study into the same folder is refused while this one runs
+        return _run_study(cfg, out, jobs_list, bench, target)
 
+
+def _run_study(
+    cfg: StudyConfig, out: Path, jobs_list: list[Job], bench: Benchmark, target: float | None
+) -> dict[str, str]:
+    """The study with its folder held: settings checked against the saved ones, split, runs, report."""
+    from leanmae.reporting.study_report import write_report
+
+    settings = to_dict(cfg)
+    _check_saved_settings(out, settings)
+    write_json(out / STUDY_FILE, settings)
     if not (out / "split.csv").exists():
         import leanmae  # the public API: commands never import each other
 
         leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
-    jobs_list = plan(cfg, out)
+    check_inits(jobs_list)
+    for job in jobs_list:  # a pool that overlaps itself or the split's val/test fails now, not mid-study
+        if job.command == "pretrain" and run_status(job.out) != "finished":
+            collect(job.kwargs["data"])
     started = time.time()
     report_to = study_report_to(cfg.set)
     with study_parent(out, report_to):
@@ -519,6 +518,59 @@ def study(
             "command to continue"
         )
     return states
+
+
+def _started(out: Path) -> bool:
+    """Whether a job of the study has begun: a run.json in a pretraining or run folder."""
+    return any(out.glob(f"*/{RUN_FILE}")) or any(out.glob(f"runs/*/{RUN_FILE}"))
+
+
+def _check_saved_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse settings that differ from the saved study's, once a job has begun.
+
+    Growing fractions, seeds or arms is fine, and so is anything that only changes scoring. Before any
+    job has begun nothing depends on the saved settings: a start that failed (a mistyped option) leaves
+    nothing that blocks the corrected command, whose own split replaces the old one.
+    """
+    saved = out / STUDY_FILE
+    if not saved.exists():
+        return
+    ignored = (*_SCORING_ONLY, "jobs", "launcher", "wait", "slurm", "progress")
+    comparable = [k for k in settings if k not in ignored]
+    before = read_json(saved)
+    changed = sorted(
+        k
+        for k in comparable
+        if json.dumps(before.get(k)) != json.dumps(settings[k])
+        and k not in ("fractions", "seeds", "extra_seeds", "arms")
+    )
+    if not changed:
+        return
+    if _started(out):
+        raise OutputFolderError(
+            f"{out}: holds a study with other settings ({', '.join(changed)}); use a new --out "
+            "(growing fractions, seeds or arms is fine)"
+        )
+    (out / "split.csv").unlink(missing_ok=True)
+
+
+def check_inits(jobs: list[Job]) -> None:
+    """Refuse continuing a study whose MAE or hf: folder holds other weights than its runs started from.
+
+    Why: ``--mae FOLDER`` names a folder, not weights; pretraining again into it (or copying another
+    model there) between two invocations would put runs of two different MAEs into one arm.
+    """
+    now: dict[str, str] = {}
+    for job in jobs:
+        recorded = run_info(job.out).get("init_sha256") if job.command == "finetune" else None
+        folder = model_folder(job.kwargs["init"]) if recorded else None
+        if folder is None or not folder.is_dir():
+            continue
+        if recorded != now.setdefault(str(folder), weights_sha256(folder)):
+            raise OutputFolderError(
+                f"{folder}: holds other weights than run {job.name} started from; put the model "
+                "the study began with back, or start a new study (--out)"
+            )
 
 
 def study_benchmark(cfg: StudyConfig) -> Benchmark:
@@ -548,3 +600,22 @@ def _check(cfg: StudyConfig) -> None:
     for pool, folder in given_maes(cfg).items():
         if not folder.is_dir():
             raise DataError(f"--mae {folder}: MAE folder for the {pool!r} pool does not exist")
+    folders: dict[str, str] = {}
+    for arm in cfg.arms:
+        other = folders.setdefault(run_name(arm, 1, 0), arm)
+        if other != arm:
+            raise ConfigError(
+                f"--arms: {other} and {arm} would write into the same run folders; give the model "
+                "folders different names"
+            )
+    repeated = sorted(set(cfg.extra_seeds) & set(cfg.seeds))
+    if repeated:
+        raise ConfigError(
+            f"--extra-seeds {','.join(map(str, repeated))}: already in --seeds, so they add no run; "
+            "give other seeds"
+        )
+    if cfg.extra_seeds and not any(f <= cfg.extra_seeds_up_to for f in cfg.fractions):
+        raise ConfigError(
+            f"--extra-seeds: no fraction is at or below extra_seeds_up_to ({cfg.extra_seeds_up_to:g}), "
+            "so they add no run"
+        )

@@ -1,7 +1,8 @@
 """MedMNIST ``.npz`` files as data: unpacked once into image files, then used like any folder.
 
 A MedMNIST file holds ``train_images``, ``train_labels``, ``val_images``, ``val_labels``,
-``test_images``, ``test_labels`` (images (N, H, W) or (N, H, W, 3) uint8, labels (N, 1)).
+``test_images``, ``test_labels`` (images (N, H, W) or (N, H, W, 1) grayscale or (N, H, W, 3) uint8,
+labels (N, 1)).
 BloodMNIST is the PBC data set (Acevedo et al. 2020) at 28-224 px, so leanmae's numbers on it
 compare with MedMNIST's published benchmark when its official split is kept.
 
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from leanmae.data.cache import default_cache_dir
+from leanmae.data.sources import check_class_names, refuse_special_file
 from leanmae.data.split import SPLITS, Item, file_hash
 from leanmae.errors import DataError
 from leanmae.files import atomic_dir
@@ -59,6 +61,11 @@ def class_names(path: Path, count: int) -> list[str]:
     return [f"class_{i}" for i in range(count)]
 
 
+def _grayscale_as_2d(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 1) grayscale, as some MedMNIST-style files store it, as (N, H, W): one picture per image."""
+    return images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
+
+
 def _arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -72,7 +79,7 @@ def _arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             ]
             if missing:
                 raise DataError(f"{path}: not in the MedMNIST layout (missing {', '.join(missing)})")
-            return {s: (data[f"{s}_images"], data[f"{s}_labels"]) for s in SPLITS}
+            return {s: (_grayscale_as_2d(data[f"{s}_images"]), data[f"{s}_labels"]) for s in SPLITS}
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
 
@@ -84,14 +91,19 @@ def _labels(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> n
             f"{path}: {split}_labels has {flat.shape[1]} labels per image (multi-label); leanmae "
             "needs one class per image"
         )
-    if len(flat) != len(images) or images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{path}: {split}_images must be uint8 (N, H, W[, 3]) with one label each")
+    colour = images.ndim == 4 and images.shape[-1] == 3
+    if len(flat) != len(images) or images.dtype != np.uint8 or not (images.ndim == 3 or colour):
+        raise DataError(
+            f"{path}: {split}_images must be uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3) with one label "
+            f"each (found {images.dtype} {images.shape})"
+        )
     return flat[:, 0].astype(np.int64)
 
 
 def unpack(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The folder ``<split>/<class>/<split>_NNNNNN.png`` holding the file's images, built once."""
     path = Path(path)
+    refuse_special_file(path, "a MedMNIST .npz file")
     stat = path.stat() if path.is_file() else None
     if stat is None:
         raise DataError(f"{path}: no such file")
@@ -120,6 +132,7 @@ def official_split(
     root = unpack(path, cache_dir)
     present = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     chosen = classes or present
+    check_class_names(chosen, path)
     unknown = [c for c in chosen if c not in present]
     if unknown:
         raise DataError(f"{path}: no class {', '.join(map(repr, unknown))} (classes: {', '.join(present)})")

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from leanmae.data.decode import IMAGE_EXTENSIONS
+from leanmae.data.decode import IMAGE_EXTENSIONS, not_a_regular_file
 from leanmae.errors import DataError
 
 
@@ -39,8 +39,40 @@ def parse_source(spec: str) -> tuple[Path, list[str] | None]:
 
 
 def class_folders(root: Path) -> list[str]:
-    """Immediate subfolders of ``root``: the class names of a class-subfolder layout."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Immediate subfolders of ``root``: the class names of a class-subfolder layout.
+
+    Two folders whose names differ only in case are refused: a labelled folder's classes are matched
+    to a model's ignoring case (``labelled_folder_records``), which merged them into one class, and on
+    macOS or Windows they are one folder anyway.
+    """
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise DataError(
+                f"{root}: class folders {other!r} and {name!r} differ only in case; merge or rename one "
+                "(they would be one class on macOS and Windows, and to a model's class names)"
+            )
+    return names
+
+
+def check_class_names(classes: list[str], where: Path | str) -> None:
+    """Each class named once: ``--classes a,a,b`` listed every image of ``a`` twice."""
+    repeated = next((name for i, name in enumerate(classes) if name in classes[:i]), None)
+    if repeated is not None:
+        raise DataError(
+            f"{where}: class {repeated!r} is named twice in the classes {','.join(classes)}; name each "
+            "class once"
+        )
+
+
+def refuse_special_file(path: Path, what: str = "an image file") -> None:
+    """A FIFO, socket or device where ``what`` is expected is refused before anything opens it
+    (opening a FIFO blocks until something writes to it: ``leanmae split`` hung for good)."""
+    kind = not_a_regular_file(path)
+    if kind:
+        raise DataError(f"{path}: {kind}, not {what}; only regular files are read (move it out)")
 
 
 def _images_under(folder: Path, root: Path) -> list[Path]:
@@ -67,6 +99,7 @@ def _images_under(folder: Path, root: Path) -> list[Path]:
                 raise DataError(
                     f"{path}: symbolic link leads outside the data folder {root}; refusing to follow it"
                 )
+            refuse_special_file(path)
             found.append(path)
     return found
 
@@ -81,6 +114,7 @@ def scan(root: Path | str, classes: list[str] | None = None, labelled: bool = Fa
         raise DataError(f"{root}: data folder does not exist")
     available = class_folders(root)
     if classes:
+        check_class_names(classes, root)
         for name in classes:
             if name not in available:
                 hint = difflib.get_close_matches(name, available, n=1)
@@ -113,16 +147,19 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():  # hidden files and folders (.ipynb_checkpoints) are skipped, as training skips them
-            files.extend(
-                sorted(
-                    p
-                    for p in item.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS
-                    and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                )
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.exists()
+                and not p.is_dir()
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
             )
-        elif item.is_file():
+            for path in found:
+                refuse_special_file(path)
+            files.extend(found)
+        elif item.exists():
+            refuse_special_file(item)
             files.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")

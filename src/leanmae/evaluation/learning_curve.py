@@ -123,9 +123,9 @@ class Curves:
 
 
 def _ratio(base: float, arm: float) -> float:
-    if math.isinf(base) and math.isinf(arm):
-        return math.nan  # neither reaches the target: no ratio
-    return base / arm
+    if (math.isinf(base) and math.isinf(arm)) or base == arm == 0:
+        return math.nan  # neither reaches the target, or a flat curve reaches it at once: no ratio
+    return math.inf if arm == 0 else base / arm
 
 
 def _percentiles(draws: np.ndarray) -> tuple[float, float]:

@@ -13,8 +13,11 @@ from tqdm.auto import tqdm
 
 from leanmae.data.augment import normalize, resize, to_float
 from leanmae.data.batches import gather
-from leanmae.errors import CheckpointError
+from leanmae.data.fingerprint import RUN_FIELD, manifest_parts
+from leanmae.data.split import label_fraction, read_manifest, verify
+from leanmae.errors import CheckpointError, DataError
 from leanmae.evaluation.shift_alarm import ShiftReference
+from leanmae.files import run_info
 from leanmae.models.classifier import LeanViTClassifier, load_classifier
 from leanmae.models.io import load_preprocessing, load_shift_reference, model_folder
 from leanmae.progress import bar_disabled
@@ -107,3 +110,46 @@ def _shift_reference(
             f"{reference.means.shape}, expected {(classes, width)})"
         )
     return reference
+
+
+def seen_in_training(folder: Path, extra: dict[str, Any], scored: list[str]) -> dict[str, Any] | None:
+    """How many of the images ``scored`` (their sha256) the classifier in ``folder`` was trained on ("train")
+    or chose its epoch and calibration on ("val"), with the manifest that says so ("split").
+
+    Why by content: a copy of a training image under another name, in another folder or manifest,
+    scores as well as the original, so the scores it adds are as optimistic. The images come from
+    the run folder above the model (run.json: its manifest, label fraction, seed and validation
+    mode; an adapted model's source run); None when there is none (a model folder on its own).
+    Raises DataError when the manifest cannot tell: gone, or changed since the run recorded it
+    (run.json's ``data_check``).
+    """
+    source = (extra.get("adapted") or {}).get("source")
+    if source:  # an adapted model learnt its classes from the source model's run
+        return seen_in_training(Path(source), load_preprocessing(Path(source))[2], scored)
+    info = run_info(Path(folder).parent)
+    config = info.get("config") or {}
+    if info.get("command") != "finetune" or not config.get("split"):
+        return None
+    split = str(config["split"])
+    root, items = read_manifest(split)
+    if not all(it.sha256 for it in items):  # a hand-written manifest: hash its files as training did
+        items = verify(items, root)
+    seed = config.get("run", {}).get("seed", info.get("seed", 0))
+    drawn = {it.relpath for it in label_fraction(items, config.get("fraction", 1.0), seed)}
+    honest = config.get("classifier", {}).get("val", "honest") == "honest"
+    if honest:
+        drawn |= {it.relpath for it in label_fraction(items, config.get("fraction", 1.0), seed, "val")}
+    recorded = info.get(RUN_FIELD) or {}
+    changed = [
+        name
+        for name, part in manifest_parts(items, drawn).items()
+        if name in recorded and recorded[name].get("hash") != part["hash"]
+    ]
+    if changed:
+        raise DataError(
+            f"{split}: its {', '.join(changed)} changed since {folder} was trained on it, so which images "
+            "it trained on is unknown"
+        )
+    train = {it.sha256 for it in items if it.split == "train" and it.relpath in drawn}
+    val = {it.sha256 for it in items if it.split == "val" and (it.relpath in drawn or not honest)} - train
+    return {"train": sum(h in train for h in scored), "val": sum(h in val for h in scored), "split": split}

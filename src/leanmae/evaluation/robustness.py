@@ -56,7 +56,7 @@ from leanmae.evaluation.shifts import (
     apply_shift,
     image_keys,
 )
-from leanmae.files import run_info, write_json
+from leanmae.files import read_json, run_info, write_json
 from leanmae.progress import bar_disabled
 
 ROBUSTNESS_FILE = "robustness.json"
@@ -236,7 +236,7 @@ def up_to_date(folder: Path, bench: Benchmark) -> bool:
     """Whether ``folder`` holds a robustness file measured with ``bench``'s settings (then it is kept)."""
     path = Path(folder) / ROBUSTNESS_FILE
     try:
-        return json.loads(path.read_text()).get("benchmark") == bench.settings()
+        return read_json(path).get("benchmark") == bench.settings()
     except (OSError, ValueError):
         return False
 
@@ -274,7 +274,7 @@ def score_runs(
     for run in tqdm(runs, desc="robustness of runs", unit="run", disable=bar_disabled(progress)):
         target = (Path(out) / run.name) if out else run
         if up_to_date(target, bench):
-            results[run.name] = json.loads((target / ROBUSTNESS_FILE).read_text())
+            results[run.name] = read_json(target / ROBUSTNESS_FILE)
             continue
         shifted = shifted or ShiftedSet(split_test_records(split), bench, progress=progress)
         results[run.name] = measure(trained_classifier(run, device), shifted, batch_size, progress=False)

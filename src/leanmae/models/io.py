@@ -4,7 +4,9 @@ when they are the kind of model a command needs and their weights cover the whol
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,75 @@ def check_model_folder(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / 'config.json'}: not valid JSON ({err})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{folder / 'config.json'}: expected a JSON object")
+    _check_metadata(folder, config)
     return config
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _stain_or_null(value: Any) -> bool:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return value is None or (isinstance(reference, list) and all(map(_number, reference)))
+
+
+# What each value of leanmae.json and preprocessor_config.json must be (where present): outside it, every
+# prediction is wrong without an error (a std of zeros or a NaN temperature makes the confidences NaN, a
+# temperature of -1 inverts them). preprocessor_config.json's are per channel: one number, or one each.
+EXTRA_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "temperature": ("a finite number above 0", lambda v: _number(v) and v > 0),
+    "refer_threshold": ("a finite number (above 1: refer every image)", _number),
+    "target_accuracy": ("a number above 0 and at most 1", lambda v: _number(v) and 0 < v <= 1),
+    "energy_threshold": ("a finite number or null", lambda v: v is None or _number(v)),
+    "cache_size": ("a whole number above 0 or null", _whole_or_null),
+    "labels": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "stain_norm": ("null or a stain method with a reference of finite numbers", _stain_or_null),
+}
+PROCESSOR_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "image_mean": ("finite numbers", _number),
+    "image_std": ("finite numbers above 0", lambda v: _number(v) and v > 0),
+}
+
+
+def _per_channel(value: Any, channels: int, check: Callable[[float], bool]) -> bool:
+    """One number for every channel, or a list of ``channels`` numbers, each passing ``check``."""
+    values = value if isinstance(value, list) and len(value) == channels else [value]
+    return all(map(check, values))
+
+
+def _check_metadata(folder: Path, config: dict[str, Any]) -> None:
+    """A model folder's metadata holds usable numbers and agrees with itself, or a CheckpointError names the
+    file and key.
+
+    Why: an image_std of zeros gives NaN confidences, a non-positive temperature inverts or breaks
+    them, and class names in leanmae.json that disagree with config.json's id2label name every
+    prediction wrongly; each of them predicted without a word. Checked wherever a folder is read
+    (``check_model_folder``), so no command uses one unchecked.
+    """
+    processor, extra = _json_object(folder / PREPROCESSOR_FILE), _json_object(folder / LEANMAE_FILE)
+    channels = int(config.get("num_channels", 3))
+    for key, (rule, check) in PROCESSOR_RULES.items():
+        if key in processor and not _per_channel(processor[key], channels, check):
+            raise CheckpointError(
+                f"{folder / PREPROCESSOR_FILE}: {key} {processor[key]!r} must be {channels} {rule}, one per "
+                "channel"
+            )
+    for key, (rule, check) in EXTRA_RULES.items():
+        if key in extra and not check(extra[key]):
+            raise CheckpointError(f"{folder / LEANMAE_FILE}: {key} {extra[key]!r} must be {rule}")
+    id2label = config.get("id2label")
+    if "labels" in extra and isinstance(id2label, dict):
+        names = [id2label.get(str(i)) for i in range(len(id2label))]
+        if names != extra["labels"]:
+            raise CheckpointError(
+                f"{folder}: leanmae.json's labels {extra['labels']} and config.json's id2label {names} "
+                "disagree; the folder mixes the files of two models (copy the whole model folder)"
+            )
 
 
 KIND_NAMES = {
@@ -164,6 +234,12 @@ def require_kind(folder: Path, wanted: tuple[str, ...], needs: str) -> None:
     kind = model_kind(folder)
     if kind not in wanted:
         raise CheckpointError(f"{folder}: is {KIND_NAMES.get(kind, f'a {kind!r} model')}, but {needs}")
+    if kind == "classifier" and not (Path(folder) / LEANMAE_FILE).is_file():
+        # An encoder from the Hub needs none (``finetune --init hf:FOLDER``); a classifier used as one does.
+        raise CheckpointError(
+            f"{Path(folder) / LEANMAE_FILE}: missing; a classifier's decoding, stain normalisation, "
+            "calibration and refer threshold are saved there (copy the whole model folder)"
+        )
 
 
 def load_pretrained(cls: type[PreTrainedModel], folder: Path, **kwargs: Any) -> PreTrainedModel:

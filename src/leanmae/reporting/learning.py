@@ -50,6 +50,12 @@ class Answer:
         return self.curves.savings(arm, self.target)
 
 
+def check_target(target: float | None) -> None:
+    """A --target the answer can use; a study checks it before training, not after its last run."""
+    if target is not None and not 0 < target < 1:
+        raise ConfigError(f"--target {target}: a {METRIC_NAME} target lies between 0 and 1")
+
+
 def answer(runs: list[Run], target: float | None = None) -> Answer | None:
     """Fit every arm; None when no arm has runs at three label counts (too few to fit a curve)."""
     points: dict[str, dict[float, dict[int, float]]] = {}
@@ -76,8 +82,7 @@ def answer(runs: list[Run], target: float | None = None) -> Answer | None:
             arm, f"runs at only {len(points[arm])} label count(s); a curve needs three or more"
         )
         del points[arm]
-    if target is not None and not 0 < target < 1:
-        raise ConfigError(f"--target {target}: a {METRIC_NAME} target lies between 0 and 1")
+    check_target(target)
     source = "set with --target"
     if target is None and BASELINE in top:
         largest = max(r.fraction for r in runs if r.arm == BASELINE)
@@ -198,7 +203,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             continue
         needed, s = a.needed(arm, a.target), a.savings(arm)
         head = (
-            f"With {arm}, {count(needed.value)} labelled images ({_per_class(a, needed.value)}) reach "
+            f"With {arm}, {_labelled(a, needed.value)} reach "
             f"{METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(needed)}{_note(a, needed)})"
         )
         if base is None or s is None:
@@ -223,7 +228,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
         )
     if not lines and base is not None:
         lines.append(
-            f"From scratch, {count(base.value)} labelled images ({_per_class(a, base.value)}) reach "
+            f"From scratch, {_labelled(a, base.value)} reach "
             f"{METRIC_NAME} {a.target:.3f} (95 % interval {interval_text(base)}{_note(a, base)})."
         )
     if any(a.excluded.values()):
@@ -235,8 +240,13 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
     return lines
 
 
-def _per_class(a: Answer, n: float) -> str:
-    return "" if math.isinf(n) else f"about {n / a.classes:,.0f} per class"
+def _labelled(a: Answer, n: float) -> str:
+    """``n`` labels in words; below the fewest labels run, only what was measured: a curve fitted to runs
+    that all reach the target puts it at 0 labels, which no lab can act on."""
+    if n < a.curves.smallest:
+        return f"at most {a.curves.smallest:,.0f} labelled images (the fewest run; fewer were not measured)"
+    per_class = "" if math.isinf(n) else f" (about {n / a.classes:,.0f} per class)"
+    return f"{count(n)} labelled images{per_class}"
 
 
 def _note(a: Answer, i: Interval) -> str:

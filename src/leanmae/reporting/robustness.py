@@ -9,7 +9,6 @@ analysis; the HTML table is wide (one row per arm and fraction) for reading.
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from leanmae.evaluation.robustness import ROBUSTNESS_FILE
-from leanmae.files import write_atomic
+from leanmae.files import read_json, write_atomic
 from leanmae.reporting.plots import save_figure
 from leanmae.reporting.runs import Run, pct
 from leanmae.reporting.tables import Table
@@ -32,7 +31,7 @@ def _load(runs: list[Run]) -> dict[tuple[str, float], list[dict[str, Any]]]:
     for run in runs:
         path = run.folder / ROBUSTNESS_FILE
         if path.exists():
-            found[(run.arm, run.fraction)].append(json.loads(path.read_text()))
+            found[(run.arm, run.fraction)].append(read_json(path))
     return found
 
 
@@ -158,7 +157,7 @@ def robustness_section(runs: list[Run], results: Path, image: Any) -> str:
     figure = robustness_figure(runs, results / "robustness.png")
     scored = sum((run.folder / ROBUSTNESS_FILE).exists() for run in runs)
     benchmark = next(
-        json.loads((run.folder / ROBUSTNESS_FILE).read_text())["benchmark"]
+        read_json(run.folder / ROBUSTNESS_FILE)["benchmark"]
         for run in runs
         if (run.folder / ROBUSTNESS_FILE).exists()
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from leanmae.errors import OutputFolderError
 from leanmae.files import RUN_FILE, remove_leftovers, run_info, write_json
+from leanmae.tracking import MLFLOW_RUN_FILE
 
 # Keys that may change between a run and its resumption: more epochs, another progress display, other
 # trackers.
@@ -48,6 +49,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# What every training run writes at its top level (history, checkpoints, trackers); each command adds its own.
+TRAINING_OUTPUTS = (RUN_FILE, "history.csv", "checkpoints", "tensorboard", MLFLOW_RUN_FILE)
+
 LOCK_FILE = ".leanmae.lock"
 _held: dict[Path, int] = {}  # output folders this process has claimed -> open lock file descriptor
 
@@ -67,18 +71,29 @@ def _inside(folder: Path, inputs: Sequence[str | Path | None]) -> list[str]:
     return found
 
 
-def _clear(out: Path, inputs: Sequence[str | Path | None], why: str) -> None:
-    """Delete what ``out`` holds (not its lock), unless an input of this command lies in it."""
-    doomed = _inside(out, inputs)
-    if doomed:
+def _clear(out: Path, inputs: Sequence[str | Path | None], why: str, outputs: Sequence[str]) -> None:
+    """Delete what the command writes in ``out`` (``outputs``, and the temporaries of killed writers),
+    unless an input of this command lies in it.
+
+    Why only those: a run folder also collects what other commands and people put there (``evaluate``
+    results in a subfolder, a notes file); replacing a run must not take them with it.
+    """
+    doomed = [
+        out / name
+        for name in dict.fromkeys((RUN_FILE, *outputs))
+        if (out / name).exists() or (out / name).is_symlink()
+    ]
+    inside = [given for entry in doomed for given in _inside(entry, inputs)]
+    if inside:
         raise OutputFolderError(
-            f"{out}: {why} would delete {doomed[0]}, an input of this command; choose another --out"
+            f"{out}: {why} would delete {inside[0]}, an input of this command; choose another --out"
         )
-    for entry in _entries(out):
+    for entry in doomed:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    remove_leftovers(out)
 
 
 def claim(out: Path) -> None:
@@ -103,6 +118,16 @@ def claim(out: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held[key] = fd
+
+
+@contextmanager
+def held(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (``claim``) for a block: a study, or a result folder being written."""
+    claim(out)
+    try:
+        yield
+    finally:
+        release(out)
 
 
 def release(out: Path) -> None:
@@ -134,6 +159,7 @@ def prepare_output(
     overwrite: bool,
     inputs: Sequence[str | Path | None] = (),
     deferred: Sequence[str] = (),
+    outputs: Sequence[str] = (),
 ) -> bool:
     """Claim ``out`` (see ``claim``) and make it ready; returns True when an earlier run there is being
     resumed.
@@ -143,7 +169,9 @@ def prepare_output(
     more epochs) or ``overwrite``; a resume deletes the temporaries a killed process left in the run
     and its checkpoints (``files.remove_leftovers``). A non-empty folder that holds no run is never
     deleted, even with ``overwrite``: it may be someone's data; nor is a folder holding one of ``inputs`` (the
-    checkpoint a fine-tuning starts from, its manifest, its data). The config keys in ``deferred``
+    checkpoint a fine-tuning starts from, its manifest, its data). Replacing a run deletes only the
+    entries the command writes (``outputs``: its top-level names; run.json always), so other files
+    stay. The config keys in ``deferred``
     are left out of the resume comparison: the command fits them to the data and checks the fitted
     value itself (``check_resumed_value``).
     """
@@ -159,7 +187,7 @@ def prepare_output(
     out.mkdir(parents=True, exist_ok=True)
     claim(out)
     try:
-        return _prepare_claimed(out, config, resume, overwrite, inputs, deferred)
+        return _prepare_claimed(out, config, resume, overwrite, inputs, deferred, outputs)
     except BaseException:
         release(out)
         raise
@@ -172,14 +200,15 @@ def _prepare_claimed(
     overwrite: bool,
     inputs: Sequence[str | Path | None],
     deferred: Sequence[str],
+    outputs: Sequence[str],
 ) -> bool:
     if not _entries(out):
         return False
     if _failed_start(out):
-        _clear(out, inputs, "starting again after a failed start")
+        _clear(out, inputs, "starting again after a failed start", outputs)
         return False
     if overwrite:
-        _clear(out, inputs, "--overwrite")
+        _clear(out, inputs, "--overwrite", outputs)
         return False
     if not resume:
         raise OutputFolderError(
@@ -239,19 +268,71 @@ def guarded_output(out: str | Path) -> Iterator[None]:
         release(out)
 
 
-def check_result_folder(folder: Path, results: Sequence[str], overwrite: bool) -> None:
-    """A folder that a scoring command (evaluate, reconstruct) writes ``results`` into.
+# The file that marks a folder as a leanmae run, study or model, and so every file in it as written by the
+# command that made it (a model folder: also leanmae.json, or config.json beside model.safetensors).
+MARKERS = {"run": RUN_FILE, "study": "study.json", "model": "config.json"}
+# The files that mark a folder as holding a scoring command's results (evaluate, its --shifts, reconstruct,
+# adapt); predictions.csv alone does not, since predict's own files may be replaced with --overwrite.
+RESULT_MARKERS = ("metrics.json", "robustness.json", "recon_metrics.json", "adapt.json")
 
-    It never writes into a training run, a study or a model folder (their own results would be
-    replaced), and replaces its own earlier results only with ``overwrite``.
+
+def leanmae_folder_kind(folder: Path) -> str | None:
+    """What ``folder`` is to leanmae: "run", "study", "model", or None.
+
+    A model folder is one leanmae wrote (leanmae.json) or a transformers folder (config.json beside
+    model.safetensors): a config.json alone is too common a name to claim a folder.
+    """
+    if (folder / RUN_FILE).is_file():
+        return "run"
+    if (folder / MARKERS["study"]).is_file():
+        return "study"
+    if (folder / "leanmae.json").is_file() or (
+        (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    ):
+        return "model"
+    return None
+
+
+def _enclosing_leanmae_folder(path: Path) -> tuple[Path, str] | None:
+    """The nearest run, study or model folder that ``path`` is or lies in, with its kind."""
+    real = path.resolve()
+    for folder in (real, *real.parents):
+        kind = leanmae_folder_kind(folder)
+        if kind:
+            return folder, kind
+    return None
+
+
+def _input_holding(path: Path, inputs: Sequence[str | Path | None]) -> str | None:
+    """The input of a command that ``path`` is, or lies in (a model folder): what writing it would destroy."""
+    real = path.resolve()
+    for given in inputs:
+        if given is not None and real.is_relative_to(Path(given).resolve()):
+            return str(given)
+    return None
+
+
+def check_result_folder(folder: Path, results: Sequence[str], overwrite: bool) -> None:
+    """A folder that a scoring command (evaluate, reconstruct, adapt) writes ``results`` into.
+
+    It is never a training run, a study or a model folder, nor inside a model folder (their own files
+    would be replaced, or travel with every copy of the model); a subfolder of a run or study is fine
+    (``RUN/evaluate-test`` is evaluate's default). Its own earlier results are replaced only with
+    ``overwrite``. Commands hold the folder's lock while writing: ``result_folder``.
     """
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"--out {folder}: is a file; give a folder")
-    owner = next((name for name in (RUN_FILE, "study.json", "config.json") if (folder / name).exists()), None)
+    owner = leanmae_folder_kind(folder)
     if owner:
         raise OutputFolderError(
-            f"--out {folder}: holds a leanmae run, study or model ({owner}); write these results to "
-            "another folder"
+            f"--out {folder}: holds a leanmae run, study or model ({MARKERS[owner]}); write these results "
+            "to another folder"
+        )
+    enclosing = _enclosing_leanmae_folder(folder)
+    if enclosing and enclosing[1] == "model":
+        raise OutputFolderError(
+            f"--out {folder}: inside the model folder {enclosing[0]}, which holds one model only; write "
+            "these results to another folder"
         )
     existing = [name for name in results if (folder / name).exists()]
     if existing and not overwrite:
@@ -260,14 +341,73 @@ def check_result_folder(folder: Path, results: Sequence[str], overwrite: bool) -
         )
 
 
-def check_output_file(path: Path, overwrite: bool, option: str = "--out") -> None:
-    """A file a command is about to write: never a folder, and an existing one only with ``overwrite``."""
+@contextmanager
+def result_folder(folder: Path, results: Sequence[str], overwrite: bool) -> Iterator[Path]:
+    """Check ``folder`` (``check_result_folder``), then hold its lock (``held``) while the command writes.
+
+    Why the lock: two commands into one folder at once both passed the check, and the results of
+    one replaced the other's without a word. The check runs again once the lock is held, since a
+    command may have finished there in between. A folder made here that a failure leaves empty is
+    removed, so a refused command leaves nothing behind.
+    """
+    folder = Path(folder)
+    check_result_folder(folder, results, overwrite)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with held(folder):
+            check_result_folder(folder, results, overwrite)
+            yield folder
+    finally:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def check_output_file(
+    path: Path,
+    overwrite: bool,
+    option: str = "--out",
+    inputs: Sequence[str | Path | None] = (),
+    result: bool = False,
+) -> None:
+    """A file a command is about to write: never a folder, never one of the command's ``inputs`` nor a file
+    inside one (the model folder it reads), and an existing file only with ``overwrite``.
+
+    A ``result`` (the file of a scoring or export command: predict, export) is also never inside a
+    leanmae run, study or model folder, nor beside another command's results (``RESULT_MARKERS``):
+    those files belong to the command that wrote them, and a run whose predictions.csv or
+    model.safetensors is replaced is silently wrong. ``overwrite`` lifts none of this.
+    """
     if path.is_dir():
         raise OutputFolderError(f"{option} {path}: is a folder; give the name of a file to write")
-    if path.exists() and not overwrite:
-        raise OutputFolderError(f"{option} {path}: already exists; pass --overwrite to replace it")
     if path.parent.exists() and not path.parent.is_dir():
         raise OutputFolderError(f"{option} {path}: {path.parent} is a file, not a folder")
+    source = _input_holding(path, inputs)
+    if source:
+        raise OutputFolderError(
+            f"{option} {path}: would replace {source}, an input of this command; choose another file"
+        )
+    if result:
+        _check_not_owned(path, option)
+    if path.exists() and not overwrite:
+        raise OutputFolderError(f"{option} {path}: already exists; pass --overwrite to replace it")
+
+
+def _check_not_owned(path: Path, option: str) -> None:
+    """Refuse a file inside a leanmae run, study or model folder, or beside another command's results."""
+    enclosing = _enclosing_leanmae_folder(path.parent)
+    if enclosing:
+        raise OutputFolderError(
+            f"{option} {path}: inside the leanmae {enclosing[1]} folder {enclosing[0]} "
+            f"({MARKERS[enclosing[1]]}), whose files belong to the command that wrote it; write it to "
+            "another folder"
+        )
+    results = next((name for name in RESULT_MARKERS if (path.parent / name).is_file()), None)
+    if results:
+        raise OutputFolderError(
+            f"{option} {path}: {path.parent} holds the results of another leanmae command ({results}); "
+            "write it to another folder"
+        )
 
 
 def write_run_info(out: Path, command: str, config: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -9,14 +9,14 @@ validation split ("full" validation).
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from leanmae.config import BASELINE_ARM, arm_of, run_folders
-from leanmae.files import run_info
+from leanmae.errors import DataError
+from leanmae.files import read_json, run_info
 
 BASELINE = BASELINE_ARM
 
@@ -74,6 +74,34 @@ def pct(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
 
+# The scores the report's tables and curves show; each lies between 0 and 1 by definition.
+SCORES = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+PER_CLASS_SCORES = ("precision", "recall", "f1")
+
+
+def check_scores(metrics: dict[str, Any], path: Path) -> None:
+    """Refuse a metrics.json whose scores cannot be (7.5, NaN, text), naming the file and the key.
+
+    Why: leanmae never writes such a value, so one means an edited or damaged file, and a report would
+    put it into its tables and fit curves to it without a word.
+    """
+    for split in ("test", "val"):
+        scores = metrics.get(split)
+        if scores is None and split == "val":
+            continue
+        if not isinstance(scores, dict):
+            raise DataError(f"{path}: has no {split!r} scores; rerun the run or delete its folder")
+        found = {key: scores.get(key) for key in SCORES}
+        for label, per in (scores.get("per_class") or {}).items():
+            found.update({f"per_class.{label}.{key}": per.get(key) for key in PER_CLASS_SCORES})
+        for key, value in found.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+                raise DataError(
+                    f"{path}: {split}.{key} is {value!r}, not a score between 0 and 1; rerun the run or "
+                    "delete its folder"
+                )
+
+
 def _labels(metrics: dict[str, Any], manifest: list[Any] | None) -> Labels:
     used = metrics.get("labels_used")
     if used:
@@ -104,7 +132,8 @@ def load_runs(study: Path) -> list[Run]:
         details, metrics_file = run_info(folder), folder / "metrics.json"
         if not metrics_file.exists() or details.get("status") != "finished":
             continue
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)
+        check_scores(metrics, metrics_file)
         with open(folder / "history.csv") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
         arm = arm_of(folder.name)

@@ -23,7 +23,7 @@ from typing import Any
 import leanmae
 from leanmae.errors import OutputFolderError
 from leanmae.evaluation.stats import METHOD
-from leanmae.files import write_atomic
+from leanmae.files import read_json, write_atomic
 from leanmae.reporting.figures import (
     confidence_figures,
     curves_figure,
@@ -142,7 +142,7 @@ def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], st
         if not recon_file.exists():
             parts.append("<p>No reconstruction metrics (the pretraining has not finished).</p>")
             continue
-        recon = json.loads(recon_file.read_text())
+        recon = read_json(recon_file)
         if recon.get("warning"):
             warnings.append(f"{title}: {recon['warning']}")
             parts.append(f"<p class='warn'>{html.escape(recon['warning'])}</p>")
@@ -238,7 +238,7 @@ def write_report(study: Path, target: float | None = None) -> Path:
     results = study / "results"
     results.mkdir(parents=True, exist_ok=True)
     runs, failed = load_runs(study), failed_runs(study)
-    settings = json.loads((study / "study.json").read_text()) if (study / "study.json").exists() else {}
+    settings = read_json(study / "study.json") if (study / "study.json").exists() else {}
     pretrains = pretrain_folders(study, settings)
     expected = expected_runs(settings) or len(runs)
     all_tables = {t.name: t for t in tables(runs)} if runs else {}

@@ -23,7 +23,7 @@ from leanmae.reporting.runs import (
     labels_at,
     pct,
 )
-from leanmae.safe_csv import csv_text
+from leanmae.safe_csv import csv_text, markdown_text
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 NAMES = {
@@ -33,17 +33,6 @@ NAMES = {
     "macro_f1": "F1 (macro)",
     "balanced_accuracy": "Balanced accuracy",
 }
-
-
-def markdown_text(value: Any) -> str:
-    """``value`` as the text of one Markdown table cell, shown as written and never run.
-
-    Class and folder names come from the data: ``<script>`` in a name would run in a renderer that lets
-    raw HTML through, a ``|`` would split the cell, a line break would end the table. So HTML's special
-    characters become entities, backslashes and pipes are escaped, and line breaks become spaces.
-    """
-    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
-    return " ".join(text.splitlines())
 
 
 @dataclass

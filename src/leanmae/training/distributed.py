@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from leanmae.config import check_device
 from leanmae.errors import ConfigError
 
 
@@ -67,7 +68,9 @@ def setup(device: str = "auto", threads: int | None = None) -> Context:
     """Start the process group if launched by torchrun and pick this process's device.
 
     On CPUs each process takes its share of the cores (``cpu_threads``) unless ``threads`` is set.
+    Every command picks its device here, so ``device`` is checked here, before any model is loaded.
     """
+    check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
