@@ -95,6 +95,23 @@ def tiny_finetune(split: Path, out: Path, *, sets: list[str] = (), **kwargs: Any
     return finetune(split=split, out=out, set=list(sets), **options)
 
 
+def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch, start: Any) -> None:
+    """Run ``start()`` until its epoch-1 checkpoint and history are written, then stop it as Ctrl-C would."""
+    import leanmae.training.engine as engine
+
+    original = engine.write_history
+
+    def interrupting(path: Path, rows: list[dict[str, float]]) -> None:
+        original(path, rows)
+        if len(rows) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "write_history", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        start()
+    monkeypatch.setattr(engine, "write_history", original)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file with a header (comment lines starting with '#' skipped)."""
     import csv

@@ -139,11 +139,9 @@ def test_the_encoder_probe_scores_a_random_and_a_pretrained_encoder(
     assert len(json.loads((tmp_path / "probe.json").read_text())) == 2
 
 
-@pytest.mark.parametrize("script", ["pbc-robustness", "cross-lab"])
-def test_the_results_run_scripts_run_on_a_tiny_split(
-    tiny: dict[str, Any], tmp_path: Path, script: str
-) -> None:
-    env = {
+def _script_env(tiny: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """What a results script's variables point to in a smoke test: the tiny split and MAE, temp folders."""
+    return {
         "SPLIT": str(tiny["split"]),
         "PRESET": "test",
         "MAE": str(tiny["mae"]),
@@ -152,6 +150,13 @@ def test_the_results_run_scripts_run_on_a_tiny_split(
         "EXTERNAL": str(tiny["external"]),
         "PY": sys.executable,
     }
+
+
+@pytest.mark.parametrize("script", ["pbc-robustness", "cross-lab"])
+def test_the_results_run_scripts_run_on_a_tiny_split(
+    tiny: dict[str, Any], tmp_path: Path, script: str
+) -> None:
+    env = _script_env(tiny, tmp_path)
     recipe = "aug" if script == "pbc-robustness" else "default"
     run(["sh", f"docs/results/{script}/run.sh", recipe, "0", "mae"], env=env)
     kept = next((tmp_path / "keep").iterdir())
@@ -161,3 +166,12 @@ def test_the_results_run_scripts_run_on_a_tiny_split(
     if script == "cross-lab":  # TENT on that run, scored on each external set
         run(["sh", "docs/results/cross-lab/tent.sh", "mae-default-s0"], env=env)
         assert (tmp_path / "keep" / "tent-mae-default-s0" / "tecom-adapt.json").exists()
+
+
+def test_the_label_choice_run_script_runs_on_a_tiny_split(tiny: dict[str, Any], tmp_path: Path) -> None:
+    run(
+        ["sh", "docs/results/label-choice/run.sh", "typiclust", "fixmatch", "0.5", "0"],
+        env=_script_env(tiny, tmp_path),
+    )
+    kept = tmp_path / "keep" / "mae-typiclust-fixmatch-f0.5-s0"
+    assert {"metrics.json", "val.json", "time.txt"} <= {p.name for p in kept.iterdir()}

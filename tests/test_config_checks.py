@@ -94,6 +94,11 @@ WRONG: dict[str, Any] = {
     "classifier.eval_batch_size": 0,
     "classifier.target_accuracy": 1.5,
     "classifier.ood_data": [""],
+    "classifier.selection": "coreset",
+    "classifier.semi": "meanteacher",
+    "classifier.semi_ratio": 0,
+    "classifier.semi_threshold": 1.5,
+    "classifier.semi_weight": -1,
 }
 
 STUDY_WRONG: dict[str, Any] = {

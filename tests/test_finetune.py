@@ -34,8 +34,15 @@ from sklearn.metrics import (
 from transformers import ViTForImageClassification, ViTMAEForPreTraining, ViTModel
 
 import leanmae
-import leanmae.training.engine as engine
-from helpers import assert_same_weights, copy_subset, load_weights, read_csv, tiny_finetune, tiny_pretrain
+from helpers import (
+    assert_same_weights,
+    copy_subset,
+    interrupt_after_first_epoch,
+    load_weights,
+    read_csv,
+    tiny_finetune,
+    tiny_pretrain,
+)
 from leanmae.cli import main
 from leanmae.config import FinetuneConfig, ModelConfig, resolve
 from leanmae.data.split import label_fraction, read_manifest
@@ -657,18 +664,8 @@ def test_a_run_interrupted_after_its_first_epoch_resumes_to_identical_weights(
     cells: dict[str, Any], scratch_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interrupt the scratch run's configuration just after the epoch-1 checkpoint, resume it, compare."""
-    original = engine.write_history
-
-    def interrupt_after_epoch_1(path: Path, rows: list[dict[str, float]]) -> None:
-        original(path, rows)
-        if len(rows) == 1:
-            raise KeyboardInterrupt
-
     out = tmp_path / "run"
-    monkeypatch.setattr(engine, "write_history", interrupt_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_finetune(cells["split"], out, **SCRATCH)
-    monkeypatch.setattr(engine, "write_history", original)
+    interrupt_after_first_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **SCRATCH))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"

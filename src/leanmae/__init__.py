@@ -20,6 +20,7 @@ _COMMANDS = {
     "predict": "leanmae.commands.predict",
     "pretrain": "leanmae.commands.pretrain",
     "reconstruct": "leanmae.commands.reconstruct",
+    "select": "leanmae.commands.select",
     "show_config": "leanmae.commands.config_show",
     "split": "leanmae.commands.split",
     "study": "leanmae.commands.study",

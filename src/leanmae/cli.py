@@ -258,6 +258,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier adaptation in --out")
     p.set_defaults(func="adapt")
 
+    p = sub.add_parser("select", help="choose which unlabelled images to label next (no labels read)")
+    p.add_argument(
+        "model", help="MAE or classifier folder (a run or its model/) whose encoder embeds the images"
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="folders of unlabelled images (searched recursively) or split manifests (their train images)",
+    )
+    p.add_argument("--n", type=int, required=True, help="how many images to choose")
+    p.add_argument("--out", required=True, help="CSV to write: rank, path, strategy, reason")
+    p.add_argument(
+        "--strategy",
+        default="typiclust",
+        help="typiclust (default: typical images of uncovered clusters, for a first set), margin (the "
+        "images a trained classifier is least sure of, for later rounds) or random",
+    )
+    p.add_argument(
+        "--labelled",
+        metavar="CSV",
+        help="images already labelled (a CSV with a path column, e.g. an earlier --out)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means and the random draw (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func="select")
+
     p = sub.add_parser("predict", help="classify new images with a trained classifier")
     p.add_argument("model", help="classifier folder (a fine-tuning run or its model/)")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")

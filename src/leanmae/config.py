@@ -186,6 +186,18 @@ class ClassifierOptions:
         0.99  # refer-to-expert threshold: kept predictions reach this accuracy on validation
     )
     ood_data: list[str] = field(default_factory=list)  # DIR[:classes] of images from classes never trained on
+    # Which train images get labels (leanmae.evaluation.selection), as many as the stratified draw at the
+    # run's fraction: stratified (the reference: it needs the labels it saves) | random | typiclust (the
+    # init encoder's features). Selection reads no label; the val draw stays stratified.
+    selection: str = "stratified"
+    # Semi-supervised fine-tuning on the train split's unlabelled images (never val or test): off | fixmatch
+    # (Sohn et al. 2020: a weak view's confident prediction is the target of a strong view).
+    semi: str = "off"
+    semi_ratio: int = 2  # unlabelled images per labelled image in a step (FixMatch's mu; 7 in the paper)
+    # The confidence a weak view's prediction needs to become a target, as a share of the highest one the
+    # label-smoothed targets allow (FixMatch's 0.95 of 1).
+    semi_threshold: float = 0.95
+    semi_weight: float = 1.0  # the unlabelled loss's weight (FixMatch's lambda_u)
 
 
 # Fine-tuning's augmentation, chosen by the robustness benchmark on PBC (docs/robustness.md): HED stain
@@ -758,6 +770,11 @@ CHECKS: dict[str, Check] = {
     "classifier.eval_batch_size": POSITIVE_INT,
     "classifier.target_accuracy": number(0, 1, low_open=True),
     "classifier.ood_data": each(text()),
+    "classifier.selection": choice("stratified", "random", "typiclust"),
+    "classifier.semi": choice("off", "fixmatch"),
+    "classifier.semi_ratio": POSITIVE_INT,
+    "classifier.semi_threshold": number(0, 1),
+    "classifier.semi_weight": number(0),
 }
 
 

@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from leanmae.data.augment import (
 from leanmae.data.batches import epoch_order, gather, split_batches
 from leanmae.data.cache import DecodeSpec, working_size
 from leanmae.data.colour import augment_colour
-from leanmae.data.fingerprint import check_resume, manifest_parts
+from leanmae.data.fingerprint import check_resume, manifest_parts, part
 from leanmae.data.labelled import LabelledData, class_weights, labels_used, load_labelled
 from leanmae.data.pool import collect
 from leanmae.data.rand import AUGMENT_STREAM, uniform
@@ -66,6 +66,7 @@ from leanmae.errors import ConfigError, DataError
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
 from leanmae.evaluation.predict import cached_batches, predict_outputs
+from leanmae.evaluation.selection import random_picks, typiclust_picks
 from leanmae.files import weights_sha256, write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
@@ -90,6 +91,7 @@ from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
 from leanmae.training.engine import Task, fit
+from leanmae.training.fixmatch import fixmatch_loss, unlabelled_batches, weak_view
 
 
 def finetune(
@@ -194,6 +196,11 @@ def run_finetune(
             "classifier.lp_ft (a linear probe, then full fine-tuning) contradicts classifier.linear_probe "
             "(the probe alone); set one of them"
         )
+    if cfg.classifier.selection == "typiclust" and str(init) == "scratch":
+        raise ConfigError(
+            "classifier.selection=typiclust chooses with an encoder's features; give --init an MAE or a "
+            "pretrained model (or use random)"
+        )
     if (cfg.classifier.linear_probe or cfg.classifier.lp_ft) and str(init) == "scratch":
         raise ConfigError(
             "--linear-probe (and classifier.lp_ft) on a random encoder measures nothing; give --init an "
@@ -248,6 +255,13 @@ def run_finetune(
 
     torch.manual_seed(cfg.run.seed)
     model = build_classifier(cfg.model, labels, opts.pooling, init_folder).to(ctx.device)
+    if opts.selection != "stratified":
+        select_labels(data, model, mean, std, cfg)
+        train_idx, used = data.index["train"], labels_used(data, opts.val)
+        chosen = sorted(data.paths("train"))
+        data_check |= (
+            check_resume(out, {"selected train images": part(chosen)}, resumed) if ctx.is_main else {}
+        )
     class_counts = np.bincount(data.y[train_idx], minlength=len(labels))
     weights = class_weights(class_counts, opts.balance)
     class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=ctx.device)
@@ -431,6 +445,35 @@ def _selected_metric(cfg: FinetuneConfig) -> str | None:
     return None if cfg.classifier.select == "last" else cfg.classifier.select
 
 
+def select_labels(
+    data: LabelledData, model: LeanViTClassifier, mean: list[float], std: list[float], cfg: FinetuneConfig
+) -> None:
+    """Replace the stratified draw's train images with as many chosen by ``classifier.selection`` among all
+    train images, reading no label: the study's simulation of a lab choosing what to label (the chosen
+    images' labels are revealed only afterwards). typiclust embeds with the init encoder."""
+    candidates, budget = data.all_of("train"), len(data.index["train"])
+    unlabelled = np.zeros(len(candidates), dtype=bool)
+    if cfg.classifier.selection == "random":
+        picks = random_picks(unlabelled, budget, cfg.run.seed)
+    else:
+        batches = cached_batches(data.cache.images, candidates, cfg.classifier.eval_batch_size)
+        features = predict_outputs(model, batches, cfg.model.image_size, mean, std)[1]
+        picks = typiclust_picks(features, unlabelled, budget, cfg.run.seed)
+    data.index["train"] = np.sort(candidates[[p.index for p in picks]])
+    missing = [label for i, label in enumerate(data.labels) if i not in set(data.y[data.index["train"]])]
+    if missing:
+        print(f"warning: {cfg.classifier.selection} selection chose no image of {', '.join(missing)}")
+
+
+class Step(NamedTuple):
+    """One micro-batch: ``key``, the pass it belongs to, keys its augmentation (a repeated pass draws new
+    crops and colours); its labelled images; and, with semi-supervised fine-tuning, its unlabelled ones."""
+
+    key: int
+    labelled: np.ndarray
+    unlabelled: np.ndarray | None = None
+
+
 def finetune_task(
     model: LeanViTClassifier,
     data: LabelledData,
@@ -446,46 +489,54 @@ def finetune_task(
 ) -> tuple[nn.Module, Task]:
     """What the engine needs to fine-tune ``model`` on ``data``'s train split: ``passes_per_epoch``
     passes of batches per epoch (weighted by ``sample_weight`` if given), augmentation and mixup keyed
-    per image, the (class-weighted) cross-entropy and the validation metrics. Public so that
-    benchmarks time the very task ``run_finetune`` trains."""
+    per image and pass, the (class-weighted) cross-entropy (with ``classifier.semi``, FixMatch's loss on
+    the train split's unlabelled images too) and the validation metrics. Public so that benchmarks time
+    the very task ``run_finetune`` trains."""
     opts, aug, image_size = cfg.classifier, cfg.augment, cfg.model.image_size
-    train_idx, classes = data.index["train"], len(data.labels)
+    train_idx, classes, seed = data.index["train"], len(data.labels), cfg.run.seed
+    pool = semi_pool(data) if opts.semi == "fixmatch" else None
+    # The threshold is a share of the highest confidence the label-smoothed targets train towards (0.92 for
+    # 5 classes at smoothing 0.1): 0.95 of 1 would pass almost no prediction of a smoothed model.
+    threshold = opts.semi_threshold * (1 - opts.label_smoothing + opts.label_smoothing / classes)
 
-    def batches(epoch: int) -> list[np.ndarray]:
-        return [
-            batch
-            for p in range(passes_per_epoch)
-            for batch in split_batches(
-                epoch_order(
-                    train_idx,
-                    epoch * passes_per_epoch + p,
-                    cfg.run.seed,
-                    ctx.rank,
-                    ctx.world_size,
-                    sample_weight,
-                ),
-                batch_size,
-                drop_last=True,
-            )
-        ]
+    def batches(epoch: int) -> list[Step]:
+        steps = []
+        for p in range(passes_per_epoch):
+            key = epoch * passes_per_epoch + p
+            order = epoch_order(train_idx, key, seed, ctx.rank, ctx.world_size, sample_weight)
+            labelled = split_batches(order, batch_size, drop_last=True)
+            unlabelled: list[np.ndarray | None] = [None] * len(labelled)
+            if pool is not None:
+                size = opts.semi_ratio * batch_size
+                unlabelled = list(
+                    unlabelled_batches(pool, key, seed, ctx.rank, ctx.world_size, len(labelled), size)
+                )
+            steps += [Step(key, lab, unl) for lab, unl in zip(labelled, unlabelled, strict=True)]
+        return steps
 
-    def prepare(batch: np.ndarray, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def augmented(batch: np.ndarray, key: int) -> torch.Tensor:
         images = to_float(gather(data.cache.images, batch), ctx.device)
-        draws = uniform(cfg.run.seed, epoch, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
+        draws = uniform(seed, key, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(
             images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws, aug.crop_shift
         )
-        images = normalize(augment_colour(images, aug, cfg.run.seed, epoch, batch), mean, std)
-        targets = _targets(torch.as_tensor(data.y[batch], device=ctx.device), classes, opts.label_smoothing)
-        return mix(
-            images,
-            targets,
-            opts.mixup,
-            opts.cutmix,
-            np.random.default_rng([cfg.run.seed, epoch, int(batch[0])]),
-        )
+        return normalize(augment_colour(images, aug, seed, key, batch), mean, std)
 
-    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def prepare(step: Step, epoch: int) -> tuple[torch.Tensor, ...]:
+        targets = _targets(
+            torch.as_tensor(data.y[step.labelled], device=ctx.device), classes, opts.label_smoothing
+        )
+        rng = np.random.default_rng([seed, step.key, int(step.labelled[0])])
+        labelled = mix(augmented(step.labelled, step.key), targets, opts.mixup, opts.cutmix, rng)
+        if step.unlabelled is None:
+            return labelled
+        images = to_float(gather(data.cache.images, step.unlabelled), ctx.device)
+        weak = normalize(weak_view(images, step.unlabelled, seed, step.key, image_size, aug), mean, std)
+        return (*labelled, weak, augmented(step.unlabelled, step.key))
+
+    def loss(trained: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if len(inputs) == 4:
+            return fixmatch_loss(trained, *inputs, threshold, opts.semi_weight, class_weight)
         pixels, targets = inputs
         return F.cross_entropy(trained(pixel_values=pixels).logits.float(), targets, weight=class_weight)
 
@@ -503,6 +554,18 @@ def finetune_task(
         validate=validate,
         select=_selected_metric(cfg),
     )
+
+
+def semi_pool(data: LabelledData) -> np.ndarray:
+    """The train split's images without a label in this run: what semi-supervised fine-tuning learns from
+    (never a validation or test image)."""
+    pool = np.setdiff1d(data.all_of("train"), data.index["train"])
+    if not len(pool):
+        raise ConfigError(
+            "classifier.semi: every train image is labelled at this fraction, so there is nothing unlabelled "
+            "to learn from; use a fraction below 1 or classifier.semi=off"
+        )
+    return pool
 
 
 @torch.inference_mode()

@@ -18,14 +18,16 @@ def epoch_order(
     rank: int = 0,
     world_size: int = 1,
     weights: np.ndarray | None = None,
+    stream: int = 0,
 ) -> np.ndarray:
     """This process's share of one epoch's shuffled ``indices``.
 
     With ``weights`` (class-balanced sampling) the epoch draws ``len(indices)`` samples with
     replacement in proportion to the weights. The list is padded by wrapping to a multiple of
     ``world_size``, as DistributedSampler does, so every process takes the same number of steps.
+    A ``stream`` other than 0 shuffles independently of stream 0 (a second set of images in one step).
     """
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch, stream] if stream else [seed, epoch])
     if weights is None:
         order = indices[rng.permutation(len(indices))]
     else:

@@ -132,5 +132,6 @@ def class_weights(counts: np.ndarray, balance: str) -> np.ndarray | None:
     power = {"loss": 1.0, "sqrt": 0.5}.get(balance)
     if power is None:
         return None
-    weights = counts.astype(np.float64) ** -power
+    # A class without a label (a selection that chose none of it) has no image to weigh: weight 0.
+    weights = np.where(counts > 0, np.maximum(counts, 1).astype(np.float64) ** -power, 0.0)
     return weights * counts.sum() / (weights * counts).sum()

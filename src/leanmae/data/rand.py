@@ -19,6 +19,10 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 AUGMENT_STREAM = 0
 MASK_STREAM = 1 << 20
 COLOUR_STREAM = 2 << 20  # stain and colour perturbation (leanmae.data.colour)
+WEAK_STREAM = (
+    3 << 20
+)  # semi-supervised fine-tuning's weak view of an unlabelled image (leanmae.training.fixmatch)
+UNLABELLED_STREAM = 4 << 20  # the order of the unlabelled images in an epoch (leanmae.training.fixmatch)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

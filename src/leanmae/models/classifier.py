@@ -77,8 +77,16 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
         "depth": cfg.num_hidden_layers,
         "heads": cfg.num_attention_heads,
         "image_size": cfg.image_size,
+        "mlp_ratio": cfg.intermediate_size / cfg.hidden_size,
     }
     return {f"vit.{k}": v for k, v in vit.state_dict().items()}, shape
+
+
+def encoder_of(folder: Path) -> LeanViTClassifier:
+    """The encoder of an MAE or ViT folder at its own shape, under a head of no use: what embeds images
+    where no preset says the shape (``leanmae select`` with an MAE)."""
+    _, shape = encoder_weights(folder)
+    return build_classifier(ModelConfig(**shape), ["unused", "head"], "mean", folder)
 
 
 def build_classifier(
