@@ -143,6 +143,27 @@ def test_arm_set_gives_one_arm_its_own_recipe(tmp_path: Path) -> None:
     }
 
 
+def test_a_variant_arm_starts_where_its_arm_does_with_its_own_settings(tmp_path: Path) -> None:
+    """``mae+fixmatch``: the MAE arm's init and pool, FixMatch on top; the report shows it as an arm."""
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.01],
+        seeds=[0],
+        arms=["scratch", "mae", "mae+fixmatch", "mae-linear+long"],
+        mae=["m"],
+        arm_set=["mae+fixmatch:classifier.semi=fixmatch", "mae-linear+long:classifier.min_steps=1200"],
+    )
+    runs = {
+        j.name: (j.kwargs["init"], j.kwargs["linear_probe"], j.kwargs["set"]) for j in plan(cfg, tmp_path)
+    }
+    assert runs == {
+        "scratch_f0.01_s0": ("scratch", False, []),
+        "mae_f0.01_s0": ("m", False, []),
+        "mae+fixmatch_f0.01_s0": ("m", False, ["classifier.semi=fixmatch"]),
+        "mae-linear+long_f0.01_s0": ("m", True, ["classifier.min_steps=1200"]),
+    }
+
+
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
     jobs = plan(StudyConfig(data="x", mae=["some/mae"]), tmp_path)
     assert all(j.command == "finetune" for j in jobs)

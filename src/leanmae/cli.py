@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arms",
         help="comma-separated: scratch, mae (the --pool's MAE), mae-in-domain, mae-other, mae-linear, "
-        "hf:FOLDER (default scratch,mae)",
+        "hf:FOLDER (default scratch,mae); ARM+NAME is a variant of ARM with its own --arm-set settings, "
+        "e.g. mae+fixmatch",
     )
     p.add_argument(
         "--mae",

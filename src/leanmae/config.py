@@ -841,16 +841,27 @@ def ratios_problem(ratios: tuple[float, ...] | list[float]) -> str | None:
 # The study's arms, defined once: the study plans them, the report reads them back from run names.
 BASELINE_ARM = "scratch"  # from random initialisation: what every other arm is compared with
 ARMS = (BASELINE_ARM, "mae", "mae-in-domain", "mae-other", "mae-linear")  # plus "hf:FOLDER"
-ARM_CHOICES = ", ".join(ARMS) + " or hf:FOLDER"
+ARM_CHOICES = ", ".join(ARMS) + " or hf:FOLDER, each optionally +VARIANT"
+# A variant of an arm, ``ARM+NAME``: the same start (init, pool), its own settings from --arm-set ARM+NAME:...
+# (e.g. ``mae-in-domain+fixmatch``), so one study compares recipes of one arm side by side.
+_VARIANT = re.compile(r"(.+)\+([a-z0-9][a-z0-9-]*)")
+
+
+def base_arm(arm: str) -> str:
+    """The arm a variant ``ARM+NAME`` starts from (an arm without a variant is its own base)."""
+    found = _VARIANT.fullmatch(arm)
+    return found.group(1) if found else arm
 
 
 def arm_problem(arm: str) -> str | None:
     """What is wrong with an arm name, or None."""
-    return None if arm in ARMS or re.fullmatch(r"hf:.+", arm) else f"unknown arm; use {ARM_CHOICES}"
+    base = base_arm(arm)
+    return None if base in ARMS or re.fullmatch(r"hf:.+", base) else f"unknown arm; use {ARM_CHOICES}"
 
 
 def run_name(arm: str, fraction: float, seed: int) -> str:
-    """A study run's folder name, ``ARM_fFRACTION_sSEED`` (``hf:path/x`` -> ``hf-x``)."""
+    """A study run's folder name, ``ARM_fFRACTION_sSEED`` (``hf:path/x`` -> ``hf-x``; a variant keeps
+    its ``+NAME``)."""
     label = "hf-" + Path(arm[3:]).name if arm.startswith("hf:") else arm
     return f"{label}_f{fraction:g}_s{seed}"
 

@@ -38,6 +38,7 @@ from leanmae.config import (
     FinetuneConfig,
     PretrainConfig,
     StudyConfig,
+    base_arm,
     build,
     load_yaml,
     resolve,
@@ -96,8 +97,10 @@ def arm_pool(arm: str, pool: str) -> str | None:
     """The pretraining pool an arm's MAE comes from (None for scratch and hf: arms).
 
     ``mae`` and ``mae-linear`` use the study's ``--pool``; ``mae-other`` and ``mae-in-domain`` name
-    theirs, so one study can compare the seed's pool with the lab's own images.
+    theirs, so one study can compare the seed's pool with the lab's own images. A variant ``ARM+NAME``
+    starts where ARM does.
     """
+    arm = base_arm(arm)
     if arm in ("mae", "mae-linear"):
         return pool
     if arm.startswith("mae-") and arm[4:] in POOLS:
@@ -109,10 +112,10 @@ def arm_pool(arm: str, pool: str) -> str | None:
 
 def arm_init(arm: str, maes: dict[str, Path], pool: str) -> tuple[str, bool]:
     """(--init, linear probe?) of an arm name, given the MAE folder of each pool."""
-    source = arm_pool(arm, pool)
+    source, base = arm_pool(arm, pool), base_arm(arm)
     if source is not None:
-        return str(maes[source]), arm == "mae-linear"
-    return ("scratch", False) if arm == "scratch" else (arm[3:], False)
+        return str(maes[source]), base == "mae-linear"
+    return ("scratch", False) if base == "scratch" else (base[3:], False)
 
 
 def given_maes(cfg: StudyConfig) -> dict[str, Path]:
