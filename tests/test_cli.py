@@ -346,3 +346,13 @@ def test_leanmae_split_does_not_load_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "0 False", result.stderr
     assert out.exists()
+
+
+def test_finetune_help_gives_the_pooling_default_the_config_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """The help said CLS was the default; classifier.pooling is mean."""
+    from leanmae.config import ClassifierOptions
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ClassifierOptions().pooling == "mean" and "mean of the patch tokens (default" in help_text

@@ -196,6 +196,23 @@ def test_a_missing_init_folder_is_refused(tmp_path: Path) -> None:
         build_classifier(_test_model(), LABELS, "cls", tmp_path / "nowhere")
 
 
+def test_a_finetune_refused_for_a_missing_init_leaves_no_empty_folder(
+    cells: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "finetune",
+        "--split",
+        str(cells["split"]),
+        "--init",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--preset", "test", "--device", "cpu", "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err and not out.exists()
+
+
 def _twins() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(3)
     cls = build_classifier(_test_model(), LABELS, "cls").eval()

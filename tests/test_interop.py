@@ -12,6 +12,7 @@ import yaml
 
 import leanmae
 from helpers import read_csv, tiny_finetune, tiny_pretrain
+from leanmae.data.split import read_manifest
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
 from leanmae.errors import ConfigError
 from leanmae.tracking import final_metrics, open_trackers
@@ -161,6 +162,11 @@ def _card(folder: Path) -> tuple[dict, str]:
     return yaml.safe_load(meta), body
 
 
+def cells_folder_name(run: Path) -> str:
+    """The name of the folder a fine-tuning run's split manifest takes its images from."""
+    return read_manifest(json.loads((run / "run.json").read_text())["config"]["split"])[0].name
+
+
 def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_run: Path) -> None:
     meta, body = _card(tracked_run / "model")
     metrics = json.loads((tracked_run / "metrics.json").read_text())
@@ -170,6 +176,7 @@ def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_
         and meta["pipeline_tag"] == "image-classification"
     )
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert meta["license"] == "other" and meta["datasets"] == [cells_folder_name(tracked_run)]
     assert reported["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     assert reported["ece"] == pytest.approx(metrics["calibration"]["after"]["ece"], abs=1e-4)
     assert f"| macro F1 | {metrics['test']['macro_f1']:.4f} |" in body
@@ -189,7 +196,7 @@ def test_classifier_card_states_data_fraction_pretraining_use_and_limits(
         "## Limits",
     ):
         assert heading in body
-    assert "Label fraction: 1 of the train split" in body
+    assert "Label fraction: 100 % of the train split" in body
     assert "initialised at random" in body
     assert "not a medical device" in body
     assert ", ".join(WBC_CLASSES[:3]) in body
@@ -202,11 +209,14 @@ def test_mae_card_describes_its_pretraining_and_a_finetuned_card_cites_it(
     tiny_pretrain(cells[0], mae, epochs=1)
     meta, body = _card(mae / "model")
     assert "masked-autoencoder" in meta["tags"] and "masked-patch MSE" in body
+    assert "1 epoch;" in body and "1 epochs" not in body
+    assert meta["datasets"] == [cells[0].name] and "base_model" not in meta
     run = json.loads((mae / "run.json").read_text())
     assert f"{run['images']['train']} unlabelled training images" in body
     ft = tmp_path / "ft"
     tiny_finetune(cells[1], ft, init=str(mae), sets=FAST)
-    _, ft_body = _card(ft / "model")
+    ft_meta, ft_body = _card(ft / "model")
+    assert ft_meta["base_model"] == "mae"
     assert "masked autoencoder" in ft_body and f"{run['images']['train']} unlabelled images" in ft_body
 
 

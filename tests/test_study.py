@@ -325,6 +325,16 @@ def test_file_and_class_names_are_escaped_in_the_report(tmp_path: Path) -> None:
     assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html
 
 
+def test_the_slurm_launcher_on_a_machine_without_slurm_is_refused_before_anything_is_written(
+    synthetic: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submitit would run every job on this machine and still print "submitted 2 job(s)"."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
+    with pytest.raises(ConfigError, match="no SLURM"):
+        leanmae.study(out=tmp_path / "s", data=str(synthetic[0]), launcher="slurm", mae=["m"], progress=False)
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_slurm_launcher_runs_the_grid_through_submitit(
     synthetic: tuple[Path, Path], tmp_path: Path
 ) -> None:

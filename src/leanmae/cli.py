@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only a linear head on frozen encoder features (computed once)",
     )
     p.add_argument(
-        "--pooling", choices=["cls", "mean"], help="head input: CLS token (default) or mean of patch tokens"
+        "--pooling",
+        choices=["cls", "mean"],
+        help="head input: mean of the patch tokens (default; MAE never trains the CLS token) or CLS token",
     )
     p.add_argument(
         "--ood",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -595,9 +596,15 @@ def _list(value: Any, kind: type, option: str) -> list[Any] | None:
 
 
 def _check(cfg: StudyConfig) -> None:
-    """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist."""
+    """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist, SLURM must be there."""
     if not Path(cfg.data).is_dir():
         raise DataError(f"{cfg.data}: data folder does not exist")
+    if cfg.launcher == "slurm" and cfg.slurm.cluster is None and shutil.which("sbatch") is None:
+        # submitit would quietly run every job here instead, and still say "submitted"
+        raise ConfigError(
+            "--launcher slurm: this machine has no SLURM (no sbatch on the PATH); start the study on a "
+            "SLURM login node, or use --launcher local"
+        )
     for arm in cfg.arms:
         arm_pool(arm, cfg.pool)
     for pool, folder in given_maes(cfg).items():

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from leanmae.data.cache import working_size
+from leanmae.data.split import read_manifest
 from leanmae.files import write_atomic
 from leanmae.safe_csv import markdown_text
 
@@ -49,6 +50,20 @@ def _sources(data: dict[str, Any]) -> str:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
+
+
+def _epochs(n: Any) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _datasets(run: dict[str, Any]) -> list[str]:
+    """The names of the folders the model's images came from: the pool's sources, or the split's data root."""
+    config = run.get("config", {})
+    sources = [str(s).rsplit(":", 1)[0] for s in config.get("data", {}).get("sources", [])]
+    split = config.get("split")
+    if not sources and split and Path(split).is_file():
+        sources = [str(read_manifest(split)[0])]
+    return sorted({Path(s).name for s in sources if Path(s).name})
 
 
 def _architecture(config: dict[str, Any]) -> str:
@@ -99,7 +114,7 @@ def _pretraining(run: dict[str, Any]) -> str:
         "The encoder comes from a masked autoencoder (MAE, He et al. 2022) pretrained by leanmae "
         f"({markdown_text(init)}) on {info.get('images', {}).get('train', '?')} unlabelled images from "
         f"{_sources(data)}, "
-        f"for {info.get('epochs', '?')} epochs at mask ratio {model.get('mask_ratio')}"
+        f"for {_epochs(info.get('epochs', '?'))} at mask ratio {model.get('mask_ratio')}"
     )
     if "val_loss_first" in info:
         text += (
@@ -124,7 +139,7 @@ def _classifier_sections(
             "test)."
         )
         lines.append(
-            f"- Label fraction: {fraction:g} of the train split"
+            f"- Label fraction: {100 * fraction:g} % of the train split"
             + (f", {used['total']} labelled images in all (train + validation)." if used else ".")
         )
     if used:
@@ -213,7 +228,7 @@ def _mae_sections(run: dict[str, Any], recon: dict[str, Any]) -> list[str]:
     )
     if "val_loss_first" in run:
         text += (
-            f"{run.get('epochs')} epochs; held-out reconstruction loss {run['val_loss_first']:.4f} -> "
+            f"{_epochs(run.get('epochs'))}; held-out reconstruction loss {run['val_loss_first']:.4f} -> "
             f"{run['val_loss_last']:.4f}.\n"
         )
     by_ratio = recon.get("by_mask_ratio", {})
@@ -275,7 +290,15 @@ def model_card(folder: Path) -> str:
         "library_name": "transformers",
         "pipeline_tag": "image-classification" if classifier else "image-feature-extraction",
         "tags": tags,
+        # The weights carry the terms of the images they were trained on, which leanmae cannot know.
+        "license": "other",
+        "license_name": "terms-of-the-training-images",
     }
+    init = str(run.get("config", {}).get("init", "scratch"))
+    if classifier and init != "scratch":
+        meta["base_model"] = Path(init).parent.name if Path(init).name == "model" else Path(init).name
+    if _datasets(run):
+        meta["datasets"] = _datasets(run)
     if index:
         meta["metrics"] = sorted({m["type"] for m in index})
         meta["model-index"] = [

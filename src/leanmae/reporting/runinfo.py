@@ -248,14 +248,17 @@ def check_resumed_value(out: Path, key: str, field: str, value: Any) -> None:
 @contextmanager
 def guarded_output(out: str | Path) -> Iterator[None]:
     """Around a training command: on failure before the first checkpoint, run.json says "failed" (not
-    "running"), so that the corrected command starts afresh; the folder's lock is released at the end.
+    "running"), so that the corrected command starts afresh; a failure before anything was written leaves
+    no empty folder behind; the folder's lock is released at the end.
     """
     out = Path(out)
+    held_here = False
     try:
         yield
     except BaseException as err:
+        held_here = out.resolve() in _held
         if (
-            out.resolve() in _held
+            held_here
             and _read_info(out).get("status") == "running"
             and not any((out / "checkpoints").glob("epoch-*"))
         ):
@@ -266,6 +269,8 @@ def guarded_output(out: str | Path) -> Iterator[None]:
         raise
     finally:
         release(out)
+        if held_here and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 # The file that marks a folder as a leanmae run, study or model, and so every file in it as written by the
