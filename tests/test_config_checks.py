@@ -135,6 +135,7 @@ STUDY_WRONG: dict[str, Any] = {
     "slurm.cluster": "pbs",
     "set": ["optim.base_lr"],
     "progress": "maybe",
+    "note": "two\nlines",
 }
 
 

@@ -284,3 +284,13 @@ def test_an_arm_with_too_few_label_counts_is_withheld_not_a_crash(tmp_path: Path
     assert "largest run so far" in a.target_source
     assert any("Withheld for mae-in-domain" in line for line in headline(a, runs))
     leanmae.report(study)  # and the whole report is written
+
+
+def test_a_studys_note_comes_first_in_the_report_and_its_tables(tmp_path: Path) -> None:
+    """The demo's report says SYNTHETIC before anything else, as everything the demo writes does."""
+    study = make_study(tmp_path)
+    settings = json.loads((study / "study.json").read_text())
+    (study / "study.json").write_text(json.dumps({**settings, "note": "SYNTHETIC <demo>"}))
+    page = leanmae.report(study).read_text()
+    assert page.index("SYNTHETIC &lt;demo&gt;") < page.index("<h1>")
+    assert (study / "results" / "tables.md").read_text().startswith("**SYNTHETIC &lt;demo&gt;**")

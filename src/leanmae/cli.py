@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each "
         "arm its own recipe); repeatable",
     )
+    p.add_argument("--note", help="one line the report shows first (e.g. what the data is)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument(
         "--target",

@@ -934,6 +934,8 @@ class StudyConfig:
     arm_set: list[str] = field(
         default_factory=list
     )  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
+    # One line shown first in the report (the demo's "SYNTHETIC"); scoring only: it may change between calls.
+    note: str = ""
     progress: bool = True
 
 
@@ -967,6 +969,7 @@ STUDY_CHECKS: dict[str, Check] = {
     "slurm.cluster": choice("slurm", "local", "debug", optional=True),
     "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
     "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
+    "note": lambda v: None if isinstance(v, str) and "\n" not in v else "one line of text",
     "progress": is_bool,
 }
 

@@ -66,7 +66,7 @@ from leanmae.tracking import finish_run, study_parent, study_report_to
 
 STUDY_FILE = "study.json"
 # Settings that change what the study scores, not what it trains: a study may continue with other values.
-_SCORING_ONLY = ("external", "shift_reference")
+_SCORING_ONLY = ("external", "shift_reference", "note")
 
 
 @dataclass
@@ -431,6 +431,7 @@ def study(
     arm_set: list[str] | None = None,
     progress: bool = True,
     target: float | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a label-efficiency study in ``out`` and write its report; returns the run states.
 
@@ -463,6 +464,7 @@ def study(
         "set": set,
         "arm_set": arm_set,
         "progress": progress,
+        "note": note,
     }
     cfg: StudyConfig = build(
         StudyConfig, [layer, {k: v for k, v in given.items() if v is not None}], STUDY_CHECKS

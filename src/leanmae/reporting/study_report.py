@@ -36,6 +36,7 @@ from leanmae.reporting.learning import Answer, answer, headline, learning_table
 from leanmae.reporting.robustness import robustness_section
 from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
 from leanmae.reporting.tables import Table, tables, times_table
+from leanmae.safe_csv import markdown_text
 
 __all__ = ["Table", "findings", "load_runs", "report", "tables", "times_table", "write_report"]
 
@@ -250,9 +251,10 @@ def write_report(study: Path, target: float | None = None) -> Path:
         all_tables["labels_needed"] = learning_table(a)
     for table in all_tables.values():
         write_atomic(results / f"{table.name}.csv", table.csv())
+    note = f"**{markdown_text(settings['note'])}**\n\n" if settings.get("note") else ""
     write_atomic(
         results / "tables.md",
-        "\n".join(t.markdown() for t in all_tables.values()) or "No finished runs yet.\n",
+        note + ("\n".join(t.markdown() for t in all_tables.values()) or "No finished runs yet.\n"),
     )
     text = findings(runs, failed)
     write_atomic(results / "findings.md", "\n".join(f"- {line}" for line in [*lines, *text]) + "\n")
@@ -262,6 +264,8 @@ def write_report(study: Path, target: float | None = None) -> Path:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>leanmae study "
         f"report</title><style>{CSS}</style></head><body>"
     ]
+    if settings.get("note"):
+        parts.append(f"<div class='warn'><b>{html.escape(str(settings['note']))}</b></div>")
     parts.append("<h1>How many labels do we need, and does MAE pretraining cut that number?</h1>")
     parts.append(_provenance(study, runs, settings, target))
     parts.append(f"<p>{len(runs)} of {expected} fine-tuning runs finished.</p>")
