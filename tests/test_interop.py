@@ -31,7 +31,7 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[test]')")
+    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install -e '.[mlflow]')")
     return "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
@@ -167,16 +167,16 @@ def cells_folder_name(run: Path) -> str:
     return read_manifest(json.loads((run / "run.json").read_text())["config"]["split"])[0].name
 
 
-def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_run: Path) -> None:
-    meta, body = _card(tracked_run / "model")
-    metrics = json.loads((tracked_run / "metrics.json").read_text())
+def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(classifier_run: Path) -> None:
+    meta, body = _card(classifier_run / "model")
+    metrics = json.loads((classifier_run / "metrics.json").read_text())
     assert (
         meta["library_name"] == "transformers"
         and "leanmae" in meta["tags"]
         and meta["pipeline_tag"] == "image-classification"
     )
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert meta["license"] == "other" and meta["datasets"] == [cells_folder_name(tracked_run)]
+    assert meta["license"] == "other" and meta["datasets"] == [cells_folder_name(classifier_run)]
     assert reported["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     assert reported["ece"] == pytest.approx(metrics["calibration"]["after"]["ece"], abs=1e-4)
     assert f"| macro F1 | {metrics['test']['macro_f1']:.4f} |" in body
@@ -184,9 +184,9 @@ def test_classifier_card_has_hub_metadata_and_the_runs_own_test_metrics(tracked_
 
 
 def test_classifier_card_states_data_fraction_pretraining_use_and_limits(
-    tracked_run: Path, cells: tuple[Path, Path]
+    classifier_run: Path, cells: tuple[Path, Path]
 ) -> None:
-    _, body = _card(tracked_run / "model")
+    _, body = _card(classifier_run / "model")
     for heading in (
         "## Data",
         "## Pretraining",
@@ -278,7 +278,7 @@ def _pixel_values(folder: Path, files: list[Path]) -> np.ndarray:
 def test_onnx_export_matches_leanmae_probabilities_in_onnxruntime(
     classifier_run: Path, cells: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[test]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
     onnx_file = tmp_path / "model.onnx"
     info = leanmae.export(classifier_run, onnx=onnx_file)
     assert info["max_abs_diff"] <= 1e-4
@@ -296,6 +296,8 @@ def test_onnx_export_matches_leanmae_probabilities_in_onnxruntime(
 
 
 def test_export_cli_writes_the_onnx_file(classifier_run: Path, tmp_path: Path) -> None:
+    for module in ("onnx", "onnxruntime"):
+        pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[onnx]')")
     from leanmae.cli import main
 
     assert main(["export", str(classifier_run), "--onnx", str(tmp_path / "m.onnx")]) == 0
