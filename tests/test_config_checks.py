@@ -95,6 +95,7 @@ WRONG: dict[str, Any] = {
     "classifier.target_accuracy": 1.5,
     "classifier.ood_data": [""],
     "classifier.selection": "coreset",
+    "classifier.selection_from": "",
     "classifier.semi": "meanteacher",
     "classifier.semi_ratio": 0,
     "classifier.semi_threshold": 1.5,

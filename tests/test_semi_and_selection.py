@@ -146,3 +146,34 @@ def test_selection_reads_no_label_and_spends_the_stratified_draws_budget(
 def test_typiclust_selection_from_a_random_encoder_is_refused(cells: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="typiclust"):
         tiny_finetune(cells["split"], tmp_path / "run", sets=["classifier.selection=typiclust"])
+
+
+def _labelled(run: Path, split: str = "train") -> set[str]:
+    with open(run / "labelled.csv", newline="") as f:
+        return {row["path"] for row in csv.DictReader(f) if row["split"] == split}
+
+
+def test_a_margin_round_keeps_the_earlier_rounds_labels_and_adds_what_its_model_is_least_sure_of(
+    cells: dict[str, Any], tmp_path: Path
+) -> None:
+    first, second = tmp_path / "round-1", tmp_path / "round-2"
+    tiny_finetune(
+        cells["split"],
+        first,
+        init=cells["mae"],
+        fraction=0.25,
+        epochs=1,
+        sets=["classifier.selection=typiclust"],
+    )
+    sets = ["classifier.selection=margin", f"classifier.selection_from={first}"]
+    tiny_finetune(cells["split"], second, init=cells["mae"], fraction=0.5, epochs=1, sets=sets)
+    stratified = json.loads((second / "run.json").read_text())["images"]["train"]
+    assert _labelled(first) < _labelled(second) and len(_labelled(second)) == stratified
+    assert _labelled(first, "val") <= _labelled(second, "val")
+
+
+def test_a_margin_round_needs_the_earlier_run(cells: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        tiny_finetune(
+            cells["split"], tmp_path / "run", init=cells["mae"], sets=["classifier.selection=margin"]
+        )

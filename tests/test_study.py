@@ -164,6 +164,25 @@ def test_a_variant_arm_starts_where_its_arm_does_with_its_own_settings(tmp_path:
     }
 
 
+def test_margin_rounds_chain_the_fractions_of_one_arm_and_seed(tmp_path: Path) -> None:
+    """1 % chosen cold (typiclust), 2 % and 5 % each keep the round before and add its model's least sure."""
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.05, 0.01, 0.02],
+        seeds=[0],
+        arms=["mae+rounds"],
+        mae=["m"],
+        arm_set=["mae+rounds:classifier.selection=margin"],
+    )
+    jobs = {j.name: j for j in plan(cfg, tmp_path)}
+    first, second, third = (jobs[f"mae+rounds_f{f}_s0"] for f in ("0.01", "0.02", "0.05"))
+    assert first.kwargs["set"][-1] == "classifier.selection=typiclust" and first.after == []
+    assert second.kwargs["set"][-1] == f"classifier.selection_from={first.out}" and second.after == [
+        first.name
+    ]
+    assert third.after == [second.name]
+
+
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
     jobs = plan(StudyConfig(data="x", mae=["some/mae"]), tmp_path)
     assert all(j.command == "finetune" for j in jobs)

@@ -190,6 +190,9 @@ class ClassifierOptions:
     # run's fraction: stratified (the reference: it needs the labels it saves) | random | typiclust (the
     # init encoder's features). Selection reads no label; the val draw stays stratified.
     selection: str = "stratified"
+    # margin: a next round (Doucet et al. 2024): the earlier round's labels (this run folder's labelled.csv)
+    # kept, the rest of the budget the train images its model is least sure of
+    selection_from: str | None = None
     # Semi-supervised fine-tuning on the train split's unlabelled images (never val or test): off | fixmatch
     # (Sohn et al. 2020: a weak view's confident prediction is the target of a strong view).
     semi: str = "off"
@@ -770,7 +773,8 @@ CHECKS: dict[str, Check] = {
     "classifier.eval_batch_size": POSITIVE_INT,
     "classifier.target_accuracy": number(0, 1, low_open=True),
     "classifier.ood_data": each(text()),
-    "classifier.selection": choice("stratified", "random", "typiclust"),
+    "classifier.selection": choice("stratified", "random", "typiclust", "margin"),
+    "classifier.selection_from": text(optional=True),
     "classifier.semi": choice("off", "fixmatch"),
     "classifier.semi_ratio": POSITIVE_INT,
     "classifier.semi_threshold": number(0, 1),

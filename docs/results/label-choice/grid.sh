@@ -9,6 +9,7 @@ for fraction in ${1:-0.01 0.05}; do
       for selection in stratified typiclust random; do
         echo "$selection $semi $fraction $seed mae"
       done
+      if [ "$fraction" != 0.01 ]; then echo "margin $semi $fraction $seed mae"; fi  # round 2 after 1 %
     done
     echo "stratified off $fraction $seed scratch"
   done

@@ -20,6 +20,7 @@ choice. Output folder:
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 from dataclasses import replace
@@ -63,11 +64,12 @@ from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord
 from leanmae.data.split import counts, file_hash, read_manifest
 from leanmae.errors import ConfigError, DataError
+from leanmae.evaluation.calibration import softmax
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
-from leanmae.evaluation.predict import cached_batches, predict_outputs
-from leanmae.evaluation.selection import random_picks, typiclust_picks
-from leanmae.files import weights_sha256, write_json
+from leanmae.evaluation.predict import cached_batches, predict_outputs, trained_classifier
+from leanmae.evaluation.selection import Pick, margin_picks, random_picks, typiclust_picks
+from leanmae.files import weights_sha256, write_atomic, write_json
 from leanmae.models.card import write_card
 from leanmae.models.classifier import (
     LeanViTClassifier,
@@ -87,6 +89,7 @@ from leanmae.reporting.runinfo import (
     prepare_output,
     write_run_info,
 )
+from leanmae.safe_csv import csv_text, unescape
 from leanmae.tracking import finish_run
 from leanmae.training.checkpoint import save_weights
 from leanmae.training.distributed import Context, setup
@@ -161,6 +164,8 @@ def check_ood(records: list[ImageRecord], split_path: Path, data_root: str | Pat
         )
 
 
+LABELLED_FILE = "labelled.csv"
+
 # What a fine-tuning run writes at its top level (the module docstring's list): --overwrite replaces these
 # and nothing else. robustness.json is the study's scores of this run's model, stale once it is replaced.
 OUTPUTS = (
@@ -169,6 +174,7 @@ OUTPUTS = (
     "model",
     "metrics.json",
     "predictions.csv",
+    LABELLED_FILE,
     "robustness.json",
     "training_curves.png",
     "confusion_matrix.png",
@@ -195,6 +201,10 @@ def run_finetune(
         raise ConfigError(
             "classifier.lp_ft (a linear probe, then full fine-tuning) contradicts classifier.linear_probe "
             "(the probe alone); set one of them"
+        )
+    if (cfg.classifier.selection == "margin") != bool(cfg.classifier.selection_from):
+        raise ConfigError(
+            "classifier.selection=margin and classifier.selection_from (the earlier round's run) go together"
         )
     if cfg.classifier.selection == "typiclust" and str(init) == "scratch":
         raise ConfigError(
@@ -327,6 +337,9 @@ def run_finetune(
             absolute_lr=absolute_lr(optim, ctx.world_size),
             status="running",
         )
+        # Which images this run had labels for: what a lab labelled, and what a next round must not choose.
+        rows = [[path, split] for split in ("train", "val") for path in data.paths(split)]
+        write_atomic(out / LABELLED_FILE, csv_text(["path", "split"], rows))
 
     started = time.time()
     probe = (
@@ -453,16 +466,42 @@ def select_labels(
     images' labels are revealed only afterwards). typiclust embeds with the init encoder."""
     candidates, budget = data.all_of("train"), len(data.index["train"])
     unlabelled = np.zeros(len(candidates), dtype=bool)
+    batches = cached_batches(data.cache.images, candidates, cfg.classifier.eval_batch_size)
     if cfg.classifier.selection == "random":
         picks = random_picks(unlabelled, budget, cfg.run.seed)
-    else:
-        batches = cached_batches(data.cache.images, candidates, cfg.classifier.eval_batch_size)
+    elif cfg.classifier.selection == "typiclust":
         features = predict_outputs(model, batches, cfg.model.image_size, mean, std)[1]
         picks = typiclust_picks(features, unlabelled, budget, cfg.run.seed)
+    else:  # margin: the earlier round's labels kept, the rest chosen by its model's uncertainty
+        earlier = Path(cfg.classifier.selection_from)
+        kept = _labelled_train(earlier)
+        labelled = np.array([data.items[s].relpath in kept for s in data.cache.sources[candidates]])
+        if labelled.sum() >= budget:
+            raise ConfigError(
+                f"classifier.selection_from {earlier}: that round already labelled {int(labelled.sum())} "
+                f"train images, at least this run's {budget}; a next round needs a larger fraction"
+            )
+        trained = trained_classifier(earlier, str(next(model.parameters()).device))
+        logits = predict_outputs(
+            trained.model, batches, trained.model.config.image_size, trained.mean, trained.std
+        )[0]
+        picks = [Pick(int(i), "") for i in np.flatnonzero(labelled)]
+        picks += margin_picks(softmax(logits), labelled, budget - int(labelled.sum()), trained.labels)
     data.index["train"] = np.sort(candidates[[p.index for p in picks]])
     missing = [label for i, label in enumerate(data.labels) if i not in set(data.y[data.index["train"]])]
     if missing:
         print(f"warning: {cfg.classifier.selection} selection chose no image of {', '.join(missing)}")
+
+
+def _labelled_train(run: Path) -> set[str]:
+    """The train images an earlier fine-tuning run had labels for (its labelled.csv)."""
+    listing = run / LABELLED_FILE
+    if not listing.is_file():
+        raise ConfigError(
+            f"classifier.selection_from {run}: no {LABELLED_FILE}; give a finished fine-tuning run"
+        )
+    with open(listing, newline="", encoding="utf-8") as f:
+        return {unescape(row["path"]) for row in csv.DictReader(f) if row["split"] == "train"}
 
 
 class Step(NamedTuple):

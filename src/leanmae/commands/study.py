@@ -163,8 +163,10 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         jobs.append(Job(maes[pool].name, "pretrain", kwargs, maes[pool]))
     # Seed by seed: an interrupted study has whole seeds (every arm, every fraction) to report; the
     # extra seeds of the small fractions come last.
-    grid = [(seed, f) for seed in cfg.seeds for f in cfg.fractions]
-    grid += [(seed, f) for seed in cfg.extra_seeds for f in cfg.fractions if f <= cfg.extra_seeds_up_to]
+    fractions = sorted(cfg.fractions)  # smallest first: a round of margin selection follows the one before
+    grid = [(seed, f) for seed in cfg.seeds for f in fractions]
+    grid += [(seed, f) for seed in cfg.extra_seeds for f in fractions if f <= cfg.extra_seeds_up_to]
+    earlier: dict[tuple[str, int], Job] = {}  # (arm, seed) -> its run at the previous fraction
     for seed, fraction in grid:
         for arm in cfg.arms:
             init, probe = arm_init(arm, maes, cfg.pool)
@@ -184,10 +186,22 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                 entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm
             ]
             pool = arm_pool(arm, cfg.pool)
-            jobs.append(
-                Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else [])
-            )
+            job = Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else [])
+            if "classifier.selection=margin" in kwargs["set"]:
+                _chain_rounds(job, earlier.get((arm, seed)))
+            earlier[(arm, seed)] = job
+            jobs.append(job)
     return jobs
+
+
+def _chain_rounds(job: Job, previous: Job | None) -> None:
+    """Margin selection as rounds over the study's fractions: the smallest fraction starts cold (typiclust);
+    each larger one keeps the previous fraction's labels and adds those its model is least sure of."""
+    if previous is None:
+        job.kwargs["set"] = [*job.kwargs["set"], "classifier.selection=typiclust"]
+        return
+    job.kwargs["set"] = [*job.kwargs["set"], f"classifier.selection_from={previous.out}"]
+    job.after = [*job.after, previous.name]
 
 
 def train_images(manifest: Path) -> int:
