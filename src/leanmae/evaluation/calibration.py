@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-from torchmetrics.functional.classification import multiclass_calibration_error
+
+# scikit-learn and torchmetrics are imported inside the functions that use them: `predict` on a few images
+# should not wait seconds for imports it never needs.
 
 N_BINS = 15
 
@@ -34,6 +35,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def calibration(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """ECE and MCE (15 equal-width bins), NLL and multiclass Brier score of predicted probabilities."""
+    from sklearn.metrics import brier_score_loss, log_loss
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     classes = probs.shape[1]
     p, t = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(y)
     return {
@@ -137,6 +141,10 @@ def ood_report(
 ) -> dict[str, Any]:
     """AUROC of MSP and energy for in-distribution test vs OOD images, and the energy threshold that keeps
     ``keep`` of validation cells."""
+    from sklearn.metrics import (
+        roc_auc_score,
+    )
+
     inside, outside = ood_scores(in_logits, temperature), ood_scores(out_logits, temperature)
     labels = np.r_[np.ones(len(in_logits)), np.zeros(len(out_logits))]
     threshold = float(np.quantile(energy(val_logits), 1 - keep))

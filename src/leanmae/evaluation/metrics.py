@@ -11,19 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from leanmae.files import write_atomic
 from leanmae.safe_csv import csv_text
 
+# scikit-learn is imported inside the functions that use it: `predict` on a few images should not wait
+# seconds for imports it never needs.
+
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, float]:
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+    )
+
     """Accuracy and macro-F1: what model selection on the validation split looks at."""
     classes = list(range(len(labels)))
     return {
@@ -72,6 +73,13 @@ def classification_report(
     ``scored`` (class indices; default all) limits the per-class and macro metrics to those classes,
     for an external set that holds only some of the model's classes; the confusion matrix keeps them all.
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     classes = list(range(len(labels)))
     scored = classes if scored is None else list(scored)
     y_pred = probs.argmax(1)

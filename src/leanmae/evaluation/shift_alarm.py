@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binom
-from sklearn.covariance import LedoitWolf
+
+# scikit-learn is imported inside the functions that use it: `predict` on a few images should not wait
+# seconds for imports it never needs.
 
 ALPHA = 0.05  # share of the training lab's held-out images flagged one by one
 P_ALARM = 1e-3  # the folder alarm's false-alarm rate on images of the training lab
@@ -91,6 +93,10 @@ def fit_reference(
     x = np.asarray(train_features, dtype=np.float64)
     means = np.stack([x[train_y == c].mean(0) for c in classes])
     centred = x - means[np.searchsorted(classes, train_y)]
+    from sklearn.covariance import (
+        LedoitWolf,
+    )
+
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     threshold = conformal_threshold(mahalanobis_scores(calibration_features, means, precision), alpha)
     return ShiftReference(means, precision, threshold, alpha, len(calibration_features))
