@@ -34,7 +34,7 @@ def runs() -> dict[tuple[str, str, str, float], dict[int, dict[str, float]]]:
         seconds = (folder / "time.txt").read_text().split()[0] if (folder / "time.txt").exists() else "nan"
         key = (name["arm"], name["selection"], name["semi"], float(name["fraction"]))
         found[key][int(name["seed"])] = {
-            "val": json.loads((folder / "val.json").read_text())["macro_f1"],
+            "val": json.loads((folder / "val.json").read_text())["val"]["macro_f1"],
             "test": metrics["test"]["macro_f1"],
             "labels": metrics["labels_used"]["total"],
             "seconds": float(seconds),
