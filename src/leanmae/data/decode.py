@@ -7,10 +7,8 @@ Image folders from labs are rarely clean: zero-byte files, truncated uploads, te
 
 from __future__ import annotations
 
-import io
 import stat
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,169 +83,30 @@ def not_a_regular_file(path: Path | str) -> str | None:
     return None if stat.S_ISREG(mode) else _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What the JPEG checks need of a picture: its frame header (SOFn) and its entropy-coded segments."""
-
-    height_at: int  # offset of the frame's two-byte height
-    height: int
-    mcu_rows: int  # pixel rows of a minimum coded unit
-    huffman: (
-        bool  # Huffman-coded (baseline, extended, progressive): libjpeg leaves blocks past the data blank
-    )
-    sequential: bool  # not progressive: no refinement scans
-    segments: list[tuple[int, int]]  # (start, end) of each scan's data and restart interval
-    scan_ends: list[int]  # indices into segments of those that close a scan
+# The colour space libjpeg-turbo decodes each JPEG mode to in the strict check (only its warnings matter).
+_JPEG_SPACES = {"L": "GRAY", "CMYK": "CMYK"}
+# libjpeg's words for damaged data; other refusals of its TurboJPEG API (an unusual chroma subsampling) are
+# about what that API decodes, not about the file, and PIL has decoded the file already.
+_DAMAGE = ("Corrupt JPEG data", "Premature end", "Unsupported marker", "Bogus", "Huffman", "Invalid JPEG")
 
 
-_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # markers without a length field
-_FRAME_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})
-_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
-_SEQUENTIAL_FRAMES = frozenset({0xC0, 0xC1})
+def _check_jpeg_data(path: Path, data: bytes, mode: str) -> None:
+    """Refuse a JPEG whose image data libjpeg finds damaged: its "Corrupt JPEG data" and "Premature end"
+    warnings become errors (libjpeg-turbo's strict mode, through simplejpeg).
 
-
-def _jpeg_layout(path: Path, data: bytes) -> _Layout:
-    """The layout of the first picture in ``data``, found by walking its markers.
-
-    A file that ends inside its image data (no end-of-image marker after it) is truncated.
+    Why: libjpeg only warns when damaged scan data runs out before the picture is complete (it fills the
+    rest with grey) or when data is left over, and PIL never shows those warnings, so a damaged file
+    decoded to a garbage picture and trained. Damage that keeps the stream consistent (most flipped bits:
+    JPEG's codes fall back into step) cannot be seen without a checksum; for split data the manifest's
+    sha256 is that checksum. A JPEG libjpeg-turbo cannot decode at all is left to PIL, which did.
     """
-    frame: dict | None = None
-    segments: list[tuple[int, int]] = []
-    scan_ends: list[int] = []
-    pos = 2  # after the start-of-image marker
-    while True:
-        pos = data.find(b"\xff", pos)
-        while 0 <= pos < len(data) - 1 and data[pos + 1] == 0xFF:  # fill bytes before a marker
-            pos += 1
-        if pos < 0 or pos + 1 >= len(data):
-            raise BadImageError(
-                path, "corrupt or truncated JPEG (no end-of-image marker after the image data)"
-            )
-        marker = data[pos + 1]
-        if marker == 0xD9 and frame is not None:
-            return _Layout(**frame, segments=segments, scan_ends=scan_ends)
-        if marker in _STANDALONE_MARKERS:
-            pos += 2
-            continue
-        after = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _FRAME_MARKERS and frame is None:
-            frame = _frame(data, pos)
-        if marker == 0xDA:
-            segments += _scan_segments(data, after)
-            scan_ends.append(len(segments) - 1)
-            after = segments[-1][1]
-        pos = after
+    import simplejpeg  # the libjpeg-turbo wheel: only needed when a JPEG is decoded
 
-
-def _frame(data: bytes, at: int) -> dict:
-    """The fields of ``_Layout`` that the frame header at ``at`` gives."""
-    count = data[at + 9]
-    vertical = max(data[at + 11 + 3 * c] & 15 for c in range(count)) if count > 1 else 1
-    return {
-        "height_at": at + 5,
-        "height": int.from_bytes(data[at + 5 : at + 7], "big"),
-        "mcu_rows": 8 * vertical,  # a single component has one block per MCU
-        "huffman": data[at + 1] in _HUFFMAN_FRAMES,
-        "sequential": data[at + 1] in _SEQUENTIAL_FRAMES,
-    }
-
-
-def _scan_segments(data: bytes, start: int) -> list[tuple[int, int]]:
-    """(start, end) of the segments of the scan whose data starts at ``start``: cut at each restart marker,
-    ended by the first other marker (or the end of the file)."""
-    segments, pos = [], start
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return [*segments, (start, len(data))]
-        marker = data[pos + 1]
-        if marker in (0x00, 0xFF):  # a stuffed 0xFF data byte, or fill before a marker
-            pos += 2 if marker == 0x00 else 1
-        elif 0xD0 <= marker <= 0xD7:
-            segments.append((start, pos))
-            start = pos = pos + 2
-        else:
-            return [*segments, (start, pos)]
-
-
-# Put before every segment's closing marker to see whether the decoder reads past it: libjpeg fills
-# missing data with zero bits, so a decoder that runs short decodes these bytes differently. No 0xFF.
-_PADDING = bytes([0xA5, 0x5A]) * 16
-
-
-def _decode_bytes(data: bytes) -> np.ndarray:
-    """A changed copy of a JPEG, decoded; it is at most two MCU rows larger than the file already decoded,
-    so PIL's decompression-bomb warning is not repeated for it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return np.asarray(image)
-
-
-def _padded(data: bytes, layout: _Layout) -> bytes:
-    """``data`` with ``_PADDING`` before the marker closing every segment."""
-    ends = [end for _, end in layout.segments]
-    return _PADDING.join(data[a:b] for a, b in zip([0, *ends], [*ends, len(data)], strict=True))
-
-
-def _taller_without_last_bytes(data: bytes, layout: _Layout, height: int) -> bytes:
-    """``data`` with the frame ``height`` pixels tall and the last data byte of every scan removed (a
-    stuffed 0xFF with its 0x00)."""
-    pieces, last = [], 0
-    for index in layout.scan_ends:
-        start, end = layout.segments[index]
-        cut = end - (2 if data[end - 2 : end] == b"\xff\x00" else 1) if end > start else end
-        pieces.append(data[last:cut])
-        last = end
-    copy = b"".join([*pieces, data[last:]])
-    return copy[: layout.height_at] + height.to_bytes(2, "big") + copy[layout.height_at + 2 :]
-
-
-def _leftover_data_shows(data: bytes, layout: _Layout) -> bool:
-    """Whether some scan holds data after its picture is complete, seen in a copy two MCU rows taller.
-
-    libjpeg decodes the added rows of each scan from whatever follows its picture's data, and once a
-    scan runs out of data it leaves every later block empty. With the last data byte of each scan
-    removed, a sound scan runs out inside its own picture, so the added rows come out as one flat
-    value; data left over decodes into them instead. The two rows below the picture are not looked
-    at: upsampling blends them with the picture's last row.
-    """
-    top = -(-layout.height // layout.mcu_rows) * layout.mcu_rows
-    taller = top + 2 * layout.mcu_rows
-    if layout.height == 0 or taller > 0xFFFF:
-        return False  # height given later (DNL), or no room under the format's limit to look
-    added = _decode_bytes(_taller_without_last_bytes(data, layout, taller))[top + 2 : taller]
-    return bool((added != added[0, 0]).any())
-
-
-def _check_jpeg_scans(path: Path, data: bytes, pixels: np.ndarray) -> None:
-    """Refuse a JPEG whose scan data does not fit its picture, as libjpeg's "Corrupt JPEG data" warnings do.
-
-    libjpeg only *warns* when damaged scan data runs out before the picture is complete (it fills the
-    rest with grey) or when the picture is complete before its data ends (the rest is skipped), and
-    PIL never shows those warnings, so a damaged file decoded to a garbage picture and trained. Both
-    are seen exactly (pixels equal or not, never a threshold) in changed copies decoded in memory:
-    padding put after every segment must change nothing, else the decoder was reading past its data;
-    and, in a sequential (not progressive) file, a copy two MCU rows taller must leave them blank
-    (``_leftover_data_shows``; a progressive file's refinement scans write into them even so). Damage
-    that keeps the stream consistent (most flipped bits: JPEG's codes fall back into step), data left
-    over in a restart interval that is not a scan's last or in a progressive scan, cannot be seen
-    without a checksum; for split data the manifest's sha256 is that checksum. Arithmetic-coded files
-    (rare) are not checked: their decoder reads zeros past the end of a scan instead of leaving blocks
-    blank.
-    """
-    layout = _jpeg_layout(path, data)
-    if not layout.huffman:
-        return
-    if not np.array_equal(_decode_bytes(_padded(data, layout)), pixels):
-        raise BadImageError(
-            path, "corrupt JPEG: its image data ends before the picture does (damaged scan data)"
-        )
-    if layout.sequential and _leftover_data_shows(data, layout):
-        raise BadImageError(
-            path, "corrupt JPEG: the picture ends before its image data does (damaged scan data)"
-        )
+    try:
+        simplejpeg.decode_jpeg(data, colorspace=_JPEG_SPACES.get(mode, "RGB"), strict=True)
+    except ValueError as err:
+        if any(words in str(err) for words in _DAMAGE):
+            raise BadImageError(path, f"corrupt JPEG: damaged image data ({err})") from None
 
 
 def _refuse_several_frames(path: Path, image: Image.Image) -> None:
@@ -289,7 +148,7 @@ def decode_rgb(path: Path | str) -> np.ndarray:
                 _refuse_several_frames(path, image)
                 image.load()
                 if image.format in ("JPEG", "MPO"):
-                    _check_jpeg_scans(path, path.read_bytes(), np.asarray(image))
+                    _check_jpeg_data(path, path.read_bytes(), image.mode)
                 return pil_to_rgb(image)
     except BadImageError:
         raise
