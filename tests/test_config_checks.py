@@ -32,6 +32,7 @@ WRONG: dict[str, Any] = {
     "model.decoder_heads": 0,
     "model.mask_ratio": 1.5,
     "model.norm_pix_loss": "maybe",
+    "model.layer_norm_eps": 0,
     "data.sources": [""],
     "data.tile": 0,
     "data.grid": "2y2",

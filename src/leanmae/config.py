@@ -51,6 +51,7 @@ class ModelConfig:
     decoder_heads: int = 16
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    layer_norm_eps: float = 1e-12  # transformers' ViT default; DINOv2 and timm encoders use 1e-6
 
 
 @dataclass
@@ -709,6 +710,7 @@ CHECKS: dict[str, Check] = {
     "model.decoder_heads": POSITIVE_INT,
     "model.mask_ratio": SHARE,
     "model.norm_pix_loss": is_bool,
+    "model.layer_norm_eps": number(0, 1, low_open=True),
     "data.sources": each(text()),
     "data.tile": number(1, optional=True),
     "data.grid": pattern(r"[1-9]\d*[xX][1-9]\d*", "ROWSxCOLS such as 2x2", optional=True),

@@ -139,10 +139,12 @@ def run_info(folder: Path | str) -> dict[str, Any]:
 
 
 def weights_sha256(folder: Path | str) -> str:
-    """One hash of a model folder's weights (every ``*.safetensors`` in it, by name), so a run can record
-    what it started from and a later command can tell when a folder of the same name holds other weights."""
+    """One hash of a model folder's weights (every ``*.safetensors`` in it, by name) or of a weights file, so
+    a run can record what it started from and a later command can tell when the same name holds other
+    weights."""
     digest = hashlib.sha256()
-    for file in sorted(Path(folder).glob("*.safetensors")):
+    files = [Path(folder)] if Path(folder).is_file() else sorted(Path(folder).glob("*.safetensors"))
+    for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -11,6 +11,7 @@ never as HTML or as a table's cell border.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def _epochs(n: Any) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
 
+def _hub_name(name: str) -> str:
+    """A folder name as a Hub metadata id (letters, digits, ``.``, ``_``, ``-``): names come from the data,
+    and the card's front matter must not carry markup into a page."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
 def _datasets(run: dict[str, Any]) -> list[str]:
     """The names of the folders the model's images came from: the pool's sources, or the split's data root."""
     config = run.get("config", {})
@@ -63,7 +70,7 @@ def _datasets(run: dict[str, Any]) -> list[str]:
     split = config.get("split")
     if not sources and split and Path(split).is_file():
         sources = [str(read_manifest(split)[0])]
-    return sorted({Path(s).name for s in sources if Path(s).name})
+    return sorted({_hub_name(Path(s).name) for s in sources} - {""})
 
 
 def _architecture(config: dict[str, Any]) -> str:
@@ -296,7 +303,9 @@ def model_card(folder: Path) -> str:
     }
     init = str(run.get("config", {}).get("init", "scratch"))
     if classifier and init != "scratch":
-        meta["base_model"] = Path(init).parent.name if Path(init).name == "model" else Path(init).name
+        base = _hub_name(Path(init).parent.name if Path(init).name == "model" else Path(init).name)
+        if base:
+            meta["base_model"] = base
     if _datasets(run):
         meta["datasets"] = _datasets(run)
     if index:

@@ -22,6 +22,7 @@ from transformers import ViTModel
 
 from leanmae.config import ModelConfig
 from leanmae.errors import CheckpointError
+from leanmae.models.foundation import foundation_weights, is_foundation
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
 from leanmae.models.mae import encoder_kwargs, load_mae
 from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTClassifier, LeanViTConfig
@@ -56,7 +57,11 @@ def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors."""
+    """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors, or of
+    an encoder labs already have (DINOv2, timm: ``leanmae.models.foundation``)."""
+    if is_foundation(Path(folder)):
+        weights, shape = foundation_weights(Path(folder))
+        return {f"vit.{k}": v for k, v in weights.items()}, shape
     model_type = check_model_folder(folder).get("model_type")
     if model_type == LeanViTConfig.model_type:  # a leanmae classifier: its encoder is a plain ViT's
         model_type = "vit"

@@ -50,6 +50,7 @@ def encoder_kwargs(model: ModelConfig) -> dict[str, object]:
         "num_hidden_layers": model.depth,
         "num_attention_heads": model.heads,
         "intermediate_size": int(model.hidden_size * model.mlp_ratio),
+        "layer_norm_eps": model.layer_norm_eps,
         "attn_implementation": "sdpa",
     }
 
