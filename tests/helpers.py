@@ -95,15 +95,16 @@ def tiny_finetune(split: Path, out: Path, *, sets: list[str] = (), **kwargs: Any
     return finetune(split=split, out=out, set=list(sets), **options)
 
 
-def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch, start: Any) -> None:
-    """Run ``start()`` until its epoch-1 checkpoint and history are written, then stop it as Ctrl-C would."""
+def interrupt_after_epoch(monkeypatch: pytest.MonkeyPatch, start: Any, epoch: int = 1) -> None:
+    """Run ``start()`` until the checkpoint and history of ``epoch`` are written, then stop it as Ctrl-C
+    would."""
     import leanmae.training.engine as engine
 
     original = engine.write_history
 
     def interrupting(path: Path, rows: list[dict[str, float]]) -> None:
         original(path, rows)
-        if len(rows) == 1:
+        if len(rows) == epoch:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "write_history", interrupting)

@@ -37,7 +37,7 @@ import leanmae
 from helpers import (
     assert_same_weights,
     copy_subset,
-    interrupt_after_first_epoch,
+    interrupt_after_epoch,
     load_weights,
     read_csv,
     tiny_finetune,
@@ -682,7 +682,7 @@ def test_a_run_interrupted_after_its_first_epoch_resumes_to_identical_weights(
 ) -> None:
     """Interrupt the scratch run's configuration just after the epoch-1 checkpoint, resume it, compare."""
     out = tmp_path / "run"
-    interrupt_after_first_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **SCRATCH))
+    interrupt_after_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **SCRATCH))
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"

@@ -17,8 +17,7 @@ import pytest
 from safetensors.torch import load_file
 from transformers import ViTMAEForPreTraining
 
-import leanmae.training.engine as engine
-from helpers import assert_same_weights, load_weights, tiny_pretrain, write_images
+from helpers import assert_same_weights, interrupt_after_epoch, load_weights, tiny_pretrain, write_images
 from leanmae.errors import OutputFolderError
 
 # --------------------------------------------------------------------------- one finished run
@@ -302,17 +301,7 @@ def test_a_run_interrupted_after_epoch_2_and_resumed_equals_an_uninterrupted_run
     compare."""
     tiny_pretrain(data_folder, tmp_path / "a", epochs=3)
 
-    original = engine.write_history
-
-    def interrupt_after_epoch_2(path: Path, rows: list[dict[str, float]]) -> None:
-        original(path, rows)
-        if len(rows) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "write_history", interrupt_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_pretrain(data_folder, tmp_path / "b", epochs=3)
-    monkeypatch.setattr(engine, "write_history", original)
+    interrupt_after_epoch(monkeypatch, lambda: tiny_pretrain(data_folder, tmp_path / "b", epochs=3), epoch=2)
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["epoch-0002"]
     assert not (tmp_path / "b" / "model").exists()
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import leanmae
-from helpers import assert_same_weights, interrupt_after_first_epoch, load_weights, tiny_finetune
+from helpers import assert_same_weights, interrupt_after_epoch, load_weights, tiny_finetune
 from leanmae.commands.finetune import finetune_task
 from leanmae.config import FinetuneConfig, resolve
 from leanmae.data.cache import DecodeSpec
@@ -107,7 +107,7 @@ def test_a_fixmatch_run_resumed_after_its_first_epoch_is_exact(
     whole = tmp_path / "whole"
     tiny_finetune(cells["split"], whole, **options)
     out = tmp_path / "resumed"
-    interrupt_after_first_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **options))
+    interrupt_after_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **options))
     tiny_finetune(cells["split"], out, resume=True, **options)
     assert_same_weights(load_weights(out / "model"), load_weights(whole / "model"))
 

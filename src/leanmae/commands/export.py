@@ -75,11 +75,11 @@ def export(
 
     Returns the metadata written into the file plus ``max_abs_diff`` of the check.
     """
-    onnx_lib, ort = _onnx_modules()
     folder = model_folder(model)
     check_output_file(Path(onnx), overwrite, "--onnx", inputs=[folder], result=True)
     classifier = load_classifier(folder).eval()
     mean, std, extra = load_preprocessing(folder)
+    onnx_lib, ort = _onnx_modules()  # after the inputs: a wrong path is the first thing to hear about
     size = classifier.config.image_size
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     wrapped = _Probabilities(classifier).eval()
