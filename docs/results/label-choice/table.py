@@ -2,7 +2,8 @@
 semi-supervision) at each fraction, macro-F1 on PBC's whole validation split (where choices are made) and on
 its test split (scored once per run), mean and sd over seeds, the paired gain over the stratified draw
 without semi-supervision (same seed, t-interval on the logit scale: leanmae.evaluation.stats), and the CPU
-time of a run. Writes table.md here; runs still missing are counted, not guessed.
+time of a run (user time of its one-thread process). Writes table.md here; runs still missing are
+counted, not guessed.
 
     python docs/results/label-choice/table.py
 """
@@ -31,7 +32,8 @@ def runs() -> dict[tuple[str, str, str, float], dict[int, dict[str, float]]]:
         if not name or not (folder / "val.json").exists():
             continue
         metrics = json.loads((folder / "metrics.json").read_text())
-        seconds = (folder / "time.txt").read_text().split()[0] if (folder / "time.txt").exists() else "nan"
+        # CPU seconds (user time): the wall time of a run paused or sharing the CPU says little
+        seconds = (folder / "time.txt").read_text().split()[3] if (folder / "time.txt").exists() else "nan"
         key = (name["arm"], name["selection"], name["semi"], float(name["fraction"]))
         found[key][int(name["seed"])] = {
             "val": json.loads((folder / "val.json").read_text())["val"]["macro_f1"],
@@ -55,7 +57,7 @@ def table() -> str:
     found = runs()
     rows = [
         "| arm | labels chosen by | semi-supervised | fraction (labels) | seeds | val macro-F1 | "
-        "test macro-F1 | paired val gain over stratified, no semi | minutes per run |",
+        "test macro-F1 | paired val gain over stratified, no semi | CPU minutes per run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (arm, selection, semi, fraction), seeds in sorted(found.items(), key=lambda kv: (kv[0][3], kv[0])):
