@@ -18,7 +18,6 @@ import pytest
 
 import leanmae
 import leanmae.commands.study as study_command
-import leanmae.training.engine as engine
 from helpers import assert_same_weights, load_weights, read_csv
 from leanmae.config import FinetuneConfig, resolve
 from leanmae.data.split import read_manifest
@@ -202,20 +201,6 @@ def _run_in_this_process(job: study_command.Job) -> int:
     except Exception:
         return 1
     return 0
-
-
-def _interrupt_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Callable[[], None]:
-    """Stop the next run (KeyboardInterrupt) just after checkpoint ``epoch``; returns a function restoring the
-    engine."""
-    original = engine.write_history
-
-    def interrupt(path: Path, rows: list[dict[str, float]]) -> None:
-        original(path, rows)
-        if len(rows) == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "write_history", interrupt)
-    return lambda: monkeypatch.setattr(engine, "write_history", original)
 
 
 def _small_split(tmp_path: Path) -> tuple[Path, Path, list]:

@@ -14,14 +14,13 @@ import torch
 from reliability_helpers import (
     CLASSES,
     RUN,
-    _interrupt_after_epoch,
     assert_same_result,
 )
 from safetensors import SafetensorError
 
 import leanmae.files as files
 import leanmae.training.checkpoint as checkpoint
-from helpers import tiny_finetune
+from helpers import interrupt_after_epoch, tiny_finetune
 from leanmae.cli import main
 from leanmae.data.cache import DecodeSpec, load_or_build, manifest_hash
 from leanmae.data.sources import scan
@@ -37,10 +36,7 @@ def test_leftover_temporary_files_of_a_killed_write_are_never_read_on_resume(
     """A killed writer leaves dotted ``.NAME.tmp-PID`` files and folders; resuming ignores every one of
     them."""
     out = tmp_path / "run"
-    restore = _interrupt_after_epoch(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_finetune(cells["split"], out, **RUN)
-    restore()
+    interrupt_after_epoch(monkeypatch, lambda: tiny_finetune(cells["split"], out, **RUN))
     checkpoints = out / "checkpoints"
     half = checkpoints / ".epoch-0002.tmp-123"  # a checkpoint killed mid-write: claims epoch 2, holds garbage
     half.mkdir()

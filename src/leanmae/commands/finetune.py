@@ -561,8 +561,10 @@ def finetune_task(
             steps += [Step(key, lab, unl) for lab, unl in zip(labelled, unlabelled, strict=True)]
         return steps
 
-    def augmented(batch: np.ndarray, key: int) -> torch.Tensor:
-        images = to_float(gather(data.cache.images, batch), ctx.device)
+    def pixels(batch: np.ndarray) -> torch.Tensor:
+        return to_float(gather(data.cache.images, batch), ctx.device)
+
+    def augmented(images: torch.Tensor, batch: np.ndarray, key: int) -> torch.Tensor:
         draws = uniform(seed, key, batch, AUGMENT_DRAWS, stream=AUGMENT_STREAM)
         images = random_resized_crop(
             images, image_size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.vflip, draws, aug.crop_shift
@@ -574,12 +576,13 @@ def finetune_task(
             torch.as_tensor(data.y[step.labelled], device=ctx.device), classes, opts.label_smoothing
         )
         rng = np.random.default_rng([seed, step.key, int(step.labelled[0])])
-        labelled = mix(augmented(step.labelled, step.key), targets, opts.mixup, opts.cutmix, rng)
+        images = augmented(pixels(step.labelled), step.labelled, step.key)
+        labelled = mix(images, targets, opts.mixup, opts.cutmix, rng)
         if step.unlabelled is None:
             return labelled
-        images = to_float(gather(data.cache.images, step.unlabelled), ctx.device)
-        weak = normalize(weak_view(images, step.unlabelled, seed, step.key, image_size, aug), mean, std)
-        return (*labelled, weak, augmented(step.unlabelled, step.key))
+        unlabelled = pixels(step.unlabelled)  # gathered once, for both views
+        weak = normalize(weak_view(unlabelled, step.unlabelled, seed, step.key, image_size, aug), mean, std)
+        return (*labelled, weak, augmented(unlabelled, step.unlabelled, step.key))
 
     def loss(trained: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if len(inputs) == 4:
