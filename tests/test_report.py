@@ -10,7 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 import leanmae
 from helpers import FAKE_CLASSES as CLASSES
@@ -19,6 +22,7 @@ from helpers import write_fake_run as _write_run
 from leanmae.cli import main
 from leanmae.evaluation.learning_curve import PowerLaw
 from leanmae.reporting.findings import findings
+from leanmae.reporting.plots import loss_curve, reliability_figure, risk_coverage_figure, training_curves
 from leanmae.reporting.runs import load_runs, pretrain_folders
 
 LAWS = {"scratch": PowerLaw(0.95, 2.0, 0.5), "mae-in-domain": PowerLaw(0.95, 1.0, 0.5)}
@@ -54,7 +58,7 @@ def make_study(root: Path, collapse: str = "none") -> Path:
 def test_the_report_leads_with_labels_needed_and_savings(tmp_path: Path) -> None:
     study = make_study(tmp_path)
     page = leanmae.report(study).read_text()
-    answer = re.search(r"<div class='answer' id='headline'>(.*?)</div>", page, re.S).group(1)
+    answer = _headline(page)
     assert (
         "With mae-in-domain" in answer
         and "labelled images" in answer
@@ -72,15 +76,76 @@ def test_the_report_leads_with_labels_needed_and_savings(tmp_path: Path) -> None
         assert key in page
 
 
-def test_labels_needed_and_savings_come_from_the_fitted_laws(tmp_path: Path) -> None:
-    """Scratch's b is twice the arm's with c = 0.5: it needs about four times the labels."""
+def _cells(row: str) -> tuple[float, float, float, float]:
+    """(answer, interval low, interval high, power law) of a labels_needed.csv cell."""
+    found = re.search(r"([\d.,]+) \[95 % interval ([\d.,]+)–([\d.,]+); power law ([\d.,]+)", row)
+    return tuple(float(x.replace(",", "")) for x in found.groups())
+
+
+def test_labels_needed_are_read_between_the_runs_with_the_power_law_beside_them(tmp_path: Path) -> None:
+    """Scratch's b is twice the arm's with c = 0.5: the true savings are 4 (scratch needs 400 labels, the
+    arm 100). The runs lie a decade apart, so the straight reading between them is off; the power law
+    (the true shape here) says 4, and the interval, which spans both readings, covers it."""
     study = make_study(tmp_path)
-    leanmae.report(study, target=0.9)
+    leanmae.report(study, target=0.85)
     table = (study / "results" / "labels_needed.csv").read_text().splitlines()
     mae_row = next(line for line in table if line.startswith("mae-in-domain"))
-    savings = float(re.search(r"(\d+\.\d) \[", mae_row).group(1))
-    assert savings == pytest.approx(4.0, abs=0.4)
-    assert "--target 0.9" in (study / "report.html").read_text()
+    point, low, high, law = _cells(mae_row.split(",")[-2])
+    assert law == pytest.approx(4.0, abs=0.4) and low <= 4.0 <= high and low <= point <= high
+    page = (study / "report.html").read_text()
+    assert "--target 0.85" in page and "extrapolated" not in _headline(page)
+
+
+def test_an_answer_beyond_the_largest_run_says_extrapolated_in_its_own_sentence(tmp_path: Path) -> None:
+    """Scratch needs 1,600 labels for 0.9 and the largest run has 1,002: the answer is "not reached within"
+    them, and the sentence that gives the power law's guess beyond them says it is extrapolated."""
+    study = make_study(tmp_path)
+    page = leanmae.report(study, target=0.9).read_text()
+    (sentence,) = [line for line in _headline(page).split("</p>") if "With mae-in-domain" in line]
+    assert "from scratch, with no unlabelled images, it is not reached within the 1,002 labelled" in sentence
+    assert "extrapolated" in sentence
+    assert "more than" in sentence  # the savings are a bound, not a number read from a guess
+
+
+def test_no_headline_gives_a_number_of_labels_outside_the_runs_without_the_word_extrapolated(
+    tmp_path: Path,
+) -> None:
+    """Targets reached below the fewest labels run (12), between the runs, beyond the most (1,002) for
+    scratch or for both arms, or never: every sentence with a label count outside 12-1,002 says
+    "extrapolated", and a sentence without one does not."""
+    from dataclasses import replace
+
+    from leanmae.reporting.learning import answer, headline
+
+    runs = load_runs(make_study(tmp_path))
+    fitted = answer(runs)
+    label_count = re.compile(r"(?<![\w.,-])\d{1,3}(?:,\d{3})*(?![\d.,]*\d)(?! %| per class)")
+    for target in (0.5, 0.85, 0.9, 0.935, 0.97):
+        for line in headline(replace(fitted, target=target), runs):
+            outside = [n for n in label_count.findall(line) if not 12 <= int(n.replace(",", "")) <= 1002]
+            assert bool(outside) == ("extrapolated" in line), (target, outside, line)
+
+
+def _headline(page: str) -> str:
+    return re.search(r"<div class='answer' id='headline'>(.*?)</div>", page, re.S).group(1)
+
+
+def test_the_first_sentence_says_the_labelled_and_the_unlabelled_images_used(tmp_path: Path) -> None:
+    """An MAE arm's unlabelled images come from its pretraining's run.json (the runs record the MAE they
+    started from); where the runs do not say, the sentence says unknown rather than guess."""
+    study = make_study(tmp_path)
+    first = _headline(leanmae.report(study).read_text()).split("</p>")[0]
+    assert "labelled images (about" in first and "unlabelled images: unknown" in first
+    (study / "mae" / "model").mkdir(parents=True)
+    (study / "mae" / "run.json").write_text(json.dumps({"images": {"train": 1400, "val": 100}}))
+    for metrics_file in (study / "runs").glob("mae-in-domain_*/metrics.json"):
+        metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "init": "mae/model"}))
+    first = _headline(leanmae.report(study).read_text()).split("</p>")[0]
+    assert (
+        first.startswith("<p>With mae-in-domain, ")
+        and "plus the 1,500 unlabelled images of its pretraining pool reach" in first
+    )
+    assert "from scratch, with no unlabelled images" in first
 
 
 def test_labels_appear_as_counts_beside_every_percentage(tmp_path: Path) -> None:
@@ -108,10 +173,10 @@ def test_collapsed_runs_are_named_first_and_their_findings_withheld(tmp_path: Pa
     lines = findings(runs)
     assert lines[0].startswith("Collapsed: scratch at 1 %")
     assert any(line.startswith("Withheld: mae-in-domain minus scratch macro-F1 at 1 %") for line in lines)
-    assert not any(line.startswith("At 1 % of the labels") for line in lines)
+    assert not any("at 1 % of the labels (" in line for line in lines)
     page = leanmae.report(study).read_text()
     assert page.index("Read first") < page.index("id='headline'")
-    assert "Fitted without the collapsed run(s) scratch at 1 %, seed 0" in page
+    assert "Read without the collapsed run(s) scratch at 1 %, seed 0" in page
 
 
 def test_a_study_where_every_run_collapsed_states_no_finding_from_them(tmp_path: Path) -> None:
@@ -120,8 +185,7 @@ def test_a_study_where_every_run_collapsed_states_no_finding_from_them(tmp_path:
     lines = findings(runs)
     assert all(line.startswith(("Collapsed:", "Withheld:")) for line in lines), lines
     page = leanmae.report(study).read_text()
-    answer = re.search(r"<div class='answer' id='headline'>(.*?)</div>", page, re.S).group(1)
-    assert "Withheld" in answer and "reach macro-F1" not in answer
+    assert "Withheld" in _headline(page) and "reach macro-F1" not in _headline(page)
 
 
 def test_old_runs_take_their_labels_from_the_split_manifest(tmp_path: Path) -> None:
@@ -175,9 +239,18 @@ def test_the_mae_warning_and_trivial_errors_are_shown(tmp_path: Path) -> None:
         },
     }
     (folder / "recon_metrics.json").write_text(json.dumps(recon))
+    plt.imsave(folder / "reconstructions.png", np.zeros((8, 32, 3)))
+    _write_history(folder / "history.csv", epochs=211)
     page = leanmae.report(study).read_text()
     assert page.index("masked error is no better") < page.index("id='headline'")
     assert "trivial: nearest visible" in page and "0.2900" in page
+    assert "loss is computed on the masked patches only, so the visible patches are not trained" in page
+    assert (study / "results" / "mae_loss_other.png").exists()  # redrawn from history.csv, readable
+
+
+def _write_history(path: Path, epochs: int) -> None:
+    rows = [f"{e},{2 / e + 0.1},{1.5 / e + 0.12}" for e in range(1, epochs + 1)]
+    path.write_text("epoch,train_loss,val_loss\n" + "\n".join(rows) + "\n")
 
 
 def test_a_target_outside_0_and_1_is_a_one_line_error(
@@ -203,9 +276,11 @@ window.addEventListener("load", () => {
   const fetched = performance.getEntriesByType("resource").map(e => e.name)
     .filter(n => !n.startsWith("data:"));
   const headline = (document.getElementById("headline") || {}).innerText || "";
+  const page = document.documentElement;
+  const wide = page.scrollWidth > page.clientWidth;  // something wider than the window widens the page
   const out = document.createElement("pre");
   out.id = "ver" + "dict";  // split, so that this script's own text never matches
-  out.textContent = JSON.stringify({images: images.length, broken, fetched, headline});
+  out.textContent = JSON.stringify({images: images.length, broken, fetched, headline, wide});
   document.body.appendChild(out);
 });
 </script>"""
@@ -250,6 +325,7 @@ def test_the_report_renders_in_a_headless_browser_with_every_image_and_nothing_f
     assert verdict["images"] >= 4 and verdict["broken"] == []
     assert verdict["fetched"] == []
     assert "labelled images" in verdict["headline"] and "times as many" in verdict["headline"]
+    assert not verdict["wide"]  # every wide table scrolls inside its box
 
 
 def test_report_on_a_mistyped_path_is_refused_and_writes_nothing(tmp_path: Path) -> None:
@@ -294,3 +370,81 @@ def test_a_studys_note_comes_first_in_the_report_and_its_tables(tmp_path: Path) 
     page = leanmae.report(study).read_text()
     assert page.index("SYNTHETIC &lt;demo&gt;") < page.index("<h1>")
     assert (study / "results" / "tables.md").read_text().startswith("**SYNTHETIC &lt;demo&gt;**")
+
+
+# --------------------------------------------------------------------------- a page a lab can read
+
+
+def test_no_table_is_wider_than_the_page(tmp_path: Path) -> None:
+    """Every table sits in a box that scrolls sideways, so that none widens the page; the summary is one
+    table per metric, narrow enough to read whole (the browser test measures the page too)."""
+    page = leanmae.report(make_study(tmp_path)).read_text()
+    assert ".scroll{overflow-x:auto" in page
+    assert page.count("<table") == page.count("<div class='scroll'><table") > 0
+    summaries = re.findall(r"<h3>[^<]*Test metrics per label fraction.*?</table>", page, re.S)
+    assert len(summaries) == 4  # accuracy, precision, recall, F1
+    for table in summaries:
+        assert table.count("<th>") == 4  # labels, scratch, mae-in-domain, its gain
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Every figure saved while the test runs, kept to be looked at after it is written."""
+    saved: list[Figure] = []
+    savefig = Figure.savefig
+
+    def keep(fig: Figure, *args: object, **kwargs: object) -> None:
+        saved.append(fig)
+        savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
+
+
+def test_legends_never_cover_curves(tmp_path: Path, figures: list[Figure]) -> None:
+    """No legend overlaps any panel of its figure: the report's figures, and a classifier's own."""
+    from leanmae.evaluation.calibration import reliability_bins, risk_coverage
+
+    leanmae.report(make_study(tmp_path))
+    rng = np.random.default_rng(0)
+    truth, probs = rng.integers(0, 2, 200), rng.dirichlet([1, 1], 200)
+    bins = reliability_bins(probs, truth)
+    reliability_figure(bins, bins, (0.1, 0.05), 1.5, tmp_path / "r.png", "reliability")
+    risk_coverage_figure({"before": risk_coverage(probs, truth)}, (0.8, 0.05), tmp_path / "rc.png", "risk")
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_accuracy": 0.5, "val_macro_f1": 0.5}
+        for e in range(1, 6)
+    ]
+    training_curves(history, tmp_path / "t.png", "fine-tuning")
+    loss_curve(history, tmp_path / "l.png", "pretraining")
+    assert len(figures) >= 9
+    for fig in figures:
+        fig.canvas.draw()
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+        assert legends, fig.axes[0].get_title()
+        for legend in legends:
+            box = legend.get_window_extent()
+            assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes), fig.axes[0].get_title()
+
+
+def test_a_long_pretraining_loss_is_a_running_mean_over_its_raw_line_on_a_log_axis(
+    tmp_path: Path, figures: list[Figure]
+) -> None:
+    """At 200+ epochs a linear axis spends its height on the first epochs and per-epoch noise hides the
+    trend; a short run keeps its plain lines with markers."""
+    history = [{"epoch": e, "train_loss": 2 / e + 0.1, "val_loss": 1.5 / e + 0.12} for e in range(1, 212)]
+    loss_curve(history, tmp_path / "long.png", "MAE")
+    loss_curve(history[:10], tmp_path / "short.png", "MAE")
+    long, short = (fig.axes[0] for fig in figures)
+    assert long.get_yscale() == "log"
+    raw, mean = long.lines[:2]
+    assert raw.get_alpha() < 1 and raw.get_label().startswith("_") and "running mean" in mean.get_label()
+    assert [line.get_label() for line in short.lines] == ["train", "validation"]
+
+
+def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> None:
+    lines = findings(load_runs(make_study(tmp_path)))
+    (gains,) = [line for line in lines if line.startswith("mae-in-domain initialisation")]
+    assert all(f"{p} of the labels (" in gains for p in ("1 %", "10 %", "50 %", "100 %"))
+    assert len([line for line in lines if line.startswith("Wrong predictions of mae-in-domain")]) == 1
+    assert len(lines) == 2

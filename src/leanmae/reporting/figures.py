@@ -21,7 +21,7 @@ from matplotlib.ticker import NullLocator
 
 from leanmae.evaluation.stats import estimate
 from leanmae.reporting.learning import METRIC, METRIC_NAME, Answer
-from leanmae.reporting.plots import confidence_boxplot, save_figure
+from leanmae.reporting.plots import confidence_boxplot, legend_outside, save_figure
 from leanmae.reporting.runs import Run, arms, by_cell, labels_at, pct
 from leanmae.reporting.tables import METRICS, NAMES
 from leanmae.safe_csv import unescape
@@ -53,7 +53,9 @@ def _x(run: Run) -> float:
 
 
 def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
-    """Every run's macro-F1 against its labelled images, each arm's fitted curve and band, the targets."""
+    """Every run's macro-F1 against its labelled images; each arm's measured means (made monotone) joined
+    in log labels, which give the answer (triangles, where the target is met); its fitted power law
+    with a 95 % bootstrap band, dashed, to show how far the curve's shape is a choice."""
     names = arms(runs)
     colors = _colors(names)
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
@@ -66,38 +68,42 @@ def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
             [r.test[METRIC] for r in mine],
             color=colors[arm],
             marker="o",
-            s=22,
-            alpha=0.6,
+            s=18,
+            alpha=0.45,
             label=f"{arm}: runs",
             facecolors=["none" if r.collapsed() else colors[arm] for r in mine],
         )
-        law = a.curves.fits.get(arm) if arm not in a.withheld else None
-        if law is None:
+        measured = a.curves.measured.get(arm) if arm not in a.withheld else None
+        if measured is None:
             continue
-        boot = np.array([b(grid) for b in a.curves.boot[arm] if b is not None])
-        if len(boot):
+        ax.plot(
+            measured.counts, measured.means, marker="s", ms=5, color=colors[arm], label=f"{arm}: measured"
+        )
+        law = a.curves.laws.get(arm)
+        if law is not None:
+            boot = np.array([b(grid) for b in a.curves.boot_laws[arm] if b is not None])
             ax.fill_between(
-                grid, *np.percentile(boot, [2.5, 97.5], axis=0), color=colors[arm], alpha=0.15, lw=0
+                grid, *np.percentile(boot, [2.5, 97.5], axis=0), color=colors[arm], alpha=0.12, lw=0
             )
-        ax.plot(grid, law(grid), color=colors[arm], label=f"{arm}: fitted curve (band: 95 % bootstrap)")
-        if a.target is not None:
-            n = law.labels_for(a.target)
-            if math.isfinite(n) and grid[0] <= n <= grid[-1]:
-                ax.plot([n], [a.target], marker="v", ms=10, color=colors[arm], ls="none")
-                ax.annotate(
-                    f"{n:,.0f}",
-                    (n, a.target),
-                    textcoords="offset points",
-                    xytext=(0, 9),
-                    ha="center",
-                    fontsize=8,
-                    color=colors[arm],
-                )
+            ax.plot(grid, law(grid), color=colors[arm], ls="--", lw=1, label=f"{arm}: power law (band: 95 %)")
+        n = measured.labels_for(a.target) if a.target is not None else math.inf
+        if math.isfinite(n):
+            ax.plot([n], [a.target], marker="v", ms=10, color=colors[arm], ls="none")
+            ax.annotate(
+                f"{n:,.0f}",
+                (n, a.target),
+                textcoords="offset points",
+                xytext=(0, 9),
+                ha="center",
+                fontsize=8,
+                color=colors[arm],
+            )
     if a.target is not None:
-        ax.axhline(a.target, color="grey", ls="--", lw=1, label=f"target {METRIC_NAME} {a.target:.3f}")
+        ax.axhline(a.target, color="grey", ls=":", lw=1, label=f"target {METRIC_NAME} {a.target:.3f}")
     ax.axvspan(
-        xs.max(), grid[-1], color="grey", alpha=0.07, lw=0, label="beyond the largest run: extrapolation"
+        xs.max(), grid[-1], color="grey", alpha=0.07, lw=0, label="outside the labels run: extrapolation"
     )
+    ax.axvspan(grid[0], xs.min(), color="grey", alpha=0.07, lw=0)
     at = labels_at(runs)
     _label_ticks(
         ax,
@@ -110,11 +116,8 @@ def learning_curve_figure(runs: list[Run], a: Answer, path: Path) -> Path:
         ylabel=f"test {METRIC_NAME}",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(
-        f"Learning curves: test {METRIC_NAME} against labelled images (hollow points: collapsed "
-        "runs, not fitted)"
-    )
+    legend_outside(fig, below=True, ncols=3)
+    ax.set_title(f"Test {METRIC_NAME} against labelled images (hollow points: collapsed runs, left out)")
     return save_figure(fig, path)
 
 
@@ -144,7 +147,7 @@ def label_efficiency_figure(runs: list[Run], path: Path) -> Path:
         ax.set(title=NAMES[metric], xlabel="share of training labels (labelled images)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test score (mean, 95 % interval band)")
-    axes[0].legend()
+    legend_outside(fig)
     fig.suptitle("Label efficiency: test metrics against the share of labels used")
     return save_figure(fig, path)
 
@@ -158,32 +161,20 @@ def curves_figure(runs: list[Run], path: Path) -> Path:
     for row, f in enumerate(fractions):
         for r in (r for r in runs if r.fraction == f):
             epochs = [h["epoch"] for h in r.history]
-            axes[row, 0].plot(
-                epochs,
-                [h["train_loss"] for h in r.history],
-                color=colors[r.arm],
-                alpha=0.5,
-                ls="--",
-                marker=".",
-            )
-            axes[row, 0].plot(
-                epochs,
-                [h["val_loss"] for h in r.history],
-                color=colors[r.arm],
-                alpha=0.8,
-                marker="o",
-                ms=3,
-                label=f"{r.arm} seed {r.seed}",
-            )
-            axes[row, 1].plot(
-                epochs,
-                [h["val_accuracy"] for h in r.history],
-                color=colors[r.arm],
-                alpha=0.8,
-                marker="o",
-                ms=3,
-                label=f"{r.arm} seed {r.seed}",
-            )
+            train = {"color": colors[r.arm], "alpha": 0.5, "ls": "--", "marker": "."}
+            val = {
+                "color": colors[r.arm],
+                "alpha": 0.8,
+                "marker": "o",
+                "ms": 3,
+                "label": f"{r.arm} seed {r.seed}",
+            }
+            for column, key, style in (
+                (0, "train_loss", train),
+                (0, "val_loss", val),
+                (1, "val_accuracy", val),
+            ):
+                axes[row, column].plot(epochs, [h[key] for h in r.history], **style)
         axes[row, 0].set(
             title=f"{pct(f)} of the labels: loss (dashed train, solid validation)",
             xlabel="epoch",
@@ -197,7 +188,7 @@ def curves_figure(runs: list[Run], path: Path) -> Path:
         )
         for ax in axes[row]:
             ax.grid(alpha=0.3)
-        axes[row, 1].legend(fontsize=7)
+    legend_outside(fig)
     return save_figure(fig, path)
 
 
@@ -250,5 +241,5 @@ def recon_error_figure(recon: dict[str, Any], path: Path, title: str = "MAE reco
     ax.set(xlabel="mask ratio at evaluation", ylabel=f"MSE ({recon['space']})", title=title)
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(fig, below=True, ncols=2)
     return save_figure(fig, path)

@@ -40,70 +40,82 @@ def _collapsed_in(runs: list[Run], f: float, *names: str) -> list[str]:
 
 
 def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
-    """Plain-language statements computed from the numbers, after the named problems."""
+    """Plain-language statements computed from the numbers, after the named problems: one line per finding
+    and arm, over every label fraction, so that the list reads as findings rather than a table."""
     if not runs:
         return ["No fine-tuning run has finished yet."]
-    groups = by_cell(runs)
     fractions = sorted({r.fraction for r in runs})
     lines = problems(runs, failed)
     for arm in pretrained(runs):
+        kept = []
         for f in fractions:
-            g = gain(runs, "macro_f1", f, arm)
-            if g.n == 0:
-                continue
             broken = _collapsed_in(runs, f, arm, BASELINE)
             if broken:
                 lines.append(
                     f"Withheld: {arm} minus scratch macro-F1 at {pct(f)} of the labels, because "
                     f"{', '.join(broken)} collapsed."
                 )
-            elif g.n == 1:
-                lines.append(
-                    f"At {pct(f)} of the labels, {arm} minus scratch macro-F1 is {g.mean:+.3f} from "
-                    "one seed: no interval, so it cannot be told from noise."
-                )
-            elif g.excludes_zero():
-                verb = "adds" if g.mean > 0 else "costs"
-                lines.append(
-                    f"At {pct(f)} of the labels, {arm} initialisation {verb} {abs(g.mean):.3f} "
-                    f"macro-F1 (95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds)."
-                )
             else:
-                lines.append(
-                    f"At {pct(f)} of the labels, the macro-F1 difference {arm} minus scratch "
-                    f"({g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds) is "
-                    "within noise."
-                )
-        for f in fractions:
-            if _collapsed_in(runs, f, arm, BASELINE):
-                continue
-            a = {
-                r.seed: wrong_confidence(r)
-                for r in groups.get((arm, f), [])
-                if wrong_confidence(r) is not None
-            }
-            b = {
-                r.seed: wrong_confidence(r)
-                for r in groups.get((BASELINE, f), [])
-                if wrong_confidence(r) is not None
-            }
-            d = paired(a, b)
-            if d.n == 0:
-                continue
-            direction = "more" if d.mean > 0 else "less"
-            certainty = (
-                "beyond the interval"
-                if d.excludes_zero()
-                else ("within noise" if d.n > 1 else "one seed, no interval")
-            )
-            lines.append(
-                f"At {pct(f)} of the labels, wrong predictions of {arm} models are {direction} "
-                f"confident than from scratch: median confidence {np.mean(list(a.values())):.2f} vs "
-                f"{np.mean(list(b.values())):.2f} ({d.mean:+.2f}, {certainty})."
-            )
-    top = max(fractions)
+                kept.append(f)
+        lines += _merged(f"{arm} initialisation", [_gain(runs, arm, f) for f in kept])
+        lines += _merged(f"Wrong predictions of {arm} models", [_wrong(runs, arm, f) for f in kept])
+    return lines + _calibration(runs, max(fractions))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _merged(subject: str, found: list[tuple[float, str, str] | None]) -> list[str]:
+    """One line for a finding over the label fractions, each verdict with the fractions it holds at and
+    their numbers; no line where no fraction has one. ``found``: (fraction, verdict, numbers)."""
+    verdicts: dict[str, list[str]] = {}
+    for f, verdict, numbers in (item for item in found if item is not None):
+        verdicts.setdefault(verdict, []).append(f"{pct(f)} of the labels ({numbers})")
+    if not verdicts:
+        return []
+    return [f"{subject} " + "; ".join(f"{verdict} at {_and(at)}" for verdict, at in verdicts.items()) + "."]
+
+
+def _gain(runs: list[Run], arm: str, f: float) -> tuple[float, str, str] | None:
+    g = gain(runs, "macro_f1", f, arm)
+    if g.n == 0:
+        return None
+    if g.n == 1:
+        return f, "has one seed, no interval, so cannot be told from noise", f"{g.mean:+.3f}"
+    verdict = (("adds" if g.mean > 0 else "costs") + " macro-F1") if g.excludes_zero() else "is within noise"
+    return f, verdict, f"{g.mean:+.3f}, 95 % interval {g.low:+.3f} to {g.high:+.3f}, {g.n} seeds"
+
+
+def _wrong(runs: list[Run], arm: str, f: float) -> tuple[float, str, str] | None:
+    """How confident the arm's wrong predictions are against scratch's (median confidence, paired by seed)."""
+    groups = by_cell(runs)
+    a, b = (
+        {r.seed: wrong_confidence(r) for r in groups.get((name, f), []) if wrong_confidence(r) is not None}
+        for name in (arm, BASELINE)
+    )
+    d = paired(a, b)
+    if d.n == 0:
+        return None
+    direction = "more" if d.mean > 0 else "less"
+    verdict = (
+        f"are {direction} confident than from scratch"
+        if d.excludes_zero()
+        else (
+            "differ from scratch within noise"
+            if d.n > 1
+            else f"are {direction} confident (one seed, no interval)"
+        )
+    )
+    means = f"{np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f}"
+    return f, verdict, f"median confidence {means}, {d.mean:+.2f}"
+
+
+def _calibration(runs: list[Run], top: float) -> list[str]:
+    """Calibration and the refer-to-expert share of every arm at the largest label fraction, in one line."""
+    lines, said = [], []
     for arm in arms(runs):
-        rs = [r for r in groups.get((arm, top), []) if "calibration" in r.metrics]
+        rs = [r for r in by_cell(runs).get((arm, top), []) if "calibration" in r.metrics]
         if not rs:
             continue
         if _collapsed_in(runs, top, arm):
@@ -116,10 +128,14 @@ def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
         after = estimate([r.metrics["calibration"]["after"]["ece"] for r in rs])
         coverage = estimate([r.metrics["refer"]["test"]["coverage"] for r in rs])
         target = rs[0].metrics["refer"]["target_accuracy"]
+        said.append(
+            f"{arm} {before.mean:.3f} before, {after.mean:.3f} after, keeping {coverage.mean:.0%} for "
+            f"{target:.0%}"
+        )
+    if said:
         lines.append(
-            f"{arm} at {pct(top)} of the labels: expected calibration error {before.mean:.3f} before "
-            f"and {after.mean:.3f} after temperature scaling; referring predictions under the "
-            f"validation-chosen threshold keeps {coverage.mean:.0%} of test images for a {target:.0%} "
-            "accuracy target."
+            f"At {pct(top)} of the labels, expected calibration error before and after temperature scaling, "
+            "and the share of test images the validation-chosen refer-to-expert threshold keeps for an "
+            f"accuracy target: {'; '.join(said)}."
         )
     return lines

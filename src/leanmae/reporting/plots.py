@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
+from scipy.ndimage import uniform_filter1d  # noqa: E402
 
 from leanmae.files import write_atomic  # noqa: E402
+
+SMOOTH_FROM = 60  # epochs from which a loss curve is drawn as a running mean over its raw line
 
 
 def save_figure(fig: Figure, path: Path | str, dpi: int = 110) -> Path:
@@ -25,34 +32,71 @@ def save_figure(fig: Figure, path: Path | str, dpi: int = 110) -> Path:
     return path
 
 
+def legend_outside(
+    fig: Figure, handles: list[Artist] | None = None, below: bool = False, **kwargs: Any
+) -> None:
+    """One legend for the whole figure, right of (or below) every panel: inside a panel it covers the very
+    curves a reader looks for. The figure must use the constrained layout, which makes room for it; an
+    entry every panel repeats (one line per arm in each) appears once."""
+    if handles is None:
+        found: dict[str, Artist] = {}
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                found.setdefault(label, handle)
+        handles = list(found.values())
+    fig.legend(
+        handles=handles, loc="outside lower center" if below else "outside right upper", fontsize=8, **kwargs
+    )
+
+
 def loss_curve(history: list[dict[str, float]], path: Path | str, title: str) -> Path:
-    """loss.png: training and validation loss per epoch."""
-    epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    if "val_loss" in history[0]:
-        ax.plot(epochs, [row["val_loss"] for row in history], marker="s", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    """loss.png: training and validation loss per epoch.
+
+    On a log axis, because a linear one spends its height on the first epochs and flattens the slow
+    descent that decides whether more epochs would help; past ``SMOOTH_FROM`` epochs each line is its
+    running mean over a twentieth of the epochs, over the thin per-epoch line, which is noise at that length.
+    """
+    epochs = np.array([row["epoch"] for row in history])
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for key, name in (("train_loss", "train"), ("val_loss", "validation")):
+        if key not in history[0]:
+            continue
+        values = np.array([row[key] for row in history])
+        if len(values) < SMOOTH_FROM:
+            ax.plot(epochs, values, marker="o", ms=3, label=name)
+            continue
+        window = len(values) // 20
+        raw = ax.plot(epochs, values, lw=0.8, alpha=0.35)[0]
+        ax.plot(
+            epochs,
+            uniform_filter1d(values, window, mode="nearest"),
+            color=raw.get_color(),
+            label=f"{name}: {window}-epoch running mean (thin: per epoch)",
+        )
+    if all(row[key] > 0 for row in history for key in ("train_loss", "val_loss") if key in row):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 1.5, 2, 3, 5, 7)))  # labels where the tail lies
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.2, not 2 x 10^-1
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="epoch", ylabel="loss (log scale)" if ax.get_yscale() == "log" else "loss", title=title)
+    ax.grid(alpha=0.3, which="both")
+    legend_outside(fig, below=True, ncols=2)
     return save_figure(fig, path)
 
 
 def training_curves(history: list[dict[str, float]], path: Path | str, title: str) -> Path:
     """training_curves.png: loss (train, validation) and validation accuracy / macro-F1 per epoch."""
     epochs = [row["epoch"] for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], marker="s", label="validation")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    left.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
+    left.plot(epochs, [r["val_loss"] for r in history], marker="s", label="validation loss")
     left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     right.plot(epochs, [r["val_accuracy"] for r in history], marker="o", label="validation accuracy")
     right.plot(epochs, [r["val_macro_f1"] for r in history], marker="s", label="validation macro-F1")
     right.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+    legend_outside(fig, below=True, ncols=4)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -78,7 +122,7 @@ def confidence_boxplot(
     with several arms their boxes for each class sit side by side, the second one hatched.
     """
     arms = list(groups)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) * len(arms)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) * len(arms)), 4.5), layout="constrained")
     width = 0.8 / (2 * len(arms))
     colors = {"correct": "#4c9f70", "wrong": "#d1495b"}
     for a, arm in enumerate(arms):
@@ -103,8 +147,6 @@ def confidence_boxplot(
     ax.set_ylabel("confidence (probability of predicted class)")
     ax.set_ylim(0, 1.02)
     ax.grid(axis="y", alpha=0.3)
-    from matplotlib.patches import Patch
-
     handles = [
         Patch(
             facecolor=colors[o],
@@ -115,7 +157,7 @@ def confidence_boxplot(
         for a, arm in enumerate(arms)
         for o in ("correct", "wrong")
     ]
-    ax.legend(handles=handles, fontsize=8, ncol=len(arms), loc="lower left")
+    legend_outside(fig, handles, below=True, ncols=2 * len(arms))
     ax.set_title(title)
     return save_figure(fig, path)
 
@@ -130,7 +172,9 @@ def reliability_figure(
 ) -> Path:
     """reliability.png: accuracy against confidence per bin, with the confidence histogram, before and after
     scaling."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, axes = plt.subplots(
+        2, 2, figsize=(10, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True, layout="constrained"
+    )
     for col, (bins, name, e) in enumerate(
         [
             (before, "before scaling", ece[0]),
@@ -149,9 +193,9 @@ def reliability_figure(
         )
         top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
         top.set(title=f"{name}: ECE {e:.3f}", ylabel="accuracy", ylim=(0, 1))
-        top.legend(fontsize=8, loc="upper left")
         bottom.bar(centers, bins["count"], width=width * 0.9, color="#999")
         bottom.set(xlabel="confidence (probability of predicted class)", ylabel="images")
+    legend_outside(fig, below=True, ncols=2)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -163,7 +207,7 @@ def risk_coverage_figure(
     title: str,
 ) -> Path:
     """risk_coverage.png: error rate of the kept predictions against the share kept (most confident first)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for name, (coverage, risk, aurc) in curves.items():
         ax.plot(coverage, risk, label=f"{name} (AURC {aurc:.4f})")
     if threshold_point:
@@ -181,7 +225,7 @@ def risk_coverage_figure(
         xlim=(0, 1),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(fig, below=True, ncols=3)
     return save_figure(fig, path)
 
 

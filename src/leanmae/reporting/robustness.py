@@ -18,7 +18,7 @@ import numpy as np
 
 from leanmae.evaluation.robustness import ROBUSTNESS_FILE
 from leanmae.files import read_json, write_atomic
-from leanmae.reporting.plots import save_figure
+from leanmae.reporting.plots import legend_outside, save_figure
 from leanmae.reporting.runs import Run, pct
 from leanmae.reporting.tables import Table
 
@@ -116,7 +116,12 @@ def robustness_figure(runs: list[Run], path: Path) -> Path | None:
     fractions = sorted({f for _, f in cells})
     names = _sets([r for results in cells.values() for r in results])
     fig, axes = plt.subplots(
-        1, len(fractions), figsize=(5.5 * len(fractions), 4.2), squeeze=False, sharey=True
+        1,
+        len(fractions),
+        figsize=(5.5 * len(fractions), 4.2),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
     for ax, fraction in zip(axes[0], fractions, strict=True):
         for (arm, f), results in sorted(cells.items(), key=lambda kv: (kv[0][0] != "scratch", kv[0][0])):
@@ -139,7 +144,7 @@ def robustness_figure(runs: list[Run], path: Path) -> Path | None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test macro-F1")
-    axes[0][-1].legend(fontsize=8)
+    legend_outside(fig)
     fig.suptitle("Robustness to stain, colour and framing shifts")
     return save_figure(fig, path)
 

@@ -134,8 +134,7 @@ def load_runs(study: Path) -> list[Run]:
             continue
         metrics = read_json(metrics_file)
         check_scores(metrics, metrics_file)
-        with open(folder / "history.csv") as f:
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        history = read_history(folder / "history.csv")
         arm = arm_of(folder.name)
         runs.append(
             Run(
@@ -151,6 +150,12 @@ def load_runs(study: Path) -> list[Run]:
         )
     order = arms(runs)
     return sorted(runs, key=lambda r: (order.index(r.arm), r.fraction, r.seed))
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """A run's history.csv, one dict of numbers per epoch."""
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def failed_runs(study: Path) -> list[str]:
@@ -201,14 +206,43 @@ def pretrain_folders(study: Path, settings: dict[str, Any]) -> dict[str, Path]:
     given = settings.get("mae") or []
     for entry in [given] if isinstance(given, str) else given:
         pool, _, path = entry.rpartition("=")
-        folder = Path(path)
-        if not folder.exists() and (study / path).exists():
-            folder = study / path
-        if folder.name == "model" and (folder.parent / "run.json").exists():
-            folder = folder.parent  # a pretraining run's model/: its curves and metrics sit one level up
+        folder = _pretrain_run(study, path)
         if folder.is_dir():
             found[pool or folder.name] = folder
     for folder in sorted(study.glob("pretrain*")):
         if folder.is_dir() and (folder / "run.json").exists():
             found.setdefault(folder.name.removeprefix("pretrain").lstrip("-") or "pretrain", folder)
+    return found
+
+
+def _pretrain_run(study: Path, path: str) -> Path:
+    """The folder of a pretraining a study names: as given, else inside the study folder; a run's model/
+    stands for the run, whose curves and run.json sit one level up."""
+    folder = Path(path)
+    if not folder.exists() and (study / path).exists():
+        folder = study / path
+    if folder.name == "model" and (folder.parent / "run.json").exists():
+        folder = folder.parent
+    return folder
+
+
+def unlabelled_images(runs: list[Run]) -> dict[str, int | None]:
+    """The unlabelled images behind each arm's starting weights, so that a lab sees all it must collect.
+
+    0 from scratch; for an MAE, its pretraining pool (train + val images in the pretraining's run.json,
+    found from the runs' ``init``); None where the runs do not say: an encoder from elsewhere (hf:), a
+    model folder without its pretraining run beside it, or runs of one arm that started from different
+    folders.
+    """
+    found: dict[str, int | None] = {}
+    for arm in arms(runs):
+        inits = {
+            r.metrics.get("init") or (BASELINE if arm == BASELINE else None) for r in runs if r.arm == arm
+        }
+        init = inits.pop() if len(inits) == 1 else None
+        if init == BASELINE:
+            found[arm] = 0
+            continue
+        images = run_info(_pretrain_run(runs[0].folder.parent.parent, init)).get("images") if init else None
+        found[arm] = sum(images.values()) if isinstance(images, dict) and images else None
     return found

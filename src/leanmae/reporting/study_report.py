@@ -32,10 +32,11 @@ from leanmae.reporting.figures import (
     recon_error_figure,
 )
 from leanmae.reporting.findings import findings, problems
-from leanmae.reporting.learning import Answer, answer, headline, learning_table
+from leanmae.reporting.learning import HOW, Answer, answer, headline, learning_table
+from leanmae.reporting.plots import loss_curve
 from leanmae.reporting.robustness import robustness_section
-from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders
-from leanmae.reporting.tables import Table, tables, times_table
+from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders, read_history
+from leanmae.reporting.tables import Table, per_metric, scrolling, search_table, tables, times_table
 from leanmae.safe_csv import markdown_text
 
 __all__ = ["Table", "findings", "load_runs", "report", "tables", "times_table", "write_report"]
@@ -50,6 +51,7 @@ CSS = (
     ".answer{font-size:18px;line-height:1.45;"
     "background:#eef5ee;border-left:5px solid #4c9f70;padding:.6em 1em}\n"
     ".warn{background:#fdecea;border-left:5px solid #d1495b;padding:.6em 1em}"
+    ".scroll{overflow-x:auto;max-width:100%}"
     ".meta{color:#555;font-size:13px}"
 )
 
@@ -123,7 +125,7 @@ def _provenance(study: Path, runs: list[Run], settings: dict[str, Any], target: 
         ("study command", _study_command(study, settings)),
         ("report command", report_cmd),
     ]
-    return (
+    return scrolling(
         "<table class='meta'>"
         + "".join(
             f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows
@@ -182,14 +184,23 @@ def _mae_section(folders: dict[str, Path], results: Path) -> tuple[list[str], st
                     [[f"{v:.3f}" for v in rep.values()]],
                 ).html()
             )
+        suffix = "" if pool == "pretrain" else "_" + pool
         figure = recon_error_figure(
-            recon,
-            results / f"mae_recon_errors{'' if pool == 'pretrain' else '_' + pool}.png",
-            f"{title}: reconstruction error",
+            recon, results / f"mae_recon_errors{suffix}.png", f"{title}: reconstruction error"
         )
+        loss = folder / "loss.png"
+        if (folder / "history.csv").exists():  # redrawn, so that folders from before the log axis read too
+            loss = loss_curve(
+                read_history(folder / "history.csv"), results / f"mae_loss{suffix}.png", f"{title}: loss"
+            )
         parts += [
-            _img(folder / "loss.png", f"{title}: loss"),
-            _img(folder / "reconstructions.png", f"{title}: reconstructions of held-out images"),
+            _img(loss, f"{title}: loss per epoch (log scale)"),
+            _img(
+                folder / "reconstructions.png",
+                f"{title}: reconstructions of held-out images. The MAE's loss is computed on the masked "
+                "patches only, so the visible patches are not trained to be reproduced: judge the masked "
+                "ones, and the reconstruction with the visible patches pasted back.",
+            ),
             _img(
                 figure,
                 f"{title}: error on masked and visible patches by mask ratio, beside the trivial predictors",
@@ -219,8 +230,10 @@ def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list
     parts = [
         _img(
             learning_curve_figure(runs, a, results / "learning_curves.png"),
-            "Learning curves: every run (points), each arm's fitted inverse power law with its 95 % "
-            "bootstrap band, the target and the labels each arm needs for it (triangles)",
+            "Learning curves: every run (points); each arm's mean over seeds at every label count, made "
+            "monotone and joined in log labels (squares, solid), which gives the labels it needs for the "
+            "target (triangles); its fitted inverse power law with a 95 % bootstrap band (dashed), to show "
+            "how much the answer depends on the curve; shaded: outside the label counts run",
         )
     ]
     if a.val_mode == "full":
@@ -230,6 +243,7 @@ def _answer_part(runs: list[Run], a: Answer | None, results: Path) -> tuple[list
             "somewhat more.</p>"
         )
     parts.append(learning_table(a).html())
+    parts.append(f"<p class='meta'>Labels needed and savings: {html.escape(HOW)}.</p>")
     return lines, "".join(parts)
 
 
@@ -249,6 +263,9 @@ def write_report(study: Path, target: float | None = None) -> Path:
     )
     if a is not None:
         all_tables["labels_needed"] = learning_table(a)
+    search = search_table(study / "search.csv")
+    if search is not None:
+        all_tables["search"] = search
     for table in all_tables.values():
         write_atomic(results / f"{table.name}.csv", table.csv())
     note = f"**{markdown_text(settings['note'])}**\n\n" if settings.get("note") else ""
@@ -287,15 +304,15 @@ def write_report(study: Path, target: float | None = None) -> Path:
     )
     parts.append(answer_html)
     if "summary" in all_tables:
-        parts.append(all_tables["summary"].html())
+        parts += [t.html() for t in per_metric(all_tables["summary"])]
     parts.append(
         f"<p class='meta'>Intervals: {html.escape(METHOD)}; every interval lies inside the metric's "
-        "range. Labels needed and savings: 95 % percentile interval of a bootstrap over seeds.</p>"
+        "range.</p>"
     )
     parts.append(
         "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in text) + "</ul>"
     )
-    for name in ("labels", "paired", "trust"):
+    for name in ("labels", "search", "paired", "trust"):
         if name in all_tables:
             parts.append(all_tables[name].html())
     if runs:

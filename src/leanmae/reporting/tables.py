@@ -3,6 +3,7 @@ times."""
 
 from __future__ import annotations
 
+import csv
 import html
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from leanmae.reporting.runs import (
     labels_at,
     pct,
 )
-from leanmae.safe_csv import csv_text, markdown_text
+from leanmae.safe_csv import csv_text, markdown_text, unescape
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 NAMES = {
@@ -60,10 +61,33 @@ class Table:
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows
         )
-        return (
-            f"<h3>{html.escape(self.title)}</h3>"
+        return f"<h3>{html.escape(self.title)}</h3>" + scrolling(
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         )
+
+
+def scrolling(table: str) -> str:
+    """A table inside a box that scrolls sideways, so that a wide one never widens the page (and every
+    figure and paragraph with it); the report's CSS gives the box its scroll bar."""
+    return f"<div class='scroll'>{table}</div>"
+
+
+def per_metric(summary: Table) -> list[Table]:
+    """The summary as one table per metric, macro-F1 first (the metric of the answer): every metric side
+    by side is four times wider than a page."""
+    tables = []
+    for metric in sorted(METRICS, key=lambda m: m != "macro_f1"):
+        prefix = f"{NAMES[metric]}: "
+        keep = [0] + [i for i, h in enumerate(summary.headers) if h.startswith(prefix)]
+        tables.append(
+            Table(
+                f"{summary.name}_{metric}",
+                f"{NAMES[metric]}. {summary.title}",
+                [summary.headers[i].removeprefix(prefix) for i in keep],
+                [[row[i] for i in keep] for row in summary.rows],
+            )
+        )
+    return tables
 
 
 def gain(runs: list[Run], metric: str, fraction: float, arm: str, base: str = BASELINE) -> Estimate:
@@ -306,5 +330,47 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         "times",
         "Run times in minutes (one process per run; resumed runs count their last segment only)",
         ["run", "labels", "runs", "resumed", "mean", "total"],
+        rows,
+    )
+
+
+def search_table(search_csv: Path) -> Table | None:
+    """What recipe search each arm got (``study --search``): the same candidates at every fraction, and the
+    one its label-honest val draw chose; None when the study searched nothing."""
+    if not search_csv.exists():
+        return None
+    with open(search_csv, newline="") as f:
+        found = [{k: unescape(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    cells: dict[tuple[str, float], list[dict[str, str]]] = {}
+    for row in found:
+        cells.setdefault((row["arm"], float(row["fraction"])), []).append(row)
+    rows = []
+    for (arm, fraction), candidates in sorted(cells.items()):
+        best = next(c for c in candidates if c["chosen"] == "True")
+        rows.append(
+            [
+                arm,
+                pct(fraction),
+                len(candidates),
+                best["settings"],
+                f"{float(best['val_macro_f1']):.3f}",
+                f"{float(best['val_loss']):.3f}",
+                f"{min(float(c['val_macro_f1']) for c in candidates):.3f}–"
+                f"{max(float(c['val_macro_f1']) for c in candidates):.3f}",
+            ]
+        )
+    return Table(
+        "search",
+        "Recipe search: every arm tried the same candidates at every fraction, each once at the first seed, "
+        "and kept the one its own label-honest val draw scored best (macro-F1, then val loss)",
+        [
+            "arm",
+            "labels",
+            "candidates",
+            "chosen",
+            "val macro-F1",
+            "val loss",
+            "val macro-F1 of all candidates",
+        ],
         rows,
     )
