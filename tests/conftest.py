@@ -7,7 +7,7 @@ at a per-session temporary folder and every run writes under ``tmp_path``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,18 @@ def _isolated_cache(session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     """Every test (and every subprocess it starts with os.environ) caches under tmp, never in ~/.cache."""
     monkeypatch.setenv("LEANMAE_CACHE", str(session_cache))
     return session_cache
+
+
+@pytest.fixture(scope="session")
+def hf_modules_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """transformers copies a model folder's code (``trust_remote_code=True``) into its modules cache: keep
+    that out of the home folder, and never wait for an interactive "run this code?" prompt."""
+    import transformers.dynamic_module_utils as dynamic_modules  # here: collecting the tests needs no torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf-modules")))
+        patch.setattr(dynamic_modules, "TIME_OUT_REMOTE_CODE", 0)
+        yield
 
 
 # --------------------------------------------------------------------------- images

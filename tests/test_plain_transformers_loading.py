@@ -5,39 +5,38 @@ A ``--pooling mean`` classifier reads the mean of its patch tokens through ``fc_
 a plain ViT it read the CLS token and ignored ``fc_norm`` (0 of 6 top-1 predictions agreed), with
 no warning. The folder now carries its own modeling file: with ``trust_remote_code=True``
 transformers' auto classes and pipeline run leanmae's model, and without it transformers refuses.
+
+Its preprocessor was ViTImageProcessor's, which squashes a non-square image to the input square
+while leanmae crops its centre: the pipeline gave other probabilities on every non-square image. The
+folder now carries its image processor too (image_processing_leanmae.py), which prepares images as
+``leanmae predict`` does.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers.configuration_utils as configuration_utils
-import transformers.dynamic_module_utils as dynamic_modules
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 import leanmae
-from helpers import tiny_finetune
+from helpers import smooth_image, tiny_finetune
+from leanmae.data.augment import normalize, resize, to_float
+from leanmae.data.cache import finish_image, spec_from_extras
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
 from leanmae.models.classifier import load_classifier
+from leanmae.models.io import load_preprocessing, save_model
 
 LABELS = list(WBC_CLASSES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _modules_cache_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """transformers copies a folder's code into its modules cache: keep that out of the home folder,
-    and never wait for an interactive "run this code?" prompt."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf-modules")))
-        patch.setattr(dynamic_modules, "TIME_OUT_REMOTE_CODE", 0)
-        yield
+pytestmark = pytest.mark.usefixtures("hf_modules_under_tmp")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def _pixels(folder: Path, images: Path) -> tuple[list[Image.Image], torch.Tensor
     pictures = [
         Image.open(p).convert("RGB") for label in LABELS for p in sorted((images / label).glob("*.png"))[:2]
     ]
-    processor = AutoImageProcessor.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
     return pictures, processor(images=pictures, return_tensors="pt")["pixel_values"]
 
 
@@ -70,14 +69,18 @@ def test_the_folder_names_its_own_model_code_for_transformers(run: dict[str, Pat
     assert config["model_type"] == "leanmae_vit" and config["pooling"] == "mean"
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_leanmae_vit.LeanViTClassifier"
     assert config["auto_map"]["AutoConfig"] == "modeling_leanmae_vit.LeanViTConfig"
-    tree = ast.parse((folder / "modeling_leanmae_vit.py").read_text())
-    imported = {
-        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert imported <= {"__future__", "torch", "transformers"}, "the saved code must run without leanmae"
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["auto_map"]["AutoImageProcessor"] == "image_processing_leanmae.LeanImageProcessor"
+    for name in ("modeling_leanmae_vit.py", "image_processing_leanmae.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = {
+            (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        allowed = {"__future__", "typing", "numpy", "PIL", "torch", "transformers"}
+        assert imported <= allowed, f"{name}: the saved code must run without leanmae"
 
 
 def test_auto_model_with_trust_remote_code_gives_exactly_leanmaes_logits(run: dict[str, Path]) -> None:
@@ -103,6 +106,62 @@ def test_the_pipeline_with_trust_remote_code_gives_leanmaes_predictions(run: dic
         scores = {row["label"]: row["score"] for row in classify(picture)}
         np.testing.assert_allclose([scores[label] for label in LABELS], ours, atol=1e-6)
         assert max(scores, key=scores.get) == LABELS[int(ours.argmax())]
+
+
+def _non_square_pictures(count: int) -> list[Image.Image]:
+    """Smooth random pictures of many shapes: tall and wide, from 3:1 to 1:3, smaller and larger than
+    the model's working size, some square."""
+    rng = np.random.default_rng(7)
+    sides = [(int(rng.integers(9, 97)), int(rng.integers(9, 97))) for _ in range(count - 4)]
+    sides += [(20, 60), (60, 20), (40, 40), (97, 31)]
+    return [Image.fromarray(smooth_image(rng, height, width)) for height, width in sides]
+
+
+def test_the_pipeline_gives_leanmae_predicts_probabilities_on_images_of_any_shape(
+    run: dict[str, Path],
+) -> None:
+    folder = run["model"]
+    pictures = _non_square_pictures(100)
+    classify = pipeline("image-classification", model=str(folder), trust_remote_code=True, top_k=None)
+    rows = leanmae.predict(folder, pictures, progress=False)
+    ours = np.array([[row[f"p_{label}"] for label in LABELS] for row in rows])
+    plain = np.array(
+        [[{r["label"]: r["score"] for r in classify(p)}[label] for label in LABELS] for p in pictures]
+    )
+    np.testing.assert_allclose(plain, ours, rtol=0, atol=1e-5)
+    assert ours.max(axis=1).min() < 0.99, "probabilities away from 0 and 1, or the test proves little"
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_auto_image_processor_prepares_pixels_as_leanmae_does(
+    run: dict[str, Path], tmp_path: Path, grey: bool
+) -> None:
+    """The same pixels to the last bit, in colour and for a model trained on greyscale inputs."""
+    mean, std, extra = load_preprocessing(run["model"])
+    folder = save_model(load_classifier(run["model"]), tmp_path / "model", mean, std, {**extra, "grey": grey})
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(processor).__name__ == "LeanImageProcessor" and processor.grey is grey
+    picture = _non_square_pictures(5)[-1]  # 97 x 31 px
+    pixels = processor(images=picture, return_tensors="pt")["pixel_values"]
+    size = json.loads((folder / "config.json").read_text())["image_size"]
+    assert pixels.shape == (1, 3, size, size)
+    square = np.stack(
+        [finish_image(np.asarray(picture), spec_from_extras(load_preprocessing(folder)[2], size))]
+    )
+    expected = normalize(resize(to_float(square), size), mean, std)
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
+
+
+def test_a_model_that_decodes_with_a_cell_crop_is_refused_by_its_image_processor_saying_why(
+    run: dict[str, Path], tmp_path: Path
+) -> None:
+    """A cell-centred crop (or stain normalisation) is leanmae's own code: the pipeline refuses rather than
+    give other probabilities."""
+    mean, std, extra = load_preprocessing(run["model"])
+    save_model(load_classifier(run["model"]), tmp_path / "model", mean, std, {**extra, "cell_crop": 1.5})
+    classify = pipeline("image-classification", model=str(tmp_path / "model"), trust_remote_code=True)
+    with pytest.raises(ValueError, match="cell-centred crop.*leanmae.predict"):
+        classify(_non_square_pictures(5)[0])
 
 
 def test_loading_without_trust_remote_code_is_refused_by_transformers_saying_why(
@@ -132,7 +191,7 @@ def test_a_classifier_saved_before_its_own_model_type_loads_silently_with_the_sa
     old = tmp_path / "old"
     old.mkdir()
     for item in run["model"].iterdir():
-        if item.name != "modeling_leanmae_vit.py":
+        if not item.name.endswith(".py"):
             (old / item.name).write_bytes(item.read_bytes())
     config = json.loads((old / "config.json").read_text())
     config["model_type"] = "vit"

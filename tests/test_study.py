@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import leanmae
-from leanmae.commands.study import StudyConfig, plan, run_name
+from leanmae.commands.study import Job, StudyConfig, chosen, plan, run_name
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import ConfigError, OutputFolderError
 from leanmae.reporting.study_report import findings, load_runs, tables, times_table
@@ -23,6 +24,21 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cells = make_synthetic_wbc(root / "cells", n_per_class=12, size=48, seed=0)
     tiles = make_synthetic_tiles(root / "tiles", n=24, size=64, seed=1)
     return cells, tiles
+
+
+def scratch_at_all_labels(out: Path, cells: Path, **settings: Any) -> dict[str, str]:
+    """A two-run study (scratch, all labels, seeds 0 and 1): the smallest that trains."""
+    return leanmae.study(
+        out=out,
+        data=str(cells),
+        arms=["scratch"],
+        fractions=[1.0],
+        seeds=[0, 1],
+        preset="test",
+        set=FAST,
+        progress=False,
+        **settings,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +199,105 @@ def test_margin_rounds_chain_the_fractions_of_one_arm_and_seed(tmp_path: Path) -
     assert third.after == [second.name]
 
 
+def test_search_gives_every_arm_the_same_candidates_at_every_fraction_at_the_first_seed(
+    tmp_path: Path,
+) -> None:
+    """Equal effort: each (arm, fraction) gets the whole grid (2 x 2 here), run at the first seed; every run
+    of that arm and fraction waits for them and takes the winner's settings."""
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.01, 0.1],
+        seeds=[3, 4],
+        arms=["scratch", "mae"],
+        mae=["m"],
+        search=[
+            "optim.base_lr=5e-4|1e-3",
+            "optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200",
+        ],
+    )
+    jobs = {j.name: j for j in plan(cfg, tmp_path)}
+    trials = [j for j in jobs.values() if j.name.startswith("search/")]
+    assert len(trials) == 2 * 2 * 4 and {t.kwargs["seed"] for t in trials} == {3}
+    assert all(t.out.parent == tmp_path / "search" for t in trials)
+    mine = sorted(t.kwargs["set"][-3:] for t in trials if t.name.startswith("search/mae_f0.1_"))
+    assert mine == sorted(
+        [f"optim.base_lr={lr}", f"optim.epochs={epochs}", f"classifier.min_steps={steps}"]
+        for lr in ("5e-4", "1e-3")
+        for epochs, steps in ((15, 600), (30, 1200))
+    )
+    for seed in (3, 4):
+        run = jobs[f"mae_f0.1_s{seed}"]
+        assert sorted(run.after) == sorted(t.name for t in trials if t.name.startswith("search/mae_f0.1_"))
+        assert run.kwargs["set"] == [] and len(run.choices) == 4
+
+
+def _candidate_run(folder: Path, f1: float, loss: float) -> Path:
+    """A finished candidate's scores as a run folder holds them (metrics.json, history.csv)."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"val": {"macro_f1": f1}, "selected_epoch": 2}))
+    (folder / "history.csv").write_text(f"epoch,val_loss\n1,9.0\n2,{loss}\n")
+    return folder
+
+
+def test_the_recipe_is_chosen_on_val_macro_f1_then_val_loss_and_a_tie_keeps_the_grid_order(
+    tmp_path: Path,
+) -> None:
+    def pick(*scores: tuple[float, float]) -> list[str]:
+        folders = [_candidate_run(tmp_path / f"{len(list(tmp_path.iterdir()))}", *s) for s in scores]
+        job = Job("a_f0.1_s0", "finetune", {}, tmp_path / "run")
+        job.choices = [([f"optim.base_lr={i}"], folder) for i, folder in enumerate(folders)]
+        return chosen(job)
+
+    assert pick((0.8, 0.5), (0.9, 0.9), (0.85, 0.1)) == ["optim.base_lr=1"]
+    assert pick((1.0, 0.5), (1.0, 0.3)) == [
+        "optim.base_lr=1"
+    ]  # a small val draw ties at 1.0: the loss decides
+    assert pick((1.0, 0.3), (1.0, 0.3)) == ["optim.base_lr=0"]
+
+
+def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cells, _ = synthetic
+    out = tmp_path / "s"
+    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3"])
+    rows = (out / "search.csv").read_text().splitlines()
+    assert rows[0] == "arm,fraction,candidate,settings,val_macro_f1,val_loss,chosen" and len(rows) == 3
+    winner = next(row.split(",")[3] for row in rows[1:] if row.endswith("True"))
+    for seed in (0, 1):
+        config = json.loads((out / "runs" / run_name("scratch", 1.0, seed) / "run.json").read_text())[
+            "config"
+        ]
+        assert config["optim"]["base_lr"] == float(winner.split("=")[1])
+    page = (out / "report.html").read_text()
+    assert "Recipe search" in page and f"<td>{winner}</td>" in page
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"search": ["optim.base_lr=1e-3"]}, "KEY=V1|V2"),
+        ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["optim.base_lr=5e-4"]}, "which --search searches"),
+        (
+            {"search": ["optim.epochs=1;optim.base_lr=1e-3|optim.epochs=2"], "set": ["optim.base_lr=5e-4"]},
+            "searches",
+        ),
+        (
+            {"search": ["optim.base_lr=1e-3|2e-3"], "launcher": "slurm", "slurm": {"cluster": "local"}},
+            "local",
+        ),
+    ],
+)
+def test_a_search_that_cannot_work_is_refused_before_anything_runs(
+    synthetic: tuple[Path, Path], tmp_path: Path, settings: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        leanmae.study(
+            out=tmp_path / "s", data=str(synthetic[0]), arms=["scratch"], progress=False, **settings
+        )
+    assert not (tmp_path / "s").exists()
+
+
 def test_given_mae_checkpoint_skips_pretraining(tmp_path: Path) -> None:
     jobs = plan(StudyConfig(data="x", mae=["some/mae"]), tmp_path)
     assert all(j.command == "finetune" for j in jobs)
@@ -273,16 +388,7 @@ def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only
 ) -> None:
     cells, _ = synthetic
     out = tmp_path / "s"
-    leanmae.study(
-        out=out,
-        data=str(cells),
-        arms=["scratch"],
-        fractions=[1.0],
-        seeds=[0, 1],
-        preset="test",
-        set=FAST,
-        progress=False,
-    )
+    scratch_at_all_labels(out, cells)
     # Pretend seed 1 was killed: its run.json says running, its metrics are gone.
     killed = out / "runs" / run_name("scratch", 1.0, 1)
     info = json.loads((killed / "run.json").read_text())
@@ -290,16 +396,7 @@ def test_an_unfinished_run_is_continued_and_the_report_covers_finished_runs_only
     (killed / "metrics.json").unlink()
     leanmae.report(out)
     assert "1 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
-    leanmae.study(
-        out=out,
-        data=str(cells),
-        arms=["scratch"],
-        fractions=[1.0],
-        seeds=[0, 1],
-        preset="test",
-        set=FAST,
-        progress=False,
-    )
+    scratch_at_all_labels(out, cells)
     assert json.loads((killed / "run.json").read_text())["status"] == "finished"
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
 

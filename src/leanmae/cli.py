@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--init",
-        help="start from a local MAE checkpoint folder (save_pretrained format) instead of random weights",
+        help="start from a local MAE folder (save_pretrained format), or continue pretraining an encoder a "
+        "lab already has (a transformers DINOv2 folder, a DINOv2 .pth or a timm state dict: the encoder's "
+        "shape comes from its weights, the decoder starts fresh) instead of random weights",
     )
     p.add_argument(
         "--probe",
@@ -433,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARM:KEY=VALUE",
         help="config override for one arm's fine-tuning runs, e.g. scratch:classifier.min_steps=600 (each "
         "arm its own recipe); repeatable",
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        metavar="KEY=V1|V2",
+        help="fine-tuning values every arm searches at every fraction (the same budget for each arm), e.g. "
+        "'optim.base_lr=5e-4|1e-3|2e-3', or settings that change together: "
+        "'optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200'; each "
+        "combination runs once at the first seed and the one its own label-honest val draw scores best is "
+        "used; repeatable (combinations multiply)",
     )
     p.add_argument("--note", help="one line the report shows first (e.g. what the data is)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -52,6 +52,7 @@ class ModelConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     layer_norm_eps: float = 1e-12  # transformers' ViT default; DINOv2 and timm encoders use 1e-6
+    num_register_tokens: int = 0  # learned tokens after CLS (DINOv2 with registers); read from such weights
 
 
 @dataclass
@@ -711,6 +712,7 @@ CHECKS: dict[str, Check] = {
     "model.mask_ratio": SHARE,
     "model.norm_pix_loss": is_bool,
     "model.layer_norm_eps": number(0, 1, low_open=True),
+    "model.num_register_tokens": number(0),
     "data.sources": each(text()),
     "data.tile": number(1, optional=True),
     "data.grid": pattern(r"[1-9]\d*[xX][1-9]\d*", "ROWSxCOLS such as 2x2", optional=True),
@@ -940,6 +942,11 @@ class StudyConfig:
     arm_set: list[str] = field(
         default_factory=list
     )  # ARM:KEY=VALUE overrides for one arm's runs (each arm its own best recipe)
+    # KEY=V1|V2|... (or K1=A;K2=B|K1=C;K2=D: settings that change together) fine-tuning values every arm
+    # searches at every fraction (the same budget for each arm):
+    # each combination runs once, at the first seed, and the one its own label-honest val draw scores best
+    # becomes the recipe of that arm and fraction
+    search: list[str] = field(default_factory=list)
     # One line shown first in the report (the demo's "SYNTHETIC"); scoring only: it may change between calls.
     note: str = ""
     progress: bool = True
@@ -975,6 +982,9 @@ STUDY_CHECKS: dict[str, Check] = {
     "slurm.cluster": choice("slurm", "local", "debug", optional=True),
     "set": each(pattern(r"[^=]+=.*", "KEY=VALUE")),
     "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
+    "search": each(
+        pattern(r"[^=|;]+=[^|]+(\|[^|]+)+", "KEY=V1|V2|... or K1=A;K2=B|K1=C;K2=D (two or more)"), unique=True
+    ),
     "note": lambda v: None if isinstance(v, str) and "\n" not in v else "one line of text",
     "progress": is_bool,
 }

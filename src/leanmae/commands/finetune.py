@@ -76,8 +76,8 @@ from leanmae.models.classifier import (
     add_drop_path,
     build_classifier,
     layer_decay_scale,
+    own_shape,
 )
-from leanmae.models.foundation import foundation_model, is_foundation
 from leanmae.models.io import load_preprocessing, model_folder
 from leanmae.models.linear_probe import ProbeHead, fold_probe_into
 from leanmae.models.logistic_probe import LogisticProbe, fit_logistic_probe, set_probe_as_head
@@ -222,8 +222,9 @@ def run_finetune(
     ctx = setup(cfg.run.device, cfg.run.threads)
     run_keys = {"fraction": fraction, "init": str(init), "split": str(split_path)}
     init_folder = None if str(init) == "scratch" else model_folder(init)
-    if init_folder is not None and is_foundation(init_folder):
-        cfg = replace(cfg, model=foundation_model(cfg.model, init_folder))
+    shaped = None if init_folder is None else own_shape(cfg.model, init_folder)
+    if shaped is not None:
+        cfg = replace(cfg, model=shaped)
         print(
             f"{init_folder}: an encoder of its own shape (patch {cfg.model.patch_size}, width "
             f"{cfg.model.hidden_size}, {cfg.model.depth} blocks), fine-tuned at its input size "

@@ -64,8 +64,9 @@ from leanmae.evaluation.reconstruction import (
 )
 from leanmae.files import write_json
 from leanmae.models.card import write_card
-from leanmae.models.io import save_model
-from leanmae.models.mae import build_mae, masking_noise
+from leanmae.models.foundation import foundation_model, is_foundation
+from leanmae.models.io import load_preprocessing, save_model
+from leanmae.models.mae import build_mae, mae_config, masking_noise
 from leanmae.reporting.plots import loss_curve, reconstruction_grid
 from leanmae.reporting.runinfo import TRAINING_OUTPUTS, guarded_output, prepare_output, write_run_info
 from leanmae.tracking import finish_run
@@ -274,6 +275,10 @@ def run_pretrain(
     preset: str | None = None,
 ) -> dict[str, Any]:
     tile_boxes(1, 1, cfg.data.tile, cfg.data.grid, 0)  # a bad --tile/--grid fails before anything is written
+    encoder = init is not None and is_foundation(Path(init))
+    if encoder:  # continued pretraining: the encoder's own shape and input size, as fine-tuning takes them
+        cfg = replace(cfg, model=foundation_model(cfg.model, Path(init)))
+    mae_config(cfg.model)  # a shape the MAE cannot take (registers) fails before anything is written too
     ctx = setup(cfg.run.device, cfg.run.threads)
     config_dict = to_dict(cfg)
     resumed = ctx.is_main and prepare_output(
@@ -302,7 +307,9 @@ def run_pretrain(
     if ctx.is_main:
         held_out = sorted({str(records[s].path.resolve()) for s in cache.sources[pool.val]})
         data_check |= check_resume(out, {"validation files": part(held_out)}, resumed)
-    if cfg.augment.normalize == "dataset":
+    if encoder:
+        mean, std, _ = load_preprocessing(Path(init))  # the normalisation the encoder was trained with
+    elif cfg.augment.normalize == "dataset":
         mean, std = dataset_stats(cache.images, pool.train)
     else:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)

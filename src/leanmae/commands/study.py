@@ -8,6 +8,8 @@ Every run is an ordinary ``pretrain`` / ``finetune`` run folder under the study 
     split.csv                    the fixed split every run uses
     pretrain/                    the MAE (unless --mae was given)
     runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each, with its robustness.json (shifted test scores)
+    search/<arm>_f<fraction>_s<seed>_c<i>/   with --search: one run per recipe candidate; search.csv says
+                                 what each scored on its own val draw and which became the recipe
     results/                     tables (CSV, Markdown) and figures
     report.html                  everything in one self-contained file
 
@@ -19,6 +21,8 @@ SLURM jobs through submitit with ``--launcher slurm``.
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 import shutil
@@ -39,6 +43,7 @@ from leanmae.config import (
     FinetuneConfig,
     PretrainConfig,
     StudyConfig,
+    arm_of,
     base_arm,
     build,
     load_yaml,
@@ -58,10 +63,11 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
-from leanmae.files import read_json, run_info, weights_sha256, write_json
+from leanmae.files import read_json, run_info, weights_sha256, write_atomic, write_json
 from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, held
+from leanmae.safe_csv import csv_text
 from leanmae.tracking import finish_run, study_parent, study_report_to
 
 STUDY_FILE = "study.json"
@@ -78,6 +84,9 @@ class Job:
     kwargs: dict[str, Any]
     out: Path
     after: list[str] = field(default_factory=list)
+    # --search: the recipe candidates of this run's arm and fraction, as (--set entries, their run folder);
+    # the best of them is chosen when the run starts, after they have finished
+    choices: list[tuple[list[str], Path]] = field(default_factory=list)
 
 
 def run_status(folder: Path) -> str | None:
@@ -167,6 +176,8 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
     grid = [(seed, f) for seed in cfg.seeds for f in fractions]
     grid += [(seed, f) for seed in cfg.extra_seeds for f in fractions if f <= cfg.extra_seeds_up_to]
     earlier: dict[tuple[str, int], Job] = {}  # (arm, seed) -> its run at the previous fraction
+    candidates = search_grid(cfg.search)
+    searched: dict[tuple[str, float], list[Job]] = {}  # (arm, fraction) -> its recipe candidates' runs
     for seed, fraction in grid:
         for arm in cfg.arms:
             init, probe = arm_init(arm, maes, cfg.pool)
@@ -190,8 +201,56 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             if "classifier.selection=margin" in kwargs["set"]:
                 _chain_rounds(job, earlier.get((arm, seed)))
             earlier[(arm, seed)] = job
+            if candidates:
+                if (arm, fraction) not in searched:  # the first seed comes first: the candidates run at it
+                    searched[arm, fraction] = [
+                        _candidate(job, entries, i) for i, entries in enumerate(candidates)
+                    ]
+                    jobs.extend(searched[arm, fraction])
+                trials = searched[arm, fraction]
+                job.after = [*job.after, *(t.name for t in trials)]
+                job.choices = [(entries, t.out) for entries, t in zip(candidates, trials, strict=True)]
             jobs.append(job)
     return jobs
+
+
+def search_grid(entries: list[str]) -> list[list[str]]:
+    """Every combination of the ``--search`` entries' alternatives, as --set entries; none without one."""
+    if not entries:
+        return []
+    return [
+        [setting for alternative in combination for setting in alternative]
+        for combination in itertools.product(*map(alternatives, entries))
+    ]
+
+
+def alternatives(entry: str) -> list[list[str]]:
+    """A ``--search`` entry's alternatives as --set entries: ``KEY=V1|V2``, or settings that change together,
+    ``K1=A;K2=B|K1=C;K2=D`` (twice the steps is twice the epochs *and* twice the minimum steps)."""
+    key = entry.split("=", 1)[0]
+    return [part.split(";") if "=" in part else [f"{key}={part}"] for part in entry.split("|")]
+
+
+def _candidate(job: Job, entries: list[str], index: int) -> Job:
+    """A run of recipe candidate ``index`` for ``job``'s arm and fraction, at ``job``'s seed (the study's
+    first): the same labels, its own folder under search/."""
+    out = job.out.parent.parent / "search" / f"{job.out.name}_c{index}"
+    kwargs = {**job.kwargs, "out": str(out), "set": [*job.kwargs["set"], *entries]}
+    return Job(f"search/{out.name}", "finetune", kwargs, out, list(job.after))
+
+
+def candidate_score(folder: Path) -> tuple[float, float]:
+    """How a candidate did on its own label-honest val draw (a budget's labels, never the test split):
+    macro-F1, then the lower val loss, since a draw of a dozen images often ties at 1.0."""
+    metrics = read_json(folder / "metrics.json")
+    with open(folder / "history.csv") as f:
+        loss = {int(row["epoch"]): float(row["val_loss"]) for row in csv.DictReader(f)}
+    return metrics["val"]["macro_f1"], -loss[metrics["selected_epoch"]]
+
+
+def chosen(job: Job) -> list[str]:
+    """The --set entries of ``job``'s best candidate; a tie keeps the earlier one (the grid's order)."""
+    return max(job.choices, key=lambda choice: candidate_score(choice[1]))[0] if job.choices else []
 
 
 def _chain_rounds(job: Job, previous: Job | None) -> None:
@@ -256,9 +315,38 @@ def run_job(command: str, kwargs: dict[str, Any]) -> None:
     getattr(leanmae, command)(**kwargs)
 
 
+def write_search(out: Path, jobs: list[Job]) -> None:
+    """search.csv: each recipe candidate's val scores and which became its arm's recipe at its fraction,
+    so the report can say what search every arm got (the same grid at every fraction)."""
+    rows = {}
+    for job in jobs:
+        if not job.choices or not all(run_status(folder) == "finished" for _, folder in job.choices):
+            continue
+        best = chosen(job)
+        for entries, folder in job.choices:
+            f1, loss = candidate_score(folder)
+            rows[folder.name] = [
+                arm_of(job.name),
+                job.kwargs["fraction"],
+                folder.name,
+                " ".join(entries),
+                f1,
+                -loss,
+                entries == best,
+            ]
+    if rows:
+        header = ["arm", "fraction", "candidate", "settings", "val_macro_f1", "val_loss", "chosen"]
+        write_atomic(out / "search.csv", csv_text(header, rows.values()))
+
+
 def _with_resume(job: Job) -> dict[str, Any]:
-    """A job whose folder holds a started run continues it instead of starting over."""
-    return {**job.kwargs, "resume": run_status(job.out) is not None}
+    """A job whose folder holds a started run continues it instead of starting over; a searched one runs with
+    its chosen recipe (the same choice on every call: it reads finished runs only)."""
+    return {
+        **job.kwargs,
+        "set": [*job.kwargs["set"], *chosen(job)],
+        "resume": run_status(job.out) is not None,
+    }
 
 
 def run_child(parent: int, command: str, kwargs: dict[str, Any]) -> None:
@@ -443,6 +531,7 @@ def study(
     slurm: dict[str, Any] | None = None,
     set: list[str] | None = None,
     arm_set: list[str] | None = None,
+    search: list[str] | None = None,
     progress: bool = True,
     target: float | None = None,
     note: str | None = None,
@@ -477,6 +566,7 @@ def study(
         "slurm": slurm,
         "set": set,
         "arm_set": arm_set,
+        "search": search,
         "progress": progress,
         "note": note,
     }
@@ -525,6 +615,7 @@ def _run_study(
             else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
         )
     score_study(out, bench, cfg.progress)
+    write_search(out, jobs_list)
     failed = sorted(name for name, s in states.items() if s == "failed")
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
@@ -623,6 +714,23 @@ def _check(cfg: StudyConfig) -> None:
         )
     for arm in cfg.arms:
         arm_pool(arm, cfg.pool)
+    if cfg.search and cfg.launcher == "slurm":
+        raise ConfigError(
+            "--search runs with --launcher local: each run's recipe is chosen once its candidates have "
+            "finished, which a SLURM array submitted at once cannot wait for"
+        )
+    searched = {
+        setting.split("=", 1)[0]
+        for entry in cfg.search
+        for choice in alternatives(entry)
+        for setting in choice
+    }
+    for entry in [*cfg.set, *(e.split(":", 1)[1] for e in cfg.arm_set)]:
+        if entry.split("=", 1)[0] in searched:
+            raise ConfigError(
+                f"{entry!r} sets {entry.split('=', 1)[0]}, which --search searches; give its values to "
+                "--search or leave it out of the search"
+            )
     for pool, folder in given_maes(cfg).items():
         if not folder.is_dir():
             raise DataError(f"--mae {folder}: MAE folder for the {pool!r} pool does not exist")

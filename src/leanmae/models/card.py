@@ -91,8 +91,13 @@ def _preprocessing(processor: dict[str, Any], extra: dict[str, Any], image_size:
         f"3. resize to {image_size} x {image_size} px (bilinear, antialiased) and scale to [0, 1];\n"
         f"4. normalise per channel with mean ({mean}) and std ({std});\n"
         f"5. feed as float32 `pixel_values` of shape (N, 3, {image_size}, {image_size}).\n\n"
-        "`leanmae predict` and `leanmae.predict` do exactly this; `preprocessor_config.json` holds "
-        "the normalisation in the `ViTImageProcessor` format."
+        "`leanmae predict` and `leanmae.predict` do exactly this"
+        + (
+            "; so does `image_processing_leanmae.py` for transformers (`AutoImageProcessor` and `pipeline` "
+            "with `trust_remote_code=True`), on images of any shape."
+            if "auto_map" in processor
+            else "; `preprocessor_config.json` holds the normalisation in the `ViTImageProcessor` format."
+        )
     )
 
 

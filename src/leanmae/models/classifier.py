@@ -13,18 +13,19 @@ attention and MLP branches, so the saved weights are a plain ViT's plus ``fc_nor
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import ViTModel
 
 from leanmae.config import ModelConfig
 from leanmae.errors import CheckpointError
-from leanmae.models.foundation import foundation_weights, is_foundation
+from leanmae.files import read_json
+from leanmae.models.foundation import foundation_model, foundation_weights, is_foundation
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
-from leanmae.models.mae import encoder_kwargs, load_mae
+from leanmae.models.mae import check_encoder_shape, encoder_kwargs, interpolate_positions, load_mae
 from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTClassifier, LeanViTConfig
 
 __all__ = ["LeanViTClassifier", "build_classifier", "load_classifier"]
@@ -37,23 +38,12 @@ def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> LeanViTCo
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
         pooling=pooling,
+        num_register_tokens=model.num_register_tokens,
     )
     config.auto_map = dict(
         AUTO_MAP
     )  # plain transformers loads it with trust_remote_code=True (see the module)
     return config
-
-
-def _interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
-    """Resize (1, 1 + g*g, D) position embeddings to a ``grid`` x ``grid`` patch grid (bicubic, as timm/MAE
-    do)."""
-    cls, patches = weight[:, :1], weight[:, 1:]
-    old = int(patches.shape[1] ** 0.5)
-    if old == grid:
-        return weight
-    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(weight.dtype)], dim=1)
 
 
 def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -62,13 +52,15 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
     if is_foundation(Path(folder)):
         weights, shape = foundation_weights(Path(folder))
         return {f"vit.{k}": v for k, v in weights.items()}, shape
-    model_type = check_model_folder(folder).get("model_type")
-    if model_type == LeanViTConfig.model_type:  # a leanmae classifier: its encoder is a plain ViT's
-        model_type = "vit"
+    config = check_model_folder(folder)
+    model_type = config.get("model_type")
     if model_type == "vit_mae":
         source: nn.Module = load_mae(folder)
         vit = source.vit
-    elif model_type == "vit":
+    elif config.get("num_register_tokens"):  # a leanmae classifier with registers, which ViTModel lacks
+        source = load_pretrained(LeanViTClassifier, folder)
+        vit = source.vit
+    elif model_type in ("vit", LeanViTConfig.model_type):  # a leanmae classifier's encoder is a plain ViT's
         source = load_pretrained(ViTModel, folder, add_pooling_layer=False)
         vit = source
     else:
@@ -83,8 +75,21 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
         "heads": cfg.num_attention_heads,
         "image_size": cfg.image_size,
         "mlp_ratio": cfg.intermediate_size / cfg.hidden_size,
+        "num_register_tokens": getattr(cfg, "num_register_tokens", 0),
+        "layer_norm_eps": cfg.layer_norm_eps,
     }
     return {f"vit.{k}": v for k, v in vit.state_dict().items()}, shape
+
+
+def own_shape(model: ModelConfig, folder: Path) -> ModelConfig | None:
+    """``model`` at the shape of an encoder that brings its own: one labs already have (DINOv2, timm), or an
+    MAE continued from one (``learned_positions``). None for leanmae's own MAEs and ViTs, which follow the
+    preset: a mismatch there is a mistake that ``check_encoder_shape`` names."""
+    if is_foundation(folder):
+        return foundation_model(model, folder)
+    if not read_json(folder / "config.json").get("learned_positions", False):
+        return None
+    return dataclasses.replace(model, size="custom", **encoder_weights(folder)[1])
 
 
 def encoder_of(folder: Path) -> LeanViTClassifier:
@@ -107,20 +112,9 @@ def build_classifier(
     if init is None:
         return classifier
     weights, shape = encoder_weights(Path(init))
-    wanted = {
-        "patch_size": model.patch_size,
-        "hidden_size": model.hidden_size,
-        "depth": model.depth,
-        "heads": model.heads,
-    }
-    for key, value in wanted.items():
-        if shape[key] != value:
-            raise CheckpointError(
-                f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for "
-                f"{value}; use the preset the MAE was pretrained with"
-            )
+    check_encoder_shape(init, shape, model)
     key = "vit.embeddings.position_embeddings"
-    weights[key] = _interpolate_positions(weights[key], model.image_size // model.patch_size)
+    weights[key] = interpolate_positions(weights[key], model.image_size // model.patch_size)
     own = classifier.state_dict()
     weights = {k: v for k, v in weights.items() if k in own}
     missing = [k for k in own if k.startswith("vit.") and k not in weights]

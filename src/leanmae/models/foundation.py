@@ -6,15 +6,18 @@ downloaded, the user brings the folder or file.
 Why convert rather than add architectures: these encoders are ViTs. Their one difference, LayerScale (a
 learned per-channel factor on each block's attention and MLP output), is a linear map. Folding it into the
 attention's output projection and the MLP's second layer gives exactly the same function with transformers'
-plain ViT weights. So the classifier, its saved folder and its remote code stay one architecture. What
-cannot be folded is refused in one line: register tokens (DINOv2 with registers) and SwiGLU MLPs (ViT-g).
-The encoder's shape is read from the weights: patch size, width, depth and MLP ratio from the tensors, the
-heads from the config (a state dict has none: width / 64, the head size of every DINOv2 and timm ViT).
+plain ViT weights. So the classifier, its saved folder and its remote code stay one architecture. Register
+tokens (DINOv2 with registers, timm's ``reg_token``) are learned tokens that leanmae's ViT places as DINOv2
+does (``modeling_leanmae_vit``); a position embedding that timm gives them is added to them here, which is
+the same sum. What cannot be expressed is refused in one line: SwiGLU MLPs (ViT-g). The encoder's shape
+is read from the weights: patch size, width, depth, MLP ratio and registers from the tensors, the heads
+from the config (a state dict has none: width / 64, the head size of every DINOv2 and timm ViT).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -42,13 +45,27 @@ def is_foundation(path: Path) -> bool:
 
 
 def foundation_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The encoder at ``path`` as transformers ViT weights (without the ``vit.`` prefix), and its shape."""
+    """The encoder at ``path`` as transformers ViT weights (without the ``vit.`` prefix), and its shape.
+
+    Read once per version of the file: a run asks for the shape (``foundation_model``), then for the
+    weights (``build_classifier``, ``build_mae``), and a large encoder takes seconds to read and convert.
+    The last encoder read is kept; each call gets new dicts of its tensors, which callers copy into a model.
+    """
+    file = path if path.is_file() else path / "model.safetensors"
+    version = file.stat().st_mtime_ns if file.exists() else None  # a missing file: _read_encoder says so
+    weights, shape = _read_encoder(path, version)
+    return dict(weights), dict(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_encoder(path: Path, version: int | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     if path.is_file():
         weights, heads, size = _from_state_dict(path, _read_state_dict(path)), None, None
     else:
         weights, heads, size = _from_transformers(path)
     width, patch = weights["embeddings.patch_embeddings.projection.weight"].shape[::3]
     grid = int((weights["embeddings.position_embeddings"].shape[1] - 1) ** 0.5)
+    registers = weights.get("embeddings.register_tokens")
     shape = {
         "patch_size": patch,
         "hidden_size": width,
@@ -57,6 +74,7 @@ def foundation_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, f
         "mlp_ratio": weights["layers.0.mlp.fc1.weight"].shape[0] / width,
         "image_size": size or grid * patch,  # a state dict's own size: the grid its positions were trained on
         "layer_norm_eps": EPS,
+        "num_register_tokens": 0 if registers is None else registers.shape[1],
     }
     return weights, shape
 
@@ -84,14 +102,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def _refuse_registers(path: Path, registers: bool) -> None:
-    if registers:
-        raise CheckpointError(
-            f"{path}: a ViT with register tokens (DINOv2 with registers); leanmae's ViT has no registers "
-            "yet, so it cannot use these weights"
-        )
-
-
 # A transformers (hub) DINOv2 block's modules by the names of transformers' ViT in memory, which
 # ``encoder_weights`` returns for every other encoder too.
 _BLOCK_NAMES = {
@@ -107,12 +117,12 @@ _BLOCK_NAMES = {
 def _from_transformers(folder: Path) -> tuple[dict[str, torch.Tensor], int, int]:
     """A transformers ``dinov2`` folder's weights in ViT names, its heads and its input size."""
     config = json.loads((folder / "config.json").read_text())
-    _refuse_registers(folder, config.get("model_type") == "dinov2_with_registers")
     if config.get("use_swiglu_ffn"):
         raise CheckpointError(f"{folder}: a SwiGLU MLP (DINOv2 ViT-g); leanmae's ViT has a GELU MLP")
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError(f"{folder}: missing model.safetensors (leanmae reads safetensors only)")
-    source = {k.removeprefix("dinov2."): v for k, v in load_file(folder / "model.safetensors").items()}
+    prefix = f"{config['model_type']}."  # a model with a head (...ForImageClassification) nests the encoder
+    source = {k.removeprefix(prefix): v for k, v in load_file(folder / "model.safetensors").items()}
     weights: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         if key.startswith("encoder.layer."):
@@ -138,12 +148,10 @@ def _from_state_dict(path: Path, source: dict[str, torch.Tensor]) -> dict[str, t
     if prefix is None:
         raise CheckpointError(f"{path}: no cls_token: not a ViT state dict in DINOv2's or timm's names")
     source = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
-    _refuse_registers(path, "register_tokens" in source or "reg_token" in source)
     if any(".w12." in k or ".w3." in k for k in source):
         raise CheckpointError(f"{path}: a SwiGLU MLP (DINOv2 ViT-g); leanmae's ViT has a GELU MLP")
-    positions = source["pos_embed"]
-    if int((positions.shape[1] - 1) ** 0.5) ** 2 != positions.shape[1] - 1:  # timm's no_embed_class
-        positions = torch.cat([torch.zeros_like(positions[:, :1]), positions], dim=1)
+    registers = source.get("register_tokens", source.get("reg_token"))  # DINOv2's name, timm's name
+    positions, registers = _cls_and_patch_positions(path, source["pos_embed"], registers)
     weights = {
         "embeddings.cls_token": source["cls_token"],
         "embeddings.position_embeddings": positions,
@@ -163,7 +171,32 @@ def _from_state_dict(path: Path, source: dict[str, torch.Tensor]) -> dict[str, t
         for scale, target in (("ls1", "attention.o_proj"), ("ls2", "mlp.fc2")):
             if f"{block}{scale}.gamma" in source:
                 _fold(weights, f"{out}{target}", source[f"{block}{scale}.gamma"])
+    if registers is not None:
+        weights["embeddings.register_tokens"] = registers
     return weights
+
+
+def _cls_and_patch_positions(
+    path: Path, positions: torch.Tensor, registers: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position embeddings as (1, 1 + patches, D) rows for CLS and the patches, and the registers.
+
+    DINOv2 gives CLS and the patches positions; timm with ``no_embed_class`` the patches only (CLS gets a
+    zero row); timm without it also the registers, whose rows are added to the tokens themselves (a
+    register's position never changes, so token + position is one learned vector).
+    """
+    count = 0 if registers is None else registers.shape[1]
+    rows = positions.shape[1]
+    prefix = next(
+        (n for n in (1, 0, 1 + count) if rows > n and int((rows - n) ** 0.5) ** 2 == rows - n), None
+    )
+    if prefix is None:
+        raise CheckpointError(f"{path}: pos_embed has {rows} rows, which fit no square grid of patches")
+    if prefix == 0:
+        return torch.cat([torch.zeros_like(positions[:, :1]), positions], dim=1), registers
+    if prefix > 1:  # timm's rows of the registers
+        registers = registers + positions[:, 1:prefix]
+    return torch.cat([positions[:, :1], positions[:, prefix:]], dim=1), registers
 
 
 def _fold(weights: dict[str, torch.Tensor], linear: str, scale: torch.Tensor) -> None:

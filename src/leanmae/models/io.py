@@ -17,15 +17,17 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from leanmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from leanmae.data.cache import working_size
 from leanmae.errors import CheckpointError
 from leanmae.files import atomic_dir
-from leanmae.models import modeling_leanmae_vit
+from leanmae.models import image_processing_leanmae, modeling_leanmae_vit
 from leanmae.models.card import write_card
 from leanmae.models.modeling_leanmae_vit import AUTO_MAP, LeanViTConfig
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 LEANMAE_FILE = "leanmae.json"
 MODELING_FILE = "modeling_leanmae_vit.py"
+IMAGE_PROCESSING_FILE = "image_processing_leanmae.py"
 SHIFT_FILE = "shift_reference.safetensors"  # the training images' feature statistics (shift alarm)
 
 
@@ -39,36 +41,65 @@ def save_model(
 ) -> Path:
     """``save_pretrained`` (config.json + model.safetensors) plus the image preprocessing, atomically.
 
-    preprocessor_config.json is the ViTImageProcessor format, so ``AutoImageProcessor`` reproduces
-    the normalisation; leanmae.json adds what leanmae itself needs (working size, class names...);
-    README.md is the model card (``leanmae.models.card``). A classifier also gets
-    modeling_leanmae_vit.py, the code its config.json's auto_map names, so that plain transformers
-    loads it with ``trust_remote_code=True`` and predicts as leanmae does, and ``shift_reference``'s
-    arrays (the training images' feature statistics, ``leanmae.evaluation.shift_alarm``) in SHIFT_FILE.
+    preprocessor_config.json holds the normalisation for ``AutoImageProcessor``: an MAE's in the
+    ViTImageProcessor format, a classifier's for the image processor of image_processing_leanmae.py
+    (``_classifier_processor``); leanmae.json adds what leanmae itself needs (working size, class
+    names...); README.md is the model card (``leanmae.models.card``). A classifier also gets
+    modeling_leanmae_vit.py and image_processing_leanmae.py, the code its auto_maps name, so that plain
+    transformers loads it with ``trust_remote_code=True`` and predicts as leanmae does, and
+    ``shift_reference``'s arrays (the training images' feature statistics,
+    ``leanmae.evaluation.shift_alarm``) in SHIFT_FILE.
     """
     size = model.config.image_size
-    processor = {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": size, "width": size},
-        "resample": 2,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(mean),
-        "image_std": list(std),
-    }
+    classifier = getattr(model.config, "auto_map", None) == AUTO_MAP  # the code config.json points at
+    if classifier:
+        processor = _classifier_processor(size, mean, std, extra)
+    else:
+        processor = {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": size, "width": size},
+            "resample": 2,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(mean),
+            "image_std": list(std),
+        }
     hf_logging.disable_progress_bar()  # one small file; a bar per save only clutters the log
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if getattr(model.config, "auto_map", None) == AUTO_MAP:  # the code config.json points at
+        if classifier:
             shutil.copyfile(modeling_leanmae_vit.__file__, tmp / MODELING_FILE)
+            shutil.copyfile(image_processing_leanmae.__file__, tmp / IMAGE_PROCESSING_FILE)
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
         (tmp / LEANMAE_FILE).write_text(json.dumps(extra, indent=2))
         if shift_reference is not None:
             save_file({k: np.ascontiguousarray(v) for k, v in shift_reference.items()}, tmp / SHIFT_FILE)
     write_card(Path(folder))  # refreshed by the command once the run's results exist
     return Path(folder)
+
+
+def _classifier_processor(
+    size: int, mean: list[float], std: list[float], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A classifier's preprocessor_config.json: ``LeanImageProcessor``'s settings, taken from the decode
+    settings ``extra`` records for leanmae (``spec_extras``), so that both prepare an image alike.
+
+    Why not ViTImageProcessor: it squashes a non-square image to the input square, while leanmae crops
+    its centre, so ``pipeline`` gave other probabilities on every non-square image.
+    """
+    steps = {"a cell-centred crop": extra.get("cell_crop"), "stain normalisation": extra.get("stain_norm")}
+    return {
+        "image_processor_type": image_processing_leanmae.LeanImageProcessor.__name__,
+        "auto_map": image_processing_leanmae.AUTO_MAP,
+        "size": {"height": size, "width": size},
+        "working_size": working_size(size, extra.get("cache_size")),
+        "grey": bool(extra.get("grey")),
+        "leanmae_only": [step for step, used in steps.items() if used],
+        "image_mean": list(mean),
+        "image_std": list(std),
+    }
 
 
 def load_preprocessing(folder: Path) -> tuple[list[float], list[float], dict[str, Any]]:

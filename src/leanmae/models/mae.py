@@ -3,7 +3,8 @@
 Using the transformers model (rather than a copy of models_mae.py) means every checkpoint
 leanmae writes is a plain ``save_pretrained`` folder (config.json + model.safetensors) that
 transformers, and any tool built on it, loads directly; measured here it trains as fast as a
-hand-written MAE. Weights are only ever read from safetensors.
+hand-written MAE. Weights are only ever read from safetensors (or, for an encoder labs already
+have, as ``leanmae.models.foundation`` reads it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import (
     build_2d_sinusoidal_position_embedding,
@@ -20,6 +22,7 @@ from transformers.models.vit_mae.modeling_vit_mae import (
 from leanmae.config import ModelConfig
 from leanmae.data.rand import MASK_STREAM, uniform
 from leanmae.errors import CheckpointError
+from leanmae.models.foundation import foundation_weights, is_foundation
 from leanmae.models.io import load_pretrained, require_kind
 
 
@@ -30,6 +33,11 @@ def mae_config(model: ModelConfig) -> ViTMAEConfig:
         )
     if model.hidden_size % model.heads or model.decoder_hidden_size % model.decoder_heads:
         raise CheckpointError("hidden sizes must be multiples of their number of attention heads")
+    if model.num_register_tokens:
+        raise CheckpointError(
+            f"model.num_register_tokens is {model.num_register_tokens}: leanmae's MAE (transformers' ViTMAE) "
+            "has no register tokens; fine-tune an encoder with registers directly (finetune --init)"
+        )
     return ViTMAEConfig(
         **encoder_kwargs(model),
         decoder_hidden_size=model.decoder_hidden_size,
@@ -55,8 +63,39 @@ def encoder_kwargs(model: ModelConfig) -> dict[str, object]:
     }
 
 
+def check_encoder_shape(init: str | Path, shape: dict[str, float], model: ModelConfig) -> None:
+    """The encoder weights at ``init`` (``shape``) fit ``model``, or a CheckpointError names both values."""
+    wanted = {
+        "patch_size": model.patch_size,
+        "hidden_size": model.hidden_size,
+        "depth": model.depth,
+        "heads": model.heads,
+        "num_register_tokens": model.num_register_tokens,
+        "layer_norm_eps": model.layer_norm_eps,  # another epsilon runs, with other features
+    }
+    for key, value in wanted.items():
+        if shape[key] != value:
+            raise CheckpointError(
+                f"{init}: the checkpoint's {key} is {shape[key]} but the preset/config asks for "
+                f"{value}; use the preset the MAE was pretrained with (or --set model.{key}={shape[key]})"
+            )
+
+
+def interpolate_positions(weight: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize (1, 1 + g*g, D) position embeddings to a ``grid`` x ``grid`` patch grid (bicubic, as timm/MAE
+    do)."""
+    cls, patches = weight[:, :1], weight[:, 1:]
+    old = int(patches.shape[1] ** 0.5)
+    if old == grid:
+        return weight
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(weight.dtype)], dim=1)
+
+
 def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPreTraining:
-    """A fresh MAE, or one whose weights start from the local MAE folder ``init``.
+    """A fresh MAE, one whose weights start from the local MAE folder ``init``, or one whose encoder starts
+    from an encoder labs already have (``init`` a DINOv2 folder or a state dict: ``_from_encoder``).
 
     The folder's encoder and decoder must have the configured shapes: a different patch size or
     width is an error naming both, never a silent partial load.
@@ -65,7 +104,11 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
     if init is None:
         return set_fixed_positions(init_mae_weights(ViTMAEForPreTraining(config)))
     folder = Path(init)
-    require_kind(folder, ("mae",), "--init of pretraining needs an MAE folder")
+    if is_foundation(folder):
+        return _from_encoder(model, config, folder)
+    require_kind(
+        folder, ("mae",), "--init of pretraining needs an MAE folder, a DINOv2 folder or a state dict"
+    )
     saved = ViTMAEConfig.from_pretrained(folder)
     for key in (
         "patch_size",
@@ -80,7 +123,32 @@ def build_mae(model: ModelConfig, init: str | Path | None = None) -> ViTMAEForPr
                 f"{folder}: {key} is {getattr(saved, key)} in the checkpoint but "
                 f"{getattr(config, key)} in this config"
             )
+    if getattr(saved, "learned_positions", False):  # an MAE continued from an encoder (``_from_encoder``)
+        config.learned_positions = True
     return set_fixed_positions(load_pretrained(ViTMAEForPreTraining, folder, config=config))
+
+
+def _from_encoder(model: ModelConfig, config: ViTMAEConfig, path: Path) -> ViTMAEForPreTraining:
+    """Continued pretraining: the encoder at ``path`` with a new decoder (the MAE paper's initialisation).
+
+    The encoder keeps the position embeddings it learned (resized to the input's grid as fine-tuning
+    does), frozen as the MAE keeps its own: the sine-cosine table would be another encoding than the one
+    its weights were trained with. ``learned_positions`` in the config keeps every later load from
+    writing that table over them (``set_fixed_positions``).
+    """
+    weights, shape = foundation_weights(path)
+    check_encoder_shape(path, shape, model)
+    config.learned_positions = True
+    mae = set_fixed_positions(init_mae_weights(ViTMAEForPreTraining(config)))
+    key = "embeddings.position_embeddings"
+    weights[key] = interpolate_positions(weights[key], model.image_size // model.patch_size)
+    missing, unexpected = mae.vit.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: its encoder does not fit the MAE's (missing {', '.join(missing[:3]) or 'none'}; "
+            f"unexpected {', '.join(unexpected[:3]) or 'none'})"
+        )
+    return mae
 
 
 def init_mae_weights(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
@@ -135,11 +203,13 @@ def set_fixed_positions(mae: ViTMAEForPreTraining) -> ViTMAEForPreTraining:
     embeddings at zero (its weight-init pass skips them), so the decoder cannot tell masked patches
     apart and learns to paint every one with the image's mean colour (measured here: reconstructions
     were flat and validation loss stalled from the 4th epoch). The embeddings are a fixed function of
-    the patch grid, never trained, so writing them is right for loaded checkpoints too.
+    the patch grid, never trained, so writing them is right for loaded checkpoints too; except the
+    encoder's of an MAE started from an encoder with learned ones (``learned_positions``), kept as saved.
     """
     grid = mae.config.image_size // mae.config.patch_size
     with torch.no_grad():
-        mae.vit.embeddings.position_embeddings.copy_(sincos_positions(grid, mae.config.hidden_size))
+        if not getattr(mae.config, "learned_positions", False):
+            mae.vit.embeddings.position_embeddings.copy_(sincos_positions(grid, mae.config.hidden_size))
         mae.decoder.decoder_pos_embed.copy_(sincos_positions(grid, mae.config.decoder_hidden_size))
     return mae
 

@@ -13,6 +13,12 @@ other predictions without a word. The config's own model type (``leanmae_vit``) 
 from doing that: without ``trust_remote_code=True`` it refuses the folder with its own error,
 which says that the folder holds custom code that must run to load the model correctly.
 
+Register tokens (``num_register_tokens``, DINOv2 with registers): learned tokens placed after the CLS
+token and before the patches, without a position embedding, as DINOv2's authors and transformers'
+``Dinov2WithRegistersModel`` place them. They give attention a place to store global information
+that would otherwise overwrite some patch tokens; they are read by neither pooling (CLS: token 0;
+mean: the patch tokens only). With none, the model is exactly a ViT plus ``fc_norm``.
+
 Keep this file free of leanmae imports: it must run where only torch and transformers exist.
 """
 
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 # config.json's pointer from transformers' auto classes to the classes of this file.
 AUTO_MAP = {
@@ -31,13 +38,34 @@ AUTO_MAP = {
 
 
 class LeanViTConfig(ViTConfig):
-    """A ViT config plus ``pooling``: "mean" (patch tokens + LayerNorm) or "cls" (the CLS token)."""
+    """A ViT config plus ``pooling``: "mean" (patch tokens + LayerNorm) or "cls" (the CLS token), and
+    ``num_register_tokens`` (0: none; folders saved before registers existed have none)."""
 
     model_type = "leanmae_vit"
 
-    def __init__(self, pooling: str = "cls", **kwargs: object) -> None:
+    def __init__(self, pooling: str = "cls", num_register_tokens: int = 0, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.pooling = pooling
+        self.num_register_tokens = num_register_tokens
+
+
+class LeanViTEmbeddings(ViTEmbeddings):
+    """ViT's embeddings (CLS, patches, position embeddings) with the register tokens inserted after CLS."""
+
+    def __init__(self, config: LeanViTConfig) -> None:
+        super().__init__(config)
+        # zeros, as transformers initialises DINOv2's registers; a model started from weights overwrites them
+        self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        embeddings = super().forward(pixel_values, bool_masked_pos, interpolate_pos_encoding)
+        registers = self.register_tokens.expand(embeddings.shape[0], -1, -1)
+        return torch.cat((embeddings[:, :1], registers, embeddings[:, 1:]), dim=1)
 
 
 class LeanViTClassifier(ViTForImageClassification):
@@ -52,6 +80,10 @@ class LeanViTClassifier(ViTForImageClassification):
             if getattr(config, "pooling", "cls") == "mean"
             else None
         )
+        self.registers = getattr(config, "num_register_tokens", 0)
+        if self.registers:
+            self.vit.embeddings = LeanViTEmbeddings(config)
+            self.post_init()  # transformers initialises the new embeddings (only: the rest is marked done)
 
     def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:  # type: ignore[override]
         """Logits only: leanmae's training computes its own (class-weighted, mixed) loss, so there is no
@@ -61,4 +93,6 @@ class LeanViTClassifier(ViTForImageClassification):
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled representation the head sees (used by the linear probe)."""
         hidden = self.vit(pixel_values, interpolate_pos_encoding=False).last_hidden_state
-        return hidden[:, 0] if self.fc_norm is None else self.fc_norm(hidden[:, 1:].mean(dim=1))
+        if self.fc_norm is None:
+            return hidden[:, 0]
+        return self.fc_norm(hidden[:, 1 + self.registers :].mean(dim=1))
