@@ -123,6 +123,7 @@ STUDY_WRONG: dict[str, Any] = {
     "search": ["optim.base_lr=1e-3"],
     "split_ratios": [0.7, 0.3, 0],
     "split_seed": 2**32,
+    "split": "",
     "pretrain_epochs": 0,
     "finetune_epochs": 0,
     "jobs": 0,

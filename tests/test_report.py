@@ -448,3 +448,28 @@ def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> N
     assert all(f"{p} of the labels (" in gains for p in ("1 %", "10 %", "50 %", "100 %"))
     assert len([line for line in lines if line.startswith("Wrong predictions of mae-in-domain")]) == 1
     assert len(lines) == 2
+
+
+def test_labels_needed_are_reported_with_and_without_label_selection_and_semi_supervision(
+    tmp_path: Path,
+) -> None:
+    """Issue 26's comparison in one report: a variant arm (``ARM+NAME``, its own --arm-set) gets its own
+    learning curve, labels needed and savings, beside the arm it varies."""
+    study = tmp_path / "study"
+    laws = {
+        "scratch": PowerLaw(0.95, 2.0, 0.5),
+        "mae-in-domain": PowerLaw(0.95, 1.0, 0.5),
+        "mae-in-domain+typiclust": PowerLaw(0.95, 0.8, 0.5),
+        "mae-in-domain+fixmatch": PowerLaw(0.95, 0.6, 0.5),
+    }
+    for arm, law in laws.items():
+        for fraction, n in FRACTIONS.items():
+            for seed in (0, 1):
+                _write_run(study, arm, fraction, seed, float(law(n + 2)) + 0.004 * (seed - 0.5))
+    (study / "study.json").write_text(json.dumps({"fractions": list(FRACTIONS), "arms": list(laws)}))
+    answer = _headline(leanmae.report(study).read_text())
+    needed = (study / "results" / "labels_needed.csv").read_text()
+    for arm in laws:
+        assert f"\n{arm}," in needed
+        if arm != "scratch":
+            assert f"With {arm}," in answer

@@ -11,6 +11,7 @@ import pytest
 
 import leanmae
 from leanmae.commands.study import Job, StudyConfig, chosen, plan, run_name
+from leanmae.data.split import read_manifest
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import ConfigError, OutputFolderError
 from leanmae.reporting.study_report import findings, load_runs, tables, times_table
@@ -474,3 +475,35 @@ def test_the_slurm_launcher_runs_the_grid_through_submitit(
     assert any((out / "slurm").iterdir()), "submitit's job logs"
     assert {(r.arm, r.fraction) for r in load_runs(out)} == {("scratch", 1.0), ("mae", 1.0)}
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
+
+
+def test_a_study_uses_a_given_split_as_it_is(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
+    """--split: an earlier study's split (whose train images an in-domain MAE saw) stays the split, not a
+    new draw."""
+    cells, _ = synthetic
+    given = tmp_path / "given.csv"
+    leanmae.split(str(cells), StudyConfig().classes, given, (0.5, 0.25, 0.25), 7)
+    scratch_at_all_labels(tmp_path / "s", cells, split=str(given))
+    assert read_manifest(tmp_path / "s" / "split.csv") == read_manifest(given)
+
+
+@pytest.mark.parametrize(
+    ("classes", "data", "message"),
+    [(["a", "b"], None, "holds the classes"), (None, "other", "not under --data")],
+)
+def test_a_given_split_of_other_images_or_classes_is_refused(
+    synthetic: tuple[Path, Path], tmp_path: Path, classes: list[str] | None, data: str | None, message: str
+) -> None:
+    cells, _ = synthetic
+    given = tmp_path / "given.csv"
+    leanmae.split(str(cells), StudyConfig().classes, given)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match=message):
+        leanmae.study(
+            out=tmp_path / "s",
+            data=str(tmp_path / data) if data else str(cells),
+            classes=classes,
+            split=str(given),
+            progress=False,
+        )
+    assert not (tmp_path / "s").exists()

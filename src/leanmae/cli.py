@@ -437,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         "arm its own recipe); repeatable",
     )
     p.add_argument(
+        "--split",
+        metavar="MANIFEST",
+        help="use this split manifest of --data's images as it is (a lab's fixed split, or an earlier "
+        "study's, whose train images an in-domain MAE saw) instead of drawing one",
+    )
+    p.add_argument(
         "--search",
         action="append",
         metavar="KEY=V1|V2",

@@ -932,6 +932,9 @@ class StudyConfig:
     )  # MAE folders to use instead of pretraining: PATH (the --pool's) or POOL=PATH
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
+    # a split manifest of --data's images to use as it is (a lab's fixed split, or an earlier study's, whose
+    # train images an in-domain MAE already saw) instead of drawing one with split_ratios and split_seed
+    split: str | None = None
     pretrain_epochs: int | None = None
     finetune_epochs: int | None = None
     jobs: int = 2
@@ -969,6 +972,7 @@ STUDY_CHECKS: dict[str, Check] = {
     "mae": each(text()),
     "split_ratios": ratios_problem,
     "split_seed": number(0, 2**32 - 1),
+    "split": text(optional=True),
     "pretrain_epochs": number(1, optional=True),
     "finetune_epochs": number(1, optional=True),
     "jobs": number(1),

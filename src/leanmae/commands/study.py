@@ -52,7 +52,7 @@ from leanmae.config import (
     to_dict,
 )
 from leanmae.data.pool import collect
-from leanmae.data.split import read_manifest
+from leanmae.data.split import read_manifest, write_manifest
 from leanmae.errors import ConfigError, DataError, OutputFolderError
 from leanmae.eta import (
     Timing,
@@ -532,6 +532,7 @@ def study(
     set: list[str] | None = None,
     arm_set: list[str] | None = None,
     search: list[str] | None = None,
+    split: str | None = None,
     progress: bool = True,
     target: float | None = None,
     note: str | None = None,
@@ -567,6 +568,7 @@ def study(
         "set": set,
         "arm_set": arm_set,
         "search": search,
+        "split": split,
         "progress": progress,
         "note": note,
     }
@@ -598,7 +600,10 @@ def _run_study(
     settings = to_dict(cfg)
     _check_saved_settings(out, settings)
     write_json(out / STUDY_FILE, settings)
-    if not (out / "split.csv").exists():
+    if not (out / "split.csv").exists() and cfg.split:
+        root, items = read_manifest(cfg.split)
+        write_manifest(items, out / "split.csv", root)
+    elif not (out / "split.csv").exists():
         import leanmae  # the public API: commands never import each other
 
         leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
@@ -702,10 +707,26 @@ def _list(value: Any, kind: type, option: str) -> list[Any] | None:
         raise ConfigError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from None
 
 
+def _check_given_split(cfg: StudyConfig) -> None:
+    """A ``--split`` manifest lists --data's images and exactly the study's classes: one of other images
+    or classes would train something else than the report says."""
+    root, items = read_manifest(cfg.split)
+    if root.resolve() != Path(cfg.data).resolve():
+        raise ConfigError(f"--split {cfg.split}: its images are under {root}, not under --data {cfg.data}")
+    labels = sorted({item.label for item in items})
+    if labels != sorted(cfg.classes):
+        raise ConfigError(
+            f"--split {cfg.split}: holds the classes {', '.join(labels)}, but the study's --classes are "
+            f"{', '.join(cfg.classes)}"
+        )
+
+
 def _check(cfg: StudyConfig) -> None:
     """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist, SLURM must be there."""
     if not Path(cfg.data).is_dir():
         raise DataError(f"{cfg.data}: data folder does not exist")
+    if cfg.split:
+        _check_given_split(cfg)
     if cfg.launcher == "slurm" and cfg.slurm.cluster is None and shutil.which("sbatch") is None:
         # submitit would quietly run every job here instead, and still say "submitted"
         raise ConfigError(
