@@ -161,3 +161,28 @@ def test_beyond_the_largest_count_the_reading_says_not_reached_and_the_power_law
     assert math.isinf(needed.value)
     assert needed.power_law == pytest.approx(10_000, rel=1e-3) and curves.extrapolated(needed.power_law)
     assert not curves.extrapolated(needed.value)  # "not reached" is what the runs say, not a guess
+
+
+def test_an_arm_missing_a_seed_keeps_its_point_at_that_count_in_every_resample() -> None:
+    """Seeds are drawn from each arm's own: an arm without seed 1 or 2 at one count (a collapsed run left
+    out, a study still running) must not lose that count in the resamples that draw them, which would fake
+    'not reached'."""
+    law = PowerLaw(0.95, 2.0, 0.5)
+    scratch = _points(law, noise=0.002)
+    mae = _points(law, noise=0.002, rng_seed=1)
+    mae[3200.0] = {0: mae[3200.0][0]}
+    target = float(law(2500))
+    needed = fit_arms({"scratch": scratch, "mae": mae}).labels_needed("mae", target)
+    assert needed is not None and math.isfinite(needed.high)
+
+
+def test_arms_with_the_same_seeds_are_drawn_alike() -> None:
+    """Pairing: the same seeds at every count for both arms, so identical scores give a ratio of exactly 1
+    in every resample."""
+    points = _points(PowerLaw(0.95, 2.0, 0.5), noise=0.01)
+    savings = fit_arms({"scratch": points, "mae": points}).savings("mae", 0.9)
+    assert savings is not None and savings.low == savings.high == 1.0
+
+
+def test_a_flat_power_law_never_claims_less_than_one_label() -> None:
+    assert PowerLaw(0.95, 1e-9, 0.5).labels_for(0.5) == 1.0

@@ -473,3 +473,18 @@ def test_labels_needed_are_reported_with_and_without_label_selection_and_semi_su
         assert f"\n{arm}," in needed
         if arm != "scratch":
             assert f"With {arm}," in answer
+
+
+def test_when_only_scratch_reaches_the_target_with_the_fewest_labels_the_ratio_is_a_bound(
+    tmp_path: Path,
+) -> None:
+    study = tmp_path / "study"
+    laws = {"scratch": PowerLaw(0.9, 0.0001, 0.5), "mae-in-domain": PowerLaw(0.95, 2.0, 0.5)}
+    for arm, law in laws.items():
+        for fraction, n in FRACTIONS.items():
+            for seed in (0, 1):
+                _write_run(study, arm, fraction, seed, float(law(n + 2)) + 0.002 * (seed - 0.5))
+    (study / "study.json").write_text(json.dumps({"fractions": list(FRACTIONS), "arms": list(laws)}))
+    answer = _headline(leanmae.report(study, target=0.88).read_text())
+    assert "both reach it with the fewest labels" not in answer
+    assert re.search(r"at most [\d.]+ times as many", answer)

@@ -228,7 +228,7 @@ def test_search_gives_every_arm_the_same_candidates_at_every_fraction_at_the_fir
     )
     for seed in (3, 4):
         run = jobs[f"mae_f0.1_s{seed}"]
-        assert sorted(run.after) == sorted(t.name for t in trials if t.name.startswith("search/mae_f0.1_"))
+        assert sorted(run.tries) == sorted(t.name for t in trials if t.name.startswith("search/mae_f0.1_"))
         assert run.kwargs["set"] == [] and len(run.choices) == 4
 
 
@@ -237,6 +237,7 @@ def _candidate_run(folder: Path, f1: float, loss: float) -> Path:
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"val": {"macro_f1": f1}, "selected_epoch": 2}))
     (folder / "history.csv").write_text(f"epoch,val_loss\n1,9.0\n2,{loss}\n")
+    (folder / "run.json").write_text(json.dumps({"status": "finished"}))
     return folder
 
 
@@ -261,9 +262,10 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
 ) -> None:
     cells, _ = synthetic
     out = tmp_path / "s"
-    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3"])
+    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3|1e12"])
     rows = (out / "search.csv").read_text().splitlines()
-    assert rows[0] == "arm,fraction,candidate,settings,val_macro_f1,val_loss,chosen" and len(rows) == 3
+    assert rows[0] == "arm,fraction,candidate,settings,status,val_macro_f1,val_loss,chosen" and len(rows) == 4
+    assert rows[3].split(",")[3:5] == ["optim.base_lr=1e12", "failed"]  # a diverging candidate is a result
     winner = next(row.split(",")[3] for row in rows[1:] if row.endswith("True"))
     for seed in (0, 1):
         config = json.loads((out / "runs" / run_name("scratch", 1.0, seed) / "run.json").read_text())[
@@ -279,6 +281,7 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
     [
         ({"search": ["optim.base_lr=1e-3"]}, "KEY=V1|V2"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["optim.base_lr=5e-4"]}, "which --search searches"),
+        ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["finetune.optim.base_lr=5e-4"]}, "searches"),
         (
             {"search": ["optim.epochs=1;optim.base_lr=1e-3|optim.epochs=2"], "set": ["optim.base_lr=5e-4"]},
             "searches",
@@ -507,3 +510,15 @@ def test_a_given_split_of_other_images_or_classes_is_refused(
             progress=False,
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_a_study_whose_recipe_candidates_began_refuses_other_settings(tmp_path: Path) -> None:
+    """Candidates run first: once one has begun, the study has begun, and another --search (or --split)
+    would reuse its folders under other settings."""
+    from leanmae.commands.study import _check_saved_settings
+
+    (tmp_path / "study.json").write_text(json.dumps({"search": ["optim.base_lr=1e-3|2e-3"]}))
+    (tmp_path / "search" / "scratch_f0.01_s0_c0").mkdir(parents=True)
+    (tmp_path / "search" / "scratch_f0.01_s0_c0" / "run.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(OutputFolderError, match="other settings"):
+        _check_saved_settings(tmp_path, {"search": ["optim.base_lr=1e-4|2e-3"]})

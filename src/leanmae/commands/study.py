@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -85,8 +86,10 @@ class Job:
     out: Path
     after: list[str] = field(default_factory=list)
     # --search: the recipe candidates of this run's arm and fraction, as (--set entries, their run folder);
-    # the best of them is chosen when the run starts, after they have finished
+    # the run waits for their jobs (``tries``) to end and starts with the best that finished: a candidate that
+    # fails (a learning rate that diverges) is a result of the search, not a failure of the run
     choices: list[tuple[list[str], Path]] = field(default_factory=list)
+    tries: list[str] = field(default_factory=list)
 
 
 def run_status(folder: Path) -> str | None:
@@ -208,7 +211,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                     ]
                     jobs.extend(searched[arm, fraction])
                 trials = searched[arm, fraction]
-                job.after = [*job.after, *(t.name for t in trials)]
+                job.tries = [t.name for t in trials]
                 job.choices = [(entries, t.out) for entries, t in zip(candidates, trials, strict=True)]
             jobs.append(job)
     return jobs
@@ -240,17 +243,25 @@ def _candidate(job: Job, entries: list[str], index: int) -> Job:
 
 
 def candidate_score(folder: Path) -> tuple[float, float]:
-    """How a candidate did on its own label-honest val draw (a budget's labels, never the test split):
-    macro-F1, then the lower val loss, since a draw of a dozen images often ties at 1.0."""
+    """How a finished candidate did on its own val images (the label-honest draw of its budget unless
+    ``classifier.val=full``; never the test split): macro-F1, then the lower val loss, since a draw of a
+    dozen images often ties at 1.0. A NaN scores lowest."""
     metrics = read_json(folder / "metrics.json")
     with open(folder / "history.csv") as f:
         loss = {int(row["epoch"]): float(row["val_loss"]) for row in csv.DictReader(f)}
-    return metrics["val"]["macro_f1"], -loss[metrics["selected_epoch"]]
+    f1, last = metrics["val"]["macro_f1"], loss[metrics["selected_epoch"]]
+    return (f1 if math.isfinite(f1) else -math.inf), (-last if math.isfinite(last) else -math.inf)
 
 
 def chosen(job: Job) -> list[str]:
-    """The --set entries of ``job``'s best candidate; a tie keeps the earlier one (the grid's order)."""
-    return max(job.choices, key=lambda choice: candidate_score(choice[1]))[0] if job.choices else []
+    """The --set entries of ``job``'s best finished candidate; a tie keeps the earlier one (the grid's
+    order). Refused when none finished: there is no recipe to run."""
+    if not job.choices:
+        return []
+    finished = [(entries, folder) for entries, folder in job.choices if run_status(folder) == "finished"]
+    if not finished:
+        raise ConfigError(f"run {job.name}: none of its recipe candidates finished (see search/*.log)")
+    return max(finished, key=lambda choice: candidate_score(choice[1]))[0]
 
 
 def _chain_rounds(job: Job, previous: Job | None) -> None:
@@ -315,27 +326,30 @@ def run_job(command: str, kwargs: dict[str, Any]) -> None:
     getattr(leanmae, command)(**kwargs)
 
 
-def write_search(out: Path, jobs: list[Job]) -> None:
-    """search.csv: each recipe candidate's val scores and which became its arm's recipe at its fraction,
-    so the report can say what search every arm got (the same grid at every fraction)."""
+def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
+    """search.csv: each recipe candidate's val scores (or that it failed) and which became its arm's recipe
+    at its fraction, so the report can say what search every arm got (the same grid at every fraction)."""
     rows = {}
     for job in jobs:
-        if not job.choices or not all(run_status(folder) == "finished" for _, folder in job.choices):
+        ended = {name: states.get(name) for name in job.tries}
+        if "done" not in ended.values() or set(ended.values()) - {"done", "failed"}:
             continue
         best = chosen(job)
-        for entries, folder in job.choices:
-            f1, loss = candidate_score(folder)
+        for (entries, folder), name in zip(job.choices, job.tries, strict=True):
+            finished = ended[name] == "done"
+            f1, loss = candidate_score(folder) if finished else ("", "")
             rows[folder.name] = [
                 arm_of(job.name),
                 job.kwargs["fraction"],
                 folder.name,
                 " ".join(entries),
+                "finished" if finished else "failed",
                 f1,
-                -loss,
+                "" if loss == "" else -loss,
                 entries == best,
             ]
     if rows:
-        header = ["arm", "fraction", "candidate", "settings", "val_macro_f1", "val_loss", "chosen"]
+        header = ["arm", "fraction", "candidate", "settings", "status", "val_macro_f1", "val_loss", "chosen"]
         write_atomic(out / "search.csv", csv_text(header, rows.values()))
 
 
@@ -424,7 +438,16 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                     state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
-                elif len(running) < workers and all(state[d] == "done" for d in job.after):
+                elif job.tries and all(state[d] == "failed" for d in job.tries):
+                    tqdm.write(f"run {job.name} not started: every recipe candidate failed")
+                    state[job.name] = "failed"
+                    todo.remove(job)
+                    bar.update(1)
+                elif (
+                    len(running) < workers
+                    and all(state[d] == "done" for d in job.after)
+                    and all(state[d] in ("done", "failed") for d in job.tries)
+                ):
                     state[job.name] = "running"
                     started[job.name] = time.time()
                     running[pool.submit(_launch_local, job)] = job
@@ -620,13 +643,17 @@ def _run_study(
             else run_local(jobs_list, cfg.jobs, cfg.progress, job_costs(jobs_list, out))
         )
     score_study(out, bench, cfg.progress)
-    write_search(out, jobs_list)
-    failed = sorted(name for name, s in states.items() if s == "failed")
+    write_search(out, jobs_list, states)
+    tried = {name for job in jobs_list for name in job.tries}  # a failed candidate is a result of the search
+    failed = sorted(name for name, s in states.items() if s == "failed" and name not in tried)
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
+    lost = sum(states.get(name) == "failed" for name in tried)
     print(
         f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished "
-        f"({time.time() - started:.0f} s this call); report {report}"
+        f"({time.time() - started:.0f} s this call)"
+        + (f"; {lost} recipe candidate(s) failed (search.csv)" if lost else "")
+        + f"; report {report}"
     )
     if failed:
         raise RuntimeError(
@@ -638,7 +665,11 @@ def _run_study(
 
 def _started(out: Path) -> bool:
     """Whether a job of the study has begun: a run.json in a pretraining or run folder."""
-    return any(out.glob(f"*/{RUN_FILE}")) or any(out.glob(f"runs/*/{RUN_FILE}"))
+    return (
+        any(out.glob(f"*/{RUN_FILE}"))
+        or any(out.glob(f"runs/*/{RUN_FILE}"))
+        or any(out.glob(f"search/*/{RUN_FILE}"))
+    )
 
 
 def _check_saved_settings(out: Path, settings: dict[str, Any]) -> None:

@@ -85,10 +85,11 @@ class PowerLaw:
         return _law(np.asarray(n, dtype=np.float64), self.a, self.b, self.c)
 
     def labels_for(self, target: float) -> float:
-        """Labels needed to reach ``target``; inf where the plateau ``a`` lies at or below it."""
+        """Labels needed to reach ``target``; inf where the plateau ``a`` lies at or below it. At least one
+        label: a flat fit puts an easy target at 1e-40 labels, which would make any ratio absurd."""
         if target >= self.a:
             return math.inf
-        return float((self.b / (self.a - target)) ** (1 / self.c))
+        return max(1.0, float((self.b / (self.a - target)) ** (1 / self.c)))
 
 
 def _law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
@@ -205,15 +206,17 @@ def fit_arms(
 ) -> Curves:
     """Read every arm both ways and bootstrap over seeds.
 
-    ``points[arm][labels][seed]`` is one run's score. Each resample draws, at every label count,
-    as many seeds as were run there, with replacement, from the seeds run there (seeds may differ
-    between label counts); every arm uses the same draw, so arm and scratch stay paired.
+    ``points[arm][labels][seed]`` is one run's score. Each resample draws, at every label count, as many
+    seeds as the arm ran there, with replacement, from its own seeds there (seeds may differ between label
+    counts and arms). The draws come from the same uniform numbers for every arm, so arms with the same
+    seeds draw the same ones (arm and scratch stay paired), and an arm missing a seed (a collapsed run left
+    out, a study still running) still keeps a point at every count it ran.
     """
     counts = sorted({n for per in points.values() for n in per})
-    seeds_at = {n: np.array(sorted({s for per in points.values() for s in per.get(n, {})})) for n in counts}
+    most = {n: max(len(per.get(n, {})) for per in points.values()) for n in counts}
     rng = np.random.default_rng(seed)
-    draws = [seeds_at] + [
-        {n: rng.choice(s, size=len(s)) for n, s in seeds_at.items()} for _ in range(resamples)
+    draws: list[dict[float, np.ndarray] | None] = [None] + [
+        {n: rng.random(k) for n, k in most.items()} for _ in range(resamples)
     ]
     read = {arm: [_read(per, draw) for draw in draws] for arm, per in points.items()}
     return Curves(
@@ -227,12 +230,15 @@ def fit_arms(
 
 
 def _read(
-    per: dict[float, dict[int, float]], draw: dict[float, np.ndarray]
+    per: dict[float, dict[int, float]], draw: dict[float, np.ndarray] | None
 ) -> tuple[Measured | None, PowerLaw | None]:
-    """Both readings of the mean score over the drawn seeds this arm has, at every label count."""
+    """Both readings of the mean score at every label count, over the seeds as run (``draw`` None) or over
+    the seeds ``draw``'s uniform numbers pick from this arm's own."""
     xs, ys, seeds = [], [], []
     for n, by_seed in per.items():
-        chosen = [by_seed[s] for s in draw.get(n, []) if s in by_seed]
+        own = sorted(by_seed)
+        picks = own if draw is None else [own[int(u * len(own))] for u in draw[n][: len(own)]]
+        chosen = [by_seed[s] for s in picks]
         if chosen:
             xs.append(n)
             ys.append(float(np.mean(chosen)))

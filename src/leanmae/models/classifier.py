@@ -22,7 +22,6 @@ from transformers import ViTModel
 
 from leanmae.config import ModelConfig
 from leanmae.errors import CheckpointError
-from leanmae.files import read_json
 from leanmae.models.foundation import foundation_model, foundation_weights, is_foundation
 from leanmae.models.io import check_model_folder, load_pretrained, require_kind
 from leanmae.models.mae import check_encoder_shape, encoder_kwargs, interpolate_positions, load_mae
@@ -87,7 +86,7 @@ def own_shape(model: ModelConfig, folder: Path) -> ModelConfig | None:
     preset: a mismatch there is a mistake that ``check_encoder_shape`` names."""
     if is_foundation(folder):
         return foundation_model(model, folder)
-    if not read_json(folder / "config.json").get("learned_positions", False):
+    if not check_model_folder(folder).get("learned_positions", False):
         return None
     return dataclasses.replace(model, size="custom", **encoder_weights(folder)[1])
 

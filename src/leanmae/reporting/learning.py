@@ -128,7 +128,10 @@ def count(n: float) -> str:
 
 
 def ratio(x: float) -> str:
-    return "—" if math.isnan(x) else ("∞" if math.isinf(x) else f"{x:.1f}")
+    """A ratio to two significant figures below 1 (0.03, not 0.0), one decimal above."""
+    if math.isnan(x):
+        return "—"
+    return "∞" if math.isinf(x) else (f"{x:.2g}" if x < 1 else f"{x:,.1f}")
 
 
 def interval_text(i: Interval, fmt: Callable[[float], str] = count) -> str:
@@ -291,8 +294,10 @@ def _times(a: Answer, s: Interval, needed: Interval, base: Interval) -> str:
         return "fewer: scratch reaches the target, this arm does not within the labels run"
     if math.isinf(base.value):
         return f"more than {a.curves.largest / needed.value:.1f} times as many"
-    if base.value <= a.curves.smallest:
+    if base.value <= a.curves.smallest and needed.value <= a.curves.smallest:
         return "both reach it with the fewest labels run, so the runs measure no ratio"
+    if base.value <= a.curves.smallest:  # scratch at most the fewest, the arm more: an upper bound
+        return f"at most {ratio(s.value)} times as many"
     bound = "at least " if needed.value <= a.curves.smallest < base.value else ""
     return f"{bound}{ratio(s.value)} times as many"
 

@@ -347,16 +347,17 @@ def search_table(search_csv: Path) -> Table | None:
     rows = []
     for (arm, fraction), candidates in sorted(cells.items()):
         best = next(c for c in candidates if c["chosen"] == "True")
+        scores = [float(c["val_macro_f1"]) for c in candidates if c["status"] == "finished"]
+        failed = len(candidates) - len(scores)
         rows.append(
             [
                 arm,
                 pct(fraction),
-                len(candidates),
+                f"{len(candidates)}" + (f" ({failed} failed)" if failed else ""),
                 best["settings"],
                 f"{float(best['val_macro_f1']):.3f}",
                 f"{float(best['val_loss']):.3f}",
-                f"{min(float(c['val_macro_f1']) for c in candidates):.3f}–"
-                f"{max(float(c['val_macro_f1']) for c in candidates):.3f}",
+                f"{min(scores):.3f}–{max(scores):.3f}",
             ]
         )
     return Table(
