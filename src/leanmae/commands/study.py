@@ -752,6 +752,11 @@ def _check_given_split(cfg: StudyConfig) -> None:
         )
 
 
+def _key(setting: str) -> str:
+    """The fine-tuning key a KEY=VALUE setting sets: ``finetune.optim.lr`` and ``optim.lr`` are one."""
+    return setting.split("=", 1)[0].removeprefix("finetune.")
+
+
 def _check(cfg: StudyConfig) -> None:
     """What the value checks (STUDY_CHECKS) cannot see: the data folder must exist, SLURM must be there."""
     if not Path(cfg.data).is_dir():
@@ -771,16 +776,11 @@ def _check(cfg: StudyConfig) -> None:
             "--search runs with --launcher local: each run's recipe is chosen once its candidates have "
             "finished, which a SLURM array submitted at once cannot wait for"
         )
-    searched = {
-        setting.split("=", 1)[0]
-        for entry in cfg.search
-        for choice in alternatives(entry)
-        for setting in choice
-    }
+    searched = {_key(setting) for entry in cfg.search for choice in alternatives(entry) for setting in choice}
     for entry in [*cfg.set, *(e.split(":", 1)[1] for e in cfg.arm_set)]:
-        if entry.split("=", 1)[0] in searched:
+        if _key(entry) in searched:
             raise ConfigError(
-                f"{entry!r} sets {entry.split('=', 1)[0]}, which --search searches; give its values to "
+                f"{entry!r} sets {_key(entry)}, which --search searches; give its values to "
                 "--search or leave it out of the search"
             )
     for pool, folder in given_maes(cfg).items():

@@ -363,7 +363,9 @@ def search_table(search_csv: Path) -> Table | None:
     return Table(
         "search",
         "Recipe search: every arm tried the same candidates at every fraction, each once at the first seed, "
-        "and kept the one its own label-honest val draw scored best (macro-F1, then val loss)",
+        "and kept the one its own label-honest val draw scored best (macro-F1, then val loss); the other "
+        "seeds use that recipe, chosen on the first seed's draw of the same size, and the seed intervals "
+        "do not include the search's own variation",
         [
             "arm",
             "labels",
