@@ -26,6 +26,7 @@ fi
 export PYTHONPATH="${LEANMAE_CODE:-$PWD}/src" OMP_NUM_THREADS=1
 PY=${PY:-python}
 run=$RUNS/$name keep=$KEEP/$name
+if [ -f "$keep/val.json" ]; then exit 0; fi  # finished and kept: a resumed finished run would re-score test
 mkdir -p "$RUNS" "$keep"
 # shellcheck disable=SC2086  # $init and $rounds are lists of options
 /usr/bin/time -f "%e s wall, %U s user" -o "$run.time" $PY -m leanmae finetune --split "$SPLIT" \
