@@ -89,7 +89,11 @@ class Job:
     # the run waits for their jobs (``tries``) to end and starts with the best that finished: a candidate that
     # fails (a learning rate that diverges) is a result of the search, not a failure of the run
     choices: list[tuple[list[str], Path]] = field(default_factory=list)
-    tries: list[str] = field(default_factory=list)
+
+    @property
+    def tries(self) -> list[str]:
+        """The job names of the recipe candidates (``_candidate`` names each by its folder)."""
+        return [f"search/{folder.name}" for _, folder in self.choices]
 
 
 def run_status(folder: Path) -> str | None:
@@ -211,7 +215,6 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                     ]
                     jobs.extend(searched[arm, fraction])
                 trials = searched[arm, fraction]
-                job.tries = [t.name for t in trials]
                 job.choices = [(entries, t.out) for entries, t in zip(candidates, trials, strict=True)]
             jobs.append(job)
     return jobs
@@ -623,13 +626,14 @@ def _run_study(
     settings = to_dict(cfg)
     _check_saved_settings(out, settings)
     write_json(out / STUDY_FILE, settings)
-    if not (out / "split.csv").exists() and cfg.split:
-        root, items = read_manifest(cfg.split)
-        write_manifest(items, out / "split.csv", root)
-    elif not (out / "split.csv").exists():
-        import leanmae  # the public API: commands never import each other
+    if not (out / "split.csv").exists():
+        if cfg.split:
+            root, items = read_manifest(cfg.split)
+            write_manifest(items, out / "split.csv", root)
+        else:
+            import leanmae  # the public API: commands never import each other
 
-        leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
+            leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
     check_inits(jobs_list)
     for job in jobs_list:  # a pool that overlaps itself or the split's val/test fails now, not mid-study
         if job.command == "pretrain" and run_status(job.out) != "finished":

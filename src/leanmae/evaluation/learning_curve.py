@@ -23,8 +23,9 @@ fitted by weighted least squares with their weights (the i-th smallest of m labe
 i / m: the large runs vary least between seeds and carry the plateau). It can extrapolate; where the
 two readings disagree, the curve's shape is uncertain as well as the seeds.
 
-Both readings are bootstrapped over seeds: each resample draws seeds with replacement at every label
-count, the same draw for every arm, so comparisons stay paired by seed. The interval reported spans
+Both readings are bootstrapped over seeds: each resample draws, at every label count, each arm's own
+seeds with replacement from the same uniform numbers, so arms with the same seeds draw the same ones and
+comparisons stay paired by seed. The interval reported spans
 both methods' percentile intervals, so it covers seed noise and the choice of curve; the power law's
 own point estimate travels beside it to show the disagreement. Label savings of an arm are the labels
 scratch needs over the labels the arm needs for the same target, with the same treatment.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import ViTModel
+from transformers import PretrainedConfig, ViTMAEConfig, ViTModel
 
 from leanmae.config import ModelConfig
 from leanmae.errors import CheckpointError
@@ -45,7 +45,7 @@ def vit_config(model: ModelConfig, labels: list[str], pooling: str) -> LeanViTCo
     return config
 
 
-def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """``vit.*`` weights and shape of a local MAE (vit_mae) or ViT (vit) folder, read from safetensors, or of
     an encoder labs already have (DINOv2, timm: ``leanmae.models.foundation``)."""
     if is_foundation(Path(folder)):
@@ -66,8 +66,12 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
         raise CheckpointError(
             f"{folder}: model_type {model_type!r} is neither an MAE (vit_mae) nor a ViT (vit)"
         )
-    cfg = source.config
-    shape = {
+    return {f"vit.{k}": v for k, v in vit.state_dict().items()}, _shape(source.config)
+
+
+def _shape(cfg: PretrainedConfig) -> dict[str, float]:
+    """An encoder's shape, in ModelConfig's names, from its transformers config."""
+    return {
         "patch_size": cfg.patch_size,
         "hidden_size": cfg.hidden_size,
         "depth": cfg.num_hidden_layers,
@@ -77,7 +81,6 @@ def encoder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, in
         "num_register_tokens": getattr(cfg, "num_register_tokens", 0),
         "layer_norm_eps": cfg.layer_norm_eps,
     }
-    return {f"vit.{k}": v for k, v in vit.state_dict().items()}, shape
 
 
 def own_shape(model: ModelConfig, folder: Path) -> ModelConfig | None:
@@ -88,7 +91,8 @@ def own_shape(model: ModelConfig, folder: Path) -> ModelConfig | None:
         return foundation_model(model, folder)
     if not check_model_folder(folder).get("learned_positions", False):
         return None
-    return dataclasses.replace(model, size="custom", **encoder_weights(folder)[1])
+    # the shape from the config alone: build_classifier reads the weights once, later
+    return dataclasses.replace(model, size="custom", **_shape(ViTMAEConfig.from_pretrained(folder)))
 
 
 def encoder_of(folder: Path) -> LeanViTClassifier:
