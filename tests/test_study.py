@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import leanmae
 from leanmae.commands.study import Job, StudyConfig, chosen, plan, run_name
@@ -491,22 +492,32 @@ def test_a_study_uses_a_given_split_as_it_is(synthetic: tuple[Path, Path], tmp_p
 
 
 @pytest.mark.parametrize(
-    ("classes", "data", "message"),
-    [(["a", "b"], None, "holds the classes"), (None, "other", "not under --data")],
+    ("given", "message"),
+    [
+        ({"classes": ["a", "b"]}, "holds the classes"),
+        ({"data": "other"}, "not under --data"),
+        ({"split_seed": 3}, "split_seed 3 has no effect"),
+        ({"split_ratios": [0.8, 0.1, 0.1]}, "split_ratios"),
+    ],
 )
-def test_a_given_split_of_other_images_or_classes_is_refused(
-    synthetic: tuple[Path, Path], tmp_path: Path, classes: list[str] | None, data: str | None, message: str
+def test_a_given_split_of_other_images_or_classes_or_with_draw_settings_is_refused(
+    synthetic: tuple[Path, Path], tmp_path: Path, given: dict[str, object], message: str
 ) -> None:
+    """The draw's settings (config-file keys) would be ignored by a given split: refused, not ignored."""
     cells, _ = synthetic
-    given = tmp_path / "given.csv"
-    leanmae.split(str(cells), StudyConfig().classes, given)
+    manifest = tmp_path / "given.csv"
+    leanmae.split(str(cells), StudyConfig().classes, manifest)
     (tmp_path / "other").mkdir()
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in given.items() if k.startswith("split_")}))
+    data = str(tmp_path / str(given["data"])) if "data" in given else str(cells)
     with pytest.raises(ConfigError, match=message):
         leanmae.study(
             out=tmp_path / "s",
-            data=str(tmp_path / data) if data else str(cells),
-            classes=classes,
-            split=str(given),
+            config=config,
+            data=data,
+            classes=given.get("classes"),  # type: ignore[arg-type]
+            split=str(manifest),
             progress=False,
         )
     assert not (tmp_path / "s").exists()

@@ -744,7 +744,12 @@ def _list(value: Any, kind: type, option: str) -> list[Any] | None:
 
 def _check_given_split(cfg: StudyConfig) -> None:
     """A ``--split`` manifest lists --data's images and exactly the study's classes: one of other images
-    or classes would train something else than the report says."""
+    or classes would train something else than the report says; and no split ratios or split seed, which
+    it would silently ignore."""
+    drawn = {"split_ratios": tuple(cfg.split_ratios), "split_seed": cfg.split_seed}
+    for key, value in drawn.items():
+        if value != getattr(StudyConfig(), key):  # they draw a split, and --split's is not drawn
+            raise ConfigError(f"--split {cfg.split}: {key} {value} has no effect on a given split; drop it")
     root, items = read_manifest(cfg.split)
     if root.resolve() != Path(cfg.data).resolve():
         raise ConfigError(f"--split {cfg.split}: its images are under {root}, not under --data {cfg.data}")
