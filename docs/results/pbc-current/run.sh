@@ -2,7 +2,8 @@
 # Issue 27: the PBC study re-measured with today's defaults: seven label fractions, 5 seeds up to 10 % and 3
 # above, every arm's learning rate and training length searched on its own label-honest val draw with the
 # same grid (3 learning rates x 2 lengths: 6 candidates per arm and fraction, at seed 0), other labs' cells
-# scored by every run; pbc-honest's split, whose train images the in-domain MAE saw unlabelled. 213 runs (126 of them candidates): about 20 hours on a 2-core CPU; minutes on a GPU.
+# scored by every run; pbc-honest's split, whose train images the in-domain MAE saw unlabelled. 213 runs
+# (126 of them candidates): about 36 hours on a 2-core CPU (README: cost).
 #   sh docs/results/pbc-current/run.sh [MORE STUDY OPTIONS]   (from the repository root; resumable: rerun it)
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src); OUT: the study folder (default
 # runs/pbc-current; the light results are copied to docs/results/pbc-current by hand, as for pbc-honest).
