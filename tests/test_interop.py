@@ -213,6 +213,8 @@ def test_mae_card_describes_its_pretraining_and_a_finetuned_card_cites_it(
     assert meta["datasets"] == [cells[0].name] and "base_model" not in meta
     run = json.loads((mae / "run.json").read_text())
     assert f"{run['images']['train']} unlabelled training images" in body
+    recorded = json.loads((mae / "model" / "leanmae.json").read_text())["unlabelled_images"]
+    assert recorded == run["images"]["train"] + run["images"]["val"]
     ft = tmp_path / "ft"
     tiny_finetune(cells[1], ft, init=str(mae), sets=FAST)
     ft_meta, ft_body = _card(ft / "model")

@@ -146,6 +146,11 @@ def test_the_first_sentence_says_the_labelled_and_the_unlabelled_images_used(tmp
         and "plus the 1,500 unlabelled images of its pretraining pool reach" in first
     )
     assert "from scratch, with no unlabelled images" in first
+    (study / "mae" / "run.json").unlink()  # the model folder alone, as a lab receives a shared MAE
+    recorded = {"kind": "mae", "unlabelled_images": 900}
+    (study / "mae" / "model" / "leanmae.json").write_text(json.dumps(recorded))
+    first = _headline(leanmae.report(study).read_text()).split("</p>")[0]
+    assert "plus the 900 unlabelled images of its pretraining pool reach" in first
 
 
 def test_labels_appear_as_counts_beside_every_percentage(tmp_path: Path) -> None:

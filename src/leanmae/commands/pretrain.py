@@ -363,7 +363,9 @@ def run_pretrain(
 
     summary: dict[str, Any] = {}
     if ctx.is_main:
-        save_model(model, out / "model", mean, std, {"kind": "mae", **spec_extras(spec)})
+        # the pool travels with the model folder, so a study of a copied MAE still says what it was built on
+        pool_size = {"unlabelled_images": len(pool.train) + len(pool.val)}
+        save_model(model, out / "model", mean, std, {"kind": "mae", **pool_size, **spec_extras(spec)})
         history = result.history
         loss_curve(history, out / "loss.png", f"MAE pretraining ({len(pool.train)} images)")
         recon = reconstruction_metrics(model, val_pixels)

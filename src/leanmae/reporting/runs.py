@@ -230,9 +230,9 @@ def unlabelled_images(runs: list[Run]) -> dict[str, int | None]:
     """The unlabelled images behind each arm's starting weights, so that a lab sees all it must collect.
 
     0 from scratch; for an MAE, its pretraining pool (train + val images in the pretraining's run.json,
-    found from the runs' ``init``); None where the runs do not say: an encoder from elsewhere (hf:), a
-    model folder without its pretraining run beside it, or runs of one arm that started from different
-    folders.
+    found from the runs' ``init``, else the ``unlabelled_images`` its model folder's leanmae.json records);
+    None where neither says: an encoder from elsewhere (hf:), or runs of one arm that started from
+    different folders.
     """
     found: dict[str, int | None] = {}
     for arm in arms(runs):
@@ -243,6 +243,17 @@ def unlabelled_images(runs: list[Run]) -> dict[str, int | None]:
         if init == BASELINE:
             found[arm] = 0
             continue
-        images = run_info(_pretrain_run(runs[0].folder.parent.parent, init)).get("images") if init else None
-        found[arm] = sum(images.values()) if isinstance(images, dict) and images else None
+        folder = _pretrain_run(runs[0].folder.parent.parent, init) if init else None
+        images = run_info(folder).get("images") if folder else None
+        found[arm] = sum(images.values()) if isinstance(images, dict) and images else _recorded_pool(folder)
     return found
+
+
+def _recorded_pool(folder: Path | None) -> int | None:
+    """The pool size an MAE folder (or its run's model/) records in leanmae.json; None if it records none."""
+    for model in [folder, folder / "model"] if folder else []:
+        extra = model / "leanmae.json"
+        value = read_json(extra).get("unlabelled_images") if extra.is_file() else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
