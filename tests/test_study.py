@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -162,10 +163,11 @@ def test_arm_set_gives_one_arm_its_own_recipe(tmp_path: Path) -> None:
 
 
 def test_a_variant_arm_starts_where_its_arm_does_with_its_own_settings(tmp_path: Path) -> None:
-    """``mae+fixmatch``: the MAE arm's init and pool, FixMatch on top; the report shows it as an arm."""
+    """``mae+fixmatch``: the MAE arm's init and pool, FixMatch on top; the report shows it as an arm. It has
+    no run with all labels, where no train image is left unlabelled for it."""
     cfg = StudyConfig(
         data="x",
-        fractions=[0.01],
+        fractions=[0.01, 1.0],
         seeds=[0],
         arms=["scratch", "mae", "mae+fixmatch", "mae-linear+long"],
         mae=["m"],
@@ -179,6 +181,9 @@ def test_a_variant_arm_starts_where_its_arm_does_with_its_own_settings(tmp_path:
         "mae_f0.01_s0": ("m", False, []),
         "mae+fixmatch_f0.01_s0": ("m", False, ["classifier.semi=fixmatch"]),
         "mae-linear+long_f0.01_s0": ("m", True, ["classifier.min_steps=1200"]),
+        "scratch_f1_s0": ("scratch", False, []),
+        "mae_f1_s0": ("m", False, []),
+        "mae-linear+long_f1_s0": ("m", True, ["classifier.min_steps=1200"]),
     }
 
 
@@ -340,6 +345,40 @@ def test_a_tiny_study_runs_end_to_end(finished_study: Path) -> None:
     assert "| labels |" in (finished_study / "results" / "tables.md").read_text()
     assert all((r.folder / "robustness.json").exists() for r in runs), "every finished run is benchmarked"
     assert (finished_study / "results" / "robustness.csv").exists()
+
+
+def test_a_study_runs_label_choice_and_semi_supervision_as_arms_of_their_own(
+    synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path
+) -> None:
+    """Issue 26's arms in a study: a label choice and FixMatch are variant arms (``ARM+NAME``) of the same
+    MAE, each trained as it says and reported beside the plain arm (its labels needed too, read as any
+    arm's: test_report.py); FixMatch has no run with all labels."""
+    variants = {"mae+typiclust": "classifier.selection=typiclust", "mae+fixmatch": "classifier.semi=fixmatch"}
+    out = tmp_path / "s"
+    leanmae.study(
+        out=out,
+        data=str(synthetic[0]),
+        split=str(finished_study / "split.csv"),
+        mae=[str(finished_study / "pretrain")],
+        arms=["scratch", "mae", *variants],
+        arm_set=[f"{arm}:{setting}" for arm, setting in variants.items()],
+        preset="test",
+        fractions=[0.5, 1.0],
+        seeds=[0],
+        set=FAST,
+        progress=False,
+    )
+    for arm, setting in variants.items():
+        key, value = setting.split("=")
+        section, name = key.split(".")
+        config = json.loads((out / "runs" / f"{arm}_f0.5_s0" / "run.json").read_text())["config"]
+        assert config[section][name] == value
+    with open(out / "results" / "runs.csv") as f:
+        ran = {(row["arm"], row["labels"]) for row in csv.DictReader(f)}
+    assert ran == {(arm, f) for arm in ("scratch", "mae", *variants) for f in ("50 %", "100 %")} - {
+        ("mae+fixmatch", "100 %")
+    }
+    assert "7 of 7 fine-tuning runs finished" in (out / "report.html").read_text()
 
 
 def test_every_mae_run_starts_from_the_study_mae(finished_study: Path) -> None:

@@ -4,7 +4,7 @@ Pretrain once (or take ``--mae``), make the split once, then run the grid
 fractions x arms x seeds of fine-tuning runs, and write tables, figures and report.html.
 Every run is an ordinary ``pretrain`` / ``finetune`` run folder under the study folder:
 
-    study.json                   the resolved study settings
+    study.json                   the resolved study settings and the number of runs they plan
     split.csv                    the fixed split every run uses
     pretrain/                    the MAE (unless --mae was given)
     runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each, with its robustness.json (shifted test scores)
@@ -205,6 +205,8 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             ]
             pool = arm_pool(arm, cfg.pool)
             job = Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else [])
+            if fraction >= 1 and semi_supervised(job):
+                continue  # every train image is labelled: nothing unlabelled (NO_SEMI_RUN says so)
             if "classifier.selection=margin" in kwargs["set"]:
                 _chain_rounds(job, earlier.get((arm, seed)))
             earlier[(arm, seed)] = job
@@ -218,6 +220,15 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                 job.choices = [(entries, t.out) for entries, t in zip(candidates, trials, strict=True)]
             jobs.append(job)
     return jobs
+
+
+NO_SEMI_RUN = "no run with all labels: every train image is labelled, so classifier.semi has nothing to learn"
+
+
+def semi_supervised(job: Job) -> bool:
+    """Whether a fine-tuning job learns from unlabelled train images (``classifier.semi`` on)."""
+    config = job_config(job)
+    return isinstance(config, FinetuneConfig) and config.classifier.semi != "off"
 
 
 def search_grid(entries: list[str]) -> list[list[str]]:
@@ -623,9 +634,15 @@ def _run_study(
     """The study with its folder held: settings checked against the saved ones, split, runs, report."""
     from leanmae.reporting.study_report import write_report
 
+    grid = [job for job in jobs_list if job.command == "finetune" and not job.name.startswith("search/")]
+    for arm in cfg.arms:
+        if max(cfg.fractions) >= 1 and not any(
+            arm_of(job.name) == arm and job.kwargs["fraction"] >= 1 for job in grid
+        ):
+            print(f"study: {arm}: {NO_SEMI_RUN}")
     settings = to_dict(cfg)
     _check_saved_settings(out, settings)
-    write_json(out / STUDY_FILE, settings)
+    write_json(out / STUDY_FILE, {**settings, "runs_planned": len(grid)})  # the report's "N of M finished"
     if not (out / "split.csv").exists():
         if cfg.split:
             root, items = read_manifest(cfg.split)

@@ -67,8 +67,11 @@ def _img(path: Path, caption: str) -> str:
 
 
 def expected_runs(settings: dict[str, Any]) -> int:
-    """Fine-tuning runs a study's settings ask for: every seed at every fraction, extra seeds at the small
+    """Fine-tuning runs a study's settings ask for: as the study planned them (study.json's runs_planned),
+    else, for a study saved before it recorded that, every seed at every fraction, extra seeds at the small
     ones."""
+    if settings.get("runs_planned"):
+        return int(settings["runs_planned"])
     fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])
     extra = [s for s in settings.get("extra_seeds", []) if s not in seeds]
     small = [f for f in fractions if f <= settings.get("extra_seeds_up_to", 0.1)]
