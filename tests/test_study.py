@@ -348,7 +348,7 @@ def test_a_tiny_study_runs_end_to_end(finished_study: Path) -> None:
 
 
 def test_a_study_runs_label_choice_and_semi_supervision_as_arms_of_their_own(
-    synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path
+    synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Issue 26's arms in a study: a label choice and FixMatch are variant arms (``ARM+NAME``) of the same
     MAE, each trained as it says and reported beside the plain arm (its labels needed too, read as any
@@ -379,6 +379,36 @@ def test_a_study_runs_label_choice_and_semi_supervision_as_arms_of_their_own(
         ("mae+fixmatch", "100 %")
     }
     assert "7 of 7 fine-tuning runs finished" in (out / "report.html").read_text()
+    said = [line for line in capsys.readouterr().out.splitlines() if "no run with all labels" in line]
+    assert len(said) == 1 and said[0].startswith("study: mae+fixmatch: ")
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ([1.0], "--arms mae+fixmatch: no run with all labels"),
+        ([0.99], "0.99 of the labels is every train image"),
+    ],
+)
+def test_a_semi_supervised_arm_with_nothing_unlabelled_is_refused_before_any_run(
+    synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path, fractions: list[float], message: str
+) -> None:
+    """FixMatch needs unlabelled train images: an arm left with no run, or a fraction that labels every
+    train image of the split (8 a class here), is refused before anything trains, not hours in."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        leanmae.study(
+            out=tmp_path / "s",
+            data=str(synthetic[0]),
+            mae=[str(finished_study / "pretrain")],
+            arms=["mae+fixmatch"],
+            arm_set=["mae+fixmatch:classifier.semi=fixmatch"],
+            preset="test",
+            fractions=fractions,
+            seeds=[0],
+            set=FAST,
+            progress=False,
+        )
+    assert not list(tmp_path.glob("s/*/*/run.json"))
 
 
 def test_every_mae_run_starts_from_the_study_mae(finished_study: Path) -> None:

@@ -1,8 +1,8 @@
 """Issue 27's under-training check: does doubling a recipe's training length change validation macro-F1 by
 under 0.01? It reads the study's search.csv (each arm's recipe candidates at each fraction, run at the first
-seed) and scores the candidates at the chosen learning rate, both lengths, on PBC's whole validation split:
-the development data, never test. The search itself chose on each candidate's label-honest draw of a dozen
-images; this check spends the full split, as a diagnostic of the study's effort, not as a choice.
+seed) and scores the chosen candidate's recipe at its shortest and longest length on PBC's whole validation
+split: the development data, never test. The search itself chose on each candidate's label-honest draw of a
+dozen images; this check spends the full split, as a diagnostic of the study's effort, not as a choice.
 
     PYTHONPATH=src python docs/results/pbc-current/effort.py [STUDY] [FRACTIONS]
     (defaults: runs/pbc-current, "0.01 0.1"; writes STUDY/effort.csv, scores kept in each candidate's
@@ -12,6 +12,7 @@ images; this check spends the full split, as a diagnostic of the study's effort,
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import leanmae
 from leanmae.files import read_json, write_atomic
 from leanmae.safe_csv import csv_text
 
-LENGTH_KEYS = ("optim.epochs", "classifier.min_steps")  # the settings that say how long a candidate trains
+LENGTH = (("optim", "epochs"), ("classifier", "min_steps"))  # the settings that say how long a run trains
 
 
 def full_val_f1(study: Path, candidate: str) -> float:
@@ -31,11 +32,12 @@ def full_val_f1(study: Path, candidate: str) -> float:
     return float(read_json(scored)["val"]["macro_f1"])
 
 
-def split_settings(settings: str) -> tuple[str, str]:
-    """(the recipe without its length, the length) of a candidate's space-separated KEY=VALUE settings."""
-    entries = settings.split()
-    length = [e for e in entries if e.split("=", 1)[0] in LENGTH_KEYS]
-    return " ".join(e for e in entries if e not in length), " ".join(length)
+def recipe(study: Path, candidate: str) -> tuple[str, tuple[int, int]]:
+    """(the candidate's resolved config without its length, its length as (epochs, min_steps)), read from
+    its run.json, so that a default left implicit in --search pairs with the same value written out."""
+    config = read_json(study / "search" / candidate / "run.json")["config"]
+    length = tuple(config[section].pop(key) for section, key in LENGTH)
+    return json.dumps(config, sort_keys=True), length  # type: ignore[return-value]
 
 
 def main(study: Path, fractions: list[float]) -> None:
@@ -44,25 +46,41 @@ def main(study: Path, fractions: list[float]) -> None:
     rows = [r for r in rows if float(r["fraction"]) in fractions]
     out = []
     for arm, fraction in sorted({(r["arm"], float(r["fraction"])) for r in rows}):
-        group = [r for r in rows if r["arm"] == arm and float(r["fraction"]) == fraction]
-        best = next(r for r in group if r["chosen"] == "True")
-        recipe, chosen_length = split_settings(best["settings"])
-        lengths = sorted(
-            (r for r in group if split_settings(r["settings"])[0] == recipe),
-            key=lambda r: int(dict(e.split("=", 1) for e in r["settings"].split())["classifier.min_steps"]),
+        group = {r["candidate"]: r for r in rows if r["arm"] == arm and float(r["fraction"]) == fraction}
+        recipes = {name: recipe(study, name) for name in group}
+        best = next(name for name, r in group.items() if r["chosen"] == "True")
+        # the chosen recipe at two lengths; else (a search that doubles only the default rate's length)
+        # the recipe that has two
+        pairs = [best] + [n for n in group if recipes[n][0] != recipes[best][0]]
+        same = next(
+            (
+                p
+                for p in (
+                    sorted((recipes[n][1], n) for n in group if recipes[n][0] == recipes[m][0]) for m in pairs
+                )
+                if len({length for length, _ in p}) > 1
+            ),
+            None,
         )
-        if len(lengths) < 2:
-            print(f"{arm} at {fraction:g}: only one length of {recipe!r} finished; nothing to compare")
+        if same is None:
+            print(f"{arm} at {fraction:g}: no recipe finished at two lengths; nothing to compare")
             continue
-        shorter, longer = (full_val_f1(study, r["candidate"]) for r in (lengths[0], lengths[-1]))
-        change = longer - shorter
-        out.append([arm, fraction, recipe, chosen_length, *(round(v, 4) for v in (shorter, longer, change))])
-        print(
-            f"{arm:>16} at {fraction:g}: {recipe} (chosen length: {chosen_length}); full-val macro-F1 "
-            f"{shorter:.3f} -> {longer:.3f} when doubled: {change:+.3f} "
-            f"({'under' if abs(change) < 0.01 else 'NOT under'} 0.01)"
+        rate = read_json(study / "search" / same[0][1] / "run.json")["config"]["optim"]["base_lr"]
+        (short, shorter), (long, longer) = same[0], same[-1]
+        f1_short, f1_long = full_val_f1(study, shorter), full_val_f1(study, longer)
+        change = f1_long - f1_short
+        chosen = "the longer" if best == longer else "the shorter" if best == shorter else "another recipe"
+        out.append(
+            [arm, fraction, rate, *short, *long, chosen, *(round(v, 4) for v in (f1_short, f1_long, change))]
         )
-    header = ["arm", "fraction", "recipe", "chosen_length", "val_macro_f1_1x", "val_macro_f1_2x", "change"]
+        print(
+            f"{arm:>16} at {fraction:g}: lr {rate:g}, {short[0]} -> {long[0]} epochs "
+            f"({short[1]} -> {long[1]} steps at least; {chosen} was chosen): "
+            f"whole-val macro-F1 {f1_short:.3f} -> {f1_long:.3f}, "
+            f"{change:+.3f} ({'under' if abs(change) < 0.01 else 'NOT under'} 0.01)"
+        )
+    header = ["arm", "fraction", "base_lr", "epochs", "min_steps", "epochs_long", "min_steps_long", "chosen"]
+    header += ["val_macro_f1", "val_macro_f1_long", "change"]
     write_atomic(study / "effort.csv", csv_text(header, out))
 
 

@@ -4,7 +4,8 @@ Pretrain once (or take ``--mae``), make the split once, then run the grid
 fractions x arms x seeds of fine-tuning runs, and write tables, figures and report.html.
 Every run is an ordinary ``pretrain`` / ``finetune`` run folder under the study folder:
 
-    study.json                   the resolved study settings and the number of runs they plan
+    study.json                   the resolved study settings
+    plan.json                    the names of the grid's runs (what "N of M finished" counts)
     split.csv                    the fixed split every run uses
     pretrain/                    the MAE (unless --mae was given)
     runs/<arm>_f<fraction>_s<seed>/   one fine-tuning run each, with its robustness.json (shifted test scores)
@@ -53,7 +54,7 @@ from leanmae.config import (
     to_dict,
 )
 from leanmae.data.pool import collect
-from leanmae.data.split import read_manifest, write_manifest
+from leanmae.data.split import label_fraction, read_manifest, write_manifest
 from leanmae.errors import ConfigError, DataError, OutputFolderError
 from leanmae.eta import (
     Timing,
@@ -223,12 +224,27 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
 
 
 NO_SEMI_RUN = "no run with all labels: every train image is labelled, so classifier.semi has nothing to learn"
+PLAN_FILE = "plan.json"  # the grid's run names, rewritten by every call (arms and fractions may grow)
 
 
 def semi_supervised(job: Job) -> bool:
     """Whether a fine-tuning job learns from unlabelled train images (``classifier.semi`` on)."""
     config = job_config(job)
     return isinstance(config, FinetuneConfig) and config.classifier.semi != "off"
+
+
+def check_semi_pools(jobs: list[Job], manifest: Path) -> None:
+    """Refuse, before any run starts, a semi-supervised run whose fraction labels every train image (a
+    fraction just under 1, or classes of two images): it would fail hours into the study."""
+    items = read_manifest(manifest)[1]
+    train = sum(item.split == "train" for item in items)
+    for job in jobs:
+        fraction = job.kwargs.get("fraction", 0)
+        if semi_supervised(job) and len(label_fraction(items, fraction, job.kwargs["seed"])) >= train:
+            raise ConfigError(
+                f"run {job.name}: {fraction:g} of the labels is every train image of this split, so "
+                "classifier.semi has nothing unlabelled to learn from; use a smaller fraction for that arm"
+            )
 
 
 def search_grid(entries: list[str]) -> list[list[str]]:
@@ -619,6 +635,10 @@ def study(
     jobs_list = plan(cfg, out)
     for job in jobs_list:  # every --set and --arm-set key checked before anything is written
         job_config(job)
+    planned = {job.name for job in jobs_list}
+    for arm in cfg.arms:
+        if not any(run_name(arm, f, cfg.seeds[0]) in planned for f in cfg.fractions):
+            raise ConfigError(f"--arms {arm}: {NO_SEMI_RUN}, and --fractions gives it no other")
     if not (out / STUDY_FILE).exists() and out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise OutputFolderError(
             f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out"
@@ -634,15 +654,14 @@ def _run_study(
     """The study with its folder held: settings checked against the saved ones, split, runs, report."""
     from leanmae.reporting.study_report import write_report
 
-    grid = [job for job in jobs_list if job.command == "finetune" and not job.name.startswith("search/")]
+    grid = [job.name for job in jobs_list if job.command == "finetune" and not job.name.startswith("search/")]
     for arm in cfg.arms:
-        if max(cfg.fractions) >= 1 and not any(
-            arm_of(job.name) == arm and job.kwargs["fraction"] >= 1 for job in grid
-        ):
+        if 1 in cfg.fractions and run_name(arm, 1, cfg.seeds[0]) not in grid:
             print(f"study: {arm}: {NO_SEMI_RUN}")
     settings = to_dict(cfg)
     _check_saved_settings(out, settings)
-    write_json(out / STUDY_FILE, {**settings, "runs_planned": len(grid)})  # the report's "N of M finished"
+    write_json(out / STUDY_FILE, settings)
+    write_json(out / PLAN_FILE, {"runs": grid})  # what the report counts its finished runs against
     if not (out / "split.csv").exists():
         if cfg.split:
             root, items = read_manifest(cfg.split)
@@ -652,6 +671,7 @@ def _run_study(
 
             leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
     check_inits(jobs_list)
+    check_semi_pools(jobs_list, out / "split.csv")
     for job in jobs_list:  # a pool that overlaps itself or the split's val/test fails now, not mid-study
         if job.command == "pretrain" and run_status(job.out) != "finished":
             collect(job.kwargs["data"])

@@ -231,8 +231,8 @@ def unlabelled_images(runs: list[Run]) -> dict[str, int | None]:
 
     0 from scratch; for an MAE, its pretraining pool (train + val images in the pretraining's run.json,
     found from the runs' ``init``, else the ``unlabelled_images`` its model folder's leanmae.json records);
-    None where neither says: an encoder from elsewhere (hf:), or runs of one arm that started from
-    different folders.
+    None where neither says: an encoder from elsewhere (an hf: folder that records no pool), or runs of
+    one arm that started from different folders.
     """
     found: dict[str, int | None] = {}
     for arm in arms(runs):
@@ -250,7 +250,8 @@ def unlabelled_images(runs: list[Run]) -> dict[str, int | None]:
 
 
 def _recorded_pool(folder: Path | None) -> int | None:
-    """The pool size an MAE folder (or its run's model/) records in leanmae.json; None if it records none."""
+    """The pool size (train + val images, as run.json counts them) an MAE folder, or its run's model/,
+    records in leanmae.json; None if it records none."""
     for model in [folder, folder / "model"] if folder else []:
         extra = model / "leanmae.json"
         value = read_json(extra).get("unlabelled_images") if extra.is_file() else None

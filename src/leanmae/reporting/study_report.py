@@ -66,12 +66,12 @@ def _img(path: Path, caption: str) -> str:
     )
 
 
-def expected_runs(settings: dict[str, Any]) -> int:
-    """Fine-tuning runs a study's settings ask for: as the study planned them (study.json's runs_planned),
-    else, for a study saved before it recorded that, every seed at every fraction, extra seeds at the small
-    ones."""
-    if settings.get("runs_planned"):
-        return int(settings["runs_planned"])
+def expected_runs(study: Path, settings: dict[str, Any]) -> int:
+    """Fine-tuning runs the study asks for: the runs its last call planned (plan.json), else, for a study
+    from before plan.json, every seed at every fraction and extra seeds at the small ones (which counts
+    runs a semi-supervised arm skips with all labels)."""
+    if (study / "plan.json").exists():
+        return len(read_json(study / "plan.json")["runs"])
     fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])
     extra = [s for s in settings.get("extra_seeds", []) if s not in seeds]
     small = [f for f in fractions if f <= settings.get("extra_seeds_up_to", 0.1)]
@@ -258,7 +258,7 @@ def write_report(study: Path, target: float | None = None) -> Path:
     runs, failed = load_runs(study), failed_runs(study)
     settings = read_json(study / "study.json") if (study / "study.json").exists() else {}
     pretrains = pretrain_folders(study, settings)
-    expected = expected_runs(settings) or len(runs)
+    expected = expected_runs(study, settings) or len(runs)
     all_tables = {t.name: t for t in tables(runs)} if runs else {}
     a = answer(runs, target) if runs else None
     lines, answer_html = (
