@@ -2,8 +2,9 @@
 # Issue 27: the PBC study re-measured with today's defaults: seven label fractions, 5 seeds up to 10 % and 3
 # above, every arm's learning rate and training length searched on its own label-honest val draw with the
 # same grid (3 learning rates x 2 lengths: 6 candidates per arm and fraction, at seed 0), other labs' cells
-# scored by every run; pbc-honest's split, whose train images the in-domain MAE saw unlabelled. 213 runs
-# (126 of them candidates): about 36 hours on a 2-core CPU (README: cost).
+# scored by every run; pbc-honest's split, whose train images the in-domain MAE saw unlabelled; issue 26's
+# best label choice (margin rounds) as a fourth arm. 284 runs (168 of them candidates): about 48 hours on a
+# 2-core CPU (README: cost).
 #   sh docs/results/pbc-current/run.sh [MORE STUDY OPTIONS]   (from the repository root; resumable: rerun it)
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src); OUT: the study folder (default
 # runs/pbc-current; the light results are copied to docs/results/pbc-current by hand, as for pbc-honest).
@@ -18,7 +19,9 @@ exec ${PY:-python} -m leanmae study --out "${OUT:-runs/pbc-current}" --data "$DA
   --ood-data "$DATA/pbc:erythroblast,ig,platelet" \
   --external "$DATA/external_wbc/tecom" --external "$DATA/external_wbc/cellavision_blog" \
   --mae in-domain=docs/results/gpu-mae/in-domain-pix/model --mae other=docs/results/gpu-mae/other-pix/model \
-  --arms scratch,mae-in-domain,mae-other --fractions 0.01,0.02,0.05,0.1,0.25,0.5,1 --seeds 0,1,2 \
+  --arms scratch,mae-in-domain,mae-other,mae-in-domain+margin \
+  --arm-set mae-in-domain+margin:classifier.selection=margin \
+  --fractions 0.01,0.02,0.05,0.1,0.25,0.5,1 --seeds 0,1,2 \
   --extra-seeds 3,4 --search 'optim.base_lr=5e-4|1e-3|2e-3' \
   --search 'optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200' \
   --jobs 2 --no-progress "$@"
