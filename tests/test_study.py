@@ -550,6 +550,34 @@ def test_the_slurm_launcher_runs_the_grid_through_submitit(
     assert "2 of 2 fine-tuning runs finished" in (out / "report.html").read_text()
 
 
+def test_the_slurm_launcher_submits_margin_rounds_after_the_round_before(
+    synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path
+) -> None:
+    """Each wave of dependencies is its own array: the 100 % round starts once the 50 % round has finished,
+    and keeps its labels (submitit's local executor, as on a cluster with --wait)."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "s"
+    states = leanmae.study(
+        out=out,
+        data=str(synthetic[0]),
+        mae=[str(finished_study / "pretrain")],
+        arms=["mae+rounds"],
+        arm_set=["mae+rounds:classifier.selection=margin"],
+        preset="test",
+        fractions=[0.5, 1.0],
+        seeds=[0],
+        launcher="slurm",
+        slurm={"cluster": "local", "time_min": 10},
+        set=FAST,
+        progress=False,
+    )
+    assert states == {"mae+rounds_f0.5_s0": "done", "mae+rounds_f1_s0": "done"}
+    first, second = (
+        (out / "runs" / f"mae+rounds_f{f}_s0" / "labelled.csv").read_text() for f in ("0.5", "1")
+    )
+    assert set(first.splitlines()[1:]) < set(second.splitlines()[1:])
+
+
 def test_a_study_uses_a_given_split_as_it_is(synthetic: tuple[Path, Path], tmp_path: Path) -> None:
     """--split: an earlier study's split (whose train images an in-domain MAE saw) stays the split, not a
     new draw."""

@@ -499,8 +499,19 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     return state
 
 
+def waves(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs in the order their dependencies allow: a job's wave comes after the waves of the jobs it waits
+    for (pretrainings, then the grid, then each next round of margin selection); a finished job, absent
+    from ``jobs``, holds nothing up."""
+    names, level = {j.name for j in jobs}, {}
+    for job in jobs:  # plan lists a job after every job it waits for
+        level[job.name] = 1 + max((level[name] for name in job.after if name in names), default=-1)
+    return [[j for j in jobs if level[j.name] == k] for k in range(max(level.values(), default=-1) + 1)]
+
+
 def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
-    """Submit unfinished jobs through submitit: the pretraining first, the grid as one job array after it."""
+    """Submit unfinished jobs through submitit, one job array per wave of dependencies (``waves``): each
+    waits for the one before, on the cluster (--no-wait) or here."""
     import submitit
 
     opts = cfg.slurm
@@ -521,29 +532,21 @@ def run_slurm(jobs: list[Job], cfg: StudyConfig, out: Path) -> dict[str, str]:
             params["slurm_account"] = opts.account
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     todo = [j for j in jobs if run_status(j.out) != "finished"]
-    first = [j for j in todo if not j.after]
-    later = [j for j in todo if j.after]
-    submitted = []
+    submitted: list[tuple[Job, Any]] = []
     state = {j.name: "done" for j in jobs if j not in todo}
-    pretrain_jobs = []
-    with executor.batch():
-        for job in first:
-            submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
-            if job.name == "pretrain":
-                pretrain_jobs.append(submitted[-1][1])
-    if later:
-        if pretrain_jobs and executor.cluster == "slurm" and not cfg.wait:
-            executor.update_parameters(
-                slurm_additional_parameters={
-                    "dependency": "afterok:" + ":".join(j.job_id for j in pretrain_jobs)
-                }
-            )
+    previous: list[Any] = []
+    for wave in waves(todo):
+        if previous and executor.cluster == "slurm" and not cfg.wait:
+            # afterany, not afterok: one failed run must not hold back the runs that do not need it (one
+            # that does fails itself, saying why)
+            dependency = "afterany:" + ":".join(handle.job_id for handle in previous)
+            executor.update_parameters(slurm_additional_parameters={"dependency": dependency})
         else:
-            for job in pretrain_jobs:
-                job.result()
+            for handle in previous:
+                handle.wait()  # its result (or failure) is collected below
         with executor.batch():
-            for job in later:
-                submitted.append((job, executor.submit(run_job, job.command, _with_resume(job))))
+            previous = [executor.submit(run_job, job.command, _with_resume(job)) for job in wave]
+        submitted += zip(wave, previous, strict=True)
     print(
         f"submitted {len(submitted)} job(s): "
         f"{', '.join(s.job_id for _, s in submitted[:5])}{' ...' if len(submitted) > 5 else ''}"
