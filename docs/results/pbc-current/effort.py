@@ -32,12 +32,13 @@ def full_val_f1(study: Path, candidate: str) -> float:
     return float(read_json(scored)["val"]["macro_f1"])
 
 
-def recipe(study: Path, candidate: str) -> tuple[str, tuple[int, int]]:
-    """(the candidate's resolved config without its length, its length as (epochs, min_steps)), read from
-    its run.json, so that a default left implicit in --search pairs with the same value written out."""
+def recipe(study: Path, candidate: str) -> tuple[str, tuple[int, int], float]:
+    """(the candidate's resolved config without its length, its length as (epochs, min_steps), its learning
+    rate), read from its run.json, so that a default left implicit in --search pairs with the same value
+    written out."""
     config = read_json(study / "search" / candidate / "run.json")["config"]
     length = tuple(config[section].pop(key) for section, key in LENGTH)
-    return json.dumps(config, sort_keys=True), length  # type: ignore[return-value]
+    return json.dumps(config, sort_keys=True), length, config["optim"]["base_lr"]  # type: ignore[return-value]
 
 
 def main(study: Path, fractions: list[float]) -> None:
@@ -49,24 +50,18 @@ def main(study: Path, fractions: list[float]) -> None:
         group = {r["candidate"]: r for r in rows if r["arm"] == arm and float(r["fraction"]) == fraction}
         recipes = {name: recipe(study, name) for name in group}
         best = next(name for name, r in group.items() if r["chosen"] == "True")
+        lengths: dict[str, list[tuple[tuple[int, int], str]]] = {}  # recipe -> its (length, candidate)s
+        for name, (key, length, _) in recipes.items():
+            lengths.setdefault(key, []).append((length, name))
         # the chosen recipe at two lengths; else (a search that doubles only the default rate's length)
         # the recipe that has two
-        pairs = [best] + [n for n in group if recipes[n][0] != recipes[best][0]]
-        same = next(
-            (
-                p
-                for p in (
-                    sorted((recipes[n][1], n) for n in group if recipes[n][0] == recipes[m][0]) for m in pairs
-                )
-                if len({length for length, _ in p}) > 1
-            ),
-            None,
-        )
+        order = sorted(lengths.values(), key=lambda tried: best not in {name for _, name in tried})
+        same = next((sorted(tried) for tried in order if len({length for length, _ in tried}) > 1), None)
         if same is None:
             print(f"{arm} at {fraction:g}: no recipe finished at two lengths; nothing to compare")
             continue
-        rate = read_json(study / "search" / same[0][1] / "run.json")["config"]["optim"]["base_lr"]
         (short, shorter), (long, longer) = same[0], same[-1]
+        rate = recipes[shorter][2]
         f1_short, f1_long = full_val_f1(study, shorter), full_val_f1(study, longer)
         change = f1_long - f1_short
         chosen = "the longer" if best == longer else "the shorter" if best == shorter else "another recipe"
