@@ -1033,3 +1033,23 @@ def test_a_misspelt_ood_class_is_refused_before_training(cells: dict[str, Any], 
         tiny_finetune(cells["split"], tmp_path / "run", ood=[f"{cells['data']}:basofil"])
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_refer_threshold_on_too_few_validation_images_is_named_as_rough() -> None:
+    """Rule of three: showing 99 % accuracy needs at least 300 validation images even with no mistake."""
+    from leanmae.evaluation.calibration import refer_check
+
+    assert refer_check(300, 0.99) is None
+    assert "12 validation images" in refer_check(12, 0.99) and "at least 300" in refer_check(299, 0.99)
+    assert refer_check(6, 0.5) is None and "no finite number" in refer_check(10**6, 1.0)
+
+
+def test_finetuning_warns_before_training_when_its_refer_threshold_will_be_rough(
+    cells: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_finetune(cells["split"], tmp_path / "rough", epochs=1)
+    out = capsys.readouterr().out
+    warning = out.index("warning: the refer-to-expert threshold is chosen on 10 validation images")
+    assert warning < out.index("macro-F1"), "the warning comes before any result"
+    tiny_finetune(cells["split"], tmp_path / "fine", epochs=1, sets=["classifier.target_accuracy=0.7"])
+    assert "refer-to-expert" not in capsys.readouterr().out

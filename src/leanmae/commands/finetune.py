@@ -64,7 +64,7 @@ from leanmae.data.rand import AUGMENT_STREAM, uniform
 from leanmae.data.sources import ImageRecord
 from leanmae.data.split import counts, file_hash, read_manifest
 from leanmae.errors import ConfigError, DataError
-from leanmae.evaluation.calibration import softmax
+from leanmae.evaluation.calibration import refer_check, softmax
 from leanmae.evaluation.final import final_evaluation, headline
 from leanmae.evaluation.metrics import summary
 from leanmae.evaluation.predict import cached_batches, predict_outputs, trained_classifier
@@ -325,6 +325,8 @@ def run_finetune(
             f"({opts.val}), {len(data.index['test'])} test; "
             f"batch {batch_size} x {passes} pass(es)/epoch; {lr_rule(optim, ctx.world_size)}"
         )
+        if rough := refer_check(len(data.index["val"]), opts.target_accuracy):
+            print(f"warning: {rough}")
         write_run_info(
             out,
             "finetune",

@@ -18,6 +18,7 @@ how far its confidence can be trusted and turns it into two safe actions:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,24 @@ def refer_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) ->
     end_of_tie = np.r_[sorted_conf[1:] != sorted_conf[:-1], True]  # a threshold keeps whole tie groups
     ok = np.flatnonzero(end_of_tie & (accuracy >= target_accuracy))
     return float(sorted_conf[ok[-1]]) if len(ok) else 1.0 + 1e-9
+
+
+def refer_check(validation_images: int, target_accuracy: float) -> str | None:
+    """Why a refer threshold chosen on ``validation_images`` cannot show ``target_accuracy``, or None.
+
+    Even with no mistake among n validation images, the 95 % upper bound on the error rate is about 3 / n
+    (the rule of three), so a target accuracy a needs at least 3 / (1 - a) of them: 300 for 99 %. On fewer,
+    the threshold only keeps what is surer than every validation mistake (often nothing, or everything).
+    """
+    least = math.inf if target_accuracy == 1 else math.ceil(round(3 / (1 - target_accuracy), 6))
+    if validation_images >= least:
+        return None
+    needed = "no finite number" if least == math.inf else f"at least {least}"
+    return (
+        f"the refer-to-expert threshold is chosen on {validation_images} validation images, too few to show "
+        f"{target_accuracy:.1%} accuracy ({needed} needed even with no mistake): treat its coverage and kept "
+        "accuracy as rough"
+    )
 
 
 def selective(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
