@@ -193,6 +193,18 @@ def test_a_study_where_every_run_collapsed_states_no_finding_from_them(tmp_path:
     assert "Withheld" in _headline(page) and "reach macro-F1" not in _headline(page)
 
 
+def test_a_failed_run_is_named_first_with_whether_rerunning_the_study_retries_it(tmp_path: Path) -> None:
+    study = make_study(tmp_path)
+    for name in ("scratch_f0.25_s0", "scratch_f0.5_s2"):
+        (study / "runs" / name).mkdir()
+        (study / "runs" / name / "run.json").write_text(json.dumps({"status": "failed"}))
+    (study / "plan.json").write_text(json.dumps({"runs": ["scratch_f0.5_s2"]}))
+    page = html.unescape(leanmae.report(study).read_text())
+    read_first = page[page.index("Read first") : page.index("id='headline'")]
+    assert "Failed run: scratch_f0.5_s2 (its run.json says failed; rerun the study to retry it)" in read_first
+    assert "outside the study's current plan: scratch_f0.25_s0 (rerunning the study leaves it" in read_first
+
+
 def test_old_runs_take_their_labels_from_the_split_manifest(tmp_path: Path) -> None:
     from leanmae.data.split import label_fraction, read_manifest
 

@@ -874,6 +874,9 @@ def run_name(arm: str, fraction: float, seed: int) -> str:
     return f"{label}_f{fraction:g}_s{seed}"
 
 
+PLAN_FILE = "plan.json"  # a study's grid run names, rewritten by every call (arms and fractions may grow)
+
+
 def run_folders(study: Path | str) -> list[Path]:
     """A study's run folders (named by ``run_name``), sorted; the report and the robustness benchmark
     both start from them."""

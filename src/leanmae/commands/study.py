@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from leanmae.config import (
     ARM_CHOICES,
+    PLAN_FILE,
     STUDY_CHECKS,
     FinetuneConfig,
     PretrainConfig,
@@ -224,7 +225,6 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
 
 
 NO_SEMI_RUN = "no run with all labels: every train image is labelled, so classifier.semi has nothing to learn"
-PLAN_FILE = "plan.json"  # the grid's run names, rewritten by every call (arms and fractions may grow)
 
 
 def semi_supervised(job: Job) -> bool:

@@ -18,11 +18,15 @@ def wrong_confidence(run: Run) -> float | None:
     return run.test["confidence"]["all"]["wrong"]["median"]
 
 
-def problems(runs: list[Run], failed: list[str] | None = None) -> list[str]:
-    """The collapsed and failed runs, named: what the reader must know before any number."""
+def problems(runs: list[Run], failed: dict[str, bool] | None = None) -> list[str]:
+    """The collapsed and failed runs, named: what the reader must know before any number. ``failed`` maps
+    each failed run to whether the study still plans it (``failed_runs``)."""
     lines = [
         f"Failed run: {name} (its run.json says failed; rerun the study to retry it)."
-        for name in failed or []
+        if planned
+        else f"Failed run outside the study's current plan: {name} (rerunning the study leaves it; delete "
+        "its folder to drop this line)."
+        for name, planned in (failed or {}).items()
     ]
     for arm in arms(runs):
         for f in sorted({r.fraction for r in runs}):
@@ -39,7 +43,7 @@ def _collapsed_in(runs: list[Run], f: float, *names: str) -> list[str]:
     return [r.name for r in runs if r.fraction == f and r.arm in names and r.collapsed()]
 
 
-def findings(runs: list[Run], failed: list[str] | None = None) -> list[str]:
+def findings(runs: list[Run], failed: dict[str, bool] | None = None) -> list[str]:
     """Plain-language statements computed from the numbers, after the named problems: one line per finding
     and arm, over every label fraction, so that the list reads as findings rather than a table."""
     if not runs:

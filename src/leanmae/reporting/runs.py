@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leanmae.config import BASELINE_ARM, arm_of, run_folders
+from leanmae.config import BASELINE_ARM, PLAN_FILE, arm_of, run_folders
 from leanmae.errors import DataError
 from leanmae.files import read_json, run_info
 
@@ -158,13 +158,22 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def failed_runs(study: Path) -> list[str]:
-    """Run folders whose run.json says the run failed (not those still running or waiting)."""
-    return [
-        folder.name
+def planned_runs(study: Path) -> list[str] | None:
+    """The grid's run names the study's last call planned (plan.json); None for a study from before it."""
+    plan = study / PLAN_FILE
+    return read_json(plan)["runs"] if plan.exists() else None
+
+
+def failed_runs(study: Path) -> dict[str, bool]:
+    """Run folders whose run.json says the run failed (not those still running or waiting), each with
+    whether the study still plans it: rerunning the study retries those, and leaves the others (an older
+    call's arms or fractions) as they are."""
+    planned = planned_runs(study)
+    return {
+        folder.name: planned is None or folder.name in planned
         for folder in run_folders(study)
         if folder.is_dir() and run_info(folder).get("status") == "failed"
-    ]
+    }
 
 
 def arms(runs: list[Run]) -> list[str]:

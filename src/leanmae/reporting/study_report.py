@@ -35,7 +35,15 @@ from leanmae.reporting.findings import findings, problems
 from leanmae.reporting.learning import HOW, Answer, answer, headline, learning_table
 from leanmae.reporting.plots import loss_curve
 from leanmae.reporting.robustness import robustness_section
-from leanmae.reporting.runs import Run, failed_runs, load_runs, pct, pretrain_folders, read_history
+from leanmae.reporting.runs import (
+    Run,
+    failed_runs,
+    load_runs,
+    pct,
+    planned_runs,
+    pretrain_folders,
+    read_history,
+)
 from leanmae.reporting.tables import Table, per_metric, scrolling, search_table, tables, times_table
 from leanmae.safe_csv import markdown_text
 
@@ -70,8 +78,8 @@ def expected_runs(study: Path, settings: dict[str, Any]) -> int:
     """Fine-tuning runs the study asks for: the runs its last call planned (plan.json), else, for a study
     from before plan.json, every seed at every fraction and extra seeds at the small ones (which counts
     runs a semi-supervised arm skips with all labels)."""
-    if (study / "plan.json").exists():
-        return len(read_json(study / "plan.json")["runs"])
+    if (planned := planned_runs(study)) is not None:
+        return len(planned)
     fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])
     extra = [s for s in settings.get("extra_seeds", []) if s not in seeds]
     small = [f for f in fractions if f <= settings.get("extra_seeds_up_to", 0.1)]
