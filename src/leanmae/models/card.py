@@ -122,9 +122,12 @@ def _pretraining(run: dict[str, Any]) -> str:
         return f"The encoder was initialised from the checkpoint {markdown_text(init)}."
     info = _read(mae_run / "run.json")
     model, data = info.get("config", {}).get("model", {}), info.get("config", {}).get("data", {})
+    images = info.get("images", {})
+    # A study's report counts the whole pool a lab collects (train + val); say where the val images went.
+    held_out = f" (and {images['val']} held out for its reconstruction loss)" if images.get("val") else ""
     text = (
         "The encoder comes from a masked autoencoder (MAE, He et al. 2022) pretrained by leanmae "
-        f"({markdown_text(init)}) on {info.get('images', {}).get('train', '?')} unlabelled images from "
+        f"({markdown_text(init)}) on {images.get('train', '?')} unlabelled images{held_out} from "
         f"{_sources(data)}, "
         f"for {_epochs(info.get('epochs', '?'))} at mask ratio {model.get('mask_ratio')}"
     )
