@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from leanmae.commands.study import Job, StudyConfig, chosen, plan, run_name
 from leanmae.data.split import read_manifest
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import ConfigError, OutputFolderError
-from leanmae.files import weights_sha256
 from leanmae.reporting.study_report import findings, load_runs, tables, times_table
 
 FAST = ["run.device=cpu", "finetune.classifier.min_steps=2", "optim.epochs=1"]
@@ -282,26 +280,6 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
         assert config["optim"]["base_lr"] == float(winner.split("=")[1])
     page = (out / "report.html").read_text()
     assert "Recipe search" in page and f"<td>{winner}</td>" in page
-
-
-def test_the_first_seeds_run_is_its_chosen_candidate_copied_and_training_it_gives_the_same_weights(
-    synthetic: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cells, _ = synthetic
-    out = tmp_path / "s"
-    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3"])
-    first = out / "runs" / run_name("scratch", 1.0, 0)
-    rows = (out / "search.csv").read_text().splitlines()
-    winner = next(row.split(",")[2] for row in rows[1:] if row.endswith("True"))
-    assert "copied, not trained again" in (first.parent / f"{first.name}.log").read_text()
-    assert weights_sha256(first / "model") == weights_sha256(out / "search" / winner / "model")
-    assert "copied" not in (first.parent / f"{run_name('scratch', 1.0, 1)}.log").read_text()
-
-    copied = weights_sha256(first / "model")
-    shutil.rmtree(first)
-    monkeypatch.setattr(Job, "repeats_a_candidate", property(lambda job: False))
-    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3"])
-    assert weights_sha256(first / "model") == copied, "trained again, the run is the copy"
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
-from leanmae.files import atomic_dir, read_json, run_info, weights_sha256, write_atomic, write_json
+from leanmae.files import read_json, run_info, weights_sha256, write_atomic, write_json
 from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, held
@@ -96,12 +96,6 @@ class Job:
     def tries(self) -> list[str]:
         """The job names of the recipe candidates (``_candidate`` names each by its folder)."""
         return [f"search/{folder.name}" for _, folder in self.choices]
-
-    @property
-    def repeats_a_candidate(self) -> bool:
-        """Whether the chosen candidate already is this run: the candidates are made from this very job (the
-        first seed's), so with the chosen recipe it would train again to the same weights."""
-        return bool(self.choices) and self.choices[0][1].name.rsplit("_c", 1)[0] == self.out.name
 
 
 def run_status(folder: Path) -> str | None:
@@ -341,9 +335,7 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
     costs = {}
     for job in jobs:
         cfg = job_config(job)
-        if job.repeats_a_candidate:
-            costs[job.name] = 0.0  # a copy (_copy_chosen)
-        elif isinstance(cfg, PretrainConfig):
+        if isinstance(cfg, PretrainConfig):
             costs[job.name] = pretrain_cost(cfg.optim.epochs, pool_images(job.kwargs["data"]))
         else:
             costs[job.name] = finetune_cost(
@@ -419,8 +411,6 @@ def run_child(parent: int, command: str, kwargs: dict[str, Any]) -> None:
 
 def _launch_local(job: Job) -> int:
     """One job as a child process with one torch thread; its output goes to runs/<name>.log."""
-    if job.repeats_a_candidate and run_status(job.out) is None:
-        return _copy_chosen(job)
     job.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     code = (
@@ -430,20 +420,6 @@ def _launch_local(job: Job) -> int:
     args = [sys.executable, "-c", code, str(os.getpid()), job.command, json.dumps(_with_resume(job))]
     with open(job.out.parent / f"{job.out.name}.log", "a") as log:
         return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-
-
-def _copy_chosen(job: Job) -> int:
-    """The run as a copy of its chosen recipe candidate (``Job.repeats_a_candidate``), in one rename: a search
-    costs no extra run at the first seed."""
-    source = next(folder for entries, folder in job.choices if entries == chosen(job))
-    with atomic_dir(job.out) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-    with open(job.out.parent / f"{job.out.name}.log", "a") as log:
-        log.write(
-            f"{job.name}: the chosen recipe candidate {source} is this run (same seed, labels and "
-            "recipe): copied, not trained again\n"
-        )
-    return 0
 
 
 def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, float]) -> dict[str, str]:
