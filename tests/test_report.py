@@ -205,6 +205,13 @@ def test_a_failed_run_is_named_first_with_whether_rerunning_the_study_retries_it
     assert "outside the study's current plan: scratch_f0.25_s0 (rerunning the study leaves it" in read_first
 
 
+def test_a_temporary_copy_a_killed_process_left_beside_the_runs_is_not_a_run(tmp_path: Path) -> None:
+    study = make_study(tmp_path)
+    before = len(load_runs(study))
+    shutil.copytree(study / "runs" / "scratch_f0.01_s0", study / "runs" / ".scratch_f0.01_s0.tmp-999")
+    assert len(load_runs(study)) == before and all(not r.arm.startswith(".") for r in load_runs(study))
+
+
 def test_old_runs_take_their_labels_from_the_split_manifest(tmp_path: Path) -> None:
     from leanmae.data.split import label_fraction, read_manifest
 

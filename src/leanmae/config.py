@@ -879,8 +879,9 @@ PLAN_FILE = "plan.json"  # a study's grid run names, rewritten by every call (ar
 
 def run_folders(study: Path | str) -> list[Path]:
     """A study's run folders (named by ``run_name``), sorted; the report and the robustness benchmark
-    both start from them."""
-    return sorted((Path(study) / "runs").glob("*_f*_s*"))
+    both start from them. Not their logs, nor a dotted temporary a killed process left (``files``)."""
+    found = (Path(study) / "runs").glob("*_f*_s*")
+    return sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
 
 
 def arm_of(run_folder: str) -> str:

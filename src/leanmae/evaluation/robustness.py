@@ -252,9 +252,7 @@ def finished_runs(study: Path) -> list[Path]:
     return [
         folder
         for folder in run_folders(study)
-        if folder.is_dir()
-        and run_info(folder).get("status") == "finished"
-        and (folder / "model" / "config.json").exists()
+        if run_info(folder).get("status") == "finished" and (folder / "model" / "config.json").exists()
     ]
 
 

@@ -172,7 +172,7 @@ def failed_runs(study: Path) -> dict[str, bool]:
     return {
         folder.name: planned is None or folder.name in planned
         for folder in run_folders(study)
-        if folder.is_dir() and run_info(folder).get("status") == "failed"
+        if run_info(folder).get("status") == "failed"
     }
 
 
