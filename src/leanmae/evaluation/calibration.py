@@ -117,6 +117,7 @@ def refer_check(validation_images: int, target_accuracy: float) -> str | None:
     (the rule of three), so a target accuracy a needs at least 3 / (1 - a) of them: 300 for 99 %. On fewer,
     the threshold only keeps what is surer than every validation mistake (often nothing, or everything).
     """
+    # rounded before ceil: 3 / (1 - 0.9) is 30.000000000000007 in floating point, which would ask for 31
     least = math.inf if target_accuracy == 1 else math.ceil(round(3 / (1 - target_accuracy), 6))
     if validation_images >= least:
         return None
