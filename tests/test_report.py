@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 import leanmae
 from helpers import FAKE_CLASSES as CLASSES
 from helpers import FAKE_FRACTIONS as FRACTIONS
+from helpers import read_csv
 from helpers import write_fake_run as _write_run
 from leanmae.cli import main
 from leanmae.evaluation.learning_curve import PowerLaw
@@ -472,6 +473,28 @@ def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> N
     assert all(f"{p} of the labels (" in gains for p in ("1 %", "10 %", "50 %", "100 %"))
     assert len([line for line in lines if line.startswith("Wrong predictions of mae-in-domain")]) == 1
     assert len(lines) == 2
+
+
+def test_a_refer_threshold_chosen_on_too_few_validation_images_is_flagged_as_rough(tmp_path: Path) -> None:
+    """The rule of three: showing 99 % accuracy takes at least 300 validation images, even with no mistake.
+    The report says where the threshold rested on fewer, and shows every cell's count beside its coverage."""
+    study = make_study(tmp_path)
+    val_images = {0.01: 12, 0.1: 120, 0.5: 600, 1.0: 1200}
+    for folder in (study / "runs").iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        ece = {"before": {"ece": 0.05}, "after": {"ece": 0.02}}
+        refer = {"target_accuracy": 0.99, "aurc": 0.01, "test": {"coverage": 0.8, "accuracy_kept": 0.99}}
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "calibration": ece, "refer": refer}))
+        info = json.loads((folder / "run.json").read_text())
+        info["images"] = {"val": val_images[metrics["fraction"]]}
+        (folder / "run.json").write_text(json.dumps(info))
+    (rough,) = [line for line in findings(load_runs(study)) if line.startswith("Rough:")]
+    assert "at 1 % and 10 % of the labels" in rough and "on 12 to 120 validation images" in rough
+    assert "99 % accuracy (at least 300 even with no mistake)" in rough
+    leanmae.report(study)
+    trust = read_csv(study / "results" / "trust.csv")
+    shown = [row["threshold chosen on (val images)"] for row in trust]
+    assert shown == [str(n) for n in val_images.values() for _arm in LAWS]
 
 
 def test_labels_needed_are_reported_with_and_without_label_selection_and_semi_supervision(

@@ -110,15 +110,20 @@ def refer_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) ->
     return float(sorted_conf[ok[-1]]) if len(ok) else 1.0 + 1e-9
 
 
-def refer_check(validation_images: int, target_accuracy: float) -> str | None:
-    """Why a refer threshold chosen on ``validation_images`` cannot show ``target_accuracy``, or None.
+def refer_images_needed(target_accuracy: float) -> float:
+    """The validation images a refer threshold needs to show ``target_accuracy``: 3 / (1 - a), 300 for 99 %.
 
     Even with no mistake among n validation images, the 95 % upper bound on the error rate is about 3 / n
-    (the rule of three), so a target accuracy a needs at least 3 / (1 - a) of them: 300 for 99 %. On fewer,
-    the threshold only keeps what is surer than every validation mistake (often nothing, or everything).
+    (the rule of three). On fewer, the threshold only keeps what is surer than every validation mistake
+    (often nothing, or everything).
     """
     # rounded before ceil: 3 / (1 - 0.9) is 30.000000000000007 in floating point, which would ask for 31
-    least = math.inf if target_accuracy == 1 else math.ceil(round(3 / (1 - target_accuracy), 6))
+    return math.inf if target_accuracy == 1 else math.ceil(round(3 / (1 - target_accuracy), 6))
+
+
+def refer_check(validation_images: int, target_accuracy: float) -> str | None:
+    """Why a refer threshold chosen on ``validation_images`` cannot show ``target_accuracy``, or None."""
+    least = refer_images_needed(target_accuracy)
     if validation_images >= least:
         return None
     needed = "no finite number" if least == math.inf else f"at least {least}"

@@ -7,11 +7,14 @@ instead of being stated from numbers that describe a broken model.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from leanmae.evaluation.calibration import refer_images_needed
 from leanmae.evaluation.stats import estimate, paired
 from leanmae.reporting.runs import BASELINE, Run, arms, by_cell, pct
-from leanmae.reporting.tables import gain, pretrained
+from leanmae.reporting.tables import count_range, gain, pretrained
 
 
 def wrong_confidence(run: Run) -> float | None:
@@ -63,7 +66,7 @@ def findings(runs: list[Run], failed: dict[str, bool] | None = None) -> list[str
                 kept.append(f)
         lines += _merged(f"{arm} initialisation", [_gain(runs, arm, f) for f in kept])
         lines += _merged(f"Wrong predictions of {arm} models", [_wrong(runs, arm, f) for f in kept])
-    return lines + _calibration(runs, max(fractions))
+    return lines + _calibration(runs, max(fractions)) + _rough_refer(runs)
 
 
 def _and(items: list[str]) -> str:
@@ -143,3 +146,26 @@ def _calibration(runs: list[Run], top: float) -> list[str]:
             f"accuracy target: {'; '.join(said)}."
         )
     return lines
+
+
+def _rough_refer(runs: list[Run]) -> list[str]:
+    """Where the refer-to-expert threshold was chosen on too few validation images to show its target (the
+    rule of three): a lab reading coverage at a small label budget must know it is rough."""
+    rough = [
+        r
+        for r in runs
+        if "refer" in r.metrics
+        and r.val_images is not None
+        and r.val_images < refer_images_needed(r.metrics["refer"]["target_accuracy"])
+    ]
+    if not rough:
+        return []
+    target = max(r.metrics["refer"]["target_accuracy"] for r in rough)
+    needed = refer_images_needed(target)
+    ask = "no finite number of images" if math.isinf(needed) else f"at least {needed}"
+    return [
+        f"Rough: at {_and([pct(f) for f in sorted({r.fraction for r in rough})])} of the labels the "
+        f"refer-to-expert threshold was chosen on {count_range([r.val_images for r in rough])} validation "
+        f"images, too few to show {pct(target)} accuracy ({ask} even with no mistake); read its coverage "
+        "and kept accuracy there as rough."
+    ]

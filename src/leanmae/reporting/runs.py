@@ -64,6 +64,14 @@ class Run:
     def name(self) -> str:
         return f"{self.arm} at {pct(self.fraction)}, seed {self.seed}"
 
+    @property
+    def val_images(self) -> int | None:
+        """The validation images its epoch and refer threshold were chosen on (None if unrecorded)."""
+        recorded = self.info.get("images", {}).get("val")
+        if recorded is None and self.labels.val_mode == "honest":
+            return sum(self.labels.val.values())
+        return recorded
+
     def collapsed(self) -> bool:
         """True when the run predicts a single class for the whole test split (at most one class recalled)."""
         return sum(1 for c in self.test["per_class"].values() if c["recall"] > 0) <= 1

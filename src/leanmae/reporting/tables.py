@@ -108,6 +108,12 @@ def pretrained(runs: list[Run]) -> list[str]:
     return [a for a in names if a != BASELINE] if BASELINE in names else []
 
 
+def count_range(counts: list[int]) -> str:
+    """``12``, or ``12 to 60`` where the runs differ; empty where none is known."""
+    low, high = (min(counts), max(counts)) if counts else (None, None)
+    return "" if low is None else f"{low}" if low == high else f"{low} to {high}"
+
+
 def _validation(labels: Labels, run_info: dict[str, Any]) -> str:
     if labels.val_mode == "honest":
         return f"honest ({sum(labels.val.values())})"
@@ -190,8 +196,11 @@ def tables(runs: list[Run]) -> list[Table]:
                     [r.metrics.get("ood", {}).get("auroc_msp") for r in rs],
                     [r.metrics.get("ood", {}).get("auroc_energy") for r in rs],
                 ]
+                shown = [r.val_images for r in rs if r.val_images is not None]
                 trust_rows.append(
-                    [pct(f), arm] + [estimate([v for v in c if v is not None]).text() for c in cells]
+                    [pct(f), arm]
+                    + [estimate([v for v in c if v is not None]).text() for c in cells]
+                    + [count_range(shown)]
                 )
     for r in runs:
         run_rows.append(
@@ -248,6 +257,7 @@ def tables(runs: list[Run]) -> list[Table]:
                 "accuracy kept",
                 "OOD AUROC (MSP)",
                 "OOD AUROC (energy)",
+                "threshold chosen on (val images)",
             ],
             trust_rows,
         ),
