@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from leanmae.evaluation.calibration import refer_images_needed
+from leanmae.evaluation.calibration import refer_check, refer_images_needed
 from leanmae.evaluation.stats import estimate, paired
 from leanmae.reporting.runs import BASELINE, Run, arms, by_cell, pct
 from leanmae.reporting.tables import count_range, gain, pretrained
@@ -156,7 +156,7 @@ def _rough_refer(runs: list[Run]) -> list[str]:
         for r in runs
         if "refer" in r.metrics
         and r.val_images is not None
-        and r.val_images < refer_images_needed(r.metrics["refer"]["target_accuracy"])
+        and refer_check(r.val_images, r.metrics["refer"]["target_accuracy"]) is not None
     ]
     if not rough:
         return []
