@@ -522,6 +522,36 @@ def test_labels_needed_are_reported_with_and_without_label_selection_and_semi_su
             assert f"With {arm}," in answer
 
 
+def test_an_arm_that_chose_its_own_labels_has_its_own_labels_row_and_is_named_in_the_pairing(
+    tmp_path: Path,
+) -> None:
+    """Margin rounds label as many images as the stratified draw but other ones, and each seed its own: the
+    labels table must not show the stratified counts for it, nor call its gain one on the same subset."""
+    study = make_study(tmp_path)
+    plain = read_csv(Path(leanmae.report(study)).parent / "results" / "labels.csv")
+    assert "arms" not in plain[0] and len(plain) == len(FRACTIONS)  # one stratified draw per fraction
+    for fraction, n in FRACTIONS.items():
+        for seed in (0, 1):
+            _write_run(study, "mae-in-domain+margin", fraction, seed, float(LAWS["mae-in-domain"](n + 2)))
+            folder = study / "runs" / f"mae-in-domain+margin_f{fraction:g}_s{seed}"
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics["labels_used"]["train"] = {"a": n // 2 - 1 - seed, "b": n // 2 + 1 + seed}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            info = json.loads((folder / "run.json").read_text())
+            info["config"] = {"classifier": {"selection": "margin"}}
+            (folder / "run.json").write_text(json.dumps(info))
+    page = leanmae.report(study).read_text()
+    rows = read_csv(study / "results" / "labels.csv")
+    shared = [r for r in rows if r["arms"] == "scratch, mae-in-domain"]
+    own = [r for r in rows if r["arms"] == "mae-in-domain+margin"]
+    assert len(shared) == len(own) == len(FRACTIONS)
+    n = FRACTIONS[0.01]
+    assert (shared[0]["a"], shared[0]["b"]) == (str(n // 2 + 1), str(n // 2 + 1))  # train plus one val label
+    assert (own[0]["a"], own[0]["b"]) == (f"{n // 2 - 1} to {n // 2}", f"{n // 2 + 2} to {n // 2 + 3}")
+    assert {r["labelled images"] for r in own} == {r["labelled images"] for r in shared}  # the same budget
+    assert "the same labelled subset except mae-in-domain+margin, which chose its own" in page
+
+
 def test_when_only_scratch_reaches_the_target_with_the_fewest_labels_the_ratio_is_a_bound(
     tmp_path: Path,
 ) -> None:

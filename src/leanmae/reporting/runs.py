@@ -72,6 +72,11 @@ class Run:
             return sum(self.labels.val.values())
         return recorded
 
+    @property
+    def selection(self) -> str:
+        """How its training labels were chosen (``classifier.selection``; older runs drew them stratified)."""
+        return self.info.get("config", {}).get("classifier", {}).get("selection", "stratified")
+
     def collapsed(self) -> bool:
         """True when the run predicts a single class for the whole test split (at most one class recalled)."""
         return sum(1 for c in self.test["per_class"].values() if c["recall"] > 0) <= 1

@@ -16,7 +16,6 @@ from leanmae.evaluation.stats import Estimate, estimate, paired
 from leanmae.files import run_info
 from leanmae.reporting.runs import (
     BASELINE,
-    Labels,
     Run,
     arms,
     by_cell,
@@ -91,11 +90,24 @@ def per_metric(summary: Table) -> list[Table]:
 
 
 def gain(runs: list[Run], metric: str, fraction: float, arm: str, base: str = BASELINE) -> Estimate:
-    """Paired (same seed, same labelled subset) difference ``arm - base`` of a test metric."""
+    """Paired (same seed, and the same labelled subset unless ``arm`` chose its own labels) difference
+    ``arm - base`` of a test metric."""
     groups = by_cell(runs)
     a = {r.seed: r.test[metric] for r in groups.get((arm, fraction), [])}
     b = {r.seed: r.test[metric] for r in groups.get((base, fraction), [])}
     return paired(a, b)
+
+
+def _pairing(runs: list[Run]) -> str:
+    """What a paired difference holds fixed: the seed, and the labelled subset unless an arm chose its own
+    labels (the same number of them, but other images: its gain includes the choice)."""
+    chose = [a for a in arms(runs) if any(r.selection != "stratified" for r in runs if r.arm == a)]
+    if not chose:
+        return "same seed, same labelled subset"
+    return (
+        f"same seed and number of labels; the same labelled subset except {', '.join(chose)}, "
+        "which chose its own"
+    )
 
 
 def gain_name(arm: str) -> str:
@@ -114,33 +126,45 @@ def count_range(counts: list[int]) -> str:
     return "" if low is None else f"{low}" if low == high else f"{low} to {high}"
 
 
-def _validation(labels: Labels, run_info: dict[str, Any]) -> str:
-    if labels.val_mode == "honest":
-        return f"honest ({sum(labels.val.values())})"
-    whole = run_info.get("images", {}).get("val")
-    return f"full split ({whole})" if whole else "full split"
+def _validation(run: Run) -> str:
+    """How a run's epoch and refer threshold were chosen: on an honest draw of labels (counted in its
+    budget) or on the whole validation split (not counted)."""
+    if run.labels.val_mode == "honest":
+        return f"honest ({run.val_images})"
+    return f"full split ({run.val_images})" if run.val_images else "full split"
 
 
 def labels_table(runs: list[Run]) -> Table:
-    """Labels per fraction as counts: in total and per class, and how the epoch was chosen."""
-    at = labels_at(runs)
-    classes = sorted({c for labels in at.values() for c in labels.per_class()})
-    first = {r.fraction: r for r in runs}
-    rows = [
-        [
-            pct(f),
-            labels.total,
-            *(labels.per_class().get(c, "") for c in classes),
-            _validation(labels, first[f].info),
-        ]
-        for f, labels in sorted(at.items())
-    ]
+    """Labels per fraction as counts: in total and per class, and how the epoch was chosen. Arms that draw
+    the same stratified labels share a row; an arm that chose its own labels (``classifier.selection``)
+    has a row of its own, a class's count given as a range where its seeds chose differently."""
+    classes = sorted({c for r in runs for c in r.labels.per_class()})
+    groups = by_cell(runs)
+    rows: dict[tuple[float, tuple[tuple[str, str], ...]], tuple[list[str], list[Run]]] = {}
+    for arm in arms(runs):
+        for f in sorted({r.fraction for r in runs}):
+            cell = groups.get((arm, f), [])
+            drawn = tuple(sorted({(str(sorted(r.labels.per_class().items())), _validation(r)) for r in cell}))
+            if cell:
+                names, same = rows.setdefault((f, drawn), ([], []))
+                names.append(arm)
+                same.extend(cell)
+    several = len(rows) > len({f for f, _ in rows})  # some fraction's arms did not all share their labels
+    table = []
+    for (f, _), (names, same) in sorted(rows.items(), key=lambda item: item[0][0]):
+        counts = [[r.labels.per_class().get(c, 0) for r in same] for c in classes]
+        table.append(
+            [pct(f), *([", ".join(names)] if several else []), count_range([r.labels.total for r in same])]
+            + [count_range(c) for c in counts]
+            + [" / ".join(dict.fromkeys(_validation(r) for r in same))]
+        )
     return Table(
         "labels",
         "Labels used per fraction (training labels, plus validation labels where they were a "
-        "fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)",
-        ["labels", "labelled images", *classes, "validation"],
-        rows,
+        "fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)"
+        + ("; arms that chose their own labels have rows of their own" if several else ""),
+        ["labels", *(["arms"] if several else []), "labelled images", *classes, "validation"],
+        table,
     )
 
 
@@ -209,7 +233,7 @@ def tables(runs: list[Run]) -> list[Table]:
                 pct(r.fraction),
                 r.seed,
                 r.labels.total or r.metrics["train_images"],
-                _validation(r.labels, r.info),
+                _validation(r),
                 *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")),
                 r.metrics.get("selected_epoch"),
                 f"{r.metrics.get('wall_seconds', 0):.0f}",
@@ -229,7 +253,7 @@ def tables(runs: list[Run]) -> list[Table]:
         ),
         Table(
             "paired",
-            "Paired comparison with scratch (same seed, same labelled subset): mean difference and "
+            f"Paired comparison with scratch ({_pairing(runs)}): mean difference and "
             "95 % interval (logit-scale t on [-1, 1])",
             [
                 "labels",
