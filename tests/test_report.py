@@ -550,6 +550,8 @@ def test_an_arm_that_chose_its_own_labels_has_its_own_labels_row_and_is_named_in
     assert (own[0]["a"], own[0]["b"]) == (f"{n // 2 - 1} to {n // 2}", f"{n // 2 + 2} to {n // 2 + 3}")
     assert {r["labelled images"] for r in own} == {r["labelled images"] for r in shared}  # the same budget
     assert "the same labelled subset except mae-in-domain+margin, which chose its own" in page
+    assert "mae-in-domain+margin against scratch" in page
+    assert "mae-in-domain+margin initialisation" not in page
 
 
 def test_when_only_scratch_reaches_the_target_with_the_fewest_labels_the_ratio_is_a_bound(

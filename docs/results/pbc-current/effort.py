@@ -1,31 +1,35 @@
 """Issue 27's under-training check: does doubling a recipe's training length change validation macro-F1 by
 under 0.01? It reads the study's search.csv (each arm's recipe candidates at each fraction, run at the first
 seed) and scores the chosen candidate's recipe at its shortest and longest length on PBC's whole validation
-split: the development data, never test. The search itself chose on each candidate's label-honest draw of a
-dozen images; this check spends the full split, as a diagnostic of the study's effort, not as a choice.
+split: the development data, never test. Where the search chose its longest length, that says only whether
+the shorter one was enough, so the chosen candidate is also trained again at twice its length (same seed,
+labels and settings: its run.json's config, lengths doubled; STUDY/effort/CANDIDATE-x2) and the two are
+compared: the aim's own question, "would more training have changed it?". The search itself chose on each
+candidate's label-honest draw of a dozen images; this check spends the full split, as a diagnostic of the
+study's effort, not as a choice.
 
     PYTHONPATH=src python docs/results/pbc-current/effort.py [STUDY] [FRACTIONS]
-    (defaults: runs/pbc-current, "0.01 0.1"; writes STUDY/effort.csv, scores kept in each candidate's
-    evaluate-val/ and reused)
+    (defaults: runs/pbc-current, "0.01 0.1"; writes STUDY/effort.csv, scores kept in each run's
+    evaluate-val/ and reused; a killed doubled run resumes)
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
 import leanmae
+from leanmae.commands.study import candidate_score, run_status
+from leanmae.config import arm_of
 from leanmae.files import read_json, write_atomic
 from leanmae.safe_csv import csv_text
 
 LENGTH = (("optim", "epochs"), ("classifier", "min_steps"))  # the settings that say how long a run trains
 
 
-def full_val_f1(study: Path, candidate: str) -> float:
-    """The candidate's macro-F1 on the study split's whole validation subset (scored once, then reused)."""
-    run = study / "search" / candidate
+def full_val_f1(study: Path, run: Path) -> float:
+    """The run's macro-F1 on the study split's whole validation subset (scored once, then reused)."""
     scored = run / "evaluate-val" / "metrics.json"
     if not scored.exists():
         leanmae.evaluate(run, split=study / "split.csv", subset="val")
@@ -41,15 +45,55 @@ def recipe(study: Path, candidate: str) -> tuple[str, tuple[int, int], float]:
     return json.dumps(config, sort_keys=True), length, config["optim"]["base_lr"]  # type: ignore[return-value]
 
 
+def doubled(study: Path, candidate: str) -> Path:
+    """The candidate trained again at twice its length, everything else as its run.json's config says (so the
+    same labels: a selection is keyed by the same seed and inputs); trained once, resumed if killed."""
+    run = read_json(study / "search" / candidate / "run.json")
+    config = run["config"]
+    for section, key in LENGTH:
+        config[section][key] *= 2
+    out = study / "effort" / f"{candidate}-x2"
+    if not (out / "metrics.json").exists():
+        settings = {k: v for k, v in config.items() if isinstance(v, dict)}  # not fraction, init, split
+        write_atomic(out.parent / f"{out.name}.json", json.dumps(settings, indent=1))
+        leanmae.finetune(
+            study / "split.csv",
+            out,
+            fraction=config["fraction"],
+            init=config["init"],
+            preset=None,
+            config=out.parent / f"{out.name}.json",
+            seed=run["seed"],
+            resume=True,
+            progress=False,
+        )
+    if (out / "labelled.csv").read_text() != (study / "search" / candidate / "labelled.csv").read_text():
+        raise SystemExit(f"{out}: its labels are not {candidate}'s, so the two do not compare")
+    return out
+
+
+def searched(study: Path, fractions: list[float]) -> dict[tuple[str, float], list[str]]:
+    """Each (arm, fraction)'s finished candidates, in the grid's order, where the search has ended: its
+    seed-0 grid run has started, which the study does only once every candidate has ended. Read from the
+    folders rather than search.csv, which a study writes only when a call of it ends, so that the check
+    can run beside a study still going."""
+    groups: dict[tuple[str, float], list[str]] = {}
+    folders = [p for p in (study / "search").glob("*_c*") if p.is_dir()]  # not their logs
+    for folder in sorted(folders, key=lambda p: int(p.name.rsplit("_c", 1)[1])):
+        run = folder.name.rsplit("_c", 1)[0]
+        if run_status(folder) == "finished" and run_status(study / "runs" / run):
+            config = read_json(folder / "run.json")["config"]
+            if config["fraction"] in fractions:
+                groups.setdefault((arm_of(run), config["fraction"]), []).append(folder.name)
+    return groups
+
+
 def main(study: Path, fractions: list[float]) -> None:
-    with open(study / "search.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "finished"]
-    rows = [r for r in rows if float(r["fraction"]) in fractions]
     out = []
-    for arm, fraction in sorted({(r["arm"], float(r["fraction"])) for r in rows}):
-        group = {r["candidate"]: r for r in rows if r["arm"] == arm and float(r["fraction"]) == fraction}
+    for (arm, fraction), group in sorted(searched(study, fractions).items()):
         recipes = {name: recipe(study, name) for name in group}
-        best = next(name for name, r in group.items() if r["chosen"] == "True")
+        # the study's own rule (a tie keeps the earlier candidate)
+        best = max(group, key=lambda name: candidate_score(study / "search" / name))
         lengths: dict[str, list[tuple[tuple[int, int], str]]] = {}  # recipe -> its (length, candidate)s
         for name, (key, length, _) in recipes.items():
             lengths.setdefault(key, []).append((length, name))
@@ -62,19 +106,26 @@ def main(study: Path, fractions: list[float]) -> None:
             continue
         (short, shorter), (long, longer) = same[0], same[-1]
         rate = recipes[shorter][2]
-        f1_short, f1_long = full_val_f1(study, shorter), full_val_f1(study, longer)
-        change = f1_long - f1_short
-        chosen = "the longer" if best == longer else "the shorter" if best == shorter else "another recipe"
-        out.append(
-            [arm, fraction, rate, *short, *long, chosen, *(round(v, 4) for v in (f1_short, f1_long, change))]
-        )
-        print(
-            f"{arm:>16} at {fraction:g}: lr {rate:g}, {short[0]} -> {long[0]} epochs "
-            f"({short[1]} -> {long[1]} steps at least; {chosen} was chosen): "
-            f"whole-val macro-F1 {f1_short:.3f} -> {f1_long:.3f}, "
-            f"{change:+.3f} ({'under' if abs(change) < 0.01 else 'NOT under'} 0.01)"
-        )
+        search = study / "search"
+        pairs = [(short, long, search / shorter, search / longer)]
+        if best == longer:  # is the longest tried long enough?
+            pairs.append((long, (2 * long[0], 2 * long[1]), search / longer, doubled(study, longer)))
+        for a, b, run_a, run_b in pairs:
+            f1_a, f1_b = full_val_f1(study, run_a), full_val_f1(study, run_b)
+            change = f1_b - f1_a
+            chosen = {run_b.name: "the longer", run_a.name: "the shorter"}.get(best, "another recipe")
+            trained = "trained for this check" if run_b.parent.name == "effort" else "a candidate"
+            out.append(
+                [arm, fraction, rate, *a, *b, chosen, trained, *(round(v, 4) for v in (f1_a, f1_b, change))]
+            )
+            print(
+                f"{arm:>20} at {fraction:g}: lr {rate:g}, {a[0]} -> {b[0]} epochs "
+                f"({a[1]} -> {b[1]} steps at least; {chosen} was chosen; the longer {trained}): "
+                f"whole-val macro-F1 {f1_a:.3f} -> {f1_b:.3f}, "
+                f"{change:+.3f} ({'under' if abs(change) < 0.01 else 'NOT under'} 0.01)"
+            )
     header = ["arm", "fraction", "base_lr", "epochs", "min_steps", "epochs_long", "min_steps_long", "chosen"]
+    header.append("longer_run")
     header += ["val_macro_f1", "val_macro_f1_long", "change"]
     write_atomic(study / "effort.csv", csv_text(header, out))
 

@@ -64,7 +64,10 @@ def findings(runs: list[Run], failed: dict[str, bool] | None = None) -> list[str
                 )
             else:
                 kept.append(f)
-        lines += _merged(f"{arm} initialisation", [_gain(runs, arm, f) for f in kept])
+        # a variant arm (ARM+NAME: its own label choice or semi-supervision) differs from scratch in more
+        # than its start
+        subject = f"{arm} initialisation" if "+" not in arm else f"{arm} against scratch"
+        lines += _merged(subject, [_gain(runs, arm, f) for f in kept])
         lines += _merged(f"Wrong predictions of {arm} models", [_wrong(runs, arm, f) for f in kept])
     return lines + _calibration(runs, max(fractions)) + _rough_refer(runs)
 
