@@ -171,6 +171,26 @@ def test_a_model_folder_with_half_a_shift_reference_is_refused(
         leanmae.predict(folder, trained["other"], device="cpu", progress=False)
 
 
+def test_a_model_whose_training_labels_missed_a_class_still_scores_shift(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """A label choice (typiclust, margin rounds) can leave a class without a training label: its reference
+    has a mean for each class it saw, and the model still loads and scores (the nearest of those means), as
+    the next margin round must. A reference of another width is refused."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained["run"] / "model", folder)
+    saved = folder / "shift_reference.safetensors"
+    arrays = load_file(saved)
+    save_file({**arrays, "means": arrays["means"][1:]}, saved)
+    rows = leanmae.predict(folder, trained["other"], device="cpu", progress=False)
+    assert all(math.isfinite(r["shift_score"]) for r in rows)
+    save_file({**arrays, "means": arrays["means"][:, 1:]}, saved)
+    with pytest.raises(CheckpointError, match="for another model"):
+        leanmae.predict(folder, trained["other"], device="cpu", progress=False)
+
+
 def test_the_saved_reference_round_trips() -> None:
     reference = ShiftReference(np.ones((2, 3)), np.eye(3), 4.5, 0.05, 10)
     again = ShiftReference.from_saved(reference.arrays(), reference.settings())

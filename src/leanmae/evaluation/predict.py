@@ -103,11 +103,14 @@ def _shift_reference(
             f"{folder}: its shift reference is incomplete (leanmae.json's 'shift' and the arrays of "
             f"shift_reference.safetensors go together; missing {err})"
         ) from None
+    # a mean per class the training labels held: a label choice (typiclust, margin) can leave a class out
     classes, width = classifier.config.num_labels, classifier.config.hidden_size
-    if reference.means.shape != (classes, width) or reference.precision.shape != (width, width):
+    means = reference.means.shape
+    fits = len(means) == 2 and means[1] == width and 1 <= means[0] <= classes
+    if not fits or reference.precision.shape != (width, width):
         raise CheckpointError(
             f"{folder}: shift_reference.safetensors is for another model (class means "
-            f"{reference.means.shape}, expected {(classes, width)})"
+            f"{reference.means.shape}, expected up to {classes} of width {width})"
         )
     return reference
 
