@@ -206,6 +206,23 @@ def test_margin_rounds_chain_the_fractions_of_one_arm_and_seed(tmp_path: Path) -
     assert third.after == [second.name]
 
 
+def test_an_arm_that_chooses_its_labels_has_no_run_with_all_labels(tmp_path: Path) -> None:
+    """With every train image labelled a label choice chooses nothing: its run would repeat its arm's run
+    without the choice (the costliest of the study), so neither it nor its recipe candidates are planned."""
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.01, 1.0],
+        seeds=[0],
+        arms=["mae", "mae+rounds", "mae+typiclust"],
+        mae=["m"],
+        arm_set=["mae+rounds:classifier.selection=margin", "mae+typiclust:classifier.selection=typiclust"],
+        search=["optim.base_lr=5e-4|1e-3"],
+    )
+    grid = {j.name for j in plan(cfg, tmp_path) if not j.name.startswith("search/")}
+    assert grid == {"mae_f0.01_s0", "mae_f1_s0", "mae+rounds_f0.01_s0", "mae+typiclust_f0.01_s0"}
+    assert not any("_f1_" in j.name and "+" in j.name for j in plan(cfg, tmp_path))  # no candidates either
+
+
 def test_search_gives_every_arm_the_same_candidates_at_every_fraction_at_the_first_seed(
     tmp_path: Path,
 ) -> None:
@@ -352,7 +369,7 @@ def test_a_study_runs_label_choice_and_semi_supervision_as_arms_of_their_own(
 ) -> None:
     """Issue 26's arms in a study: a label choice and FixMatch are variant arms (``ARM+NAME``) of the same
     MAE, each trained as it says and reported beside the plain arm (its labels needed too, read as any
-    arm's: test_report.py); FixMatch has no run with all labels."""
+    arm's: test_report.py); neither has a run with all labels."""
     variants = {"mae+typiclust": "classifier.selection=typiclust", "mae+fixmatch": "classifier.semi=fixmatch"}
     out = tmp_path / "s"
     leanmae.study(
@@ -376,11 +393,17 @@ def test_a_study_runs_label_choice_and_semi_supervision_as_arms_of_their_own(
     with open(out / "results" / "runs.csv") as f:
         ran = {(row["arm"], row["labels"]) for row in csv.DictReader(f)}
     assert ran == {(arm, f) for arm in ("scratch", "mae", *variants) for f in ("50 %", "100 %")} - {
-        ("mae+fixmatch", "100 %")
+        ("mae+fixmatch", "100 %"),
+        ("mae+typiclust", "100 %"),
     }
-    assert "7 of 7 fine-tuning runs finished" in (out / "report.html").read_text()
+    assert "6 of 6 fine-tuning runs finished" in (out / "report.html").read_text()
     said = [line for line in capsys.readouterr().out.splitlines() if "no run with all labels" in line]
-    assert len(said) == 1 and said[0].startswith("study: mae+fixmatch: ")
+    assert sorted(said) == [
+        "study: mae+fixmatch: no run with all labels: every train image is labelled, so classifier.semi has "
+        "nothing to learn",
+        "study: mae+typiclust: no run with all labels: every train image is labelled, so "
+        "classifier.selection has nothing to choose",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -553,7 +576,7 @@ def test_the_slurm_launcher_runs_the_grid_through_submitit(
 def test_the_slurm_launcher_submits_margin_rounds_after_the_round_before(
     synthetic: tuple[Path, Path], finished_study: Path, tmp_path: Path
 ) -> None:
-    """Each wave of dependencies is its own array: the 100 % round starts once the 50 % round has finished,
+    """Each wave of dependencies is its own array: the 50 % round starts once the 25 % round has finished,
     and keeps its labels (submitit's local executor, as on a cluster with --wait)."""
     pytest.importorskip("submitit")
     out = tmp_path / "s"
@@ -564,16 +587,16 @@ def test_the_slurm_launcher_submits_margin_rounds_after_the_round_before(
         arms=["mae+rounds"],
         arm_set=["mae+rounds:classifier.selection=margin"],
         preset="test",
-        fractions=[0.5, 1.0],
+        fractions=[0.25, 0.5],
         seeds=[0],
         launcher="slurm",
         slurm={"cluster": "local", "time_min": 10},
         set=FAST,
         progress=False,
     )
-    assert states == {"mae+rounds_f0.5_s0": "done", "mae+rounds_f1_s0": "done"}
+    assert states == {"mae+rounds_f0.25_s0": "done", "mae+rounds_f0.5_s0": "done"}
     first, second = (
-        (out / "runs" / f"mae+rounds_f{f}_s0" / "labelled.csv").read_text() for f in ("0.5", "1")
+        (out / "runs" / f"mae+rounds_f{f}_s0" / "labelled.csv").read_text() for f in ("0.25", "0.5")
     )
     assert set(first.splitlines()[1:]) < set(second.splitlines()[1:])
 

@@ -202,13 +202,11 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                 "ood": list(cfg.ood_data) or None,
                 **common,
             }
-            kwargs["set"] = common["set"] + [
-                entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm
-            ]
+            kwargs["set"] = common["set"] + arm_settings(cfg, arm)
             pool = arm_pool(arm, cfg.pool)
             job = Job(name, "finetune", kwargs, out / "runs" / name, [waits[pool]] if pool in waits else [])
-            if fraction >= 1 and semi_supervised(job):
-                continue  # every train image is labelled: nothing unlabelled (NO_SEMI_RUN says so)
+            if fraction >= 1 and no_run_with_all_labels(job_config(job)):
+                continue  # every train image is labelled: nothing to choose or to learn unlabelled
             if "classifier.selection=margin" in kwargs["set"]:
                 _chain_rounds(job, earlier.get((arm, seed)))
             earlier[(arm, seed)] = job
@@ -225,12 +223,31 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
 
 
 NO_SEMI_RUN = "no run with all labels: every train image is labelled, so classifier.semi has nothing to learn"
+NO_CHOICE_RUN = (
+    "no run with all labels: every train image is labelled, so classifier.selection has nothing to choose"
+)
 
 
 def semi_supervised(job: Job) -> bool:
     """Whether a fine-tuning job learns from unlabelled train images (``classifier.semi`` on)."""
     config = job_config(job)
     return isinstance(config, FinetuneConfig) and config.classifier.semi != "off"
+
+
+def arm_settings(cfg: StudyConfig, arm: str) -> list[str]:
+    """The --set entries --arm-set gives ``arm`` (its own settings, on top of the study's)."""
+    return [entry.split(":", 1)[1] for entry in cfg.arm_set if entry.split(":", 1)[0] == arm]
+
+
+def no_run_with_all_labels(config: PretrainConfig | FinetuneConfig) -> str | None:
+    """Why a run where every train image is labelled is not made, if it is not: FixMatch would have no
+    unlabelled image to learn from, and a label choice (typiclust, margin rounds) would label the very images
+    of its arm without the choice, repeating those runs (hours at 100 %) under another name."""
+    if not isinstance(config, FinetuneConfig):
+        return None
+    if config.classifier.semi != "off":
+        return NO_SEMI_RUN
+    return NO_CHOICE_RUN if config.classifier.selection != "stratified" else None
 
 
 def check_semi_pools(jobs: list[Job], manifest: Path) -> None:
@@ -641,7 +658,7 @@ def study(
     planned = {job.name for job in jobs_list}
     for arm in cfg.arms:
         if not any(run_name(arm, f, cfg.seeds[0]) in planned for f in cfg.fractions):
-            raise ConfigError(f"--arms {arm}: {NO_SEMI_RUN}, and --fractions gives it no other")
+            raise ConfigError(f"--arms {arm}: {_no_full_run(cfg, arm)}, and --fractions gives it no other")
     if not (out / STUDY_FILE).exists() and out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise OutputFolderError(
             f"{out}: folder is not empty and holds no study ({STUDY_FILE}); choose a new or empty --out"
@@ -649,6 +666,12 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     with held(out):  # a second study into the same folder is refused while this one runs
         return _run_study(cfg, out, jobs_list, bench, target)
+
+
+def _no_full_run(cfg: StudyConfig, arm: str) -> str | None:
+    """Why ``arm`` has no run with all labels (no_run_with_all_labels of its settings)."""
+    settings = [*cfg.set, *arm_settings(cfg, arm)]
+    return no_run_with_all_labels(resolve(FinetuneConfig, "finetune", cfg.preset, None, {}, settings))
 
 
 def _run_study(
@@ -660,7 +683,7 @@ def _run_study(
     grid = [job.name for job in jobs_list if job.command == "finetune" and not job.name.startswith("search/")]
     for arm in cfg.arms:
         if 1 in cfg.fractions and run_name(arm, 1, cfg.seeds[0]) not in grid:
-            print(f"study: {arm}: {NO_SEMI_RUN}")
+            print(f"study: {arm}: {_no_full_run(cfg, arm)}")
     settings = to_dict(cfg)
     _check_saved_settings(out, settings)
     write_json(out / STUDY_FILE, settings)
