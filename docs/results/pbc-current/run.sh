@@ -3,8 +3,8 @@
 # above, every arm's learning rate and training length searched on its own label-honest val draw with the
 # same grid (3 learning rates x 2 lengths: 6 candidates per arm and fraction, at seed 0), other labs' cells
 # scored by every run; pbc-honest's split, whose train images the in-domain MAE saw unlabelled; issue 26's
-# best label choice (margin rounds) as a fourth arm, below 100 %. 275 runs (162 of them candidates): about 45 hours on a
-# 2-core CPU (README: cost).
+# best label choice (margin rounds) as a fourth arm, below 100 %. 275 runs (162 of them candidates): about 45
+# hours on a 2-core CPU (README: cost).
 #   sh docs/results/pbc-current/run.sh [MORE STUDY OPTIONS]   (from the repository root; resumable: rerun it)
 # LEANMAE_CODE: a frozen copy of leanmae to run (default: this checkout's src); OUT: the study folder (default
 # runs/pbc-current; the light results are copied to docs/results/pbc-current by hand, as for pbc-honest).
