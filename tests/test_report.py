@@ -554,6 +554,42 @@ def test_an_arm_that_chose_its_own_labels_has_its_own_labels_row_and_is_named_in
     assert "mae-in-domain+margin initialisation" not in page
 
 
+def test_run_times_count_the_recipe_search_and_not_an_mae_pretrained_before_the_study(tmp_path: Path) -> None:
+    """A study's time is mostly its recipe candidates, so they count; an MAE given with --mae was pretrained
+    days before, maybe on a GPU: its row says so, and neither the total nor the elapsed time spans it."""
+    study = make_study(tmp_path)
+    given = tmp_path / "gpu-mae"
+    given.mkdir()
+    (given / "run.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "device": "cuda:0",
+                "wall_seconds": 300,
+                "started": "2026-11-01T00:00:00+0000",
+            }
+        )
+    )
+    settings = json.loads((study / "study.json").read_text())
+    (study / "study.json").write_text(json.dumps({**settings, "mae": [f"in-domain={given}"]}))
+    for i in range(3):
+        candidate = study / "search" / f"scratch_f0.01_s0_c{i}"
+        candidate.mkdir(parents=True)
+        info = {"status": "finished", "wall_seconds": 120, "started": "2026-11-26T05:00:00+0000"}
+        (candidate / "run.json").write_text(json.dumps({**info, "config": {"fraction": 0.01}}))
+    leanmae.report(study)
+    rows = {row["run"]: row for row in read_csv(study / "results" / "times.csv")}
+    assert "MAE pretraining, given: run before the study, on cuda:0" in rows
+    searched = rows["recipe candidates (search/)"]
+    assert (searched["labels"], searched["runs"], searched["total"]) == ("1 %", "3", "6.0")
+    grid = sum(1 for _ in (study / "runs").iterdir())
+    assert rows["all runs"]["runs"] == str(grid + 3)
+    assert float(rows["all runs"]["total"]) == pytest.approx(grid + 6.0)  # a minute a run, two a candidate
+    assert float(rows["elapsed, first start to last finish"]["total"]) == pytest.approx(
+        5 + 1 + 2 / 60, abs=0.1
+    )
+
+
 def test_when_only_scratch_reaches_the_target_with_the_fewest_labels_the_ratio_is_a_bound(
     tmp_path: Path,
 ) -> None:

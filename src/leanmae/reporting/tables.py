@@ -318,45 +318,45 @@ def tables(runs: list[Run]) -> list[Table]:
 
 
 def times_table(runs: list[Run], *pretrains: Path) -> Table:
-    """Wall-clock time per arm x fraction, each MAE pretraining, and the study's elapsed time.
+    """Wall-clock time per arm x fraction, each MAE pretraining, the recipe candidates, and the study's
+    elapsed time.
 
     A run resumed after an interruption records only its last segment ("resumed" counts them), so
     its time is a lower bound; the elapsed time runs from the first start to the last finish (a
     run's start plus its seconds, so a resumed run's finish is a lower bound too) and includes any
-    interruption.
+    interruption. An MAE given to the study (``--mae``, outside its folder) was pretrained before it,
+    perhaps on another device: its row says so, and neither the total nor the elapsed time counts it.
+    The candidates of ``--search`` (often most of a study's time) are counted with the runs.
     """
+    study = runs[0].folder.parent.parent.resolve()  # runs/<name>
+    pretrained = [(folder, run_info(folder)) for folder in pretrains]
+    pretrained = [(folder, i) for folder, i in pretrained if i.get("status") == "finished"]
     rows: list[list[Any]] = []
-    finished = [(folder, run_info(folder)) for folder in pretrains]
-    finished = [(folder, i) for folder, i in finished if i.get("status") == "finished"]
-    for folder, pre in finished:
-        name = "MAE pretraining" if len(finished) == 1 else f"MAE pretraining ({folder.name})"
-        minutes = pre["wall_seconds"] / 60
-        rows.append(
-            [name, "", 1, 1 if pre.get("resumed_from_epoch") else 0, f"{minutes:.1f}", f"{minutes:.1f}"]
-        )
+    for folder, info in pretrained:
+        name = "MAE pretraining" if len(pretrained) == 1 else f"MAE pretraining ({folder.name})"
+        if not folder.resolve().is_relative_to(study):
+            name += f", given: run before the study, on {info.get('device', 'an unrecorded device')}"
+        rows.append(_time_row(name, "", [info]))
+    own = [i for folder, i in pretrained if folder.resolve().is_relative_to(study)]
+    grid = {r.folder: {**r.info, "wall_seconds": r.metrics["wall_seconds"]} for r in runs}  # as metrics say
     order = arms(runs)
-    for (arm, fraction), rs in sorted(
-        by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))
-    ):
-        minutes = [r.metrics["wall_seconds"] / 60 for r in rs]
-        resumed = sum(1 for r in rs if r.info.get("resumed_from_epoch"))
-        rows.append(
-            [arm, pct(fraction), len(rs), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"]
-        )
-    pre_minutes = sum(pre["wall_seconds"] / 60 for _, pre in finished)
-    total = pre_minutes + sum(r.metrics["wall_seconds"] / 60 for r in runs)
-    resumed_all = sum(
-        1 for i in [*(pre for _, pre in finished), *(r.info for r in runs)] if i.get("resumed_from_epoch")
-    )
-    rows.append(["all runs", "", len(runs) + len(finished), resumed_all, "", f"{total:.1f}"])
-    timed = [
-        (folder, i) for folder, i in [*finished, *((r.folder, r.info) for r in runs)] if i.get("started")
-    ]
+    cells = sorted(by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0])))
+    for (arm, fraction), rs in cells:
+        rows.append(_time_row(arm, pct(fraction), [grid[r.folder] for r in rs]))
+    candidates = [run_info(folder) for folder in sorted((study / "search").glob("*_c*")) if folder.is_dir()]
+    candidates = [i for i in candidates if i.get("status") == "finished"]
+    for fraction in sorted({i["config"]["fraction"] for i in candidates}):
+        tried = [i for i in candidates if i["config"]["fraction"] == fraction]
+        rows.append(_time_row("recipe candidates (search/)", pct(fraction), tried))
+    counted = [*own, *candidates, *grid.values()]
+    total = _time_row("all runs", "", counted)
+    total[4] = ""  # a mean over runs of every kind says nothing
+    rows.append(total)
+    timed = [i for i in counted if i.get("started")]
     if timed:
-        starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for _, i in timed]
-        ends = [
-            start + i.get("wall_seconds", 0) for start, (_, i) in zip(starts, timed, strict=True)
-        ]  # not file times: a git checkout resets them
+        starts = [datetime.strptime(i["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp() for i in timed]
+        # a start plus its seconds, not file times: a git checkout resets them
+        ends = [start + i.get("wall_seconds", 0) for start, i in zip(starts, timed, strict=True)]
         rows.append(
             ["elapsed, first start to last finish", "", "", "", "", f"{(max(ends) - min(starts)) / 60:.1f}"]
         )
@@ -366,6 +366,13 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         ["run", "labels", "runs", "resumed", "mean", "total"],
         rows,
     )
+
+
+def _time_row(name: str, labels: str, infos: list[dict[str, Any]]) -> list[Any]:
+    """A row of the times table: how many runs, how many resumed, mean and total minutes."""
+    minutes = [i["wall_seconds"] / 60 for i in infos]
+    resumed = sum(1 for i in infos if i.get("resumed_from_epoch"))
+    return [name, labels, len(infos), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"]
 
 
 def search_table(search_csv: Path) -> Table | None:
