@@ -590,6 +590,24 @@ def test_run_times_count_the_recipe_search_and_not_an_mae_pretrained_before_the_
     )
 
 
+def test_an_arm_that_stops_below_the_labels_scratch_needs_gets_no_ratio(tmp_path: Path) -> None:
+    """A label choice has no run with all labels: where it does not reach the target within its 50 % runs and
+    scratch reaches it only beyond them, the runs say nothing of which needs fewer, and the answer says so
+    with the arm's own largest count, not the study's."""
+    study = tmp_path / "study"
+    laws = {"scratch": PowerLaw(0.95, 2.0, 0.5), "mae-in-domain+margin": PowerLaw(0.86, 1.0, 0.5)}
+    for arm, law in laws.items():
+        for fraction, n in FRACTIONS.items():
+            if fraction < 1 or arm == "scratch":
+                for seed in (0, 1):
+                    _write_run(study, arm, fraction, seed, float(law(n + 2)) + 0.002 * (seed - 0.5))
+    (study / "study.json").write_text(json.dumps({"fractions": list(FRACTIONS), "arms": list(laws)}))
+    answer = _headline(leanmae.report(study, target=0.87).read_text())
+    assert f"not reached within the {FRACTIONS[0.5] + 2} labelled images run" in answer
+    assert "mae-in-domain+margin was not run with that many labels, so no ratio" in answer
+    assert "costs labels" not in answer and "fewer" not in answer
+
+
 def test_when_only_scratch_reaches_the_target_with_the_fewest_labels_the_ratio_is_a_bound(
     tmp_path: Path,
 ) -> None:

@@ -50,6 +50,11 @@ class Answer:
     val_mode: str
     unlabelled: dict[str, int | None]  # arm -> unlabelled images behind its start (None: not known)
 
+    def largest(self, arm: str) -> float:
+        """The most labels ``arm`` was run with: an arm may stop below the study's largest fraction (a label
+        choice or FixMatch has no run with all labels), and "not reached" says nothing beyond it."""
+        return max(self.points[arm])
+
     def own_target(self, arm: str) -> float:
         return OWN_SHARE * self.top[arm]
 
@@ -230,7 +235,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             lines.append(f"Withheld for {arm}: {a.withheld[arm]}, so its learning curve is not read.")
             continue
         needed, s = a.needed(arm, a.target), a.savings(arm)
-        head = f"With {arm}, {_reach(a, needed, a.unlabelled.get(arm))}"
+        head = f"With {arm}, {_reach(a, arm, needed, a.unlabelled.get(arm))}"
         if base is None or s is None:
             lines.append(f"{head}; scratch has no curve ({a.withheld.get(BASELINE, 'not run')}).")
             continue
@@ -238,6 +243,10 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
         if math.isnan(s.value):
             law = "" if math.isnan(s.power_law) else f" (power law, extrapolated: {ratio(s.power_law)})"
             lines.append(f"{head}; {scratch}: neither reaches it within the labels run, so no ratio{law}.")
+            continue
+        if _beyond(a, arm, needed, base):
+            short = arm if math.isinf(needed.value) else BASELINE
+            lines.append(f"{head}; {scratch}: {short} was not run with that many labels, so no ratio.")
             continue
         verdict = (
             "saves labels"
@@ -249,7 +258,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
             f"{arm} {verdict}."
         )
     if not lines and base is not None:
-        lines.append(f"From scratch, {_reach(a, base, 0)}.")
+        lines.append(f"From scratch, {_reach(a, BASELINE, base, 0)}.")
     if any(a.excluded.values()):
         lines.append(
             "Read without the collapsed run(s) "
@@ -259,7 +268,7 @@ def headline(a: Answer | None, runs: list[Run]) -> list[str]:
     return lines
 
 
-def _reach(a: Answer, i: Interval, unlabelled: int | None) -> str:
+def _reach(a: Answer, arm: str, i: Interval, unlabelled: int | None) -> str:
     """``N labelled images (about n per class) plus U unlabelled ... reach macro-F1 T (95 % interval ...)``,
     in the words the runs allow: "at most" the fewest labels run where those reach it already (no lab
     can act on a curve's 0), "not reached within" the most labels run where those do not."""
@@ -267,7 +276,7 @@ def _reach(a: Answer, i: Interval, unlabelled: int | None) -> str:
     plus = f" plus {unlabelled_text(unlabelled)}" if unlabelled else ""
     unknown = [unlabelled_text(None)] if unlabelled is None else []
     if math.isinf(i.value):
-        run = f"the {a.curves.largest:,.0f} labelled images run{plus}"
+        run = f"the {a.largest(arm):,.0f} labelled images run{plus}"
         return f"{target} is not reached within {run}{_aside([*unknown, _detail(a, i)])}"
     if i.value <= a.curves.smallest:
         labelled = f"at most {a.curves.smallest:,.0f} labelled images"
@@ -281,9 +290,17 @@ def _aside(notes: list[str]) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
+def _beyond(a: Answer, arm: str, needed: Interval, base: Interval) -> bool:
+    """Whether one of the two reaches the target only with more labels than the other was run with, the
+    other not reaching it: the runs measure no ratio (not "fewer" or "more than")."""
+    return (math.isinf(needed.value) and base.value > a.largest(arm)) or (
+        math.isinf(base.value) and needed.value > a.largest(BASELINE)
+    )
+
+
 def _takes(a: Answer, base: Interval) -> str:
     if math.isinf(base.value):
-        return f"it is not reached within the {a.curves.largest:,.0f} labelled images run"
+        return f"it is not reached within the {a.largest(BASELINE):,.0f} labelled images run"
     return f"it takes {'at most ' if base.value <= a.curves.smallest else ''}{count(base.value)}"
 
 
@@ -293,7 +310,7 @@ def _times(a: Answer, s: Interval, needed: Interval, base: Interval) -> str:
     if math.isinf(needed.value):
         return "fewer: scratch reaches the target, this arm does not within the labels run"
     if math.isinf(base.value):
-        return f"more than {a.curves.largest / needed.value:.1f} times as many"
+        return f"more than {a.largest(BASELINE) / needed.value:.1f} times as many"
     if base.value <= a.curves.smallest and needed.value <= a.curves.smallest:
         return "both reach it with the fewest labels run, so the runs measure no ratio"
     if base.value <= a.curves.smallest:  # scratch at most the fewest, the arm more: an upper bound
