@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import leanmae
-from leanmae.commands.study import candidate_score, run_status
+from leanmae.commands.study import run_status
 from leanmae.config import arm_of
 from leanmae.files import read_json, write_atomic
 from leanmae.safe_csv import csv_text
@@ -36,11 +36,16 @@ def full_val_f1(study: Path, run: Path) -> float:
     return float(read_json(scored)["val"]["macro_f1"])
 
 
+def config_of(run: Path) -> dict:
+    """A run's resolved settings, as its run.json records them."""
+    return read_json(run / "run.json")["config"]
+
+
 def recipe(study: Path, candidate: str) -> tuple[str, tuple[int, int], float]:
     """(the candidate's resolved config without its length, its length as (epochs, min_steps), its learning
     rate), read from its run.json, so that a default left implicit in --search pairs with the same value
     written out."""
-    config = read_json(study / "search" / candidate / "run.json")["config"]
+    config = config_of(study / "search" / candidate)
     length = tuple(config[section].pop(key) for section, key in LENGTH)
     return json.dumps(config, sort_keys=True), length, config["optim"]["base_lr"]  # type: ignore[return-value]
 
@@ -53,6 +58,8 @@ def doubled(study: Path, candidate: str) -> Path:
     for section, key in LENGTH:
         config[section][key] *= 2
     out = study / "effort" / f"{candidate}-x2"
+    if (out / "metrics.json").exists() and read_json(out / "run.json")["config"] != config:
+        raise SystemExit(f"{out}: trained with other settings than {candidate}'s at twice its length")
     if not (out / "metrics.json").exists():
         settings = {k: v for k, v in config.items() if isinstance(v, dict)}  # not fraction, init, split
         write_atomic(out.parent / f"{out.name}.json", json.dumps(settings, indent=1))
@@ -78,11 +85,11 @@ def searched(study: Path, fractions: list[float]) -> dict[tuple[str, float], lis
     folders rather than search.csv, which a study writes only when a call of it ends, so that the check
     can run beside a study still going."""
     groups: dict[tuple[str, float], list[str]] = {}
-    folders = [p for p in (study / "search").glob("*_c*") if p.is_dir()]  # not their logs
-    for folder in sorted(folders, key=lambda p: int(p.name.rsplit("_c", 1)[1])):
-        run = folder.name.rsplit("_c", 1)[0]
+    named = [(folder, folder.name.rsplit("_c", 1)) for folder in (study / "search").glob("*_c*")]
+    folders = [(int(i), run, folder) for folder, (run, i) in named if folder.is_dir() and i.isdigit()]
+    for _, run, folder in sorted(folders):  # the grid's order
         if run_status(folder) == "finished" and run_status(study / "runs" / run):
-            config = read_json(folder / "run.json")["config"]
+            config = config_of(folder)
             if config["fraction"] in fractions:
                 groups.setdefault((arm_of(run), config["fraction"]), []).append(folder.name)
     return groups
@@ -92,8 +99,13 @@ def main(study: Path, fractions: list[float]) -> None:
     out = []
     for (arm, fraction), group in sorted(searched(study, fractions).items()):
         recipes = {name: recipe(study, name) for name in group}
-        # the study's own rule (a tie keeps the earlier candidate)
-        best = max(group, key=lambda name: candidate_score(study / "search" / name))
+        # the recipe the study uses: its seed-0 grid run's settings are the chosen candidate's
+        used = config_of(study / "runs" / group[0].rsplit("_c", 1)[0])
+        matches = [name for name in group if config_of(study / "search" / name) == used]
+        if len(matches) != 1:
+            print(f"{arm} at {fraction:g}: {len(matches)} candidates have its grid run's settings; skipped")
+            continue
+        best = matches[0]
         lengths: dict[str, list[tuple[tuple[int, int], str]]] = {}  # recipe -> its (length, candidate)s
         for name, (key, length, _) in recipes.items():
             lengths.setdefault(key, []).append((length, name))
@@ -114,13 +126,13 @@ def main(study: Path, fractions: list[float]) -> None:
             f1_a, f1_b = full_val_f1(study, run_a), full_val_f1(study, run_b)
             change = f1_b - f1_a
             chosen = {run_b.name: "the longer", run_a.name: "the shorter"}.get(best, "another recipe")
-            trained = "trained for this check" if run_b.parent.name == "effort" else "a candidate"
+            trained = "trained for this check" if run_b.parent.name == "effort" else "one of the candidates"
             out.append(
                 [arm, fraction, rate, *a, *b, chosen, trained, *(round(v, 4) for v in (f1_a, f1_b, change))]
             )
             print(
                 f"{arm:>20} at {fraction:g}: lr {rate:g}, {a[0]} -> {b[0]} epochs "
-                f"({a[1]} -> {b[1]} steps at least; {chosen} was chosen; the longer {trained}): "
+                f"({a[1]} -> {b[1]} steps at least; the study uses {chosen}; the longer is {trained}): "
                 f"whole-val macro-F1 {f1_a:.3f} -> {f1_b:.3f}, "
                 f"{change:+.3f} ({'under' if abs(change) < 0.01 else 'NOT under'} 0.01)"
             )

@@ -241,8 +241,9 @@ def arm_settings(cfg: StudyConfig, arm: str) -> list[str]:
 
 def no_run_with_all_labels(config: PretrainConfig | FinetuneConfig) -> str | None:
     """Why a run where every train image is labelled is not made, if it is not: FixMatch would have no
-    unlabelled image to learn from, and a label choice (typiclust, margin rounds) would label the very images
-    of its arm without the choice, repeating those runs (hours at 100 %) under another name."""
+    unlabelled image to learn from, and a label choice (typiclust, margin rounds) has nothing to choose: its
+    run would be one of the stratified draw (with its base arm in the study, a repeat of that arm's run, the
+    costliest of the study), which is no point of the choice's own curve."""
     if not isinstance(config, FinetuneConfig):
         return None
     if config.classifier.semi != "off":

@@ -110,7 +110,8 @@ def _shift_reference(
     if not fits or reference.precision.shape != (width, width):
         raise CheckpointError(
             f"{folder}: shift_reference.safetensors is for another model (class means "
-            f"{reference.means.shape}, expected up to {classes} of width {width})"
+            f"{reference.means.shape} and precision {reference.precision.shape}; expected up to {classes} "
+            f"means of width {width} and a {width} x {width} precision)"
         )
     return reference
 

@@ -77,7 +77,7 @@ def _img(path: Path, caption: str) -> str:
 def expected_runs(study: Path, settings: dict[str, Any]) -> int:
     """Fine-tuning runs the study asks for: the runs its last call planned (plan.json), else, for a study
     from before plan.json, every seed at every fraction and extra seeds at the small ones (which counts
-    runs a semi-supervised arm skips with all labels)."""
+    runs a semi-supervised or label-choosing arm skips with all labels)."""
     if (planned := planned_runs(study)) is not None:
         return len(planned)
     fractions, seeds = settings.get("fractions", []), settings.get("seeds", [])

@@ -104,9 +104,8 @@ def _pairing(runs: list[Run]) -> str:
     chose = [a for a in arms(runs) if any(r.selection != "stratified" for r in runs if r.arm == a)]
     if not chose:
         return "same seed, same labelled subset"
-    return (
-        f"same seed and number of labels; the same labelled subset except {', '.join(chose)}, "
-        "which chose its own"
+    return f"same seed and number of labels; the same labelled subset except {', '.join(chose)}, " + (
+        "which chose its own" if len(chose) == 1 else "which chose their own"
     )
 
 
@@ -162,7 +161,7 @@ def labels_table(runs: list[Run]) -> Table:
         "labels",
         "Labels used per fraction (training labels, plus validation labels where they were a "
         "fraction too; 'full split': the epoch was chosen on the whole validation split, not counted)"
-        + ("; arms that chose their own labels have rows of their own" if several else ""),
+        + ("; arms whose labels differ (a label choice of their own) have their own rows" if several else ""),
         ["labels", *(["arms"] if several else []), "labelled images", *classes, "validation"],
         table,
     )
@@ -339,15 +338,16 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         rows.append(_time_row(name, "", [info]))
     own = [i for folder, i in pretrained if folder.resolve().is_relative_to(study)]
     grid = {r.folder: {**r.info, "wall_seconds": r.metrics["wall_seconds"]} for r in runs}  # as metrics say
-    order = arms(runs)
-    cells = sorted(by_cell(runs).items(), key=lambda kv: (kv[0][1], order.index(kv[0][0])))
-    for (arm, fraction), rs in cells:
-        rows.append(_time_row(arm, pct(fraction), [grid[r.folder] for r in rs]))
     candidates = [run_info(folder) for folder in sorted((study / "search").glob("*_c*")) if folder.is_dir()]
     candidates = [i for i in candidates if i.get("status") == "finished"]
-    for fraction in sorted({i["config"]["fraction"] for i in candidates}):
+    order = arms(runs)
+    cells = by_cell(runs)
+    for fraction in sorted({f for _, f in cells} | {i["config"]["fraction"] for i in candidates}):
         tried = [i for i in candidates if i["config"]["fraction"] == fraction]
-        rows.append(_time_row("recipe candidates (search/)", pct(fraction), tried))
+        if tried:  # the search comes first at each fraction
+            rows.append(_time_row("recipe candidates (search/)", pct(fraction), tried))
+        for arm in sorted((a for a, f in cells if f == fraction), key=order.index):
+            rows.append(_time_row(arm, pct(fraction), [grid[r.folder] for r in cells[arm, fraction]]))
     counted = [*own, *candidates, *grid.values()]
     total = _time_row("all runs", "", counted)
     total[4] = ""  # a mean over runs of every kind says nothing
@@ -362,7 +362,8 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         )
     return Table(
         "times",
-        "Run times in minutes (one process per run; resumed runs count their last segment only)",
+        "Run times in minutes (one process per run; resumed runs count their last segment only; an MAE given "
+        "to the study, pretrained before it, counts in neither the total nor the elapsed time)",
         ["run", "labels", "runs", "resumed", "mean", "total"],
         rows,
     )
