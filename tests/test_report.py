@@ -577,6 +577,7 @@ def test_run_times_count_the_recipe_search_and_not_an_mae_pretrained_before_the_
         candidate.mkdir(parents=True)
         info = {"status": "finished", "wall_seconds": 120, "started": "2026-11-26T05:00:00+0000"}
         (candidate / "run.json").write_text(json.dumps({**info, "config": {"fraction": 0.01}}))
+    shutil.copytree(candidate, study / "search" / f".{candidate.name}.tmp-123")  # a killed copy's leftover
     leanmae.report(study)
     rows = {row["run"]: row for row in read_csv(study / "results" / "times.csv")}
     assert "MAE pretraining, given: run before the study, on cuda:0" in rows

@@ -884,6 +884,15 @@ def run_folders(study: Path | str) -> list[Path]:
     return sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
 
 
+def candidate_folders(study: Path | str) -> list[Path]:
+    """A study's recipe-candidate folders (``search/RUN_cI``, as ``study --search`` names them), in the
+    grid's order; as ``run_folders``, not their logs nor a temporary a killed process left (``.NAME.tmp-PID``:
+    no number after ``_c``)."""
+    named = [(p, p.name.rsplit("_c", 1)) for p in (Path(study) / "search").glob("*_c*")]
+    kept = [(int(i), run, p) for p, (run, i) in named if p.is_dir() and i.isdigit()]
+    return [p for _, _, p in sorted(kept)]
+
+
 def arm_of(run_folder: str) -> str:
     """The arm of a run folder named by ``run_name``."""
     return run_folder.rsplit("_f", 1)[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import leanmae
 from leanmae.commands.study import run_status
-from leanmae.config import arm_of
+from leanmae.config import arm_of, candidate_folders
 from leanmae.files import read_json, write_atomic
 from leanmae.safe_csv import csv_text
 
@@ -85,9 +85,8 @@ def searched(study: Path, fractions: list[float]) -> dict[tuple[str, float], lis
     folders rather than search.csv, which a study writes only when a call of it ends, so that the check
     can run beside a study still going."""
     groups: dict[tuple[str, float], list[str]] = {}
-    named = [(folder, folder.name.rsplit("_c", 1)) for folder in (study / "search").glob("*_c*")]
-    folders = [(int(i), run, folder) for folder, (run, i) in named if folder.is_dir() and i.isdigit()]
-    for _, run, folder in sorted(folders):  # the grid's order
+    for folder in candidate_folders(study):
+        run = folder.name.rsplit("_c", 1)[0]
         if run_status(folder) == "finished" and run_status(study / "runs" / run):
             config = config_of(folder)
             if config["fraction"] in fractions:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from leanmae.config import candidate_folders
 from leanmae.evaluation.stats import Estimate, estimate, paired
 from leanmae.files import run_info
 from leanmae.reporting.runs import (
@@ -338,7 +339,7 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         rows.append(_time_row(name, "", [info]))
     own = [i for folder, i in pretrained if folder.resolve().is_relative_to(study)]
     grid = {r.folder: {**r.info, "wall_seconds": r.metrics["wall_seconds"]} for r in runs}  # as metrics say
-    candidates = [run_info(folder) for folder in sorted((study / "search").glob("*_c*")) if folder.is_dir()]
+    candidates = [run_info(folder) for folder in candidate_folders(study)]
     candidates = [i for i in candidates if i.get("status") == "finished"]
     order = arms(runs)
     cells = by_cell(runs)
