@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 import leanmae
-from leanmae.commands.study import Job, StudyConfig, chosen, plan, run_name
+from leanmae.commands.study import Job, StudyConfig, check_recipes, chosen, entries, plan, run_name
 from leanmae.data.split import read_manifest
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import ConfigError, OutputFolderError
@@ -255,6 +256,11 @@ def test_search_gives_every_arm_the_same_candidates_at_every_fraction_at_the_fir
         assert run.kwargs["set"] == [] and len(run.choices) == 4
 
 
+def _trial(folder: Path, entries: list[str]) -> Job:
+    """A recipe candidate's job with these --search entries."""
+    return Job(f"search/{folder.name}", "finetune", {}, folder, search=entries)
+
+
 def _candidate_run(folder: Path, f1: float, loss: float) -> Path:
     """A finished candidate's scores as a run folder holds them (metrics.json, history.csv)."""
     folder.mkdir(parents=True)
@@ -270,7 +276,7 @@ def test_the_recipe_is_chosen_on_val_macro_f1_then_val_loss_and_a_tie_keeps_the_
     def pick(*scores: tuple[float, float]) -> list[str]:
         folders = [_candidate_run(tmp_path / f"{len(list(tmp_path.iterdir()))}", *s) for s in scores]
         job = Job("a_f0.1_s0", "finetune", {}, tmp_path / "run")
-        job.choices = [([f"optim.base_lr={i}"], folder) for i, folder in enumerate(folders)]
+        job.choices = [_trial(folder, [f"optim.base_lr={i}"]) for i, folder in enumerate(folders)]
         return chosen(job)
 
     assert pick((0.8, 0.5), (0.9, 0.9), (0.85, 0.1)) == ["optim.base_lr=1"]
@@ -299,10 +305,138 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
     assert "Recipe search" in page and f"<td>{winner}</td>" in page
 
 
+LENGTHS = "optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200"
+
+
+def test_search_beyond_adds_one_candidate_per_arm_and_fraction_that_waits_for_the_grid(
+    tmp_path: Path,
+) -> None:
+    cfg = StudyConfig(
+        data="x",
+        fractions=[0.01, 0.1],
+        seeds=[0, 1],
+        arms=["scratch"],
+        search=["optim.base_lr=5e-4|1e-3", LENGTHS],
+        search_beyond="optim.epochs=60;classifier.min_steps=2400",
+    )
+    jobs = {j.name: j for j in plan(cfg, tmp_path)}
+    past = jobs["search/scratch_f0.1_s0_c4"]
+    grid = [jobs[f"search/scratch_f0.1_s0_c{i}"] for i in range(4)]
+    assert past.choices == grid and past.beyond == (
+        ["optim.epochs=30", "classifier.min_steps=1200"],
+        ["optim.epochs=60", "classifier.min_steps=2400"],
+    )
+    assert past.after == [] and past.kwargs["set"] == []  # its entries come when the grid has ended
+    assert jobs["scratch_f0.1_s1"].choices == [*grid, past]
+    assert len([j for j in jobs if j.startswith("search/")]) == 2 * 5
+
+
+def test_the_candidate_past_the_edge_runs_only_where_the_best_took_the_edge_and_wins_only_by_doing_better(
+    tmp_path: Path,
+) -> None:
+    """Grid: learning rate 1 or 2 x length 30 or 60 (the edge); past it: length 120."""
+
+    def search(scores: list[tuple[float, float]], past_score: tuple[float, float] | None = None) -> Job:
+        folder = tmp_path / f"{len(list(tmp_path.iterdir()))}"
+        grid = [
+            _trial(
+                _candidate_run(folder / f"c{i}", *score), [f"optim.base_lr={lr}", f"optim.epochs={epochs}"]
+            )
+            for i, (score, (lr, epochs)) in enumerate(
+                zip(scores, [(1, 30), (1, 60), (2, 30), (2, 60)], strict=True)
+            )
+        ]
+        past = Job(
+            "search/c4", "finetune", {}, folder / "c4", beyond=(["optim.epochs=60"], ["optim.epochs=120"])
+        )
+        past.choices = grid
+        if past_score is not None:
+            _candidate_run(past.out, *past_score)
+        run = Job("a_f0.1_s0", "finetune", {}, folder / "run")
+        run.choices = [*grid, past]
+        return run
+
+    inside = search([(0.9, 0.2), (0.8, 0.2), (0.7, 0.2), (0.7, 0.2)])
+    assert entries(inside.choices[-1]) is None  # the best took length 30: 60 did worse already
+    assert chosen(inside) == ["optim.base_lr=1", "optim.epochs=30"]
+    edge = search([(0.7, 0.2), (0.8, 0.2), (0.7, 0.2), (0.9, 0.2)], past_score=(0.95, 0.2))
+    assert entries(edge.choices[-1]) == ["optim.base_lr=2", "optim.epochs=120"]
+    assert chosen(edge) == ["optim.base_lr=2", "optim.epochs=120"]
+    tie = search([(0.7, 0.2), (0.8, 0.2), (0.7, 0.2), (0.9, 0.2)], past_score=(0.9, 0.2))
+    assert chosen(tie) == ["optim.base_lr=2", "optim.epochs=60"]  # a tie keeps the grid's own
+
+
+def test_a_finished_run_whose_search_now_chooses_another_recipe_is_refused(tmp_path: Path) -> None:
+    """--search-beyond added to a started study: a run trained with the grid's best is not mixed with seeds
+    trained with the better candidate past the edge."""
+    kwargs = {"epochs": None, "preset": "test", "set": []}
+    grid = _trial(_candidate_run(tmp_path / "c0", 0.8, 0.2), ["optim.epochs=30"])
+    past = Job(
+        "search/c1", "finetune", kwargs, tmp_path / "c1", beyond=(["optim.epochs=30"], ["optim.epochs=60"])
+    )
+    past.choices = [grid]
+    run = Job("a_f0.1_s0", "finetune", kwargs, tmp_path / "run")
+    run.choices = [grid, past]
+    (tmp_path / "run").mkdir()
+    config = {"status": "running", "config": {"optim": {"epochs": 30}}}
+    (tmp_path / "run" / "run.json").write_text(json.dumps(config))
+    check_recipes([run])  # the candidate past the edge has not run: nothing to compare with yet
+    _candidate_run(past.out, 0.9, 0.2)
+    with pytest.raises(OutputFolderError, match="optim.epochs=30.*now chooses optim.epochs=60.*delete"):
+        check_recipes([run])
+    config["config"]["optim"]["epochs"] = 60
+    (tmp_path / "run" / "run.json").write_text(json.dumps(config))
+    check_recipes([run])
+
+
+def test_a_search_past_the_edge_runs_end_to_end_and_says_what_it_tried(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The grid's edge (1e-3) is its best, as 1e12 diverges: one more candidate runs past it."""
+    cells, _ = synthetic
+    out = tmp_path / "s"
+    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e12|1e-3"], search_beyond="optim.base_lr=2e-3")
+    rows = [row.split(",") for row in (out / "search.csv").read_text().splitlines()[1:]]
+    assert [row[3:5] for row in rows] == [
+        ["optim.base_lr=1e12", "failed"],
+        ["optim.base_lr=1e-3", "finished"],
+        ["optim.base_lr=2e-3", "finished"],
+    ]
+    winner = next(row[3] for row in rows if row[-1] == "True")
+    config = json.loads((out / "runs" / run_name("scratch", 1.0, 1) / "run.json").read_text())["config"]
+    assert config["optim"]["base_lr"] == float(winner.split("=")[1])
+    page = html.unescape((out / "report.html").read_text())
+    assert "one more candidate ran with the best's other settings and optim.base_lr=2e-3" in page
+
+
+def test_no_candidate_runs_past_an_edge_the_best_did_not_take(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cells, _ = synthetic
+    out = tmp_path / "s"
+    states = scratch_at_all_labels(
+        out, cells, search=["optim.base_lr=1e-3|1e12"], search_beyond="optim.base_lr=1e13"
+    )
+    assert (
+        states["search/scratch_f1_s0_c2"] == "not needed"
+        and not (out / "search" / "scratch_f1_s0_c2").exists()
+    )
+    assert (out / "search.csv").read_text().splitlines()[3].split(",")[3:5] == [
+        "optim.base_lr=1e13",
+        "not needed",
+    ]
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"search": ["optim.base_lr=1e-3"]}, "KEY=V1|V2"),
+        (
+            {"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.epochs=3"},
+            "keys of the last --search",
+        ),
+        ({"search_beyond": "optim.epochs=3"}, "keys of the last --search entry (none given)"),
+        ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=1|3"}, "one value"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["optim.base_lr=5e-4"]}, "which --search searches"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["finetune.optim.base_lr=5e-4"]}, "searches"),
         (

@@ -452,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
         "combination runs once at the first seed and the one its own label-honest val draw scores best is "
         "used; repeatable (combinations multiply)",
     )
+    p.add_argument(
+        "--search-beyond",
+        metavar="K1=A;K2=B",
+        help="one more value of the last --search entry, past its last: where an arm's best candidate took "
+        "that last value (the grid's edge), one more candidate with the best's other settings and this value "
+        "runs, and the best of all is used, e.g. 'optim.epochs=60;classifier.min_steps=2400'",
+    )
     p.add_argument("--note", help="one line the report shows first (e.g. what the data is)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument(

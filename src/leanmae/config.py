@@ -963,6 +963,9 @@ class StudyConfig:
     # each combination runs once, at the first seed, and the one its own label-honest val draw scores best
     # becomes the recipe of that arm and fraction
     search: list[str] = field(default_factory=list)
+    # K1=A;K2=B: one more value of the last --search entry, past its last (e.g. twice the longest length),
+    # tried at each arm and fraction whose best candidate took that last value, with the best's other settings
+    search_beyond: str | None = None
     # One line shown first in the report (the demo's "SYNTHETIC"); scoring only: it may change between calls.
     note: str = ""
     progress: bool = True
@@ -1001,6 +1004,9 @@ STUDY_CHECKS: dict[str, Check] = {
     "arm_set": each(pattern(r"[^:=]+:[^=]+=.*", "ARM:KEY=VALUE")),
     "search": each(
         pattern(r"[^=|;]+=[^|]+(\|[^|]+)+", "KEY=V1|V2|... or K1=A;K2=B|K1=C;K2=D (two or more)"), unique=True
+    ),
+    "search_beyond": pattern(
+        r"[^=|;]+=[^|;]+(;[^=|;]+=[^|;]+)*", "KEY=V or K1=A;K2=B (one value)", optional=True
     ),
     "note": lambda v: None if isinstance(v, str) and "\n" not in v else "one line of text",
     "progress": is_bool,

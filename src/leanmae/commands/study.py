@@ -49,6 +49,7 @@ from leanmae.config import (
     arm_of,
     base_arm,
     build,
+    leaf_keys,
     load_yaml,
     resolve,
     run_name,
@@ -74,6 +75,9 @@ from leanmae.safe_csv import csv_text
 from leanmae.tracking import finish_run, study_parent, study_report_to
 
 STUDY_FILE = "study.json"
+# A --search-beyond candidate where the best stayed inside the grid (``entries``): it ends without running.
+NOT_NEEDED = "not needed"
+ENDED = ("done", "failed", NOT_NEEDED)  # a recipe candidate's states once the runs waiting on it may start
 # Settings that change what the study scores, not what it trains: a study may continue with other values.
 _SCORING_ONLY = ("external", "shift_reference", "note")
 
@@ -87,15 +91,21 @@ class Job:
     kwargs: dict[str, Any]
     out: Path
     after: list[str] = field(default_factory=list)
-    # --search: the recipe candidates of this run's arm and fraction, as (--set entries, their run folder);
-    # the run waits for their jobs (``tries``) to end and starts with the best that finished: a candidate that
-    # fails (a learning rate that diverges) is a result of the search, not a failure of the run
-    choices: list[tuple[list[str], Path]] = field(default_factory=list)
+    # --search: the recipe candidates of this run's arm and fraction (jobs under search/); the run waits for
+    # them to end and starts with the best that finished: a candidate that fails (a learning rate that
+    # diverges) is a result of the search, not a failure of the run
+    choices: list[Job] = field(default_factory=list)
+    # a recipe candidate's --search entries (already in its kwargs' "set")
+    search: list[str] = field(default_factory=list)
+    # --search-beyond: (the last --search entry's last alternative, the one past it); such a candidate also
+    # waits for ``choices`` (the grid's candidates) and runs the best one's entries with the edge moved past
+    # it, or not at all where the best did not take the edge (``entries``)
+    beyond: tuple[list[str], list[str]] | None = None
 
     @property
     def tries(self) -> list[str]:
-        """The job names of the recipe candidates (``_candidate`` names each by its folder)."""
-        return [f"search/{folder.name}" for _, folder in self.choices]
+        """The job names of the recipe candidates."""
+        return [candidate.name for candidate in self.choices]
 
 
 def run_status(folder: Path) -> str | None:
@@ -186,6 +196,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
     grid += [(seed, f) for seed in cfg.extra_seeds for f in fractions if f <= cfg.extra_seeds_up_to]
     earlier: dict[tuple[str, int], Job] = {}  # (arm, seed) -> its run at the previous fraction
     candidates = search_grid(cfg.search)
+    beyond = (alternatives(cfg.search[-1])[-1], cfg.search_beyond.split(";")) if cfg.search_beyond else None
     searched: dict[tuple[str, float], list[Job]] = {}  # (arm, fraction) -> its recipe candidates' runs
     for seed, fraction in grid:
         for arm in cfg.arms:
@@ -212,12 +223,14 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             earlier[(arm, seed)] = job
             if candidates:
                 if (arm, fraction) not in searched:  # the first seed comes first: the candidates run at it
-                    searched[arm, fraction] = [
-                        _candidate(job, entries, i) for i, entries in enumerate(candidates)
-                    ]
-                    jobs.extend(searched[arm, fraction])
-                trials = searched[arm, fraction]
-                job.choices = [(entries, t.out) for entries, t in zip(candidates, trials, strict=True)]
+                    trials = [_candidate(job, entries, i) for i, entries in enumerate(candidates)]
+                    if beyond:
+                        past = _candidate(job, [], len(trials))
+                        past.choices, past.beyond = list(trials), beyond
+                        trials.append(past)
+                    searched[arm, fraction] = trials
+                    jobs.extend(trials)
+                job.choices = searched[arm, fraction]
             jobs.append(job)
     return jobs
 
@@ -287,7 +300,7 @@ def _candidate(job: Job, entries: list[str], index: int) -> Job:
     first): the same labels, its own folder under search/."""
     out = job.out.parent.parent / "search" / f"{job.out.name}_c{index}"
     kwargs = {**job.kwargs, "out": str(out), "set": [*job.kwargs["set"], *entries]}
-    return Job(f"search/{out.name}", "finetune", kwargs, out, list(job.after))
+    return Job(f"search/{out.name}", "finetune", kwargs, out, list(job.after), search=entries)
 
 
 def candidate_score(folder: Path) -> tuple[float, float]:
@@ -302,14 +315,31 @@ def candidate_score(folder: Path) -> tuple[float, float]:
 
 
 def chosen(job: Job) -> list[str]:
-    """The --set entries of ``job``'s best finished candidate; a tie keeps the earlier one (the grid's
-    order). Refused when none finished: there is no recipe to run."""
+    """The --search entries of ``job``'s best finished candidate; a tie keeps the earlier one (the grid's
+    order, so the candidate past the edge must do better). Refused when none finished: there is no recipe
+    to run."""
     if not job.choices:
         return []
-    finished = [(entries, folder) for entries, folder in job.choices if run_status(folder) == "finished"]
+    finished = [candidate for candidate in job.choices if run_status(candidate.out) == "finished"]
     if not finished:
         raise ConfigError(f"run {job.name}: none of its recipe candidates finished (see search/*.log)")
-    return max(finished, key=lambda choice: candidate_score(choice[1]))[0]
+    best = entries(max(finished, key=lambda candidate: candidate_score(candidate.out)))
+    assert best is not None  # a candidate past the edge runs only with entries
+    return best
+
+
+def entries(candidate: Job) -> list[str] | None:
+    """A recipe candidate's --search entries. The one of --search-beyond takes the best grid candidate's and
+    moves its last entry past the grid's edge; None where the best did not take the edge: the grid already
+    holds a longer (or larger) value that did worse, so there is nothing to look past.
+
+    Why: a search whose best candidate sits on the edge of its grid has not found the best value (every
+    arm at 1 % chose the longest length); one step past it, by the same rule for every arm and chosen on
+    the same draw, tests that without growing every grid."""
+    if candidate.beyond is None:
+        return candidate.search
+    best, (edge, past) = chosen(candidate), candidate.beyond
+    return [*best[: -len(edge)], *past] if best[-len(edge) :] == edge else None
 
 
 def _chain_rounds(job: Job, previous: Job | None) -> None:
@@ -342,7 +372,8 @@ def job_config(job: Job) -> PretrainConfig | FinetuneConfig:
     args = job.kwargs
     flags = {"optim": {"epochs": args["epochs"]}}
     kind = PretrainConfig if job.command == "pretrain" else FinetuneConfig
-    return resolve(kind, job.command, args["preset"], None, flags, args["set"])
+    past = job.beyond[1] if job.beyond else []  # its other entries, the grid's, are checked by the grid
+    return resolve(kind, job.command, args["preset"], None, flags, [*args["set"], *past])
 
 
 def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
@@ -380,21 +411,22 @@ def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
     rows = {}
     for job in jobs:
         ended = {name: states.get(name) for name in job.tries}
-        if "done" not in ended.values() or set(ended.values()) - {"done", "failed"}:
+        if "done" not in ended.values() or set(ended.values()) - set(ENDED):
             continue
         best = chosen(job)
-        for (entries, folder), name in zip(job.choices, job.tries, strict=True):
-            finished = ended[name] == "done"
-            f1, loss = candidate_score(folder) if finished else ("", "")
-            rows[folder.name] = [
+        for candidate in job.choices:
+            state = ended[candidate.name]
+            settings = entries(candidate) if state != NOT_NEEDED else candidate.beyond[1]  # type: ignore[index]
+            f1, loss = candidate_score(candidate.out) if state == "done" else ("", "")
+            rows[candidate.out.name] = [
                 arm_of(job.name),
                 job.kwargs["fraction"],
-                folder.name,
-                " ".join(entries),
-                "finished" if finished else "failed",
+                candidate.out.name,
+                " ".join(settings or []),
+                {"done": "finished", NOT_NEEDED: NOT_NEEDED}.get(state, "failed"),
                 f1,
                 "" if loss == "" else -loss,
-                entries == best,
+                state == "done" and settings == best,
             ]
     if rows:
         header = ["arm", "fraction", "candidate", "settings", "status", "val_macro_f1", "val_loss", "chosen"]
@@ -403,10 +435,12 @@ def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
 
 def _with_resume(job: Job) -> dict[str, Any]:
     """A job whose folder holds a started run continues it instead of starting over; a searched one runs with
-    its chosen recipe (the same choice on every call: it reads finished runs only)."""
+    its chosen recipe, and the candidate past the grid's edge with its entries (the same on every call: they
+    read finished runs only)."""
+    added = (entries(job) or []) if job.beyond else chosen(job)
     return {
         **job.kwargs,
-        "set": [*job.kwargs["set"], *chosen(job)],
+        "set": [*job.kwargs["set"], *added],
         "resume": run_status(job.out) is not None,
     }
 
@@ -472,8 +506,9 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
         eta = eta_seconds(left, timings, workers)
         if bar.disable:
             finished = [j.command for j in jobs if state[j.name] == "done"]
+            needed = sum(s != NOT_NEEDED for s in state.values())
             print(
-                progress_line(finished, len(jobs), sum(s == "failed" for s in state.values()), eta),
+                progress_line(finished, needed, sum(s == "failed" for s in state.values()), eta),
                 flush=True,
             )
         else:
@@ -491,10 +526,14 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                     state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
+                elif job.beyond and all(state[d] in ENDED for d in job.tries) and entries(job) is None:
+                    state[job.name] = NOT_NEEDED  # the best stayed inside the grid: nothing to look past
+                    todo.remove(job)
+                    bar.update(1)
                 elif (
                     len(running) < workers
                     and all(state[d] == "done" for d in job.after)
-                    and all(state[d] in ("done", "failed") for d in job.tries)
+                    and all(state[d] in ENDED for d in job.tries)
                 ):
                     state[job.name] = "running"
                     started[job.name] = time.time()
@@ -606,6 +645,7 @@ def study(
     set: list[str] | None = None,
     arm_set: list[str] | None = None,
     search: list[str] | None = None,
+    search_beyond: str | None = None,
     split: str | None = None,
     progress: bool = True,
     target: float | None = None,
@@ -642,6 +682,7 @@ def study(
         "set": set,
         "arm_set": arm_set,
         "search": search,
+        "search_beyond": search_beyond,
         "split": split,
         "progress": progress,
         "note": note,
@@ -698,6 +739,7 @@ def _run_study(
 
             leanmae.split(cfg.data, cfg.classes, out / "split.csv", cfg.split_ratios, cfg.split_seed)
     check_inits(jobs_list)
+    check_recipes(jobs_list)
     check_semi_pools(jobs_list, out / "split.csv")
     for job in jobs_list:  # a pool that overlaps itself or the split's val/test fails now, not mid-study
         if job.command == "pretrain" and run_status(job.out) != "finished":
@@ -718,7 +760,8 @@ def _run_study(
     finish_run(out, report_to, {})
     lost = sum(states.get(name) == "failed" for name in tried)
     print(
-        f"study: {sum(s == 'done' for s in states.values())} of {len(jobs_list)} runs finished "
+        f"study: {sum(s == 'done' for s in states.values())} of "
+        f"{sum(s != NOT_NEEDED for s in states.values())} runs finished "
         f"({time.time() - started:.0f} s this call)"
         + (f"; {lost} recipe candidate(s) failed (search.csv)" if lost else "")
         + f"; report {report}"
@@ -743,9 +786,9 @@ def _started(out: Path) -> bool:
 def _check_saved_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse settings that differ from the saved study's, once a job has begun.
 
-    Growing fractions, seeds or arms is fine, and so is anything that only changes scoring. Before any
-    job has begun nothing depends on the saved settings: a start that failed (a mistyped option) leaves
-    nothing that blocks the corrected command, whose own split replaces the old one.
+    Growing fractions, seeds or arms is fine, and so is adding --search-beyond, or anything that only changes
+    scoring. Before any job has begun nothing depends on the saved settings: a start that failed (a mistyped
+    option) leaves nothing that blocks the corrected command, whose own split replaces the old one.
     """
     saved = out / STUDY_FILE
     if not saved.exists():
@@ -758,6 +801,7 @@ def _check_saved_settings(out: Path, settings: dict[str, Any]) -> None:
         for k in comparable
         if json.dumps(before.get(k)) != json.dumps(settings[k])
         and k not in ("fractions", "seeds", "extra_seeds", "arms")
+        and not (k == "search_beyond" and before.get(k) is None)  # added: check_recipes guards what ran
     )
     if not changed:
         return
@@ -786,6 +830,45 @@ def check_inits(jobs: list[Job]) -> None:
                 f"{folder}: holds other weights than run {job.name} started from; put the model "
                 "the study began with back, or start a new study (--out)"
             )
+
+
+def check_recipes(jobs: list[Job]) -> None:
+    """Refuse continuing a study whose run began with another recipe than its search now chooses, where
+    every candidate has ended: one added since (--search-beyond given to a started study) did better. Why:
+    a finished run would mix two recipes in one cell of the grid, a resumed one two recipes in one run."""
+    for job in jobs:
+        if not job.choices or run_status(job.out) is None or not all(map(_ended, job.choices)):
+            continue
+        recorded, now = run_info(job.out)["config"], leaf_keys(_with_search(job, chosen(job)))
+        for setting in chosen(job):
+            key = _key(setting)
+            if _dotted(recorded, key) != now[key]:
+                raise OutputFolderError(
+                    f"{job.out}: began with {key}={_dotted(recorded, key)}, but its recipe search now "
+                    f"chooses {key}={now[key]}; delete that run folder and its log to rerun it"
+                )
+
+
+def _ended(candidate: Job) -> bool:
+    """Whether a recipe candidate has nothing left to run: finished, or past an edge the best did not take."""
+    if run_status(candidate.out) == "finished":
+        return True
+    grid_done = all(run_status(c.out) == "finished" for c in candidate.choices)
+    return candidate.beyond is not None and grid_done and entries(candidate) is None
+
+
+def _with_search(job: Job, settings: list[str]) -> PretrainConfig | FinetuneConfig:
+    """``job``'s config with these --search entries."""
+    return job_config(
+        Job(job.name, job.command, {**job.kwargs, "set": [*job.kwargs["set"], *settings]}, job.out)
+    )
+
+
+def _dotted(values: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a nested dict (a run.json's config)."""
+    for part in key.split("."):
+        values = values[part]
+    return values
 
 
 def study_benchmark(cfg: StudyConfig) -> Benchmark:
@@ -848,6 +931,13 @@ def _check(cfg: StudyConfig) -> None:
         raise ConfigError(
             "--search runs with --launcher local: each run's recipe is chosen once its candidates have "
             "finished, which a SLURM array submitted at once cannot wait for"
+        )
+    if cfg.search_beyond and {_key(s) for s in cfg.search_beyond.split(";")} != (
+        last := {_key(s) for s in alternatives(cfg.search[-1])[-1]} if cfg.search else set()
+    ):
+        raise ConfigError(
+            f"--search-beyond {cfg.search_beyond!r}: must set the keys of the last --search entry "
+            f"({', '.join(sorted(last)) or 'none given'}), the one it looks past the edge of"
         )
     searched = {_key(setting) for entry in cfg.search for choice in alternatives(entry) for setting in choice}
     for entry in [*cfg.set, *(e.split(":", 1)[1] for e in cfg.arm_set)]:

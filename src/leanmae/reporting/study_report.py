@@ -274,7 +274,7 @@ def write_report(study: Path, target: float | None = None) -> Path:
     )
     if a is not None:
         all_tables["labels_needed"] = learning_table(a)
-    search = search_table(study / "search.csv")
+    search = search_table(study / "search.csv", settings.get("search_beyond"))
     if search is not None:
         all_tables["search"] = search
     for table in all_tables.values():

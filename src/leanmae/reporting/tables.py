@@ -377,9 +377,10 @@ def _time_row(name: str, labels: str, infos: list[dict[str, Any]]) -> list[Any]:
     return [name, labels, len(infos), resumed, f"{np.mean(minutes):.1f}", f"{np.sum(minutes):.1f}"]
 
 
-def search_table(search_csv: Path) -> Table | None:
-    """What recipe search each arm got (``study --search``): the same candidates at every fraction, and the
-    one its label-honest val draw chose; None when the study searched nothing."""
+def search_table(search_csv: Path, beyond: str | None = None) -> Table | None:
+    """What recipe search each arm got (``study --search``, and ``beyond``: its --search-beyond): the same
+    candidates at every fraction, and the one its label-honest val draw chose; None when the study searched
+    nothing."""
     if not search_csv.exists():
         return None
     with open(search_csv, newline="") as f:
@@ -391,12 +392,13 @@ def search_table(search_csv: Path) -> Table | None:
     for (arm, fraction), candidates in sorted(cells.items()):
         best = next(c for c in candidates if c["chosen"] == "True")
         scores = [float(c["val_macro_f1"]) for c in candidates if c["status"] == "finished"]
-        failed = len(candidates) - len(scores)
+        failed = sum(c["status"] == "failed" for c in candidates)
+        ran = sum(c["status"] != "not needed" for c in candidates)
         rows.append(
             [
                 arm,
                 pct(fraction),
-                f"{len(candidates)}" + (f" ({failed} failed)" if failed else ""),
+                f"{ran}" + (f" ({failed} failed)" if failed else ""),
                 best["settings"],
                 f"{float(best['val_macro_f1']):.3f}",
                 f"{float(best['val_loss']):.3f}",
@@ -408,7 +410,13 @@ def search_table(search_csv: Path) -> Table | None:
         "Recipe search: every arm tried the same candidates at every fraction, each once at the first seed, "
         "and kept the one its own label-honest val draw scored best (macro-F1, then val loss); the other "
         "seeds use that recipe, chosen on the first seed's draw of the same size, and the seed intervals "
-        "do not include the search's own variation",
+        "do not include the search's own variation"
+        + (
+            "; where the best took the last value of the grid's last entry (its edge), one more candidate "
+            f"ran with the best's other settings and {beyond} (the same rule for every arm)"
+            if beyond
+            else ""
+        ),
         [
             "arm",
             "labels",
