@@ -13,7 +13,20 @@ import pytest
 import yaml
 
 import leanmae
-from leanmae.commands.study import Job, StudyConfig, check_recipes, chosen, entries, plan, run_name
+import leanmae.commands.study as study_module
+from leanmae.commands.study import (
+    DIVERGED_EXIT,
+    ENDED,
+    Job,
+    StudyConfig,
+    check_recipes,
+    chosen,
+    entries,
+    plan,
+    run_local,
+    run_name,
+    stale_runs,
+)
 from leanmae.data.split import read_manifest
 from leanmae.data.synthetic import make_synthetic_tiles, make_synthetic_wbc
 from leanmae.errors import ConfigError, OutputFolderError
@@ -294,7 +307,7 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
     scratch_at_all_labels(out, cells, search=["optim.base_lr=1e-5|1e-3|1e12"])
     rows = (out / "search.csv").read_text().splitlines()
     assert rows[0] == "arm,fraction,candidate,settings,status,val_macro_f1,val_loss,chosen" and len(rows) == 4
-    assert rows[3].split(",")[3:5] == ["optim.base_lr=1e12", "failed"]  # a diverging candidate is a result
+    assert rows[3].split(",")[3:5] == ["optim.base_lr=1e12", "diverged"]  # a diverging candidate is a result
     winner = next(row.split(",")[3] for row in rows[1:] if row.endswith("True"))
     for seed in (0, 1):
         config = json.loads((out / "runs" / run_name("scratch", 1.0, seed) / "run.json").read_text())[
@@ -303,6 +316,36 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
         assert config["optim"]["base_lr"] == float(winner.split("=")[1])
     page = (out / "report.html").read_text()
     assert "Recipe search" in page and f"<td>{winner}</td>" in page
+
+
+def test_only_a_diverged_candidate_is_a_result_of_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate that fails otherwise (a full disk) says nothing of its recipe: the run waiting on it does
+    not start with the others' best, and the study names it failed; the same call, once the cause is fixed,
+    continues."""
+    grid = [_trial(tmp_path / f"c{i}", [f"optim.base_lr={i}"]) for i in range(3)]
+    run = Job("a_f0.1_s0", "finetune", {}, tmp_path / "run")
+    run.choices = grid
+    exits = {"search/c0": 0, "search/c1": DIVERGED_EXIT, "search/c2": 1, "a_f0.1_s0": 0}
+
+    def launch(job: Job) -> int:
+        if exits[job.name] == 0:
+            _candidate_run(job.out, 0.9, 0.1)
+        return exits[job.name]
+
+    monkeypatch.setattr(study_module, "_launch_local", launch)
+    jobs = [*grid, run]
+    states = run_local(jobs, 1, False, {job.name: 1.0 for job in jobs})
+    assert states == {
+        "search/c0": "done",
+        "search/c1": "diverged",
+        "search/c2": "failed",
+        "a_f0.1_s0": "failed",
+    }
+    exits["search/c2"] = 0
+    states = run_local(jobs, 1, False, {job.name: 1.0 for job in jobs})
+    assert states["a_f0.1_s0"] == "done" and states["search/c1"] == "diverged"
 
 
 LENGTHS = "optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200"
@@ -323,6 +366,7 @@ def test_search_beyond_adds_one_candidate_per_arm_and_fraction_that_waits_for_th
     past = jobs["search/scratch_f0.1_s0_c4"]
     grid = [jobs[f"search/scratch_f0.1_s0_c{i}"] for i in range(4)]
     assert past.choices == grid and past.beyond == (
+        2,
         ["optim.epochs=30", "classifier.min_steps=1200"],
         ["optim.epochs=60", "classifier.min_steps=2400"],
     )
@@ -347,7 +391,7 @@ def test_the_candidate_past_the_edge_runs_only_where_the_best_took_the_edge_and_
             )
         ]
         past = Job(
-            "search/c4", "finetune", {}, folder / "c4", beyond=(["optim.epochs=60"], ["optim.epochs=120"])
+            "search/c4", "finetune", {}, folder / "c4", beyond=(2, ["optim.epochs=60"], ["optim.epochs=120"])
         )
         past.choices = grid
         if past_score is not None:
@@ -366,27 +410,73 @@ def test_the_candidate_past_the_edge_runs_only_where_the_best_took_the_edge_and_
     assert chosen(tie) == ["optim.base_lr=2", "optim.epochs=60"]  # a tie keeps the grid's own
 
 
-def test_a_finished_run_whose_search_now_chooses_another_recipe_is_refused(tmp_path: Path) -> None:
-    """--search-beyond added to a started study: a run trained with the grid's best is not mixed with seeds
-    trained with the better candidate past the edge."""
+def _searched_cell(tmp_path: Path) -> tuple[Job, Job, Job, Job]:
+    """One arm and fraction searched over one learning rate (0.001, the edge) and one past it (0.002):
+    (grid candidate, candidate past the edge, seed-0 run finished with 0.001, seed-1 run not begun)."""
     kwargs = {"epochs": None, "preset": "test", "set": []}
-    grid = _trial(_candidate_run(tmp_path / "c0", 0.8, 0.2), ["optim.epochs=30"])
+    grid = _trial(_candidate_run(tmp_path / "c0", 0.8, 0.2), ["optim.base_lr=0.001"])
+    grid.kwargs = kwargs
     past = Job(
-        "search/c1", "finetune", kwargs, tmp_path / "c1", beyond=(["optim.epochs=30"], ["optim.epochs=60"])
+        "search/c1", "finetune", kwargs, tmp_path / "c1", beyond=(1, grid.search, ["optim.base_lr=0.002"])
     )
     past.choices = [grid]
-    run = Job("a_f0.1_s0", "finetune", kwargs, tmp_path / "run")
-    run.choices = [grid, past]
-    (tmp_path / "run").mkdir()
-    config = {"status": "running", "config": {"optim": {"epochs": 30}}}
-    (tmp_path / "run" / "run.json").write_text(json.dumps(config))
-    check_recipes([run])  # the candidate past the edge has not run: nothing to compare with yet
+    runs = [Job(f"a_f0.1_s{seed}", "finetune", kwargs, tmp_path / f"s{seed}") for seed in (0, 1)]
+    for run in runs:
+        run.choices = [grid, past]
+    _finished_run(runs[0].out, {"optim": {"base_lr": 0.001}})
+    return grid, past, *runs
+
+
+def _finished_run(folder: Path, config: dict[str, Any]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "finished", "config": config}))
+
+
+def test_a_run_whose_search_now_chooses_another_recipe_is_refused_with_the_runs_that_continue_from_it(
+    tmp_path: Path,
+) -> None:
+    """--search-beyond added to a started study: a run trained with the grid's best is not mixed with seeds
+    trained with the better candidate past the edge, nor is a margin round that chose labels with it kept."""
+    grid, past, first, second = _searched_cell(tmp_path)
+    later = Job("a_f0.2_s0", "finetune", {}, tmp_path / "next", after=[first.name])
+    _finished_run(later.out, {})
+    jobs = [grid, past, first, second, later]
+    check_recipes(jobs)  # the candidate past the edge has not run: nothing to compare with yet
     _candidate_run(past.out, 0.9, 0.2)
-    with pytest.raises(OutputFolderError, match="optim.epochs=30.*now chooses optim.epochs=60.*delete"):
-        check_recipes([run])
-    config["config"]["optim"]["epochs"] = 60
-    (tmp_path / "run" / "run.json").write_text(json.dumps(config))
-    check_recipes([run])
+    with pytest.raises(OutputFolderError) as refused:
+        check_recipes(jobs)
+    assert re.fullmatch(
+        rf"{first.out} began with optim.base_lr=0.001, but its recipe search now chooses "
+        rf"optim.base_lr=0.002: delete it and the runs that continue from it \({later.out}\), with their "
+        "logs, then rerun the same command",
+        str(refused.value),
+    )
+    (first.out / "run.json").write_text(
+        json.dumps({"status": "finished", "config": {"optim": {"base_lr": 2e-3}}})
+    )
+    check_recipes(jobs)  # the candidate itself, with its own recipe, is no run to refuse
+
+
+def test_a_candidate_past_the_edge_that_wins_during_a_call_stops_the_seeds_that_would_mix_recipes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid, past, first, second = _searched_cell(tmp_path)
+
+    def launch(job: Job) -> int:
+        if job is past:
+            _candidate_run(past.out, 0.9, 0.2)
+        else:
+            _finished_run(job.out, {"optim": {"base_lr": 0.002}})
+        return 0
+
+    monkeypatch.setattr(study_module, "_launch_local", launch)
+    jobs = [grid, past, first, second]
+    states = run_local(jobs, 1, False, {job.name: 1.0 for job in jobs})
+    assert states[past.name] == "done" and states[second.name] == "failed" and not second.out.exists()
+    assert stale_runs(jobs, lambda candidate: states[candidate.name] in ENDED) == [
+        f"{first.out} began with optim.base_lr=0.001, but its recipe search now chooses optim.base_lr=0.002: "
+        "delete it and its log, then rerun the same command"
+    ]
 
 
 def test_a_search_past_the_edge_runs_end_to_end_and_says_what_it_tried(
@@ -395,10 +485,11 @@ def test_a_search_past_the_edge_runs_end_to_end_and_says_what_it_tried(
     """The grid's edge (1e-3) is its best, as 1e12 diverges: one more candidate runs past it."""
     cells, _ = synthetic
     out = tmp_path / "s"
-    scratch_at_all_labels(out, cells, search=["optim.base_lr=1e12|1e-3"], search_beyond="optim.base_lr=2e-3")
+    settings = {"search": ["optim.base_lr=1e12|1e-3"], "search_beyond": "optim.base_lr=2e-3"}
+    scratch_at_all_labels(out, cells, **settings)
     rows = [row.split(",") for row in (out / "search.csv").read_text().splitlines()[1:]]
     assert [row[3:5] for row in rows] == [
-        ["optim.base_lr=1e12", "failed"],
+        ["optim.base_lr=1e12", "diverged"],
         ["optim.base_lr=1e-3", "finished"],
         ["optim.base_lr=2e-3", "finished"],
     ]
@@ -407,6 +498,10 @@ def test_a_search_past_the_edge_runs_end_to_end_and_says_what_it_tried(
     assert config["optim"]["base_lr"] == float(winner.split("=")[1])
     page = html.unescape((out / "report.html").read_text())
     assert "one more candidate ran with the best's other settings and optim.base_lr=2e-3" in page
+    assert set(scratch_at_all_labels(out, cells, **settings).values()) == {
+        "done",
+        "diverged",
+    }  # rerun: as it is
 
 
 def test_no_candidate_runs_past_an_edge_the_best_did_not_take(
@@ -437,6 +532,7 @@ def test_no_candidate_runs_past_an_edge_the_best_did_not_take(
         ),
         ({"search_beyond": "optim.epochs=3"}, "keys of the last --search entry (none given)"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=1|3"}, "one value"),
+        ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=1e-3"}, "already a value"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["optim.base_lr=5e-4"]}, "which --search searches"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["finetune.optim.base_lr=5e-4"]}, "searches"),
         (

@@ -1,10 +1,11 @@
 """Issue 27's under-training check: does doubling a recipe's training length change validation macro-F1 by
-under 0.01? It reads the study's search.csv (each arm's recipe candidates at each fraction, run at the first
-seed) and scores the chosen candidate's recipe at its shortest and longest length on PBC's whole validation
-split: the development data, never test. Where the search chose its longest length, that says only whether
-the shorter one was enough, so the chosen candidate is also trained again at twice its length (same seed,
-labels and settings: its run.json's config, lengths doubled; STUDY/effort/CANDIDATE-x2) and the two are
-compared: the aim's own question, "would more training have changed it?". The search itself chose on each
+under 0.01? It reads each arm's recipe candidates at each fraction (run at the first seed) and scores the
+chosen candidate beside the next shorter and the next longer candidate of its recipe (learning rate and
+every other setting but the length) on PBC's whole validation split: the development data, never test. The
+next longer is the aim's own question, "would more training have changed it?": where the search chose the
+longest length it ran (the grid's, or --search-beyond's past it), the chosen candidate is trained again
+at twice its length (same seed, labels and settings: its run.json's config, lengths doubled;
+STUDY/effort/CANDIDATE-x2). The search itself chose on each
 candidate's label-honest draw of a dozen images; this check spends the full split, as a diagnostic of the
 study's effort, not as a choice.
 
@@ -115,13 +116,21 @@ def main(study: Path, fractions: list[float]) -> None:
         if same is None:
             print(f"{arm} at {fraction:g}: no recipe finished at two lengths; nothing to compare")
             continue
-        (short, shorter), (long, longer) = same[0], same[-1]
-        rate = recipes[shorter][2]
         search = study / "search"
-        pairs = [(short, long, search / shorter, search / longer)]
-        if best == longer:  # is the longest tried long enough?
-            pairs.append((long, (2 * long[0], 2 * long[1]), search / longer, doubled(study, longer)))
-        for a, b, run_a, run_b in pairs:
+        tried = [(length, search / name) for length, name in same]  # one recipe, shortest first
+        rate = recipes[same[0][1]][2]
+        names = [run.name for _, run in tried]
+        at = names.index(best) if best in names else None
+        if at is None:  # the chosen recipe ran at one length only: the recipe that ran at two
+            pairs = [(*tried[0], *tried[-1])]
+        else:  # the chosen candidate beside the next shorter and the next longer of its recipe
+            pairs = [(*tried[at - 1], *tried[at])] if at > 0 else []
+            if at + 1 < len(tried):  # a longer one ran (--search-beyond's, where the best took the edge)
+                pairs.append((*tried[at], *tried[at + 1]))
+            else:  # is the longest tried long enough?
+                long = tried[at][0]
+                pairs.append((*tried[at], (2 * long[0], 2 * long[1]), doubled(study, best)))
+        for a, run_a, b, run_b in pairs:
             f1_a, f1_b = full_val_f1(study, run_a), full_val_f1(study, run_b)
             change = f1_b - f1_a
             chosen = {run_b.name: "the longer", run_a.name: "the shorter"}.get(best, "another recipe")

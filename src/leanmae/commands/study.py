@@ -32,6 +32,8 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,7 @@ from leanmae.config import (
 )
 from leanmae.data.pool import collect
 from leanmae.data.split import label_fraction, read_manifest, write_manifest
-from leanmae.errors import ConfigError, DataError, OutputFolderError
+from leanmae.errors import ConfigError, DataError, NonFiniteLossError, OutputFolderError
 from leanmae.eta import (
     Timing,
     eta_seconds,
@@ -77,7 +79,11 @@ from leanmae.tracking import finish_run, study_parent, study_report_to
 STUDY_FILE = "study.json"
 # A --search-beyond candidate where the best stayed inside the grid (``entries``): it ends without running.
 NOT_NEEDED = "not needed"
-ENDED = ("done", "failed", NOT_NEEDED)  # a recipe candidate's states once the runs waiting on it may start
+# A recipe candidate whose loss went NaN or infinite: a result of the search (that recipe does not train).
+# Any other failure (a full disk, a bug) says nothing of the recipe, so the runs waiting on it wait.
+DIVERGED = "diverged"
+DIVERGED_EXIT = 3  # a launched job's exit status for NonFiniteLossError
+ENDED = ("done", DIVERGED, NOT_NEEDED)  # a recipe candidate's states once the runs waiting on it may start
 # Settings that change what the study scores, not what it trains: a study may continue with other values.
 _SCORING_ONLY = ("external", "shift_reference", "note")
 
@@ -97,10 +103,11 @@ class Job:
     choices: list[Job] = field(default_factory=list)
     # a recipe candidate's --search entries (already in its kwargs' "set")
     search: list[str] = field(default_factory=list)
-    # --search-beyond: (the last --search entry's last alternative, the one past it); such a candidate also
+    # --search-beyond: (the last --search entry's number of alternatives, its last, the one past it); such a
+    # candidate also
     # waits for ``choices`` (the grid's candidates) and runs the best one's entries with the edge moved past
     # it, or not at all where the best did not take the edge (``entries``)
-    beyond: tuple[list[str], list[str]] | None = None
+    beyond: tuple[int, list[str], list[str]] | None = None
 
     @property
     def tries(self) -> list[str]:
@@ -196,7 +203,8 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
     grid += [(seed, f) for seed in cfg.extra_seeds for f in fractions if f <= cfg.extra_seeds_up_to]
     earlier: dict[tuple[str, int], Job] = {}  # (arm, seed) -> its run at the previous fraction
     candidates = search_grid(cfg.search)
-    beyond = (alternatives(cfg.search[-1])[-1], cfg.search_beyond.split(";")) if cfg.search_beyond else None
+    last = alternatives(cfg.search[-1]) if cfg.search else []
+    beyond = (len(last), last[-1], cfg.search_beyond.split(";")) if cfg.search_beyond else None
     searched: dict[tuple[str, float], list[Job]] = {}  # (arm, fraction) -> its recipe candidates' runs
     for seed, fraction in grid:
         for arm in cfg.arms:
@@ -315,31 +323,39 @@ def candidate_score(folder: Path) -> tuple[float, float]:
 
 
 def chosen(job: Job) -> list[str]:
-    """The --search entries of ``job``'s best finished candidate; a tie keeps the earlier one (the grid's
-    order, so the candidate past the edge must do better). Refused when none finished: there is no recipe
-    to run."""
+    """The --search entries of ``job``'s best finished candidate. Refused when none finished: there is no
+    recipe to run."""
     if not job.choices:
         return []
-    finished = [candidate for candidate in job.choices if run_status(candidate.out) == "finished"]
-    if not finished:
+    best = best_candidate(job)
+    if best is None:
         raise ConfigError(f"run {job.name}: none of its recipe candidates finished (see search/*.log)")
-    best = entries(max(finished, key=lambda candidate: candidate_score(candidate.out)))
-    assert best is not None  # a candidate past the edge runs only with entries
-    return best
+    return entries(best) or []
+
+
+def best_candidate(job: Job) -> Job | None:
+    """``job``'s finished candidate with the best ``candidate_score``; a tie keeps the earlier one (the grid's
+    order, so the candidate past the edge must do better). One past an edge the best no longer takes (a
+    grid candidate that failed, then finished better) is no longer a candidate."""
+    finished = [c for c in job.choices if run_status(c.out) == "finished" and entries(c) is not None]
+    return max(finished, key=lambda candidate: candidate_score(candidate.out), default=None)
 
 
 def entries(candidate: Job) -> list[str] | None:
     """A recipe candidate's --search entries. The one of --search-beyond takes the best grid candidate's and
-    moves its last entry past the grid's edge; None where the best did not take the edge: the grid already
-    holds a longer (or larger) value that did worse, so there is nothing to look past.
+    moves its last entry past the grid's edge; None where the best did not take the edge (the grid already
+    holds a longer, or larger, value that did worse: nothing to look past) or none has finished.
 
     Why: a search whose best candidate sits on the edge of its grid has not found the best value (every
     arm at 1 % chose the longest length); one step past it, by the same rule for every arm and chosen on
     the same draw, tests that without growing every grid."""
     if candidate.beyond is None:
         return candidate.search
-    best, (edge, past) = chosen(candidate), candidate.beyond
-    return [*best[: -len(edge)], *past] if best[-len(edge) :] == edge else None
+    (count, edge, past), best = candidate.beyond, best_candidate(candidate)
+    at_edge = (
+        best is not None and candidate.choices.index(best) % count == count - 1
+    )  # grid order: search_grid
+    return [*best.search[: -len(edge)], *past] if best is not None and at_edge else None
 
 
 def _chain_rounds(job: Job, previous: Job | None) -> None:
@@ -372,7 +388,7 @@ def job_config(job: Job) -> PretrainConfig | FinetuneConfig:
     args = job.kwargs
     flags = {"optim": {"epochs": args["epochs"]}}
     kind = PretrainConfig if job.command == "pretrain" else FinetuneConfig
-    past = job.beyond[1] if job.beyond else []  # its other entries, the grid's, are checked by the grid
+    past = job.beyond[2] if job.beyond else []  # its other entries, the grid's, are checked by the grid
     return resolve(kind, job.command, args["preset"], None, flags, [*args["set"], *past])
 
 
@@ -406,7 +422,7 @@ def run_job(command: str, kwargs: dict[str, Any]) -> None:
 
 
 def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
-    """search.csv: each recipe candidate's val scores (or that it failed) and which became its arm's recipe
+    """search.csv: each recipe candidate's val scores (or that it diverged) and which became its arm's recipe
     at its fraction, so the report can say what search every arm got (the same grid at every fraction)."""
     rows = {}
     for job in jobs:
@@ -416,14 +432,14 @@ def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
         best = chosen(job)
         for candidate in job.choices:
             state = ended[candidate.name]
-            settings = entries(candidate) if state != NOT_NEEDED else candidate.beyond[1]  # type: ignore[index]
+            settings = entries(candidate) if state != NOT_NEEDED else candidate.beyond[2]  # type: ignore[index]
             f1, loss = candidate_score(candidate.out) if state == "done" else ("", "")
             rows[candidate.out.name] = [
                 arm_of(job.name),
                 job.kwargs["fraction"],
                 candidate.out.name,
                 " ".join(settings or []),
-                {"done": "finished", NOT_NEEDED: NOT_NEEDED}.get(state, "failed"),
+                "finished" if state == "done" else state,
                 f1,
                 "" if loss == "" else -loss,
                 state == "done" and settings == best,
@@ -458,7 +474,11 @@ def run_child(parent: int, command: str, kwargs: dict[str, Any]) -> None:
         os._exit(137)
 
     threading.Thread(target=watch, daemon=True).start()
-    run_job(command, kwargs)
+    try:
+        run_job(command, kwargs)
+    except NonFiniteLossError:
+        traceback.print_exc()
+        sys.exit(DIVERGED_EXIT)
 
 
 def _launch_local(job: Job) -> int:
@@ -494,6 +514,12 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     )
     running: dict[Future, Job] = {}
     started: dict[str, float] = {}
+
+    def launched_with(job: Job) -> list[Job]:
+        """The runs ``job`` must not start beside or after if they began with a stale recipe: those of its
+        arm and fraction (its search's choice is theirs) and those it continues from (a margin round)."""
+        return [j for j in jobs if (j.choices and j.tries == job.tries) or j.name in job.after]
+
     timings: list[Timing] = []
 
     def show_eta() -> None:
@@ -517,12 +543,12 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while todo or running:
             for job in list(todo):
-                if any(state[d] == "failed" for d in job.after):
+                if any(state[d] == "failed" for d in [*job.after, *job.tries]):
                     state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
-                elif job.tries and all(state[d] == "failed" for d in job.tries):
-                    tqdm.write(f"run {job.name} not started: every recipe candidate failed")
+                elif job.tries and all(state[d] == DIVERGED for d in job.tries):
+                    tqdm.write(f"run {job.name} not started: every recipe candidate diverged")
                     state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
@@ -535,6 +561,12 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                     and all(state[d] == "done" for d in job.after)
                     and all(state[d] in ENDED for d in job.tries)
                 ):
+                    if stale := stale_runs(launched_with(job), lambda c: state[c.name] in ENDED):
+                        tqdm.write(f"run {job.name} not started: {stale[0]}")
+                        state[job.name] = "failed"
+                        todo.remove(job)
+                        bar.update(1)
+                        continue
                     state[job.name] = "running"
                     started[job.name] = time.time()
                     running[pool.submit(_launch_local, job)] = job
@@ -544,11 +576,15 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
-                ok = future.result() == 0 and run_status(job.out) == "finished"
-                state[job.name] = "done" if ok else "failed"
+                code = future.result()
+                ok = code == 0 and run_status(job.out) == "finished"
+                diverged = code == DIVERGED_EXIT and job.name.startswith("search/")  # a search's result
+                state[job.name] = "done" if ok else DIVERGED if diverged else "failed"
                 bar.update(1)
                 if not ok:
-                    tqdm.write(f"run {job.name} failed; see {job.out.parent / (job.out.name + '.log')}")
+                    tqdm.write(
+                        f"run {job.name} {state[job.name]}; see {job.out.parent / (job.out.name + '.log')}"
+                    )
                 elif job.name not in resumed:
                     timings.append(Timing(job.command, costs[job.name], time.time() - started[job.name]))
                 show_eta()
@@ -754,18 +790,21 @@ def _run_study(
         )
     score_study(out, bench, cfg.progress)
     write_search(out, jobs_list, states)
-    tried = {name for job in jobs_list for name in job.tries}  # a failed candidate is a result of the search
-    failed = sorted(name for name, s in states.items() if s == "failed" and name not in tried)
+    failed = sorted(name for name, s in states.items() if s == "failed")
+    # a candidate that ended in this call may have beaten the recipe of runs that finished before it
+    stale = stale_runs(jobs_list, lambda candidate: states.get(candidate.name) in ENDED)
     report = write_report(out, target)  # target: the report's macro-F1 target, not a study setting
     finish_run(out, report_to, {})
-    lost = sum(states.get(name) == "failed" for name in tried)
+    lost = sum(s == DIVERGED for s in states.values())  # a diverged candidate is a result of the search
     print(
         f"study: {sum(s == 'done' for s in states.values())} of "
         f"{sum(s != NOT_NEEDED for s in states.values())} runs finished "
         f"({time.time() - started:.0f} s this call)"
-        + (f"; {lost} recipe candidate(s) failed (search.csv)" if lost else "")
+        + (f"; {lost} recipe candidate(s) diverged (search.csv)" if lost else "")
         + f"; report {report}"
     )
+    if stale:
+        raise OutputFolderError("; ".join(stale))
     if failed:
         raise RuntimeError(
             f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same "
@@ -833,24 +872,57 @@ def check_inits(jobs: list[Job]) -> None:
 
 
 def check_recipes(jobs: list[Job]) -> None:
-    """Refuse continuing a study whose run began with another recipe than its search now chooses, where
-    every candidate has ended: one added since (--search-beyond given to a started study) did better. Why:
-    a finished run would mix two recipes in one cell of the grid, a resumed one two recipes in one run."""
+    """Refuse continuing a study whose run began with another recipe than its search now chooses: a
+    candidate added since (--search-beyond given to a started study) did better. Why: a finished run would
+    mix two recipes in one cell of the grid, a resumed one two recipes in one run."""
+    stale = stale_runs(jobs, _ended)
+    if stale:
+        raise OutputFolderError("; ".join(stale))
+
+
+def stale_runs(jobs: list[Job], ended: Callable[[Job], bool]) -> list[str]:
+    """Why each begun run of the grid whose candidates have all ``ended`` must not stand: it began with
+    another recipe than its search now chooses; with the begun runs that continue from it (a margin round
+    chose its labels with its model), which must go with it."""
+    found = []
     for job in jobs:
-        if not job.choices or run_status(job.out) is None or not all(map(_ended, job.choices)):
+        if not job.choices or job.beyond or run_status(job.out) is None or not all(map(ended, job.choices)):
             continue
-        recorded, now = run_info(job.out)["config"], leaf_keys(_with_search(job, chosen(job)))
-        for setting in chosen(job):
-            key = _key(setting)
-            if _dotted(recorded, key) != now[key]:
-                raise OutputFolderError(
-                    f"{job.out}: began with {key}={_dotted(recorded, key)}, but its recipe search now "
-                    f"chooses {key}={now[key]}; delete that run folder and its log to rerun it"
-                )
+        problem = recipe_problem(job)
+        if problem is None:
+            continue
+        gone, later = {job.name}, []
+        for other in jobs:  # plan lists a job after every job it waits for
+            if gone & set(other.after) and run_status(other.out) is not None:
+                gone.add(other.name)
+                later.append(str(other.out))
+        found.append(
+            f"{problem}: delete it"
+            + (
+                f" and the runs that continue from it ({', '.join(later)}), with their logs,"
+                if later
+                else " and its log,"
+            )
+            + " then rerun the same command"
+        )
+    return found
+
+
+def recipe_problem(job: Job) -> str | None:
+    """How a begun searched run's recorded settings differ from its search's choice now (None: they do
+    not). Compared as JSON values, so a tuple and the list run.json holds, or 30 and 30.0, are one."""
+    recorded, settings = run_info(job.out).get("config", {}), chosen(job)
+    now = leaf_keys(_with_search(job, settings))
+    for key in map(_key, settings):
+        before = _dotted(recorded, key)
+        if json.loads(json.dumps(before)) != json.loads(json.dumps(now[key])):
+            return f"{job.out} began with {key}={before}, but its recipe search now chooses {key}={now[key]}"
+    return None
 
 
 def _ended(candidate: Job) -> bool:
-    """Whether a recipe candidate has nothing left to run: finished, or past an edge the best did not take."""
+    """Whether a recipe candidate, as its folder shows, has nothing left to run: finished, or past an edge
+    the best (all finished) did not take. One that failed or diverged is run again, so it has not ended."""
     if run_status(candidate.out) == "finished":
         return True
     grid_done = all(run_status(c.out) == "finished" for c in candidate.choices)
@@ -865,9 +937,9 @@ def _with_search(job: Job, settings: list[str]) -> PretrainConfig | FinetuneConf
 
 
 def _dotted(values: dict[str, Any], key: str) -> Any:
-    """The value at a dotted key of a nested dict (a run.json's config)."""
+    """The value at a dotted key of a nested dict (a run.json's config); None where it has none."""
     for part in key.split("."):
-        values = values[part]
+        values = values.get(part) if isinstance(values, dict) else None  # type: ignore[assignment]
     return values
 
 
@@ -938,6 +1010,11 @@ def _check(cfg: StudyConfig) -> None:
         raise ConfigError(
             f"--search-beyond {cfg.search_beyond!r}: must set the keys of the last --search entry "
             f"({', '.join(sorted(last)) or 'none given'}), the one it looks past the edge of"
+        )
+    if cfg.search_beyond and cfg.search_beyond.split(";") in alternatives(cfg.search[-1]):
+        raise ConfigError(
+            f"--search-beyond {cfg.search_beyond!r}: already a value of the last --search entry; give the "
+            "value past its last"
         )
     searched = {_key(setting) for entry in cfg.search for choice in alternatives(entry) for setting in choice}
     for entry in [*cfg.set, *(e.split(":", 1)[1] for e in cfg.arm_set)]:

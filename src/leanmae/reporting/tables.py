@@ -392,13 +392,13 @@ def search_table(search_csv: Path, beyond: str | None = None) -> Table | None:
     for (arm, fraction), candidates in sorted(cells.items()):
         best = next(c for c in candidates if c["chosen"] == "True")
         scores = [float(c["val_macro_f1"]) for c in candidates if c["status"] == "finished"]
-        failed = sum(c["status"] == "failed" for c in candidates)
-        ran = sum(c["status"] != "not needed" for c in candidates)
+        ran = [c["status"] for c in candidates if c["status"] != "not needed"]
+        lost = [status for status in ran if status != "finished"]  # diverged (earlier studies: failed)
         rows.append(
             [
                 arm,
                 pct(fraction),
-                f"{ran}" + (f" ({failed} failed)" if failed else ""),
+                f"{len(ran)}" + (f" ({len(lost)} {lost[0]})" if lost else ""),
                 best["settings"],
                 f"{float(best['val_macro_f1']):.3f}",
                 f"{float(best['val_loss']):.3f}",
