@@ -121,6 +121,7 @@ STUDY_WRONG: dict[str, Any] = {
     "mae": [""],
     "arm_set": ["scratch=classifier.min_steps"],
     "search": ["optim.base_lr=1e-3"],
+    "search_beyond": "optim.base_lr=1e-3|2e-3",
     "split_ratios": [0.7, 0.3, 0],
     "split_seed": 2**32,
     "split": "",
