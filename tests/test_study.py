@@ -323,13 +323,15 @@ def test_only_a_diverged_candidate_is_a_result_of_the_search(
 ) -> None:
     """A candidate that fails otherwise (a full disk) says nothing of its recipe: the run waiting on it does
     not start with the others' best, and the study names it failed; the same call, once the cause is fixed,
-    continues."""
+    continues, without training the diverged candidate again."""
     grid = [_trial(tmp_path / f"c{i}", [f"optim.base_lr={i}"]) for i in range(3)]
     run = Job("a_f0.1_s0", "finetune", {}, tmp_path / "run")
     run.choices = grid
     exits = {"search/c0": 0, "search/c1": DIVERGED_EXIT, "search/c2": 1, "a_f0.1_s0": 0}
+    launched = []
 
     def launch(job: Job) -> int:
+        launched.append(job.name)
         if exits[job.name] == 0:
             _candidate_run(job.out, 0.9, 0.1)
         return exits[job.name]
@@ -344,8 +346,48 @@ def test_only_a_diverged_candidate_is_a_result_of_the_search(
         "a_f0.1_s0": "failed",
     }
     exits["search/c2"] = 0
+    launched.clear()
     states = run_local(jobs, 1, False, {job.name: 1.0 for job in jobs})
     assert states["a_f0.1_s0"] == "done" and states["search/c1"] == "diverged"
+    assert launched == ["search/c2", "a_f0.1_s0"]
+
+
+def test_where_every_grid_candidate_diverged_nothing_runs_past_the_edge_and_the_run_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = [_trial(tmp_path / f"c{i}", [f"optim.base_lr={i}"]) for i in range(2)]
+    past = Job("search/c2", "finetune", {}, tmp_path / "c2", beyond=(2, grid[1].search, ["optim.base_lr=2"]))
+    past.choices = grid
+    run = Job("a_f0.1_s0", "finetune", {}, tmp_path / "run")
+    run.choices = [*grid, past]
+    monkeypatch.setattr(study_module, "_launch_local", lambda job: DIVERGED_EXIT)
+    jobs = [*grid, past, run]
+    states = run_local(jobs, 1, False, {job.name: 1.0 for job in jobs})
+    assert [states[job.name] for job in jobs] == ["diverged", "diverged", "not needed", "failed"]
+    assert "run a_f0.1_s0 not started: every recipe candidate diverged" in capsys.readouterr().out
+
+
+def test_a_margin_round_waits_for_every_round_before_it_to_be_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1 finished in an earlier call, but a candidate past its edge had not: round 2 (and round 3,
+    which chose with round 2) must not start on round 1's model until it is known to stand; here the
+    candidate wins, so none of them starts."""
+    grid, past, first, _ = _searched_cell(tmp_path)
+    second = Job("a_f0.2_s0", "finetune", {}, tmp_path / "r2", after=[first.name])
+    third = Job("a_f0.5_s0", "finetune", {}, tmp_path / "r3", after=[second.name])
+    _finished_run(second.out, {})
+    launched = []
+
+    def launch(job: Job) -> int:
+        launched.append(job.name)
+        _candidate_run(past.out, 0.9, 0.2)
+        return 0
+
+    monkeypatch.setattr(study_module, "_launch_local", launch)
+    jobs = [grid, past, first, second, third]
+    states = run_local(jobs, 2, False, {job.name: 1.0 for job in jobs})  # a worker free for round 3
+    assert launched == [past.name] and states[third.name] == "failed"
 
 
 LENGTHS = "optim.epochs=15;classifier.min_steps=600|optim.epochs=30;classifier.min_steps=1200"

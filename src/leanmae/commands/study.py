@@ -72,7 +72,7 @@ from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, 
 from leanmae.files import read_json, run_info, weights_sha256, write_atomic, write_json
 from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
-from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, held
+from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, failed_start, held
 from leanmae.safe_csv import csv_text
 from leanmae.tracking import finish_run, study_parent, study_report_to
 
@@ -500,7 +500,7 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     After each finished job the ETA (``costs``: see job_costs) goes into the bar's postfix on a
     terminal, or into one plain line otherwise (nohup, SLURM, CI).
     """
-    state = {j.name: "done" if run_status(j.out) == "finished" else "todo" for j in jobs}
+    state = {j.name: _state_at_start(j) for j in jobs}
     todo = [j for j in jobs if state[j.name] == "todo"]
     resumed = {
         j.name for j in todo if run_status(j.out) is not None
@@ -514,11 +514,23 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
     )
     running: dict[Future, Job] = {}
     started: dict[str, float] = {}
+    named = {j.name: j for j in jobs}
+
+    def before(job: Job) -> list[Job]:
+        """The jobs ``job`` continues from, all the way back (each margin round chose with the last)."""
+        found: dict[str, Job] = {}
+        waiting = list(job.after)
+        while waiting:
+            name = waiting.pop()
+            if name in named and name not in found:
+                found[name] = named[name]
+                waiting += named[name].after
+        return list(found.values())
 
     def launched_with(job: Job) -> list[Job]:
         """The runs ``job`` must not start beside or after if they began with a stale recipe: those of its
-        arm and fraction (its search's choice is theirs) and those it continues from (a margin round)."""
-        return [j for j in jobs if (j.choices and j.tries == job.tries) or j.name in job.after]
+        arm and fraction (its search's choice is theirs) and those it continues from."""
+        return [j for j in jobs if j.choices and j.tries == job.tries] + before(job)
 
     timings: list[Timing] = []
 
@@ -547,19 +559,21 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                     state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
-                elif job.tries and all(state[d] == DIVERGED for d in job.tries):
-                    tqdm.write(f"run {job.name} not started: every recipe candidate diverged")
-                    state[job.name] = "failed"
-                    todo.remove(job)
-                    bar.update(1)
                 elif job.beyond and all(state[d] in ENDED for d in job.tries) and entries(job) is None:
                     state[job.name] = NOT_NEEDED  # the best stayed inside the grid: nothing to look past
+                    todo.remove(job)
+                    bar.update(1)
+                elif job.tries and all(state[d] in (DIVERGED, NOT_NEEDED) for d in job.tries):
+                    tqdm.write(f"run {job.name} not started: every recipe candidate diverged")
+                    state[job.name] = "failed"
                     todo.remove(job)
                     bar.update(1)
                 elif (
                     len(running) < workers
                     and all(state[d] == "done" for d in job.after)
                     and all(state[d] in ENDED for d in job.tries)
+                    # a margin round waits for the rounds before to be settled: their searches too
+                    and all(state[t] in ENDED for earlier in before(job) for t in earlier.tries)
                 ):
                     if stale := stale_runs(launched_with(job), lambda c: state[c.name] in ENDED):
                         tqdm.write(f"run {job.name} not started: {stale[0]}")
@@ -580,6 +594,8 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                 ok = code == 0 and run_status(job.out) == "finished"
                 diverged = code == DIVERGED_EXIT and job.name.startswith("search/")  # a search's result
                 state[job.name] = "done" if ok else DIVERGED if diverged else "failed"
+                if diverged:  # kept as a result: the next call does not train it again
+                    write_atomic(_diverged_file(job), "its loss went NaN or infinite (see its log)\n")
                 bar.update(1)
                 if not ok:
                     tqdm.write(
@@ -590,6 +606,20 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                 show_eta()
     bar.close()
     return state
+
+
+def _state_at_start(job: Job) -> str:
+    """A job's state when a call of the study begins: "done" if finished, DIVERGED if it is a recipe
+    candidate that diverged in an earlier call, else "todo"."""
+    if run_status(job.out) == "finished":
+        return "done"
+    return DIVERGED if _diverged_file(job).exists() else "todo"
+
+
+def _diverged_file(job: Job) -> Path:
+    """Beside a diverged candidate's folder and log: the study's record that it diverged (delete it with the
+    folder to train that candidate again)."""
+    return job.out.parent / f"{job.out.name}.diverged"
 
 
 def waves(jobs: list[Job]) -> list[list[Job]]:
@@ -804,7 +834,9 @@ def _run_study(
         + f"; report {report}"
     )
     if stale:
-        raise OutputFolderError("; ".join(stale))
+        raise OutputFolderError(
+            "; ".join(stale) + (f"; and {len(failed)} run(s) failed: {', '.join(failed)}" if failed else "")
+        )
     if failed:
         raise RuntimeError(
             f"{len(failed)} run(s) failed: {', '.join(failed)}; fix the cause and rerun the same "
@@ -886,14 +918,14 @@ def stale_runs(jobs: list[Job], ended: Callable[[Job], bool]) -> list[str]:
     chose its labels with its model), which must go with it."""
     found = []
     for job in jobs:
-        if not job.choices or job.beyond or run_status(job.out) is None or not all(map(ended, job.choices)):
+        if not job.choices or job.beyond or not _began(job) or not all(map(ended, job.choices)):
             continue
         problem = recipe_problem(job)
         if problem is None:
             continue
         gone, later = {job.name}, []
         for other in jobs:  # plan lists a job after every job it waits for
-            if gone & set(other.after) and run_status(other.out) is not None:
+            if gone & set(other.after) and _began(other):
                 gone.add(other.name)
                 later.append(str(other.out))
         found.append(
@@ -908,9 +940,17 @@ def stale_runs(jobs: list[Job], ended: Callable[[Job], bool]) -> list[str]:
     return found
 
 
+def _began(job: Job) -> bool:
+    """Whether a job's folder holds a run to keep or continue (not one that failed before its first
+    checkpoint, which starts afresh)."""
+    return run_status(job.out) is not None and not failed_start(job.out)
+
+
 def recipe_problem(job: Job) -> str | None:
     """How a begun searched run's recorded settings differ from its search's choice now (None: they do
     not). Compared as JSON values, so a tuple and the list run.json holds, or 30 and 30.0, are one."""
+    if best_candidate(job) is None:
+        return None  # nothing chosen (the candidates' folders were removed): nothing to compare with
     recorded, settings = run_info(job.out).get("config", {}), chosen(job)
     now = leaf_keys(_with_search(job, settings))
     for key in map(_key, settings):
@@ -982,7 +1022,7 @@ def _check_given_split(cfg: StudyConfig) -> None:
 
 def _key(setting: str) -> str:
     """The fine-tuning key a KEY=VALUE setting sets: ``finetune.optim.lr`` and ``optim.lr`` are one."""
-    return setting.split("=", 1)[0].removeprefix("finetune.")
+    return setting.split("=", 1)[0].strip().removeprefix("finetune.")
 
 
 def _check(cfg: StudyConfig) -> None:

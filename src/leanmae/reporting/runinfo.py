@@ -139,7 +139,7 @@ def release(out: Path) -> None:
         os.close(fd)
 
 
-def _failed_start(out: Path) -> bool:
+def failed_start(out: Path) -> bool:
     """A run that stopped before its first checkpoint: nothing in it is worth keeping."""
     info = _read_info(out)
     return info.get("status") == "failed" and not any((out / "checkpoints").glob("epoch-*"))
@@ -204,7 +204,7 @@ def _prepare_claimed(
 ) -> bool:
     if not _entries(out):
         return False
-    if _failed_start(out):
+    if failed_start(out):
         _clear(out, inputs, "starting again after a failed start", outputs)
         return False
     if overwrite:
