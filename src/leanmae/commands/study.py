@@ -98,15 +98,14 @@ class Job:
     out: Path
     after: list[str] = field(default_factory=list)
     # --search: the recipe candidates of this run's arm and fraction (jobs under search/); the run waits for
-    # them to end and starts with the best that finished: a candidate that fails (a learning rate that
-    # diverges) is a result of the search, not a failure of the run
+    # them to end and starts with the best that finished: a candidate that diverges is a result of the
+    # search, not a failure of the run (DIVERGED)
     choices: list[Job] = field(default_factory=list)
     # a recipe candidate's --search entries (already in its kwargs' "set")
     search: list[str] = field(default_factory=list)
-    # --search-beyond: (the last --search entry's number of alternatives, its last, the one past it); such a
-    # candidate also
-    # waits for ``choices`` (the grid's candidates) and runs the best one's entries with the edge moved past
-    # it, or not at all where the best did not take the edge (``entries``)
+    # --search-beyond: (the last --search entry's number of alternatives, its last, the one past it). Such a
+    # candidate waits for ``choices`` (the grid's candidates) and runs the best one's entries with the edge
+    # moved past it, or not at all where the best did not take the edge (``entries``)
     beyond: tuple[int, list[str], list[str]] | None = None
 
     @property
@@ -949,9 +948,10 @@ def _began(job: Job) -> bool:
 def recipe_problem(job: Job) -> str | None:
     """How a begun searched run's recorded settings differ from its search's choice now (None: they do
     not). Compared as JSON values, so a tuple and the list run.json holds, or 30 and 30.0, are one."""
-    if best_candidate(job) is None:
+    best = best_candidate(job)
+    if best is None:
         return None  # nothing chosen (the candidates' folders were removed): nothing to compare with
-    recorded, settings = run_info(job.out).get("config", {}), chosen(job)
+    recorded, settings = run_info(job.out).get("config", {}), entries(best) or []
     now = leaf_keys(_with_search(job, settings))
     for key in map(_key, settings):
         before = _dotted(recorded, key)
@@ -961,12 +961,13 @@ def recipe_problem(job: Job) -> str | None:
 
 
 def _ended(candidate: Job) -> bool:
-    """Whether a recipe candidate, as its folder shows, has nothing left to run: finished, or past an edge
-    the best (all finished) did not take. One that failed or diverged is run again, so it has not ended."""
-    if run_status(candidate.out) == "finished":
+    """Whether a recipe candidate, as the study's folders show (``_state_at_start``), has nothing left to
+    run: finished, diverged, or past an edge the best of the ended grid did not take. One that failed
+    otherwise is run again, so it has not ended."""
+    if _state_at_start(candidate) in ENDED:
         return True
-    grid_done = all(run_status(c.out) == "finished" for c in candidate.choices)
-    return candidate.beyond is not None and grid_done and entries(candidate) is None
+    grid_ended = all(map(_ended, candidate.choices))
+    return candidate.beyond is not None and grid_ended and entries(candidate) is None
 
 
 def _with_search(job: Job, settings: list[str]) -> PretrainConfig | FinetuneConfig:
@@ -1044,18 +1045,19 @@ def _check(cfg: StudyConfig) -> None:
             "--search runs with --launcher local: each run's recipe is chosen once its candidates have "
             "finished, which a SLURM array submitted at once cannot wait for"
         )
-    if cfg.search_beyond and {_key(s) for s in cfg.search_beyond.split(";")} != (
-        last := {_key(s) for s in alternatives(cfg.search[-1])[-1]} if cfg.search else set()
-    ):
-        raise ConfigError(
-            f"--search-beyond {cfg.search_beyond!r}: must set the keys of the last --search entry "
-            f"({', '.join(sorted(last)) or 'none given'}), the one it looks past the edge of"
-        )
-    if cfg.search_beyond and cfg.search_beyond.split(";") in alternatives(cfg.search[-1]):
-        raise ConfigError(
-            f"--search-beyond {cfg.search_beyond!r}: already a value of the last --search entry; give the "
-            "value past its last"
-        )
+    if cfg.search_beyond:
+        past, last = cfg.search_beyond.split(";"), alternatives(cfg.search[-1]) if cfg.search else []
+        keys = {_key(setting) for setting in last[-1]} if last else set()
+        if {_key(setting) for setting in past} != keys:
+            raise ConfigError(
+                f"--search-beyond {cfg.search_beyond!r}: must set the keys of the last --search entry "
+                f"({', '.join(sorted(keys)) or 'none given'}), the one it looks past the edge of"
+            )
+        if past in last:
+            raise ConfigError(
+                f"--search-beyond {cfg.search_beyond!r}: already a value of the last --search entry; give "
+                "the value past its last"
+            )
     searched = {_key(setting) for entry in cfg.search for choice in alternatives(entry) for setting in choice}
     for entry in [*cfg.set, *(e.split(":", 1)[1] for e in cfg.arm_set)]:
         if _key(entry) in searched:
