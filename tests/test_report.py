@@ -475,6 +475,29 @@ def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> N
     assert len(lines) == 2
 
 
+def test_a_study_still_running_has_no_empty_comparison_and_says_no_direction_the_numbers_do_not_show(
+    tmp_path: Path,
+) -> None:
+    """A study part-way: the MAE arm has no run at 100 % yet and one seed at 1 %. The paired table has no
+    row without a pair (it had rows of "+nan" over 0 seeds), and wrong predictions as confident as
+    scratch's to the two decimals shown are not called more or less confident."""
+    study = make_study(tmp_path)
+    for name in (
+        "mae-in-domain_f1_s0",
+        "mae-in-domain_f1_s1",
+        "mae-in-domain_f0.01_s1",
+        "mae-in-domain_f0.01_s2",
+    ):
+        shutil.rmtree(study / "runs" / name)
+    leanmae.report(study)
+    rows = read_csv(study / "results" / "paired.csv")
+    assert rows and all(int(row["seeds"]) > 0 for row in rows)
+    assert not any(row["labels"] == "100 %" for row in rows)
+    (wrong,) = [line for line in findings(load_runs(study)) if line.startswith("Wrong predictions")]
+    assert "are as confident as from scratch (one seed, no interval) at 1 % of the labels" in wrong
+    assert "more confident" not in wrong and "less confident" not in wrong
+
+
 def test_a_refer_threshold_chosen_on_too_few_validation_images_is_flagged_as_rough(tmp_path: Path) -> None:
     """The rule of three: showing 99 % accuracy takes at least 300 validation images, even with no mistake.
     The report says where the threshold rested on fewer, and shows every cell's count beside its coverage."""

@@ -107,14 +107,17 @@ def _wrong(runs: list[Run], arm: str, f: float) -> tuple[float, str, str] | None
     d = paired(a, b)
     if d.n == 0:
         return None
-    direction = "more" if d.mean > 0 else "less"
+    # the direction as the numbers show it (two decimals): a difference that rounds to zero is none
+    direction = (
+        "as confident as" if round(d.mean, 2) == 0 else ("more" if d.mean > 0 else "less") + " confident than"
+    )
     verdict = (
-        f"are {direction} confident than from scratch"
+        f"are {direction} from scratch"
         if d.excludes_zero()
         else (
             "differ from scratch within noise"
             if d.n > 1
-            else f"are {direction} confident (one seed, no interval)"
+            else f"are {direction} from scratch (one seed, no interval)"
         )
     )
     means = f"{np.mean(list(a.values())):.2f} vs {np.mean(list(b.values())):.2f}"

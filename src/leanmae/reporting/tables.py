@@ -183,6 +183,8 @@ def tables(runs: list[Run]) -> list[Table]:
         for arm in others:
             for metric in (*METRICS, "balanced_accuracy"):
                 g = gain(runs, metric, f, arm)
+                if g.n == 0:  # no seed of this fraction has both arms (yet, or ever: a run not made)
+                    continue
                 paired_rows.append(
                     [
                         pct(f),
