@@ -475,6 +475,58 @@ def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> N
     assert len(lines) == 2
 
 
+def test_the_study_command_in_the_report_gives_back_every_setting_of_the_study(tmp_path: Path) -> None:
+    """Parsed by ``leanmae study``'s own parser, the report's command gives back every setting that decides
+    what the study runs (it had left out --split, --search, --search-beyond, --arm-set and --extra-seeds,
+    and a --search's "|" and ";" need quotes); a key with no flag is named for the --config file."""
+    import shlex
+
+    from leanmae.cli import build_parser
+    from leanmae.config import STUDY_CONFIG_ONLY, StudyConfig, to_dict
+    from leanmae.reporting.study_report import _PLACE_ONLY, _study_command
+
+    cfg = StudyConfig(
+        data="my cells",
+        classes=["a b", "c"],
+        pretrain_data=["pool one:x,y", "pool2"],
+        ood_data=["ood"],
+        external=["lab 2"],
+        shift_reference="ref",
+        pool="in-domain",
+        preset="seed-exp1",
+        fractions=[0.05, 1.0],
+        seeds=[4, 5],
+        extra_seeds=[6],
+        extra_seeds_up_to=0.5,
+        arms=["scratch", "mae+margin"],
+        mae=["in-domain=m"],
+        split_seed=3,
+        split="s.csv",
+        pretrain_epochs=7,
+        finetune_epochs=8,
+        set=["optim.base_lr=1e-3"],
+        arm_set=["mae+margin:classifier.selection=margin"],
+        search=["optim.base_lr=5e-4|1e-3", "optim.epochs=15;classifier.min_steps=600|optim.epochs=30"],
+        search_beyond="optim.epochs=60;classifier.min_steps=2400",
+        note="what it is; really",
+    )
+    settings = json.loads(json.dumps(to_dict(cfg)))
+    command = _study_command(tmp_path / "my study", settings)
+    words = shlex.split(command.split(" --config FILE ")[0])
+    assert words[:2] == ["leanmae", "study"]
+    args = vars(build_parser().parse_args(words[1:]))
+    assert args["out"] == str(tmp_path / "my study")
+    for key, value in settings.items():
+        if key in _PLACE_ONLY or key in STUDY_CONFIG_ONLY:
+            continue
+        given = args[key]
+        if isinstance(value, list) and isinstance(given, str):  # a comma-separated flag
+            given = [type(value[0])(v) for v in given.split(",")]
+        assert given == value, key
+    assert "split_seed: 3" in command and "extra_seeds_up_to: 0.5" in command
+    assert "split_ratios" not in command  # at its default
+
+
 def test_a_study_still_running_has_no_empty_comparison_and_says_no_direction_the_numbers_do_not_show(
     tmp_path: Path,
 ) -> None:

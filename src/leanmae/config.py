@@ -917,7 +917,8 @@ class SlurmOptions:
 
 @dataclass
 class StudyConfig:
-    """Every key is also a flag of ``leanmae study`` (lists comma-separated or repeated)."""
+    """Every key but ``STUDY_CONFIG_ONLY``'s is also a flag of ``leanmae study`` (lists comma-separated or
+    repeated; ``slurm``'s as --partition, --account...)."""
 
     data: str = ""
     classes: list[str] = field(
@@ -970,6 +971,9 @@ class StudyConfig:
     note: str = ""
     progress: bool = True
 
+
+# StudyConfig keys with no flag of ``leanmae study``: given in its --config YAML file
+STUDY_CONFIG_ONLY = ("extra_seeds_up_to", "split_ratios", "split_seed")
 
 STUDY_CHECKS: dict[str, Check] = {
     "data": text(missing="the study needs --data (a folder with one subfolder per class)"),

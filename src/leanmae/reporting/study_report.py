@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import leanmae
+from leanmae.config import STUDY_CONFIG_ONLY, StudyConfig, to_dict
 from leanmae.errors import OutputFolderError
 from leanmae.evaluation.stats import METHOD
 from leanmae.files import read_json, write_atomic
@@ -101,23 +103,41 @@ def _commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+# StudyConfig keys that say where and how the runs ran, not what they are: left out of the study command
+_PLACE_ONLY = ("jobs", "launcher", "wait", "slurm", "progress")
+# keys given once with their values comma-separated; the other lists repeat their flag
+_COMMA_LISTS = ("classes", "fractions", "seeds", "extra_seeds", "arms")
+# the study's design, shown even at its default (a default may change between versions)
+_ALWAYS = ("data", "classes", "pool", "preset", "fractions", "seeds", "arms")
+
+
 def _study_command(study: Path, settings: dict[str, Any]) -> str:
-    """The ``leanmae study`` command line that reproduces the study's settings."""
-    flags = [f"--out {study}"]
-    for key in ("data", "pool", "preset"):
-        if settings.get(key):
-            flags.append(f"--{key} {settings[key]}")
-    for key in ("classes", "fractions", "seeds", "arms"):
-        if settings.get(key):
+    """The ``leanmae study`` command line that reproduces the study's settings: its design and every other
+    setting that differs from the default, quoted for a shell (a --search holds ``|`` and ``;``). Where
+    the runs ran (--jobs, --launcher, SLURM) is left out; a key with no flag (``split_ratios``...) is named
+    after the command, to go in a --config YAML file. Why every key: a command missing --split or
+    --search reproduces another study."""
+    defaults = json.loads(json.dumps(to_dict(StudyConfig())))  # as study.json holds them: lists, not tuples
+    flags = [f"--out {shlex.quote(str(study))}"]
+    config_only = []
+    for key, default in defaults.items():
+        value = settings.get(key, default)
+        if key in _PLACE_ONLY or (value == default and key not in _ALWAYS) or value in (None, "", []):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in _COMMA_LISTS:
             flags.append(
-                f"--{key} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key])
+                f"{flag} "
+                + shlex.quote(",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
             )
-    for key in ("pretrain_data", "ood_data", "external"):
-        flags += [f"--{key.replace('_', '-')} {v}" for v in settings.get(key) or []]
-    mae = settings.get("mae")
-    flags += [f"--mae {m}" for m in ([mae] if isinstance(mae, str) else mae or [])]
-    flags += [f"--set {s}" for s in settings.get("set") or []]
-    return "leanmae study " + " ".join(flags)
+        elif key in STUDY_CONFIG_ONLY:
+            config_only.append(f"{key}: {json.dumps(value)}")
+        elif isinstance(value, list):
+            flags += [f"{flag} {shlex.quote(str(v))}" for v in value]
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    command = "leanmae study " + " ".join(flags)
+    return command + (f" --config FILE ({'; '.join(config_only)})" if config_only else "")
 
 
 def _provenance(study: Path, runs: list[Run], settings: dict[str, Any], target: float | None) -> str:
