@@ -467,6 +467,22 @@ def test_a_long_pretraining_loss_is_a_running_mean_over_its_raw_line_on_a_log_ax
     assert [line.get_label() for line in short.lines] == ["train", "validation"]
 
 
+def test_the_confidence_figure_gives_each_arm_its_own_panel_of_the_same_size(
+    tmp_path: Path, figures: list[Figure]
+) -> None:
+    """Four arms side by side in one panel made boxes too thin to read, a figure 3,500 pixels wide, and
+    every arm after the first drawn alike: each arm now has its own panel, titled, on shared axes."""
+    from leanmae.reporting.plots import confidence_boxplot
+
+    rng = np.random.default_rng(0)
+    arms = ["scratch", "mae-in-domain", "mae-in-domain+margin", "mae-other"]
+    groups = {arm: {"true": rng.integers(0, 3, 60), "probs": rng.dirichlet([1, 1, 1], 60)} for arm in arms}
+    confidence_boxplot(groups, ["a", "b", "c"], tmp_path / "c.png", "Confidence")
+    (fig,) = figures
+    assert [ax.get_title(loc="left") for ax in fig.axes] == arms
+    assert len({ax.get_ylim() for ax in fig.axes}) == 1 and fig.get_size_inches()[0] < 10
+
+
 def test_each_finding_is_one_line_over_every_label_fraction(tmp_path: Path) -> None:
     lines = findings(load_runs(make_study(tmp_path)))
     (gains,) = [line for line in lines if line.startswith("mae-in-domain initialisation")]
