@@ -6,6 +6,7 @@ import csv
 import html
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,76 @@ def test_a_searched_study_runs_its_candidates_and_says_what_each_arm_got(
         assert config["optim"]["base_lr"] == float(winner.split("=")[1])
     page = (out / "report.html").read_text()
     assert "Recipe search" in page and f"<td>{winner}</td>" in page
+
+
+def test_the_run_at_the_search_seed_is_a_copy_of_its_chosen_candidate_which_it_would_train_again(
+    synthetic: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """At the search's seed the grid run of the chosen recipe has the candidate's options, seed and labels:
+    the study copies the candidate instead of training it twice, counts its time once, and keeps the copy
+    on a rerun. The premise is checked too: trained again as the study launches runs, it is the same run."""
+    import os
+    import subprocess
+    import sys
+
+    cells, _ = synthetic
+    out = tmp_path / "s"
+    search = ["optim.base_lr=1e-5|1e-3"]
+    scratch_at_all_labels(out, cells, search=search)
+    first, second = (out / "runs" / run_name("scratch", 1.0, seed) for seed in (0, 1))
+    source = Path(json.loads((first / "run.json").read_text())["copy_of"])
+    (winner,) = [
+        row["candidate"] for row in csv.DictReader(open(out / "search.csv")) if row["chosen"] == "True"
+    ]
+    assert source == Path("search") / winner
+    source = out / source
+    assert "copy_of" not in json.loads((second / "run.json").read_text())  # another seed trains
+    for name in ("predictions.csv", "history.csv", "metrics.json", "model/model.safetensors"):
+        assert (first / name).read_bytes() == (source / name).read_bytes(), name
+    times = {
+        (row["run"], row["labels"]): row["runs"]
+        for row in csv.DictReader(open(out / "results" / "times.csv"))
+    }
+    assert times["scratch", "100 %"] == "1" and times["recipe candidates (search/)", "100 %"] == "2"
+    seconds = {row["seed"]: row["seconds"] for row in csv.DictReader(open(out / "results" / "runs.csv"))}
+    assert seconds["0"] == "copy" and seconds["1"] != "copy"
+    assert "# scratch_f1_s0\n" in (first / "model" / "README.md").read_text()  # its own card
+    # a lock and an MLflow record in the candidate, and a half-made copy of a killed study, stay out
+    (source / ".leanmae.lock").write_text("123")
+    (source / "mlflow.json").write_text("{}")
+    shutil.rmtree(first)
+    (out / "runs" / ".scratch_f1_s0.tmp-999").mkdir()
+    assert set(scratch_at_all_labels(out, cells, search=search).values()) == {"done"}
+    assert json.loads((first / "run.json").read_text())["copy_of"] == f"search/{winner}"
+    assert not [p.name for p in first.iterdir() if p.name.startswith(".") or p.name == "mlflow.json"]
+    assert not list((out / "runs").glob(".scratch_f1_s0.*"))
+
+    cfg = StudyConfig(
+        data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST
+    )
+    cfg.search = search
+    (job,) = [j for j in plan(cfg, out) if j.name == run_name("scratch", 1.0, 0)]
+    assert study_module.same_candidate(job) is None  # its folder holds a run: nothing is copied over it
+    shutil.rmtree(first)
+    assert study_module.same_candidate(job) == next(c for c in job.choices if c.out == source)
+    info = json.loads((source / "run.json").read_text())
+    (source / "run.json").write_text(
+        json.dumps({**info, "config": {**info["config"], "optim": {"base_lr": 9}}})
+    )
+    assert study_module.same_candidate(job) is None  # trained with another recipe than the one chosen now
+    (source / "run.json").write_text(json.dumps(info))
+    kwargs = {**study_module._launch_kwargs(job), "out": str(tmp_path / "again"), "resume": False}
+    code = (
+        "import json, sys; from leanmae.commands.study import run_child; run_child(int(sys.argv[1]), "
+        "sys.argv[2], json.loads(sys.argv[3]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(os.getpid()), "finetune", json.dumps(kwargs)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "again" / "predictions.csv").read_bytes() == (source / "predictions.csv").read_bytes()
 
 
 def test_only_a_diverged_candidate_is_a_result_of_the_search(

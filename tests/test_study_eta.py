@@ -131,6 +131,28 @@ def test_job_costs_follow_the_preset_the_pool_and_the_split(tmp_path: Path) -> N
     assert costs == {"pretrain": 2 * 6, "mae_f0.1_s0": 2 * 8 + 100, "mae_f1_s0": 2 * 80 + 100}
 
 
+def test_the_run_a_search_copies_costs_nothing_and_every_candidate_costs_its_training(tmp_path: Path) -> None:
+    """The grid run at the search's seed is a copy of its chosen candidate (free), unless it has begun; the
+    other seeds and every candidate, the one past the grid's edge too, train."""
+    rows = [f"c{i % 2}/{i}.png,c{i % 2},{'train' if i < 80 else 'test'}" for i in range(100)]
+    (tmp_path / "split.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    cfg = StudyConfig(
+        data="x",
+        preset="test",
+        fractions=[1.0],
+        seeds=[0, 1],
+        arms=["scratch"],
+        search=["optim.base_lr=1e-3|2e-3"],
+        search_beyond="optim.base_lr=4e-3",
+    )
+    costs = job_costs(plan(cfg, tmp_path), tmp_path)
+    assert costs["scratch_f1_s0"] == 0 and costs["scratch_f1_s1"] == 2 * 80 + 100
+    assert [costs[f"search/scratch_f1_s0_c{i}"] for i in range(3)] == [2 * 80 + 100] * 3
+    (tmp_path / "runs" / "scratch_f1_s0").mkdir(parents=True)
+    (tmp_path / "runs" / "scratch_f1_s0" / RUN_FILE).write_text(json.dumps({"status": "running"}))
+    assert job_costs(plan(cfg, tmp_path), tmp_path)["scratch_f1_s0"] == 2 * 80 + 100  # begun: it trains
+
+
 def test_without_a_terminal_each_finished_run_prints_one_progress_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -69,12 +69,13 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
-from leanmae.files import read_json, run_info, weights_sha256, write_atomic, write_json
+from leanmae.files import atomic_dir, read_json, run_info, weights_sha256, write_atomic, write_json
+from leanmae.models.card import write_card
 from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
 from leanmae.reporting.runinfo import LOCK_FILE, RUN_FILE, failed_start, held
 from leanmae.safe_csv import csv_text
-from leanmae.tracking import finish_run, study_parent, study_report_to
+from leanmae.tracking import MLFLOW_RUN_FILE, finish_run, study_parent, study_report_to
 
 STUDY_FILE = "study.json"
 # A --search-beyond candidate where the best stayed inside the grid (``entries``): it ends without running.
@@ -401,6 +402,8 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
         cfg = job_config(job)
         if isinstance(cfg, PretrainConfig):
             costs[job.name] = pretrain_cost(cfg.optim.epochs, pool_images(job.kwargs["data"]))
+        elif _copies_its_candidate(job):
+            costs[job.name] = 0.0
         else:
             costs[job.name] = finetune_cost(
                 cfg.optim.epochs,
@@ -413,11 +416,42 @@ def job_costs(jobs: list[Job], out: Path) -> dict[str, float]:
     return costs
 
 
+def _copies_its_candidate(job: Job) -> bool:
+    """Whether ``job`` will be a copy of its chosen candidate (``same_candidate``), as its ETA must guess
+    before the search has ended: a grid run (not the candidate past the edge) at the search's seed, not
+    begun."""
+    at_search_seed = bool(job.choices) and job.kwargs["seed"] == job.choices[0].kwargs["seed"]
+    return at_search_seed and not job.beyond and run_status(job.out) is None
+
+
 def run_job(command: str, kwargs: dict[str, Any]) -> None:
     """Run one job in this process (what each launched process and each SLURM job executes)."""
     import leanmae
 
+    if "copy_of" in kwargs:
+        copy_run(Path(kwargs["copy_of"]), Path(kwargs["out"]))
+        return
     getattr(leanmae, command)(**kwargs)
+
+
+def copy_run(source: Path, out: Path) -> None:
+    """``out`` as a copy of the finished run ``source``, appearing by one rename; its run.json names the
+    source (``copy_of``), and the report counts its time once, under the source.
+
+    Left behind: what is not the run (dotted names: a lock, a killed writer's temporaries; ``evaluate-*``,
+    written into the source later by ``leanmae evaluate``) and the source's MLflow record, for the copy
+    reports as a run of its own (``finish_run``). A copy a killed study left half-made is removed first:
+    the study's lock keeps every other writer out of its runs."""
+    for leftover in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    ignore = shutil.ignore_patterns(".*", "evaluate-*", MLFLOW_RUN_FILE)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=ignore)
+        info = {**read_json(tmp / RUN_FILE), "copy_of": f"{source.parent.name}/{source.name}"}
+        write_json(tmp / RUN_FILE, info)
+    write_card(out / "model")  # the card names the run's folder
+    finish_run(out, info["config"]["run"]["report_to"], read_json(out / "metrics.json"))
+    print(f"{out}: a copy of {source}, the same run (same options, seed and labels)", flush=True)
 
 
 def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
@@ -448,16 +482,36 @@ def write_search(out: Path, jobs: list[Job], states: dict[str, str]) -> None:
         write_atomic(out / "search.csv", csv_text(header, rows.values()))
 
 
-def _with_resume(job: Job) -> dict[str, Any]:
-    """A job whose folder holds a started run continues it instead of starting over; a searched one runs with
-    its chosen recipe, and the candidate past the grid's edge with its entries (the same on every call: they
-    read finished runs only)."""
+def _launch_kwargs(job: Job) -> dict[str, Any]:
+    """A job's options as it runs: a searched run with its chosen recipe, the candidate past the grid's edge
+    with its entries (the same on every call: they read finished runs only)."""
     added = (entries(job) or []) if job.beyond else chosen(job)
-    return {
-        **job.kwargs,
-        "set": [*job.kwargs["set"], *added],
-        "resume": run_status(job.out) is not None,
-    }
+    return {**job.kwargs, "set": [*job.kwargs["set"], *added]}
+
+
+def same_candidate(job: Job) -> Job | None:
+    """The finished recipe candidate that *is* ``job``: at the search's seed, the run of the recipe its search
+    chose would train that candidate over again, step for step (same options, seed and labels; randomness
+    keyed per image; on a CPU, bit for bit), so the study copies it instead: one run in seven to ten of a
+    searched study. None, and the run trains, unless every option but the folder is the same, the
+    candidate's own run.json holds the recipe chosen now (a candidate past the edge trained before the grid's
+    best changed does not), it holds its results and model, and ``job``'s folder holds nothing yet."""
+    best = best_candidate(job) if job.choices else None
+    if best is None or (job.out.is_dir() and any(not p.name.startswith(".") for p in job.out.iterdir())):
+        return None
+    if {**_launch_kwargs(job), "out": ""} != {**_launch_kwargs(best), "out": ""}:
+        return None
+    if not all((best.out / name).exists() for name in ("metrics.json", "predictions.csv", "model")):
+        return None
+    return None if _settings_problem(best.out, job, entries(best) or []) else best
+
+
+def _with_resume(job: Job) -> dict[str, Any]:
+    """A job whose folder holds a started run continues it instead of starting over; one that would repeat
+    its chosen candidate is a copy of it (``same_candidate``)."""
+    if (same := same_candidate(job)) is not None:
+        return {**_launch_kwargs(job), "copy_of": str(same.out)}
+    return {**_launch_kwargs(job), "resume": run_status(job.out) is not None}
 
 
 def run_child(parent: int, command: str, kwargs: dict[str, Any]) -> None:
@@ -600,7 +654,7 @@ def run_local(jobs: list[Job], workers: int, progress: bool, costs: dict[str, fl
                     tqdm.write(
                         f"run {job.name} {state[job.name]}; see {job.out.parent / (job.out.name + '.log')}"
                     )
-                elif job.name not in resumed:
+                elif job.name not in resumed and costs[job.name] > 0:  # a copy tells nothing of the rate
                     timings.append(Timing(job.command, costs[job.name], time.time() - started[job.name]))
                 show_eta()
     bar.close()
@@ -951,12 +1005,17 @@ def recipe_problem(job: Job) -> str | None:
     best = best_candidate(job)
     if best is None:
         return None  # nothing chosen (the candidates' folders were removed): nothing to compare with
-    recorded, settings = run_info(job.out).get("config", {}), entries(best) or []
-    now = leaf_keys(_with_search(job, settings))
+    return _settings_problem(job.out, job, entries(best) or [])
+
+
+def _settings_problem(folder: Path, job: Job, settings: list[str]) -> str | None:
+    """How the run in ``folder`` began with other values of the --search entries ``settings`` than ``job``
+    takes with them (None: the same)."""
+    recorded, now = run_info(folder).get("config", {}), leaf_keys(_with_search(job, settings))
     for key in map(_key, settings):
         before = _dotted(recorded, key)
         if json.loads(json.dumps(before)) != json.loads(json.dumps(now[key])):
-            return f"{job.out} began with {key}={before}, but its recipe search now chooses {key}={now[key]}"
+            return f"{folder} began with {key}={before}, but its recipe search now chooses {key}={now[key]}"
     return None
 
 

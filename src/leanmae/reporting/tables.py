@@ -238,7 +238,7 @@ def tables(runs: list[Run]) -> list[Table]:
                 _validation(r),
                 *(f"{r.test[m]:.4f}" for m in (*METRICS, "balanced_accuracy")),
                 r.metrics.get("selected_epoch"),
-                f"{r.metrics.get('wall_seconds', 0):.0f}",
+                "copy" if r.info.get("copy_of") else f"{r.metrics.get('wall_seconds', 0):.0f}",
                 "yes" if r.collapsed() else "",
             ]
         )
@@ -302,7 +302,7 @@ def tables(runs: list[Run]) -> list[Table]:
         ),
         Table(
             "runs",
-            "Every finished run",
+            "Every finished run ('copy': the run at the search's seed, a copy of its chosen candidate)",
             [
                 "arm",
                 "labels",
@@ -340,7 +340,12 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
             name += f", given: run before the study, on {info.get('device', 'an unrecorded device')}"
         rows.append(_time_row(name, "", [info]))
     own = [i for folder, i in pretrained if folder.resolve().is_relative_to(study)]
-    grid = {r.folder: {**r.info, "wall_seconds": r.metrics["wall_seconds"]} for r in runs}  # as metrics say
+    # as metrics say; a copy of its search's candidate (``copy_of``) trained nothing: counted there
+    grid = {
+        r.folder: {**r.info, "wall_seconds": r.metrics["wall_seconds"]}
+        for r in runs
+        if not r.info.get("copy_of")
+    }
     candidates = [run_info(folder) for folder in candidate_folders(study)]
     candidates = [i for i in candidates if i.get("status") == "finished"]
     order = arms(runs)
@@ -350,7 +355,9 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
         if tried:  # the search comes first at each fraction
             rows.append(_time_row("recipe candidates (search/)", pct(fraction), tried))
         for arm in sorted((a for a, f in cells if f == fraction), key=order.index):
-            rows.append(_time_row(arm, pct(fraction), [grid[r.folder] for r in cells[arm, fraction]]))
+            trained = [grid[r.folder] for r in cells[arm, fraction] if r.folder in grid]
+            if trained:
+                rows.append(_time_row(arm, pct(fraction), trained))
     counted = [*own, *candidates, *grid.values()]
     total = _time_row("all runs", "", counted)
     total[4] = ""  # a mean over runs of every kind says nothing
@@ -366,7 +373,8 @@ def times_table(runs: list[Run], *pretrains: Path) -> Table:
     return Table(
         "times",
         "Run times in minutes (one process per run; resumed runs count their last segment only; an MAE given "
-        "to the study, pretrained before it, counts in neither the total nor the elapsed time)",
+        "to the study, pretrained before it, counts in neither the total nor the elapsed time; a run at the "
+        "search's seed is a copy of its chosen candidate, counted there)",
         ["run", "labels", "runs", "resumed", "mean", "total"],
         rows,
     )
