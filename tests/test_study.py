@@ -646,6 +646,7 @@ def test_no_candidate_runs_past_an_edge_the_best_did_not_take(
         ({"search_beyond": "optim.epochs=3"}, "keys of the last --search entry (none given)"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=1|3"}, "one value"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=1e-3"}, "already a value"),
+        ({"search": ["optim.base_lr=1e-3|2e-3"], "search_beyond": "optim.base_lr=0.002"}, "already a value"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["optim.base_lr=5e-4"]}, "which --search searches"),
         ({"search": ["optim.base_lr=1e-3|2e-3"], "set": ["finetune.optim.base_lr=5e-4"]}, "searches"),
         (

@@ -1080,6 +1080,13 @@ def _check_given_split(cfg: StudyConfig) -> None:
         )
 
 
+def _same_values(cfg: StudyConfig, a: list[str], b: list[str]) -> bool:
+    """Whether two lists of --set entries of the same keys give them the same values once the config has
+    typed them (``60`` and ``60.0``, ``5e-4`` and ``0.0005`` are one)."""
+    typed = [leaf_keys(resolve(FinetuneConfig, "finetune", cfg.preset, None, {}, x)) for x in (a, b)]
+    return all(typed[0][_key(setting)] == typed[1][_key(setting)] for setting in a)
+
+
 def _key(setting: str) -> str:
     """The fine-tuning key a KEY=VALUE setting sets: ``finetune.optim.lr`` and ``optim.lr`` are one."""
     return setting.split("=", 1)[0].strip().removeprefix("finetune.")
@@ -1112,7 +1119,7 @@ def _check(cfg: StudyConfig) -> None:
                 f"--search-beyond {cfg.search_beyond!r}: must set the keys of the last --search entry "
                 f"({', '.join(sorted(keys)) or 'none given'}), the one it looks past the edge of"
             )
-        if past in last:
+        if any(_same_values(cfg, past, alternative) for alternative in last):
             raise ConfigError(
                 f"--search-beyond {cfg.search_beyond!r}: already a value of the last --search entry; give "
                 "the value past its last"
