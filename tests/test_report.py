@@ -24,7 +24,7 @@ from leanmae.cli import main
 from leanmae.evaluation.learning_curve import PowerLaw
 from leanmae.reporting.findings import findings
 from leanmae.reporting.plots import loss_curve, reliability_figure, risk_coverage_figure, training_curves
-from leanmae.reporting.runs import load_runs, pretrain_folders
+from leanmae.reporting.runs import load_runs, missing_maes, pretrain_folders
 
 LAWS = {"scratch": PowerLaw(0.95, 2.0, 0.5), "mae-in-domain": PowerLaw(0.95, 1.0, 0.5)}
 
@@ -248,6 +248,9 @@ def test_pretraining_folders_old_new_and_given_are_all_found(tmp_path: Path) -> 
         "in-domain": tmp_path / "pretrain-in-domain",
     }
     assert pretrain_folders(tmp_path / "pretrain", {"mae": None}) == {}
+    # one not found from here is named, not dropped without a word (the report warns with it)
+    (line,) = missing_maes(tmp_path, {"mae": [f"other={other}", "missing=/nowhere"]})
+    assert line.startswith("MAE missing=/nowhere: not found from ")
 
 
 def test_the_mae_warning_and_trivial_errors_are_shown(tmp_path: Path) -> None:

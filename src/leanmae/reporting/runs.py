@@ -225,16 +225,31 @@ def pretrain_folders(study: Path, settings: dict[str, Any]) -> dict[str, Path]:
     as given and then inside the study folder.
     """
     found: dict[str, Path] = {}
-    given = settings.get("mae") or []
-    for entry in [given] if isinstance(given, str) else given:
-        pool, _, path = entry.rpartition("=")
-        folder = _pretrain_run(study, path)
+    for pool, folder in _given_maes(study, settings):
         if folder.is_dir():
             found[pool or folder.name] = folder
     for folder in sorted(study.glob("pretrain*")):
         if folder.is_dir() and (folder / "run.json").exists():
             found.setdefault(folder.name.removeprefix("pretrain").lstrip("-") or "pretrain", folder)
     return found
+
+
+def missing_maes(study: Path, settings: dict[str, Any]) -> list[str]:
+    """The MAEs study.json names (``mae``) that are not found from here: a relative path is read from the
+    folder the study ran in, so a report built elsewhere would drop their section without a word."""
+    return [
+        f"MAE {pool + '=' if pool else ''}{folder}: not found from {Path.cwd()}; build the report from the "
+        "folder the study ran in to show its pretraining"
+        for pool, folder in _given_maes(study, settings)
+        if not folder.is_dir()
+    ]
+
+
+def _given_maes(study: Path, settings: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(pool, folder) of each MAE study.json names; the pool is "" for a bare path."""
+    given = settings.get("mae") or []
+    pairs = [entry.rpartition("=") for entry in ([given] if isinstance(given, str) else given)]
+    return [(pool, _pretrain_run(study, path)) for pool, _, path in pairs]
 
 
 def _pretrain_run(study: Path, path: str) -> Path:

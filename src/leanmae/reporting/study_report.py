@@ -41,6 +41,7 @@ from leanmae.reporting.runs import (
     Run,
     failed_runs,
     load_runs,
+    missing_maes,
     pct,
     planned_runs,
     pretrain_folders,
@@ -321,7 +322,7 @@ def write_report(study: Path, target: float | None = None) -> Path:
         parts.append(
             "<p class='note'>The study is not complete: the numbers below cover only the finished runs.</p>"
         )
-    warnings = [*problems(runs, failed), *mae_warnings]
+    warnings = [*problems(runs, failed), *missing_maes(study, settings), *mae_warnings]
     if warnings:
         parts.append(
             "<div class='warn'><b>Read first:</b><ul>"
