@@ -356,10 +356,12 @@ def test_the_run_at_the_search_seed_is_a_copy_of_its_chosen_candidate_which_it_w
     (source / "mlflow.json").write_text("{}")
     shutil.rmtree(first)
     (out / "runs" / ".scratch_f1_s0.tmp-999").mkdir()
+    (out / "runs" / ".scratch_f1_s1.tmp-999").mkdir()  # another job's: its own job removes it
     assert set(scratch_at_all_labels(out, cells, search=search).values()) == {"done"}
     assert json.loads((first / "run.json").read_text())["copy_of"] == f"search/{winner}"
     assert not [p.name for p in first.iterdir() if p.name.startswith(".") or p.name == "mlflow.json"]
     assert not list((out / "runs").glob(".scratch_f1_s0.*"))
+    assert (out / "runs" / ".scratch_f1_s1.tmp-999").is_dir()
 
     cfg = StudyConfig(
         data=str(cells), arms=["scratch"], fractions=[1.0], seeds=[0, 1], preset="test", set=FAST

@@ -31,23 +31,25 @@ def temporary_name(path: Path) -> Path:
 
 
 # What temporary_name and atomic_dir's set-aside old folder look like: ".NAME.tmp-PID", ".NAME.old-PID".
-_TEMPORARY = re.compile(r"\..+\.(?:tmp|old)-(\d+)")
+_TEMPORARY = re.compile(r"\.(.+)\.(?:tmp|old)-(\d+)")
 
 
-def remove_leftovers(folder: Path) -> None:
-    """Delete the temporary files and folders killed processes left in ``folder`` (not in its subfolders).
+def remove_leftovers(folder: Path, name: str | None = None) -> None:
+    """Delete the temporary files and folders killed processes left in ``folder`` (not in its subfolders);
+    with ``name``, only those of that one entry.
 
     Only for a folder whose lock this process holds (``reporting.runinfo.claim``): while it is held no other
     leanmae command writes there, so every entry named like a temporary of another process is a leftover.
-    Their PIDs are not looked up, because a container reuses small PIDs and a PID from another node of
-    a shared file system means nothing here. Nothing else is touched: a dotted name must end in
-    ``.tmp-PID`` or ``.old-PID`` to go.
+    With ``name``, the lock needs to cover that entry only (a study's run, which one job of the study writes
+    while others write beside it). Their PIDs are not looked up, because a container reuses small PIDs and
+    a PID from another node of a shared file system means nothing here. Nothing else is touched: a dotted
+    name must end in ``.tmp-PID`` or ``.old-PID`` to go.
     """
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
         found = _TEMPORARY.fullmatch(entry.name)
-        if not found or int(found.group(1)) == os.getpid():
+        if not found or int(found.group(2)) == os.getpid() or name not in (None, found.group(1)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -69,7 +69,15 @@ from leanmae.eta import (
     progress_line,
 )
 from leanmae.evaluation.robustness import Benchmark, benchmark, check_external, score_study
-from leanmae.files import atomic_dir, read_json, run_info, weights_sha256, write_atomic, write_json
+from leanmae.files import (
+    atomic_dir,
+    read_json,
+    remove_leftovers,
+    run_info,
+    weights_sha256,
+    write_atomic,
+    write_json,
+)
 from leanmae.models.card import write_card
 from leanmae.models.io import model_folder
 from leanmae.progress import bar_disabled
@@ -442,8 +450,7 @@ def copy_run(source: Path, out: Path) -> None:
     written into the source later by ``leanmae evaluate``) and the source's MLflow record, for the copy
     reports as a run of its own (``finish_run``). A copy a killed study left half-made is removed first:
     the study's lock keeps every other writer out of its runs."""
-    for leftover in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_leftovers(out.parent, out.name)
     ignore = shutil.ignore_patterns(".*", "evaluate-*", MLFLOW_RUN_FILE)
     with atomic_dir(out) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=ignore)
@@ -499,11 +506,13 @@ def same_candidate(job: Job) -> Job | None:
     best = best_candidate(job) if job.choices else None
     if best is None or (job.out.is_dir() and any(not p.name.startswith(".") for p in job.out.iterdir())):
         return None
-    if {**_launch_kwargs(job), "out": ""} != {**_launch_kwargs(best), "out": ""}:
+    settings = entries(best) or []  # the recipe chosen: what the job adds to its options (chosen)
+    mine = {**job.kwargs, "set": [*job.kwargs["set"], *settings], "out": ""}
+    if mine != {**_launch_kwargs(best), "out": ""}:
         return None
     if not all((best.out / name).exists() for name in ("metrics.json", "predictions.csv", "model")):
         return None
-    return None if _settings_problem(best.out, job, entries(best) or []) else best
+    return None if _settings_problem(best.out, job, settings) else best
 
 
 def _with_resume(job: Job) -> dict[str, Any]:
