@@ -16,6 +16,7 @@ study's effort, not as a choice.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import leanmae
 from leanmae.commands.study import run_status
 from leanmae.config import arm_of, candidate_folders
 from leanmae.files import read_json, write_atomic
-from leanmae.safe_csv import csv_text
+from leanmae.safe_csv import csv_text, unescape
 
 LENGTH = (("optim", "epochs"), ("classifier", "min_steps"))  # the settings that say how long a run trains
 
@@ -147,7 +148,18 @@ def main(study: Path, fractions: list[float]) -> None:
     header = ["arm", "fraction", "base_lr", "epochs", "min_steps", "epochs_long", "min_steps_long", "chosen"]
     header.append("longer_run")
     header += ["val_macro_f1", "val_macro_f1_long", "change"]
-    write_atomic(study / "effort.csv", csv_text(header, out))
+    write_atomic(study / "effort.csv", csv_text(header, earlier_rows(study, fractions) + out))
+
+
+def earlier_rows(study: Path, fractions: list[float]) -> list[list[str]]:
+    """effort.csv's rows of the fractions not checked in this call: each fraction is checked once its search
+    has ended, so an earlier call's rows stay."""
+    if not (study / "effort.csv").exists():
+        return []
+    with open(study / "effort.csv", newline="") as f:
+        header, *rows = csv.reader(f)
+    at = [unescape(cell) for cell in header].index("fraction")
+    return [[unescape(cell) for cell in row] for row in rows if float(row[at]) not in fractions]
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
-"""Keep issue 27's study across machines whose ignored files do not last: its finished runs' light files
+"""Keep issue 27's study across machines whose ignored files do not last: its ended runs' light files
 (everything but weights, checkpoints and TensorBoard logs: what .gitignore keeps out of docs/results) are
 copied here to be committed, and copied back into a new checkout's study folder before the study resumes.
 
 Why: the study takes 55 to 65 hours on a 2-core CPU, in sittings of a few hours, and a sitting may start on
-a new machine with only what was committed (session 16 lost 58 finished runs that way). A finished run's
-run.json is all ``leanmae study`` reads to skip it, and its light files are all the report reads; what
-needs weights is done before they are kept: the robustness benchmark of every grid run (``score_study``,
-as the study's own end does), and nothing else of a kept run needs them, except
+a new machine with only what was committed (session 16 lost 58 finished runs that way). A run's run.json
+is all ``leanmae study`` reads to skip it, and its light files are all the study's choices and the report
+read. What needs a run's weights is done before it is kept: the robustness benchmark of every grid run
+(``score_runs``, as the study's own end does). Three things still need weights after that:
 
-- a round of margin selection, whose next round reads its model to choose labels: while a round of a
-  chain waits, the rounds before it are not restored, so that chain trains again from its first round (to
-  the same labels and weights, on a CPU). The grid runs seed by seed, so about one chain is in progress;
-- the seed-0 grid run copied from its chosen candidate (``study`` copies it only with the model there, and
-  trains it otherwise, to the same result on a CPU) and ``effort.py``'s whole-val scores (kept in
-  ``evaluate-val/`` once made: a kept candidate without them cannot be scored again, so run the effort
-  check in the sitting whose search ends at its fraction).
+- A round of margin selection: its next round reads its model to choose labels. While a round of a chain
+  waits, ``restore`` leaves out the rounds before it, so that chain trains again from its first round (to
+  the same labels and weights, on a CPU). The grid runs seed by seed, so about one chain is in progress.
+- The seed-0 grid run that ``study`` copies from its chosen candidate: it copies only with the model
+  there, and otherwise trains it, to the same result on a CPU.
+- ``effort.py``'s whole-val scores of candidates: run it in the sitting whose search ends at its fraction.
+  Once made they are kept (``evaluate-val/``); a kept candidate without them cannot be scored again.
+
+A run deleted from the study (a stale run that ``study`` names, a diverged candidate to train again) must
+be deleted here too, or ``restore`` brings it back.
 
     PYTHONPATH=src python docs/results/pbc-current/keep.py save [STUDY]     (beside the running study)
     PYTHONPATH=src python docs/results/pbc-current/keep.py restore [STUDY]  (before it resumes)
@@ -23,24 +26,31 @@ as the study's own end does), and nothing else of a kept run needs them, except
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 import sys
 from pathlib import Path
 
 from leanmae.commands.study import plan, run_status, study_benchmark
 from leanmae.config import StudyConfig, from_dict
-from leanmae.evaluation.robustness import score_study
-from leanmae.files import atomic_dir, read_json
+from leanmae.evaluation.robustness import score_runs, score_study, up_to_date
+from leanmae.files import atomic_dir, read_json, remove_leftovers, write_atomic
 
 KEPT = Path(__file__).parent
 PARTS = ("runs", "search", "effort")  # the study's grid runs, recipe candidates, effort.py's doubled runs
-HEAVY = ("model", "checkpoints", "tensorboard")  # weights, resume state, event files
+HEAVY = ("model", "checkpoints", "tensorboard", "best.safetensors")  # weights, resume state, event files
+STUDY_FILES = ("study.json", "plan.json", "split.csv", "search.csv", "effort.csv")
 SELECTION_FROM = "classifier.selection_from="
 
 
 def ended(run: Path) -> bool:
     """A run the study will not train again: finished, or a recipe candidate it recorded as diverged."""
     return run_status(run) == "finished" or run.with_name(f"{run.name}.diverged").exists()
+
+
+def run_folders(part: Path) -> list[Path]:
+    """The run folders of one part of a study (not a killed writer's dotted temporaries), by name."""
+    return sorted(p for p in part.glob("*") if p.is_dir() and not p.name.startswith("."))
 
 
 def light_files(run: Path, candidate: bool) -> list[Path]:
@@ -56,44 +66,49 @@ def light_files(run: Path, candidate: bool) -> list[Path]:
     )
 
 
-def beside(run: Path) -> list[Path]:
-    """The study's records beside a run folder: its log, a candidate's ``.diverged``, a doubled run's
-    settings (``effort.py``)."""
-    return [run.with_name(run.name + suffix) for suffix in (".log", ".diverged", ".json")]
+def records(run: Path) -> list[Path]:
+    """The study's records beside a run folder that exist: its log, a candidate's ``.diverged``, a doubled
+    run's settings (``effort.py``)."""
+    found = (run.with_name(run.name + suffix) for suffix in (".log", ".diverged", ".json"))
+    return [record for record in found if record.exists()]
 
 
-def copy_run(run: Path, into: Path, files: list[Path]) -> None:
-    """``files`` of ``run`` into ``into`` (appearing in one rename), and its records beside it."""
+def copy_light(run: Path, into: Path, files: list[Path]) -> None:
+    """``files`` of ``run`` into ``into``, and its records beside it, each appearing whole (the records
+    first: a kept folder is a run whose records are kept)."""
+    for record in records(run):
+        write_atomic(into.with_name(record.name), record.read_bytes())
     with atomic_dir(into) as tmp:
         for rel in files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run / rel, tmp / rel)  # copy2 keeps the time: ``changed`` compares it
-    for record in beside(run):
-        if record.exists():
-            shutil.copy2(record, into.with_name(record.name))
+            shutil.copy2(run / rel, tmp / rel)
 
 
 def changed(run: Path, into: Path, files: list[Path]) -> bool:
-    """Whether the kept copy lacks one of ``files`` or holds an older one (a robustness file or an effort
-    score added since)."""
-    return any(
-        not (into / rel).exists() or (run / rel).stat().st_mtime > (into / rel).stat().st_mtime
-        for rel in files
-    )
+    """Whether the kept copy lacks one of ``files`` or of ``run``'s records, or holds another version (a
+    robustness file or an effort score added since). By content: git keeps no file times."""
+    pairs = [(run / rel, into / rel) for rel in files]
+    pairs += [(record, into.with_name(record.name)) for record in records(run)]
+    return any(not kept.exists() or not filecmp.cmp(source, kept, shallow=False) for source, kept in pairs)
 
 
 def save(study: Path) -> None:
-    """Every ended run not kept yet, or changed since, after the robustness benchmark of the grid runs."""
+    """Every ended run not kept yet, or changed since; a grid run only once its robustness is scored (a run
+    that ended while the benchmark ran is scored on its own before it is kept)."""
     cfg = from_dict(StudyConfig, read_json(study / "study.json"))
-    score_study(study, study_benchmark(cfg), progress=False)
+    bench = study_benchmark(cfg)
+    score_study(study, bench, progress=False)
     kept = 0
     for part in PARTS:
-        for run in sorted(p for p in (study / part).glob("*") if p.is_dir() and not p.name.startswith(".")):
+        remove_leftovers(KEPT / part)
+        for run in filter(ended, run_folders(study / part)):
+            if part == "runs" and (run / "model").exists() and not up_to_date(run, bench):
+                score_runs([run], study / "split.csv", bench, progress=False)
             files = light_files(run, candidate=part == "search")
-            if ended(run) and changed(run, KEPT / part / run.name, files):
-                copy_run(run, KEPT / part / run.name, files)
+            if changed(run, KEPT / part / run.name, files):
+                copy_light(run, KEPT / part / run.name, files)
                 kept += 1
-    for name in ("study.json", "plan.json", "split.csv", "search.csv", "effort.csv"):
+    for name in STUDY_FILES:
         if (study / name).exists():
             shutil.copy2(study / name, KEPT / name)
     print(f"kept {kept} run(s) of {study} in {KEPT} (light files only)")
@@ -102,25 +117,25 @@ def save(study: Path) -> None:
 def restore(study: Path) -> None:
     """Copy kept runs back into ``study`` where it has no folder of that name, except the margin rounds a
     round still to train reads (see the module's docstring). Run it before the study, never beside it."""
-    if not (study / "study.json").exists():
-        if not (KEPT / "study.json").exists():
-            raise SystemExit(f"nothing kept in {KEPT} yet: start the study with run.sh")
-        study.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(KEPT / "study.json", study / "study.json")
-    cfg = from_dict(StudyConfig, read_json(study / "study.json"))
-    jobs = plan(cfg, study)
-    kept = {job.out for job in jobs if ended(KEPT / job.out.parent.name / job.out.name)}
-    waiting = {job.out for job in jobs} - kept
+    if not (KEPT / "study.json").exists():
+        raise SystemExit(f"nothing kept in {KEPT} yet: start the study with run.sh")
+    study.mkdir(parents=True, exist_ok=True)
+    for name in STUDY_FILES:  # the study rewrites the others; effort.csv keeps earlier fractions' rows
+        if not (study / name).exists() and (KEPT / name).exists():
+            shutil.copy2(KEPT / name, study / name)
+    jobs = plan(from_dict(StudyConfig, read_json(study / "study.json")), study)
+    to_restore = {job.out for job in jobs if ended(KEPT / job.out.parent.name / job.out.name)}
+    waiting = {job.out for job in jobs} - to_restore
     reads = {job.out: _selection_from(job.kwargs["set"]) for job in jobs}
-    while needed := {reads[out] for out in waiting} & kept:
-        kept -= needed
+    while needed := {reads[out] for out in waiting} & to_restore:  # a waiting round's earlier rounds wait too
+        to_restore -= needed
         waiting |= needed
-    kept |= {study / "effort" / p.name for p in (KEPT / "effort").glob("*") if p.is_dir() and ended(p)}
+    to_restore |= {study / "effort" / p.name for p in run_folders(KEPT / "effort") if ended(p)}
     restored = 0
-    for out in sorted(kept):
+    for out in sorted(to_restore):
         if not out.exists():
-            source = KEPT / out.parent.name / out.name
-            copy_run(source, out, light_files(source, candidate=False))
+            kept = KEPT / out.parent.name / out.name
+            copy_light(kept, out, light_files(kept, candidate=False))  # a kept candidate holds no figures
             restored += 1
     print(f"restored {restored} run(s) into {study}; {len(waiting)} of its plan to run (or to train again)")
 
