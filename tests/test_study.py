@@ -275,13 +275,17 @@ def _trial(folder: Path, entries: list[str]) -> Job:
     return Job(f"search/{folder.name}", "finetune", {}, folder, search=entries)
 
 
-def _candidate_run(folder: Path, f1: float, loss: float) -> Path:
-    """A finished candidate's scores as a run folder holds them (metrics.json, history.csv)."""
+def _candidate_run(folder: Path, f1: float, loss: float, config: dict[str, Any] | None = None) -> Path:
+    """A finished candidate's scores as a run folder holds them (metrics.json, history.csv), and the
+    settings it recorded (run.json)."""
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"val": {"macro_f1": f1}, "selected_epoch": 2}))
     (folder / "history.csv").write_text(f"epoch,val_loss\n1,9.0\n2,{loss}\n")
-    (folder / "run.json").write_text(json.dumps({"status": "finished"}))
+    (folder / "run.json").write_text(json.dumps({"status": "finished", "config": config or {}}))
     return folder
+
+
+PAST = {"optim": {"base_lr": 0.002}}  # what _searched_cell's candidate past the edge records
 
 
 def test_the_recipe_is_chosen_on_val_macro_f1_then_val_loss_and_a_tie_keeps_the_grid_order(
@@ -454,7 +458,7 @@ def test_a_margin_round_waits_for_every_round_before_it_to_be_settled(
 
     def launch(job: Job) -> int:
         launched.append(job.name)
-        _candidate_run(past.out, 0.9, 0.2)
+        _candidate_run(past.out, 0.9, 0.2, PAST)
         return 0
 
     monkeypatch.setattr(study_module, "_launch_local", launch)
@@ -557,7 +561,7 @@ def test_a_run_whose_search_now_chooses_another_recipe_is_refused_with_the_runs_
     _finished_run(later.out, {})
     jobs = [grid, past, first, second, later]
     check_recipes(jobs)  # the candidate past the edge has not run: nothing to compare with yet
-    _candidate_run(past.out, 0.9, 0.2)
+    _candidate_run(past.out, 0.9, 0.2, PAST)
     with pytest.raises(OutputFolderError) as refused:
         check_recipes(jobs)
     assert re.fullmatch(
@@ -572,6 +576,20 @@ def test_a_run_whose_search_now_chooses_another_recipe_is_refused_with_the_runs_
     check_recipes(jobs)  # the candidate itself, with its own recipe, is no run to refuse
 
 
+def test_a_candidate_past_the_edge_that_holds_the_best_s_settings_instead_is_refused(tmp_path: Path) -> None:
+    """A study from 4ce2419 to a79e758 copied the grid's best into the candidate past the edge: it tied
+    with the best and so never won. Its recorded settings say so; it is named, to be trained again."""
+    grid, past, first, second = _searched_cell(tmp_path)
+    _candidate_run(past.out, 0.8, 0.2)
+    (past.out / "run.json").write_text(
+        json.dumps({"status": "finished", "config": {"optim": {"base_lr": 0.001}}, "copy_of": "search/c0"})
+    )
+    assert stale_runs([grid, past, first, second], lambda candidate: True) == [
+        f"{past.out} began with optim.base_lr=0.001, but its recipe search now chooses optim.base_lr=0.002: "
+        "delete it and its log, then rerun the same command"
+    ]
+
+
 def test_a_candidate_past_the_edge_that_wins_during_a_call_stops_the_seeds_that_would_mix_recipes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -579,7 +597,7 @@ def test_a_candidate_past_the_edge_that_wins_during_a_call_stops_the_seeds_that_
 
     def launch(job: Job) -> int:
         if job is past:
-            _candidate_run(past.out, 0.9, 0.2)
+            _candidate_run(past.out, 0.9, 0.2, PAST)
         else:
             _finished_run(job.out, {"optim": {"base_lr": 0.002}})
         return 0
@@ -611,6 +629,8 @@ def test_a_search_past_the_edge_runs_end_to_end_and_says_what_it_tried(
     winner = next(row[3] for row in rows if row[-1] == "True")
     config = json.loads((out / "runs" / run_name("scratch", 1.0, 1) / "run.json").read_text())["config"]
     assert config["optim"]["base_lr"] == float(winner.split("=")[1])
+    past = json.loads((out / "search" / "scratch_f1_s0_c2" / "run.json").read_text())
+    assert past["config"]["optim"]["base_lr"] == 2e-3 and "copy_of" not in past  # trained, not copied
     page = html.unescape((out / "report.html").read_text())
     assert "one more candidate ran with the best's other settings and optim.base_lr=2e-3" in page
     assert set(scratch_at_all_labels(out, cells, **settings).values()) == {

@@ -506,13 +506,12 @@ def same_candidate(job: Job) -> Job | None:
     best = best_candidate(job) if job.choices else None
     if best is None or (job.out.is_dir() and any(not p.name.startswith(".") for p in job.out.iterdir())):
         return None
-    settings = entries(best) or []  # the recipe chosen: what the job adds to its options (chosen)
-    mine = {**job.kwargs, "set": [*job.kwargs["set"], *settings], "out": ""}
-    if mine != {**_launch_kwargs(best), "out": ""}:
+    # as each would launch: the candidate past the edge adds its own longer settings, not the best's
+    if {**_launch_kwargs(job), "out": ""} != {**_launch_kwargs(best), "out": ""}:
         return None
     if not all((best.out / name).exists() for name in ("metrics.json", "predictions.csv", "model")):
         return None
-    return None if _settings_problem(best.out, job, settings) else best
+    return None if _settings_problem(best.out, job, entries(best) or []) else best
 
 
 def _with_resume(job: Job) -> dict[str, Any]:
@@ -977,12 +976,13 @@ def check_recipes(jobs: list[Job]) -> None:
 def stale_runs(jobs: list[Job], ended: Callable[[Job], bool]) -> list[str]:
     """Why each begun run of the grid whose candidates have all ``ended`` must not stand: it began with
     another recipe than its search now chooses; with the begun runs that continue from it (a margin round
-    chose its labels with its model), which must go with it."""
+    chose its labels with its model), which must go with it. Also a begun candidate past the edge that
+    does not hold the settings past the grid's best (one copied from the best by 4ce2419 to a79e758)."""
     found = []
     for job in jobs:
-        if not job.choices or job.beyond or not _began(job) or not all(map(ended, job.choices)):
+        if not job.choices or not _began(job) or not all(map(ended, job.choices)):
             continue
-        problem = recipe_problem(job)
+        problem = _settings_problem(job.out, job, entries(job) or []) if job.beyond else recipe_problem(job)
         if problem is None:
             continue
         gone, later = {job.name}, []
