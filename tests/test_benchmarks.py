@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,48 @@ def test_the_label_choice_run_script_runs_on_a_tiny_split(tiny: dict[str, Any], 
     )
     kept = tmp_path / "keep" / "mae-typiclust-fixmatch-f0.5-s0"
     assert {"metrics.json", "val.json", "time.txt"} <= {p.name for p in kept.iterdir()}
+
+
+def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_resumes_from_them(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """docs/results/pbc-current: keep.py keeps a study's ended runs without weights, scored for robustness
+    first; restored into a new folder, the study trains only what was not kept (and a margin chain whose
+    later round was not), to the same predictions; effort.py scores the search's lengths on the whole val."""
+    settings: dict[str, Any] = {
+        "data": str(tiny["root"] / "cells"),
+        "split": str(tiny["split"]),
+        "arms": ["scratch", "mae+margin"],
+        "mae": [str(tiny["mae"])],
+        "arm_set": ["mae+margin:classifier.selection=margin"],
+        "fractions": [0.2, 0.5],
+        "seeds": [0, 1],
+        "search": ["optim.epochs=1|optim.epochs=2"],
+        "external": [str(tiny["external"] / "tecom")],
+        "preset": "test",
+        "set": ["run.device=cpu", "finetune.classifier.min_steps=2"],
+        "progress": False,
+    }
+    first, kept, again = tmp_path / "first", tmp_path / "kept", tmp_path / "again"
+    leanmae.study(out=first, **settings)
+    env, keep = {"KEEP": str(kept)}, [sys.executable, "docs/results/pbc-current/keep.py"]
+    run([sys.executable, "docs/results/pbc-current/effort.py", str(first), "0.2"])
+    assert (first / "effort.csv").read_text().count("\n") >= 3  # a header and a row per arm
+    run([*keep, "save", str(first)], env=env)
+    grid = sorted(p.name for p in (first / "runs").iterdir() if p.is_dir())
+    assert sorted(p.name for p in (kept / "runs").iterdir() if p.is_dir()) == grid
+    assert all((kept / "runs" / name / "robustness.json").exists() for name in grid)
+    assert not [p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")]
+    assert not list((kept / "search").rglob("*.png")) and list((kept / "runs").rglob("*.png"))
+    assert "kept 0 run(s)" in run([*keep, "save", str(first)], env=env)  # nothing changed since
+
+    shutil.rmtree(kept / "runs" / "mae+margin_f0.5_s1")  # as if the sitting had ended before it
+    out = run([*keep, "restore", str(again)], env=env)
+    assert "mae+margin_f0.2_s1" not in {p.name for p in (again / "runs").iterdir()}  # its next round waits
+    assert "restored" in out and (again / "effort.csv").exists()
+    leanmae.study(out=again, **settings)
+    for name in ("mae+margin_f0.2_s1", "mae+margin_f0.5_s1"):
+        assert (again / "runs" / name / "model").is_dir()  # trained again
+        same = (first / "runs" / name / "predictions.csv").read_bytes()
+        assert (again / "runs" / name / "predictions.csv").read_bytes() == same
+    assert not (again / "runs" / "scratch_f0.2_s1" / "model").exists()  # restored, not trained
