@@ -585,8 +585,8 @@ def test_a_candidate_past_the_edge_that_holds_the_best_s_settings_instead_is_ref
         json.dumps({"status": "finished", "config": {"optim": {"base_lr": 0.001}}, "copy_of": "search/c0"})
     )
     assert stale_runs([grid, past, first, second], lambda candidate: True) == [
-        f"{past.out} began with optim.base_lr=0.001, but its recipe search now chooses optim.base_lr=0.002: "
-        "delete it and its log, then rerun the same command"
+        f"{past.out} began with optim.base_lr=0.001, but as the candidate past the edge it takes "
+        "optim.base_lr=0.002: delete it and its log, then rerun the same command"
     ]
 
 

@@ -21,7 +21,7 @@ be deleted here too, or ``restore`` brings it back.
 
     PYTHONPATH=src python docs/results/pbc-current/keep.py save [STUDY]     (beside the running study)
     PYTHONPATH=src python docs/results/pbc-current/keep.py restore [STUDY]  (before it resumes)
-    (STUDY: default runs/pbc-current; the kept copy is this script's folder, or $KEEP)
+    (STUDY: default runs/pbc-current; the kept copy is this script's folder, or $PBC_CURRENT_KEEP)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from leanmae.config import StudyConfig, from_dict
 from leanmae.evaluation.robustness import score_runs, score_study, up_to_date
 from leanmae.files import atomic_dir, read_json, remove_leftovers, write_atomic
 
-KEPT = Path(os.environ.get("KEEP", Path(__file__).parent))  # KEEP: elsewhere (the smoke test)
+KEPT = Path(os.environ.get("PBC_CURRENT_KEEP") or Path(__file__).parent)  # elsewhere: the smoke test
 PARTS = ("runs", "search", "effort")  # the study's grid runs, recipe candidates, effort.py's doubled runs
 HEAVY = ("model", "checkpoints", "tensorboard", "best.safetensors")  # weights, resume state, event files
 STUDY_FILES = ("study.json", "plan.json", "split.csv", "search.csv", "effort.csv")

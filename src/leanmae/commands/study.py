@@ -982,7 +982,11 @@ def stale_runs(jobs: list[Job], ended: Callable[[Job], bool]) -> list[str]:
     for job in jobs:
         if not job.choices or not _began(job) or not all(map(ended, job.choices)):
             continue
-        problem = _settings_problem(job.out, job, entries(job) or []) if job.beyond else recipe_problem(job)
+        problem = (
+            _settings_problem(job.out, job, entries(job) or [], "as the candidate past the edge it takes")
+            if job.beyond
+            else recipe_problem(job)
+        )
         if problem is None:
             continue
         gone, later = {job.name}, []
@@ -1017,14 +1021,16 @@ def recipe_problem(job: Job) -> str | None:
     return _settings_problem(job.out, job, entries(best) or [])
 
 
-def _settings_problem(folder: Path, job: Job, settings: list[str]) -> str | None:
+def _settings_problem(
+    folder: Path, job: Job, settings: list[str], takes: str = "its recipe search now chooses"
+) -> str | None:
     """How the run in ``folder`` began with other values of the --search entries ``settings`` than ``job``
-    takes with them (None: the same)."""
+    ``takes`` with them (None: the same)."""
     recorded, now = run_info(folder).get("config", {}), leaf_keys(_with_search(job, settings))
     for key in map(_key, settings):
         before = _dotted(recorded, key)
         if json.loads(json.dumps(before)) != json.loads(json.dumps(now[key])):
-            return f"{folder} began with {key}={before}, but its recipe search now chooses {key}={now[key]}"
+            return f"{folder} began with {key}={before}, but {takes} {key}={now[key]}"
     return None
 
 
