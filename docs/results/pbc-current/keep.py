@@ -49,7 +49,7 @@ def ended(run: Path) -> bool:
     return run_status(run) == "finished" or run.with_name(f"{run.name}.diverged").exists()
 
 
-def run_folders(part: Path) -> list[Path]:
+def folders_of(part: Path) -> list[Path]:
     """The run folders of one part of a study (not a killed writer's dotted temporaries), by name."""
     return sorted(p for p in part.glob("*") if p.is_dir() and not p.name.startswith("."))
 
@@ -102,7 +102,7 @@ def save(study: Path) -> None:
     kept = 0
     for part in PARTS:
         remove_leftovers(KEPT / part)
-        for run in filter(ended, run_folders(study / part)):
+        for run in filter(ended, folders_of(study / part)):
             if part == "runs" and (run / "model").exists() and not up_to_date(run, bench):
                 score_runs([run], study / "split.csv", bench, progress=False)
             files = light_files(run, candidate=part == "search")
@@ -131,7 +131,7 @@ def restore(study: Path) -> None:
     while needed := {reads[out] for out in waiting} & to_restore:  # a waiting round's earlier rounds wait too
         to_restore -= needed
         waiting |= needed
-    to_restore |= {study / "effort" / p.name for p in run_folders(KEPT / "effort") if ended(p)}
+    to_restore |= {study / "effort" / p.name for p in folders_of(KEPT / "effort") if ended(p)}
     restored = 0
     for out in sorted(to_restore):
         if not out.exists():
