@@ -183,7 +183,8 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
 ) -> None:
     """docs/results/pbc-current: keep.py keeps a study's ended runs without weights, scored for robustness
     first; restored into a new folder, the study trains only what was not kept (and a margin chain whose
-    later round was not), to the same predictions; effort.py scores the search's lengths on the whole val."""
+    later round was not), to the same predictions; effort.py scores the search's lengths on the whole val,
+    also where the candidates' weights stayed on the first machine (keep.py scored them as it kept them)."""
     settings: dict[str, Any] = {
         "data": str(tiny["root"] / "cells"),
         "split": str(tiny["split"]),
@@ -200,7 +201,8 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
     }
     first, kept, again = tmp_path / "first", tmp_path / "kept", tmp_path / "again"
     leanmae.study(out=first, **settings)
-    env, keep = {"PBC_CURRENT_KEEP": str(kept)}, [sys.executable, "docs/results/pbc-current/keep.py"]
+    env = {"PBC_CURRENT_KEEP": str(kept), "PBC_CURRENT_CHECKED": "0.5"}
+    keep = [sys.executable, "docs/results/pbc-current/keep.py"]
     run([sys.executable, "docs/results/pbc-current/effort.py", str(first), "0.2"])
     assert (first / "effort.csv").read_text().count("\n") >= 3  # a header and a row per arm
     (first / "runs" / "scratch_f0.5_s1" / "robustness.json").unlink()  # ended after the study scored
@@ -211,6 +213,8 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
     assert not [p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")]
     assert not list((kept / "search").rglob("*.png")) and list((kept / "runs").rglob("*.png"))
     assert "kept 0 run(s)" in run([*keep, "save", str(first)], env=env)  # nothing changed since
+    at_half = [p for p in (kept / "search").glob("*_f0.5_*") if p.is_dir()]
+    assert at_half and all((p / "evaluate-val" / "metrics.json").exists() for p in at_half)
 
     shutil.rmtree(kept / "runs" / "mae+margin_f0.5_s1")  # as if the sitting had ended before it
     out = run([*keep, "restore", str(again)], env=env)
@@ -223,3 +227,7 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
         assert (again / "runs" / name / "predictions.csv").read_bytes() == same
     restored = [name for name in grid if name not in ("mae+margin_f0.2_s1", "mae+margin_f0.5_s1")]
     assert not [name for name in restored if (again / "runs" / name / "model").exists()]  # none trained
+    assert not [p for p in (again / "search").glob("*_f0.5_*/model")]  # the weights stayed behind
+    run([sys.executable, "docs/results/pbc-current/effort.py", str(again), "0.5"])
+    rows = (again / "effort.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[1] for row in rows} == {"0.2", "0.5"}  # the earlier check's rows stay

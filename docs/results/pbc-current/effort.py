@@ -28,6 +28,7 @@ from leanmae.files import read_json, write_atomic
 from leanmae.safe_csv import csv_text, unescape
 
 LENGTH = (("optim", "epochs"), ("classifier", "min_steps"))  # the settings that say how long a run trains
+CHECKED = "0.01 0.1"  # the fractions checked by default (the smallest budget and a middle one)
 
 
 def full_val_f1(study: Path, run: Path) -> float:
@@ -165,5 +166,5 @@ def earlier_rows(study: Path, fractions: list[float]) -> list[list[str]]:
 if __name__ == "__main__":
     main(
         Path(sys.argv[1] if len(sys.argv) > 1 else "runs/pbc-current"),
-        [float(v) for v in (sys.argv[2] if len(sys.argv) > 2 else "0.01 0.1").split()],
+        [float(v) for v in (sys.argv[2] if len(sys.argv) > 2 else CHECKED).split()],
     )

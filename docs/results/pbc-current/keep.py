@@ -13,15 +13,17 @@ read. What needs a run's weights is done before it is kept: the robustness bench
   the same labels and weights, on a CPU). The grid runs seed by seed, so about one chain is in progress.
 - The seed-0 grid run that ``study`` copies from its chosen candidate: it copies only with the model
   there, and otherwise trains it, to the same result on a CPU.
-- ``effort.py``'s whole-val scores of candidates: run it in the sitting whose search ends at its fraction.
-  Once made they are kept (``evaluate-val/``); a kept candidate without them cannot be scored again.
+- ``effort.py``'s whole-val scores of candidates: a search at a checked fraction can span sittings on
+  several machines, so ``save`` scores each of its candidates as it is kept (``evaluate-val/``, kept
+  with it) while its weights are here; a candidate kept without them cannot be scored again.
 
 A run deleted from the study (a stale run that ``study`` names, a diverged candidate to train again) must
 be deleted here too, or ``restore`` brings it back.
 
     PYTHONPATH=src python docs/results/pbc-current/keep.py save [STUDY]     (beside the running study)
     PYTHONPATH=src python docs/results/pbc-current/keep.py restore [STUDY]  (before it resumes)
-    (STUDY: default runs/pbc-current; the kept copy is this script's folder, or $PBC_CURRENT_KEEP)
+    (STUDY: default runs/pbc-current; the kept copy is this script's folder, or $PBC_CURRENT_KEEP; the
+    fractions whose candidates ``save`` scores on the whole val: effort.py's default, or $PBC_CURRENT_CHECKED)
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+from effort import CHECKED, full_val_f1  # this script's folder: effort.py beside it
 
 from leanmae.commands.study import plan, run_status, study_benchmark
 from leanmae.config import StudyConfig, from_dict
@@ -42,11 +46,18 @@ PARTS = ("runs", "search", "effort")  # the study's grid runs, recipe candidates
 HEAVY = ("model", "checkpoints", "tensorboard", "best.safetensors")  # weights, resume state, event files
 STUDY_FILES = ("study.json", "plan.json", "split.csv", "search.csv", "effort.csv")
 SELECTION_FROM = "classifier.selection_from="
+CHECKED_NOW = [float(v) for v in os.environ.get("PBC_CURRENT_CHECKED", CHECKED).split()]
 
 
 def ended(run: Path) -> bool:
     """A run the study will not train again: finished, or a recipe candidate it recorded as diverged."""
     return run_status(run) == "finished" or run.with_name(f"{run.name}.diverged").exists()
+
+
+def checked(candidate: Path) -> bool:
+    """Whether effort.py's check reads the candidate: a finished one at a checked fraction."""
+    finished = run_status(candidate) == "finished"
+    return finished and read_json(candidate / "run.json")["config"]["fraction"] in CHECKED_NOW
 
 
 def folders_of(part: Path) -> list[Path]:
@@ -95,7 +106,8 @@ def changed(run: Path, into: Path, files: list[Path]) -> bool:
 
 def save(study: Path) -> None:
     """Every ended run not kept yet, or changed since; a grid run only once its robustness is scored (a run
-    that ended while the benchmark ran is scored on its own before it is kept)."""
+    that ended while the benchmark ran is scored on its own before it is kept), a candidate at a checked
+    fraction only once it is scored on the whole val."""
     cfg = from_dict(StudyConfig, read_json(study / "study.json"))
     bench = study_benchmark(cfg)
     score_study(study, bench, progress=False)
@@ -105,6 +117,8 @@ def save(study: Path) -> None:
         for run in filter(ended, folders_of(study / part)):
             if part == "runs" and (run / "model").exists() and not up_to_date(run, bench):
                 score_runs([run], study / "split.csv", bench, progress=False)
+            if part == "search" and (run / "model").exists() and checked(run):
+                full_val_f1(study, run)  # scored once, then reused
             files = light_files(run, candidate=part == "search")
             if changed(run, KEPT / part / run.name, files):
                 copy_light(run, KEPT / part / run.name, files)
