@@ -10,9 +10,10 @@ read. What needs a run's weights is done before it is kept: the robustness bench
 
 - A round of margin selection: its next round reads its model to choose labels. While a round of a chain
   waits, ``restore`` leaves out the rounds before it, so that chain trains again from its first round (to
-  the same labels and weights, on a CPU). The grid runs seed by seed, so about one chain is in progress.
+  the same labels and weights, on a CPU; on another CPU up to float rounding). The grid runs seed by seed,
+  so about one chain is in progress.
 - The seed-0 grid run that ``study`` copies from its chosen candidate: it copies only with the model
-  there, and otherwise trains it, to the same result on a CPU.
+  there, and otherwise trains it, to the same result (up to float rounding).
 - ``effort.py``'s whole-val scores of candidates: a search at a checked fraction can span sittings on
   several machines, so ``save`` scores each of its candidates as it is kept (``evaluate-val/``, kept
   with it) while its weights are here; a candidate kept without them cannot be scored again.
