@@ -12,6 +12,7 @@ images, enters the cache key, and is saved with the model (leanmae.json) so ``pr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -43,7 +44,12 @@ def reinhard(rgb: np.ndarray, reference: tuple[float, ...] | list[float]) -> np.
     lab = rgb2lab(rgb)
     mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
     lab = (lab - mean) / np.maximum(std, 1e-6) * ref[3:] + ref[:3]
-    return (np.clip(lab2rgb(lab), 0, 1) * 255 + 0.5).astype(np.uint8)
+    # A moved colour can fall outside sRGB; clipping it is the intended gamut mapping, so skimage's
+    # warning that it clipped negative Z values would only alarm a user about a deliberate step.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Conversion from CIE-LAB", category=UserWarning)
+        rgb_out = lab2rgb(lab)
+    return (np.clip(rgb_out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # method -> how its reference is taken from training images, and how an image is moved to it
