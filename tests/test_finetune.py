@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +356,17 @@ def test_a_class_never_predicted_scores_zero_not_nan() -> None:
     assert report["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert report["macro_precision"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     json.dumps(report, allow_nan=False)
+
+
+def test_a_set_lacking_a_class_the_model_predicts_is_scored_without_a_warning() -> None:
+    """An external lab's folder holds some classes only; its balanced accuracy is the mean recall over
+    those, and predicting an absent class is the expected case, not one to warn about."""
+    y = np.array([0, 0, 1, 1])
+    probs = np.eye(3)[[0, 2, 1, 1]]  # one image predicted as class c, which the set lacks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = classification_report(y, probs, HAND_LABELS, scored=[0, 1])
+    assert report["balanced_accuracy"] == pytest.approx((1 / 2 + 1) / 2)
 
 
 def test_confidence_is_summarised_per_true_class_for_correct_and_wrong_predictions() -> None:

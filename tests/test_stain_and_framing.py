@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,16 @@ def test_reinhard_moves_an_image_to_the_reference_statistics() -> None:
     assert out.dtype == np.uint8 and out.shape == (48, 48, 3)
     np.testing.assert_allclose(mean, reference[:3], atol=2.0)
     np.testing.assert_allclose(std, reference[3:], rtol=0.15, atol=1.0)
+
+
+def test_a_colour_moved_outside_srgb_is_clipped_without_a_warning() -> None:
+    """A dark, very yellow reference moves every pixel out of gamut (negative Z): the clip is the intended
+    mapping, so a user never sees skimage's warning about it."""
+    image = smooth_image(np.random.default_rng(0), 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = reinhard(image, (10.0, 0.0, 100.0, 5.0, 5.0, 5.0))
+    assert out.dtype == np.uint8 and out.shape == image.shape
 
 
 def test_two_stain_batches_of_one_image_normalise_to_nearly_the_same_image() -> None:
