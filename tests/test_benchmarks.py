@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,9 +181,10 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     """docs/results/pbc-current: keep.py keeps a study's ended runs without weights, scored for robustness
-    first; restored into a new folder, the study trains only what was not kept (and a margin chain whose
-    later round was not), to the same predictions; effort.py scores the search's lengths on the whole val,
-    also where the candidates' weights stayed on the first machine (keep.py scored them as it kept them)."""
+    first, except the model of a margin round whose next round has not ended; restored into a new folder,
+    the study trains only what was not kept, to the same predictions, and the kept model goes once its
+    reader has ended; effort.py scores the search's lengths on the whole val, also where the candidates'
+    weights stayed on the first machine (keep.py scored them as it kept them)."""
     settings: dict[str, Any] = {
         "data": str(tiny["root"] / "cells"),
         "split": str(tiny["split"]),
@@ -199,35 +199,40 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
         "set": ["run.device=cpu", "finetune.classifier.min_steps=2"],
         "progress": False,
     }
-    first, kept, again = tmp_path / "first", tmp_path / "kept", tmp_path / "again"
+    first, kept, again, later = tmp_path / "first", tmp_path / "kept", tmp_path / "again", tmp_path / "later"
     leanmae.study(out=first, **settings)
     env = {"PBC_CURRENT_KEEP": str(kept), "PBC_CURRENT_CHECKED": "0.5"}
     keep = [sys.executable, "docs/results/pbc-current/keep.py"]
     run([sys.executable, "docs/results/pbc-current/effort.py", str(first), "0.2"])
     assert (first / "effort.csv").read_text().count("\n") >= 3  # a header and a row per arm
     (first / "runs" / "scratch_f0.5_s1" / "robustness.json").unlink()  # ended after the study scored
+    last_round = "mae+margin_f0.5_s1"
+    later.mkdir()  # as if the sitting had ended before the chain's last round
+    for moved in (last_round, f"{last_round}.log"):
+        (first / "runs" / moved).rename(later / moved)
     run([*keep, "save", str(first)], env=env)
     grid = sorted(p.name for p in (first / "runs").iterdir() if p.is_dir())
     assert sorted(p.name for p in (kept / "runs").iterdir() if p.is_dir()) == grid
     assert all((kept / "runs" / name / "robustness.json").exists() for name in grid)
-    assert not [p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")]
+    heavy = [p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")]
+    assert heavy == [kept / "runs" / "mae+margin_f0.2_s1" / "model"]  # the waiting round reads it
     assert not list((kept / "search").rglob("*.png")) and list((kept / "runs").rglob("*.png"))
     assert "kept 0 run(s)" in run([*keep, "save", str(first)], env=env)  # nothing changed since
     at_half = [p for p in (kept / "search").glob("*_f0.5_*") if p.is_dir()]
     assert at_half and all((p / "evaluate-val" / "metrics.json").exists() for p in at_half)
 
-    shutil.rmtree(kept / "runs" / "mae+margin_f0.5_s1")  # as if the sitting had ended before it
     out = run([*keep, "restore", str(again)], env=env)
-    assert "mae+margin_f0.2_s1" not in {p.name for p in (again / "runs").iterdir()}  # its next round waits
+    assert (again / "runs" / "mae+margin_f0.2_s1" / "model").is_dir()  # kept with its model
     assert "restored" in out and (again / "effort.csv").exists()
     leanmae.study(out=again, **settings)
-    for name in ("mae+margin_f0.2_s1", "mae+margin_f0.5_s1"):
-        assert (again / "runs" / name / "model").is_dir()  # trained again
-        same = (first / "runs" / name / "predictions.csv").read_bytes()
-        assert (again / "runs" / name / "predictions.csv").read_bytes() == same
-    restored = [name for name in grid if name not in ("mae+margin_f0.2_s1", "mae+margin_f0.5_s1")]
+    assert (again / "runs" / last_round / "model").is_dir()  # trained
+    same = (later / last_round / "predictions.csv").read_bytes()
+    assert (again / "runs" / last_round / "predictions.csv").read_bytes() == same
+    restored = [name for name in grid if name != "mae+margin_f0.2_s1"]
     assert not [name for name in restored if (again / "runs" / name / "model").exists()]  # none trained
     assert not [p for p in (again / "search").glob("*_f0.5_*/model")]  # the weights stayed behind
+    run([*keep, "save", str(again)], env=env)
+    assert not [p for p in kept.rglob("model")]  # its reader has ended: the model is dropped
     run([sys.executable, "docs/results/pbc-current/effort.py", str(again), "0.5"])
     rows = (again / "effort.csv").read_text().splitlines()[1:]
     assert {row.split(",")[1] for row in rows} == {"0.2", "0.5"}  # the earlier check's rows stay

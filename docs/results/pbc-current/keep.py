@@ -8,10 +8,12 @@ is all ``leanmae study`` reads to skip it, and its light files are all the study
 read. What needs a run's weights is done before it is kept: the robustness benchmark of every grid run
 (``score_runs``, as the study's own end does). Three things still need weights after that:
 
-- A round of margin selection: its next round reads its model to choose labels. While a round of a chain
-  waits, ``restore`` leaves out the rounds before it, so that chain trains again from its first round (to
-  the same labels and weights, on a CPU; on another CPU up to float rounding). The grid runs seed by seed,
-  so about one chain is in progress.
+- A round of margin selection: its next round reads its model to choose labels. While that next round
+  waits, ``save`` keeps the round's ``model/`` too (about 11 MB; .gitignore lets these folders in), and
+  drops it once the next round has ended. Without it a new machine would train the chain again from its
+  first round, which above 10 % takes longer than a sitting (the 50 % round after 1-25 % again: 3 to 4
+  hours of one core), so a chain to 50 % would never end. The grid runs seed by seed, so about one chain
+  is in progress. (A kept chain from before this, with no model, still trains again from its first round.)
 - The seed-0 grid run that ``study`` copies from its chosen candidate: it copies only with the model
   there, and otherwise trains it, to the same result (up to float rounding).
 - ``effort.py``'s whole-val scores of candidates: a search at a checked fraction can span sittings on
@@ -79,6 +81,18 @@ def light_files(run: Path, candidate: bool) -> list[Path]:
     )
 
 
+def files_of(folder: Path) -> list[Path]:
+    """Every file under ``folder``, relative to it: what a kept run holds."""
+    return sorted(f.relative_to(folder) for f in folder.rglob("*") if f.is_file())
+
+
+def read_by_waiting(study: Path) -> set[str]:
+    """The names of the margin rounds whose model a round that has not ended will read to choose labels."""
+    jobs = plan(from_dict(StudyConfig, read_json(study / "study.json")), study)
+    reads = (_selection_from(job.kwargs["set"]) for job in jobs if not ended(job.out))
+    return {read.name for read in reads if read is not None}
+
+
 def records(run: Path) -> list[Path]:
     """The study's records beside a run folder that exist: its log, a candidate's ``.diverged``, a doubled
     run's settings (``effort.py``)."""
@@ -86,7 +100,7 @@ def records(run: Path) -> list[Path]:
     return [record for record in found if record.exists()]
 
 
-def copy_light(run: Path, into: Path, files: list[Path]) -> None:
+def copy_run(run: Path, into: Path, files: list[Path]) -> None:
     """``files`` of ``run`` into ``into``, and its records beside it, each appearing whole (the records
     first: a kept folder is a run whose records are kept)."""
     for record in records(run):
@@ -98,8 +112,11 @@ def copy_light(run: Path, into: Path, files: list[Path]) -> None:
 
 
 def changed(run: Path, into: Path, files: list[Path]) -> bool:
-    """Whether the kept copy lacks one of ``files`` or of ``run``'s records, or holds another version (a
-    robustness file or an effort score added since). By content: git keeps no file times."""
+    """Whether the kept copy holds other files than ``files`` (a model now kept or dropped), lacks one of
+    ``run``'s records, or holds another version (a robustness file or an effort score added since). By
+    content: git keeps no file times."""
+    if not into.is_dir() or files_of(into) != files:
+        return True
     pairs = [(run / rel, into / rel) for rel in files]
     pairs += [(record, into.with_name(record.name)) for record in records(run)]
     return any(not kept.exists() or not filecmp.cmp(source, kept, shallow=False) for source, kept in pairs)
@@ -108,10 +125,12 @@ def changed(run: Path, into: Path, files: list[Path]) -> bool:
 def save(study: Path) -> None:
     """Every ended run not kept yet, or changed since; a grid run only once its robustness is scored (a run
     that ended while the benchmark ran is scored on its own before it is kept), a candidate at a checked
-    fraction only once it is scored on the whole val."""
+    fraction only once it is scored on the whole val; with its model, a margin round that a waiting round
+    reads."""
     cfg = from_dict(StudyConfig, read_json(study / "study.json"))
     bench = study_benchmark(cfg)
     score_study(study, bench, progress=False)
+    rounds_read = read_by_waiting(study)
     kept = 0
     for part in PARTS:
         remove_leftovers(KEPT / part)
@@ -121,8 +140,10 @@ def save(study: Path) -> None:
             if part == "search" and (run / "model").exists() and checked(run):
                 full_val_f1(study, run)  # scored once, then reused
             files = light_files(run, candidate=part == "search")
+            if part == "runs" and run.name in rounds_read and (run / "model").is_dir():
+                files = sorted([*files, *(Path("model") / f for f in files_of(run / "model"))])
             if changed(run, KEPT / part / run.name, files):
-                copy_light(run, KEPT / part / run.name, files)
+                copy_run(run, KEPT / part / run.name, files)
                 kept += 1
     for name in STUDY_FILES:
         if (study / name).exists():
@@ -131,8 +152,9 @@ def save(study: Path) -> None:
 
 
 def restore(study: Path) -> None:
-    """Copy kept runs back into ``study`` where it has no folder of that name, except the margin rounds a
-    round still to train reads (see the module's docstring). Run it before the study, never beside it."""
+    """Copy kept runs back into ``study`` where it has no folder of that name, except the margin rounds kept
+    without their model that a round still to train reads (see the module's docstring). Run it before the
+    study, never beside it."""
     if not (KEPT / "study.json").exists():
         raise SystemExit(f"nothing kept in {KEPT} yet: start the study with run.sh")
     study.mkdir(parents=True, exist_ok=True)
@@ -143,7 +165,9 @@ def restore(study: Path) -> None:
     to_restore = {job.out for job in jobs if ended(KEPT / job.out.parent.name / job.out.name)}
     waiting = {job.out for job in jobs} - to_restore
     reads = {job.out: _selection_from(job.kwargs["set"]) for job in jobs}
-    while needed := {reads[out] for out in waiting} & to_restore:  # a waiting round's earlier rounds wait too
+    with_model = {out for out in to_restore if (KEPT / out.parent.name / out.name / "model").is_dir()}
+    # a waiting round's earlier rounds wait too, but for one kept with the model the waiting round reads
+    while needed := ({reads[out] for out in waiting} & to_restore) - with_model:
         to_restore -= needed
         waiting |= needed
     to_restore |= {study / "effort" / p.name for p in folders_of(KEPT / "effort") if ended(p)}
@@ -151,7 +175,7 @@ def restore(study: Path) -> None:
     for out in sorted(to_restore):
         if not out.exists():
             kept = KEPT / out.parent.name / out.name
-            copy_light(kept, out, light_files(kept, candidate=False))  # a kept candidate holds no figures
+            copy_run(kept, out, files_of(kept))
             restored += 1
     print(f"restored {restored} run(s) into {study}; {len(waiting)} of its plan to run (or to train again)")
 
