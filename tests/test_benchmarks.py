@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 import pytest
 
 import leanmae
-from helpers import tiny_pretrain
+from helpers import interrupt_after_epoch, tiny_pretrain
+from leanmae.commands.study import plan, run_job
+from leanmae.config import StudyConfig, from_dict
 from leanmae.data.synthetic import WBC_CLASSES, make_synthetic_wbc
+from leanmae.files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -178,11 +182,12 @@ def test_the_label_choice_run_script_runs_on_a_tiny_split(tiny: dict[str, Any], 
 
 
 def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_resumes_from_them(
-    tiny: dict[str, Any], tmp_path: Path
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/results/pbc-current: keep.py keeps a study's ended runs without weights, scored for robustness
-    first, except the model of a margin round whose next round has not ended; restored into a new folder,
-    the study trains only what was not kept, to the same predictions, and the kept model goes once its
+    first, except the model of a margin round whose next round has not ended and the last checkpoint of a
+    run in flight longer than a sitting; restored into a new folder, the study trains only what was not
+    kept, resumes the run in flight, to the same predictions, and the kept weights go once their run or
     reader has ended; effort.py scores the search's lengths on the whole val, also where the candidates'
     weights stayed on the first machine (keep.py scored them as it kept them)."""
     settings: dict[str, Any] = {
@@ -199,7 +204,7 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
         "set": ["run.device=cpu", "finetune.classifier.min_steps=2"],
         "progress": False,
     }
-    first, kept, again, later = tmp_path / "first", tmp_path / "kept", tmp_path / "again", tmp_path / "later"
+    first, kept, later = tmp_path / "study", tmp_path / "kept", tmp_path / "later"
     leanmae.study(out=first, **settings)
     env = {"PBC_CURRENT_KEEP": str(kept), "PBC_CURRENT_CHECKED": "0.5"}
     keep = [sys.executable, "docs/results/pbc-current/keep.py"]
@@ -210,29 +215,41 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
     later.mkdir()  # as if the sitting had ended before the chain's last round
     for moved in (last_round, f"{last_round}.log"):
         (first / "runs" / moved).rename(later / moved)
+    candidate = first / "search" / "scratch_f0.2_s0_c1"  # 2 epochs: in flight after the first, as if long
+    finished = (candidate / "predictions.csv").read_bytes()
+    shutil.rmtree(candidate)
+    jobs = plan(from_dict(StudyConfig, read_json(first / "study.json")), first)
+    job = next(job for job in jobs if job.out.name == candidate.name)
+    interrupt_after_epoch(monkeypatch, lambda: run_job(job.command, job.kwargs))
+    env["PBC_CURRENT_SITTING_HOURS"] = "0"
     run([*keep, "save", str(first)], env=env)
     grid = sorted(p.name for p in (first / "runs").iterdir() if p.is_dir())
     assert sorted(p.name for p in (kept / "runs").iterdir() if p.is_dir()) == grid
     assert all((kept / "runs" / name / "robustness.json").exists() for name in grid)
-    heavy = [p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")]
-    assert heavy == [kept / "runs" / "mae+margin_f0.2_s1" / "model"]  # the waiting round reads it
+    heavy = {p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")}
+    read = {kept / "runs" / f"mae+margin_f0.2_s{seed}" / "model" for seed in (0, 1)}  # s0: effort.py's
+    assert heavy == {*read, kept / "search" / candidate.name / "checkpoints"}
     assert not list((kept / "search").rglob("*.png")) and list((kept / "runs").rglob("*.png"))
     assert "kept 0 run(s)" in run([*keep, "save", str(first)], env=env)  # nothing changed since
     at_half = [p for p in (kept / "search").glob("*_f0.5_*") if p.is_dir()]
     assert at_half and all((p / "evaluate-val" / "metrics.json").exists() for p in at_half)
 
+    first.rename(tmp_path / "gone")  # a new machine: the same study folder, holding only what was kept
+    again = first
     out = run([*keep, "restore", str(again)], env=env)
     assert (again / "runs" / "mae+margin_f0.2_s1" / "model").is_dir()  # kept with its model
-    assert "restored" in out and (again / "effort.csv").exists()
+    assert "1 of them from a kept checkpoint" in out and (again / "effort.csv").exists()
     leanmae.study(out=again, **settings)
+    assert read_json(again / "search" / candidate.name / "run.json")["resumed_from_epoch"] == 1
+    assert (again / "search" / candidate.name / "predictions.csv").read_bytes() == finished
     assert (again / "runs" / last_round / "model").is_dir()  # trained
     same = (later / last_round / "predictions.csv").read_bytes()
     assert (again / "runs" / last_round / "predictions.csv").read_bytes() == same
-    restored = [name for name in grid if name != "mae+margin_f0.2_s1"]
+    restored = [name for name in grid if name not in ("mae+margin_f0.2_s0", "mae+margin_f0.2_s1")]
     assert not [name for name in restored if (again / "runs" / name / "model").exists()]  # none trained
     assert not [p for p in (again / "search").glob("*_f0.5_*/model")]  # the weights stayed behind
-    run([*keep, "save", str(again)], env=env)
-    assert not [p for p in kept.rglob("model")]  # its reader has ended: the model is dropped
     run([sys.executable, "docs/results/pbc-current/effort.py", str(again), "0.5"])
     rows = (again / "effort.csv").read_text().splitlines()[1:]
     assert {row.split(",")[1] for row in rows} == {"0.2", "0.5"}  # the earlier check's rows stay
+    run([*keep, "save", str(again)], env=env)
+    assert not [p for p in kept.rglob("*") if p.name in ("model", "checkpoints")]  # none is to be read

@@ -6,16 +6,21 @@ Why: the study takes 55 to 65 hours on a 2-core CPU, in sittings of a few hours,
 a new machine with only what was committed (session 16 lost 58 finished runs that way). A run's run.json
 is all ``leanmae study`` reads to skip it, and its light files are all the study's choices and the report
 read. What needs a run's weights is done before it is kept: the robustness benchmark of every grid run
-(``score_runs``, as the study's own end does). Three things still need weights after that:
+(``score_runs``, as the study's own end does). Four things still need weights after that:
 
-- A round of margin selection: its next round reads its model to choose labels. While that next round
-  waits, ``save`` keeps the round's ``model/`` too (about 11 MB; .gitignore lets these folders in), and
-  drops it once the next round has ended. Without it a new machine would train the chain again from its
-  first round, which above 10 % takes longer than a sitting (the 50 % round after 1-25 % again: 3 to 4
-  hours of one core), so a chain to 50 % would never end. The grid runs seed by seed, so about one chain
-  is in progress. (A kept chain from before this, with no model, still trains again from its first round.)
+- A round of margin selection: its next round reads its model to choose labels, and so do that round's
+  candidates and effort.py's doubled run of one of them. While one of them waits (the doubled run: while
+  effort.csv lacks the check at its arm and fraction), ``save`` keeps the round's ``model/`` too (about
+  11 MB; .gitignore lets these folders in), and drops it once none waits. Without it a new machine would
+  train the chain again from its first round, which above 10 % takes longer than a sitting (the 50 % round
+  after 1-25 % again: 3 to 4 hours of one core), so a chain to 50 % would never end. The grid runs seed by
+  seed, so about one chain is in progress. (A chain kept before this, with no model, trains again once.)
 - The seed-0 grid run that ``study`` copies from its chosen candidate: it copies only with the model
   there, and otherwise trains it, to the same result (up to float rounding).
+- A run in flight that no sitting can end (at 0.025 s per image, a 100 % run at 60 epochs: about 3.1
+  hours): ``save`` keeps its last checkpoint (weights and optimizer state, 33 MB) and ``restore`` brings
+  it back, so the next sitting resumes it (to the same result: a resumed run equals an uninterrupted
+  one); dropped once the run has ended. A shorter run in flight is not kept: it trains again.
 - ``effort.py``'s whole-val scores of candidates: a search at a checked fraction can span sittings on
   several machines, so ``save`` scores each of its candidates as it is kept (``evaluate-val/``, kept
   with it) while its weights are here; a candidate kept without them cannot be scored again.
@@ -26,11 +31,14 @@ be deleted here too, or ``restore`` brings it back.
     PYTHONPATH=src python docs/results/pbc-current/keep.py save [STUDY]     (beside the running study)
     PYTHONPATH=src python docs/results/pbc-current/keep.py restore [STUDY]  (before it resumes)
     (STUDY: default runs/pbc-current; the kept copy is this script's folder, or $PBC_CURRENT_KEEP; the
-    fractions whose candidates ``save`` scores on the whole val: effort.py's default, or $PBC_CURRENT_CHECKED)
+    fractions whose candidates ``save`` scores on the whole val: effort.py's default, or
+    $PBC_CURRENT_CHECKED; the hours of a sitting that train, beyond which a run in flight is kept: 2.5, or
+    $PBC_CURRENT_SITTING_HOURS)
 """
 
 from __future__ import annotations
 
+import csv
 import filecmp
 import os
 import shutil
@@ -39,10 +47,12 @@ from pathlib import Path
 
 from effort import CHECKED, full_val_f1  # this script's folder: effort.py beside it
 
-from leanmae.commands.study import plan, run_status, study_benchmark
-from leanmae.config import StudyConfig, from_dict
+from leanmae.commands.study import Job, plan, run_status, study_benchmark
+from leanmae.config import StudyConfig, arm_of, from_dict
 from leanmae.evaluation.robustness import score_runs, score_study, up_to_date
 from leanmae.files import atomic_dir, read_json, remove_leftovers, write_atomic
+from leanmae.safe_csv import unescape
+from leanmae.training.checkpoint import list_checkpoints
 
 KEPT = Path(os.environ.get("PBC_CURRENT_KEEP") or Path(__file__).parent)  # elsewhere: the smoke test
 PARTS = ("runs", "search", "effort")  # the study's grid runs, recipe candidates, effort.py's doubled runs
@@ -50,6 +60,7 @@ HEAVY = ("model", "checkpoints", "tensorboard", "best.safetensors")  # weights, 
 STUDY_FILES = ("study.json", "plan.json", "split.csv", "search.csv", "effort.csv")
 SELECTION_FROM = "classifier.selection_from="
 CHECKED_NOW = [float(v) for v in os.environ.get("PBC_CURRENT_CHECKED", CHECKED).split()]
+SITTING_HOURS = float(os.environ.get("PBC_CURRENT_SITTING_HOURS", "2.5"))  # the part of a sitting that trains
 
 
 def ended(run: Path) -> bool:
@@ -81,15 +92,40 @@ def light_files(run: Path, candidate: bool) -> list[Path]:
     )
 
 
+def long_in_flight(run: Path) -> Path | None:
+    """The last checkpoint of a run in flight that no sitting can end: its mean epoch so far, times its
+    epochs, is longer than the part of a sitting that trains ($PBC_CURRENT_SITTING_HOURS). None otherwise:
+    a shorter run trains again from its start in the next sitting, which costs less than keeping 33 MB of
+    weights and optimizer state in git's history every sitting."""
+    checkpoints = list_checkpoints(run / "checkpoints")
+    if ended(run) or not checkpoints:
+        return None
+    seconds = [row["seconds"] for row in read_json(checkpoints[-1] / "trainer_state.json")["history"]]
+    epochs = read_json(run / "run.json")["config"]["optim"]["epochs"]
+    return checkpoints[-1] if sum(seconds) / len(seconds) * epochs > SITTING_HOURS * 3600 else None
+
+
 def files_of(folder: Path) -> list[Path]:
     """Every file under ``folder``, relative to it: what a kept run holds."""
     return sorted(f.relative_to(folder) for f in folder.rglob("*") if f.is_file())
 
 
 def read_by_waiting(study: Path) -> set[str]:
-    """The names of the margin rounds whose model a round that has not ended will read to choose labels."""
+    """The names of the margin rounds whose model is still to be read to choose labels: by a round or a
+    candidate that has not ended, or by effort.py's doubled run of a candidate at a checked fraction whose
+    check effort.csv lacks (it trains with the candidate's settings, so it chooses the same labels)."""
     jobs = plan(from_dict(StudyConfig, read_json(study / "study.json")), study)
-    reads = (_selection_from(job.kwargs["set"]) for job in jobs if not ended(job.out))
+    done = set()
+    if (study / "effort.csv").exists():
+        with open(study / "effort.csv", newline="") as f:
+            done = {(unescape(row["arm"]), float(row["fraction"])) for row in csv.DictReader(f)}
+
+    def waits(job: Job) -> bool:
+        at = (arm_of(job.out.name.rsplit("_c", 1)[0]), job.kwargs["fraction"])
+        candidate = job.out.parent.name == "search"
+        return not ended(job.out) or (candidate and at[1] in CHECKED_NOW and at not in done)
+
+    reads = (_selection_from(job.kwargs["set"]) for job in jobs if waits(job))
     return {read.name for read in reads if read is not None}
 
 
@@ -126,7 +162,7 @@ def save(study: Path) -> None:
     """Every ended run not kept yet, or changed since; a grid run only once its robustness is scored (a run
     that ended while the benchmark ran is scored on its own before it is kept), a candidate at a checked
     fraction only once it is scored on the whole val; with its model, a margin round that a waiting round
-    reads."""
+    reads; and with its last checkpoint, a run in flight longer than a sitting."""
     cfg = from_dict(StudyConfig, read_json(study / "study.json"))
     bench = study_benchmark(cfg)
     score_study(study, bench, progress=False)
@@ -134,21 +170,39 @@ def save(study: Path) -> None:
     kept = 0
     for part in PARTS:
         remove_leftovers(KEPT / part)
-        for run in filter(ended, folders_of(study / part)):
-            if part == "runs" and (run / "model").exists() and not up_to_date(run, bench):
-                score_runs([run], study / "split.csv", bench, progress=False)
-            if part == "search" and (run / "model").exists() and checked(run):
-                full_val_f1(study, run)  # scored once, then reused
-            files = light_files(run, candidate=part == "search")
-            if part == "runs" and run.name in rounds_read and (run / "model").is_dir():
-                files = sorted([*files, *(Path("model") / f for f in files_of(run / "model"))])
-            if changed(run, KEPT / part / run.name, files):
-                copy_run(run, KEPT / part / run.name, files)
-                kept += 1
+        for run in folders_of(study / part):
+            if ended(run):
+                if part == "runs" and (run / "model").exists() and not up_to_date(run, bench):
+                    score_runs([run], study / "split.csv", bench, progress=False)
+                if part == "search" and (run / "model").exists() and checked(run):
+                    full_val_f1(study, run)  # scored once, then reused
+            elif long_in_flight(run) is None:
+                continue
+            kept += keep_run(run, KEPT / part / run.name, part, rounds_read)
     for name in STUDY_FILES:
         if (study / name).exists():
             shutil.copy2(study / name, KEPT / name)
-    print(f"kept {kept} run(s) of {study} in {KEPT} (light files only)")
+    print(f"kept {kept} run(s) of {study} in {KEPT} (light files, and the weights the next sitting needs)")
+
+
+def keep_run(run: Path, into: Path, part: str, rounds_read: set[str]) -> bool:
+    """Copy ``run``'s files to keep into ``into`` if they changed: its light files, and the model of a round
+    that ``rounds_read`` names or the last checkpoint of a long run in flight. Whether it copied. A run in
+    flight may replace its checkpoint while it is copied: then the newer one is copied."""
+    for _ in range(3):
+        files = light_files(run, candidate=part == "search")
+        read = ended(run) and part == "runs" and run.name in rounds_read
+        heavy = run / "model" if read else long_in_flight(run)
+        if heavy is not None and heavy.is_dir():
+            files = sorted([*files, *(heavy.relative_to(run) / f for f in files_of(heavy))])
+        try:
+            if not changed(run, into, files):
+                return False
+            copy_run(run, into, files)
+            return True
+        except FileNotFoundError:
+            continue
+    raise SystemExit(f"{run}: its files kept changing while they were copied; run save again")
 
 
 def restore(study: Path) -> None:
@@ -170,14 +224,20 @@ def restore(study: Path) -> None:
     while needed := ({reads[out] for out in waiting} & to_restore) - with_model:
         to_restore -= needed
         waiting |= needed
-    to_restore |= {study / "effort" / p.name for p in folders_of(KEPT / "effort") if ended(p)}
+    in_flight = {out for out in waiting if (KEPT / out.parent.name / out.name / "checkpoints").is_dir()}
+    to_restore |= in_flight  # a long run resumes from its kept checkpoint
+    kept_effort = (p for p in folders_of(KEPT / "effort") if ended(p) or (p / "checkpoints").is_dir())
+    to_restore |= {study / "effort" / p.name for p in kept_effort}
     restored = 0
     for out in sorted(to_restore):
         if not out.exists():
             kept = KEPT / out.parent.name / out.name
             copy_run(kept, out, files_of(kept))
             restored += 1
-    print(f"restored {restored} run(s) into {study}; {len(waiting)} of its plan to run (or to train again)")
+    print(
+        f"restored {restored} run(s) into {study}; {len(waiting)} of its plan to run (or to train again), "
+        f"{len(in_flight)} of them from a kept checkpoint"
+    )
 
 
 def _selection_from(settings: list[str]) -> Path | None:
