@@ -229,6 +229,9 @@ def test_the_current_study_s_runs_are_kept_without_weights_and_a_new_machine_res
     heavy = {p for p in kept.rglob("*") if p.name in ("model", "checkpoints", "best.safetensors")}
     read = {kept / "runs" / f"mae+margin_f0.2_s{seed}" / "model" for seed in (0, 1)}  # s0: effort.py's
     assert heavy == {*read, kept / "search" / candidate.name / "checkpoints"}
+    in_repo = [str(Path("docs/results/pbc-current") / p.relative_to(kept) / "f") for p in heavy]
+    ignored = subprocess.run(["git", "check-ignore", *in_repo], cwd=ROOT, capture_output=True, text=True)
+    assert not ignored.stdout  # .gitignore lets in what keep.py keeps, or the next machine would lack it
     assert not list((kept / "search").rglob("*.png")) and list((kept / "runs").rglob("*.png"))
     assert "kept 0 run(s)" in run([*keep, "save", str(first)], env=env)  # nothing changed since
     at_half = [p for p in (kept / "search").glob("*_f0.5_*") if p.is_dir()]
