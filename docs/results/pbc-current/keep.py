@@ -97,12 +97,18 @@ def long_in_flight(run: Path) -> Path | None:
     epochs, is longer than the part of a sitting that trains ($PBC_CURRENT_SITTING_HOURS). None otherwise:
     a shorter run trains again from its start in the next sitting, which costs less than keeping 33 MB of
     weights and optimizer state in git's history every sitting."""
-    checkpoints = list_checkpoints(run / "checkpoints")
-    if ended(run) or not checkpoints:
-        return None
-    seconds = [row["seconds"] for row in read_json(checkpoints[-1] / "trainer_state.json")["history"]]
-    epochs = read_json(run / "run.json")["config"]["optim"]["epochs"]
-    return checkpoints[-1] if sum(seconds) / len(seconds) * epochs > SITTING_HOURS * 3600 else None
+    for _ in range(3):
+        checkpoints = list_checkpoints(run / "checkpoints")
+        if ended(run) or not checkpoints:
+            return None
+        try:
+            history = read_json(checkpoints[-1] / "trainer_state.json")["history"]
+        except FileNotFoundError:  # the next epoch's checkpoint replaced it: look again
+            continue
+        epochs = read_json(run / "run.json")["config"]["optim"]["epochs"]
+        hours = sum(row["seconds"] for row in history) / len(history) * epochs / 3600
+        return checkpoints[-1] if hours > SITTING_HOURS else None
+    raise SystemExit(f"{run}: its checkpoints kept changing while they were read; run save again")
 
 
 def files_of(folder: Path) -> list[Path]:
