@@ -1,6 +1,7 @@
 """Keep issue 27's study across machines whose ignored files do not last: its ended runs' light files
-(everything but weights, checkpoints and TensorBoard logs: what .gitignore keeps out of docs/results) are
-copied here to be committed, and copied back into a new checkout's study folder before the study resumes.
+(everything but weights, checkpoints and TensorBoard logs: what .gitignore keeps out of docs/results), and
+the few weights the next sitting needs (below), are copied here to be committed, and copied back into a
+new checkout's study folder before the study resumes.
 
 Why: the study takes 55 to 65 hours on a 2-core CPU, in sittings of a few hours, and a sitting may start on
 a new machine with only what was committed (session 16 lost 58 finished runs that way). A run's run.json
@@ -127,9 +128,12 @@ def read_by_waiting(study: Path) -> set[str]:
             done = {(unescape(row["arm"]), float(row["fraction"])) for row in csv.DictReader(f)}
 
     def waits(job: Job) -> bool:
-        at = (arm_of(job.out.name.rsplit("_c", 1)[0]), job.kwargs["fraction"])
-        candidate = job.out.parent.name == "search"
-        return not ended(job.out) or (candidate and at[1] in CHECKED_NOW and at not in done)
+        if not ended(job.out):
+            return True
+        if job.out.parent.name != "search":  # an ended round or grid run reads nothing more
+            return False
+        fraction = job.kwargs["fraction"]
+        return fraction in CHECKED_NOW and (arm_of(job.out.name.rsplit("_c", 1)[0]), fraction) not in done
 
     reads = (_selection_from(job.kwargs["set"]) for job in jobs if waits(job))
     return {read.name for read in reads if read is not None}
